@@ -1,0 +1,213 @@
+//! What every clopa tool shares: logging, progress bars, atomic output files and the exit-code
+//! convention (0 ok, 1 failure, 2 usage — clap already exits with 2 on a usage error).
+//!
+//! Tools stay thin: `main` parses its arguments with clap and hands a closure to [`run_main`],
+//! which sets up logging, runs it and turns an error into a message on stderr and exit code 1.
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     clopa_cli::run_main("clopa-example", 0, false, || Ok(()))
+//! }
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Sets up logging to stderr (`-v` for debug, `-q` for errors only, `RUST_LOG` overrides),
+/// runs `f`, and maps the result to an exit code: 0 on success, 1 on error (the error chain
+/// is printed as `tool: error: ...` followed by its causes).
+pub fn run_main(
+    tool: &str,
+    verbose: u8,
+    quiet: bool,
+    f: impl FnOnce() -> anyhow::Result<()>,
+) -> ExitCode {
+    init_logging(verbose, quiet);
+    match f() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // A closed stdout (`clopa-x -o - | head`) is not a failure (ripgrep's convention).
+            if err.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "{tool}: error: {err}");
+            for cause in err.chain().skip(1) {
+                let _ = writeln!(stderr, "  caused by: {cause}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet {
+        "error"
+    } else {
+        match verbose {
+            0 => "info",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal or when `quiet` is set.
+pub fn progress_bar(len: u64, message: &str, quiet: bool) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{elapsed_precise}] {bar:30} {pos}/{len} eta {eta} {prefix}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_message(message.to_string());
+    pb
+}
+
+/// Writes a file atomically: `write` fills a temporary file in the target's folder, which is
+/// renamed over `path` only when `write` succeeds. An interrupted or failed run therefore never
+/// leaves a half-written output, and a rerun can trust that an existing output is complete.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let dir = parent_dir(path);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the folder {}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".clopa-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    write(tmp.as_file_mut())?;
+    // tempfile creates files readable by the owner only (0600); an output is an ordinary file.
+    set_ordinary_permissions(tmp.as_file())
+        .with_context(|| format!("cannot set the permissions of {}", path.display()))?;
+    tmp.as_file_mut()
+        .sync_all()
+        .with_context(|| format!("cannot flush {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot move the finished output into place at {}", path.display()))?;
+    Ok(())
+}
+
+/// Like [`write_atomic`] for a writer that wants a path (e.g. a NIfTI or Parquet writer that
+/// opens the file itself): `write` receives a temporary path in the target's folder with the same
+/// extension(s) as `path`, and the file there is renamed over `path` when `write` succeeds.
+pub fn write_atomic_path(
+    path: &Path,
+    write: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let dir = parent_dir(path);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the folder {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    // Keep the full extension (".nii.gz") so writers that pick a format by extension still work.
+    let tmp: PathBuf = dir.join(format!(".clopa-{}-{}", std::process::id(), name));
+    let result = write(&tmp);
+    match result {
+        Ok(()) => std::fs::rename(&tmp, path).with_context(|| {
+            format!("cannot move the finished output into place at {}", path.display())
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(unix)]
+fn set_ordinary_permissions(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+}
+
+#[cfg(not(unix))]
+fn set_ordinary_permissions(_file: &std::fs::File) -> std::io::Result<()> {
+    Ok(())
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// `-o -` means standard output.
+pub fn is_stdout(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_leaves_nothing_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.txt");
+        let r = write_atomic(&out, |f| {
+            f.write_all(b"half")?;
+            anyhow::bail!("boom")
+        });
+        assert!(r.is_err());
+        assert!(!out.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn atomic_write_replaces_on_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.txt");
+        std::fs::write(&out, "old").unwrap();
+        write_atomic(&out, |f| Ok(f.write_all(b"new")?)).unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "new");
+        // Regression: outputs used to be left with tempfile's owner-only mode 0600.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644);
+        }
+    }
+
+    #[test]
+    fn atomic_path_keeps_extension_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m.nii.gz");
+        write_atomic_path(&out, |tmp| {
+            assert!(tmp.to_string_lossy().ends_with(".nii.gz"));
+            std::fs::write(tmp, b"abc")?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"abc");
+        let r = write_atomic_path(&dir.path().join("n.nii"), |tmp| {
+            std::fs::write(tmp, b"abc")?;
+            anyhow::bail!("fail")
+        });
+        assert!(r.is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
