@@ -1,0 +1,323 @@
+//! NIfTI round trips, nibabel-written fixtures and error messages.
+
+#![allow(clippy::unwrap_used)] // a failing unwrap is a failing test
+
+use std::path::{Path, PathBuf};
+
+use clopa_volume::{NiftiWritable, Volume, VolumeError, read_image, read_labels, write_nifti};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn expected() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn rotated_affine() -> [[f64; 4]; 4] {
+    let (s, c) = 0.3f64.sin_cos();
+    [
+        [0.8 * c, -0.8 * s, 0.0, -12.5],
+        [0.8 * s, 0.8 * c, 0.1, 30.25],
+        [0.0, 0.0, 2.5, 7.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+}
+
+fn f32_stored(a: [[f64; 4]; 4]) -> [[f64; 4]; 4] {
+    a.map(|r| r.map(|v| v as f32 as f64))
+}
+
+fn round_trip<T>(name: &str, data: Vec<T>) -> (PathBuf, tempfile::TempDir, Volume<T>)
+where
+    T: NiftiWritable,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    let vol = Volume::new([5, 4, 3], [0.8, 0.8, 2.5], rotated_affine(), data).unwrap();
+    write_nifti(&path, &vol).unwrap();
+    (path, dir, vol)
+}
+
+fn check_geometry<T, U>(read: &Volume<T>, written: &Volume<U>) {
+    assert_eq!(read.shape, written.shape);
+    // pixdim and srow are f32 in the header: what comes back is exactly the f32 of what went in.
+    assert_eq!(read.spacing, written.spacing.map(|v| v as f32 as f64));
+    assert_eq!(read.affine, f32_stored(written.affine));
+}
+
+#[test]
+fn round_trip_each_dtype_and_extension() {
+    for ext in ["nii", "nii.gz"] {
+        let f: Vec<f32> = (0..60).map(|i| i as f32 * 0.37 - 9.5).collect();
+        let (p, _d, w) = round_trip(&format!("f.{ext}"), f.clone());
+        let r = read_image(&p, 0).unwrap();
+        assert_eq!(r.data, f);
+        check_geometry(&r, &w);
+
+        let u8s: Vec<u8> = (0..60).map(|i| (i * 7 % 256) as u8).collect();
+        let (p, _d, w) = round_trip(&format!("u8.{ext}"), u8s.clone());
+        let r = read_labels(&p).unwrap();
+        assert_eq!(r.data, u8s.iter().map(|&v| v as u16).collect::<Vec<_>>());
+        check_geometry(&r, &w);
+
+        let u16s: Vec<u16> = (0..60).map(|i| i * 1000 + 5).collect();
+        let (p, _d, w) = round_trip(&format!("u16.{ext}"), u16s.clone());
+        assert_eq!(read_labels(&p).unwrap().data, u16s);
+        let r = read_image(&p, 0).unwrap();
+        assert_eq!(r.data, u16s.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        check_geometry(&r, &w);
+
+        let i16s: Vec<i16> = (0..60).map(|i| (i as i16 - 30) * 97).collect();
+        let (p, _d, w) = round_trip(&format!("i16.{ext}"), i16s.clone());
+        let r = read_image(&p, 0).unwrap();
+        assert_eq!(r.data, i16s.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        check_geometry(&r, &w);
+        // Negative values are not labels.
+        let err = read_labels(&p).unwrap_err();
+        assert!(matches!(err, VolumeError::BadLabelValue { .. }), "{err}");
+        assert!(err.to_string().contains("i16."), "{err}");
+    }
+}
+
+#[test]
+fn write_replaces_atomically_and_leaves_no_temp_files() {
+    let (p, dir, _) = round_trip("a.nii.gz", vec![1u8; 60]);
+    let v = Volume::from_shape([5, 4, 3], [1.0; 3], vec![2u8; 60]).unwrap();
+    write_nifti(&p, &v).unwrap();
+    assert_eq!(read_labels(&p).unwrap().data, vec![2u16; 60]);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+fn check_nibabel(name: &str, vol: &Volume<f32>, channel: Option<usize>, affine_tol: f64) {
+    let all = expected();
+    let e = &all[name];
+    let shape: Vec<usize> = e["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(&shape[..3], &vol.shape, "{name}");
+    let zooms: Vec<f64> = e["zooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    // Header values are float32. serde_json's default float parser may be 1 ulp off in f64, so
+    // exact comparisons go through f32 (and our value must itself be an exact f32).
+    for (got, want) in vol.spacing.iter().zip(&zooms) {
+        assert_eq!(*got, *want as f32 as f64, "{name} spacing");
+    }
+    for r in 0..4 {
+        for c in 0..4 {
+            let want = e["affine"][r][c].as_f64().unwrap();
+            let got = vol.affine[r][c];
+            if affine_tol == 0.0 {
+                assert_eq!(got, want as f32 as f64, "{name} affine[{r}][{c}]");
+            } else {
+                assert!(
+                    (got - want).abs() <= affine_tol,
+                    "{name} affine[{r}][{c}]: {got} vs {want}"
+                );
+            }
+        }
+    }
+    let data = match channel {
+        Some(c) => &e["channels"][c],
+        None => &e["data"],
+    };
+    let want: Vec<f64> = data
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(want.len(), vol.len());
+    for (i, (&got, &w)) in vol.data.iter().zip(&want).enumerate() {
+        // nibabel computes in float64; our voxels are f32 of the same value.
+        assert_eq!(got, w as f32, "{name} voxel {:?}", vol.coords(i));
+    }
+    if channel.is_none() {
+        let sum: f64 = vol.data.iter().map(|&v| v as f64).sum();
+        assert!(
+            (sum - e["sum"].as_f64().unwrap()).abs() < 1e-6,
+            "{name} sum {sum}"
+        );
+    }
+}
+
+#[test]
+fn reads_nibabel_files_identically() {
+    let img = read_image(&fixture("image_i16.nii.gz"), 0).unwrap();
+    check_nibabel("image_i16.nii.gz", &img, None, 0.0);
+    // Spot voxels, as a reader of the fixture would look them up by hand.
+    assert_eq!(
+        img.data[img.index(6, 5, 4)],
+        expected()["image_i16.nii.gz"]["data"][209]
+            .as_f64()
+            .unwrap() as f32
+    );
+
+    check_nibabel(
+        "scaled_i16.nii",
+        &read_image(&fixture("scaled_i16.nii"), 0).unwrap(),
+        None,
+        0.0,
+    );
+    // The qform is a float32 quaternion; nibabel and the nifti crate rebuild it to ~1e-7.
+    check_nibabel(
+        "qform_only.nii.gz",
+        &read_image(&fixture("qform_only.nii.gz"), 0).unwrap(),
+        None,
+        1e-6,
+    );
+    for c in 0..2 {
+        check_nibabel(
+            "image_4d.nii",
+            &read_image(&fixture("image_4d.nii"), c).unwrap(),
+            Some(c),
+            0.0,
+        );
+    }
+
+    for name in ["labels_u8.nii.gz", "labels_f32.nii.gz"] {
+        let lab = read_labels(&fixture(name)).unwrap();
+        check_nibabel(name, &lab.map(|&v| v as f32), None, 0.0);
+    }
+}
+
+#[test]
+fn channel_out_of_range_says_how_many() {
+    let err = read_image(&fixture("image_4d.nii"), 2).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("image_4d.nii") && msg.contains("2 channel"),
+        "{msg}"
+    );
+    let err = read_image(&fixture("image_i16.nii.gz"), 1).unwrap_err();
+    assert!(err.to_string().contains("1 channel"), "{err}");
+}
+
+#[test]
+fn missing_file_is_named() {
+    let err = read_image(Path::new("/nonexistent/zz.nii.gz"), 0).unwrap_err();
+    assert!(matches!(err, VolumeError::NotFound { .. }));
+    assert!(err.to_string().contains("/nonexistent/zz.nii.gz"), "{err}");
+}
+
+#[test]
+fn truncated_gzip_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("image_i16.nii.gz")).unwrap();
+    let p = dir.path().join("cut.nii.gz");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let err = read_image(&p, 0).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cut.nii.gz") && msg.contains("truncated"),
+        "{msg}"
+    );
+
+    // Garbage that is not gzip at all.
+    let p = dir.path().join("junk.nii.gz");
+    std::fs::write(&p, b"this is not a nifti file").unwrap();
+    let err = read_image(&p, 0).unwrap_err();
+    assert!(err.to_string().contains("junk.nii.gz"), "{err}");
+
+    // An uncompressed file cut inside the voxel data.
+    let bytes = std::fs::read(fixture("scaled_i16.nii")).unwrap();
+    let p = dir.path().join("cut.nii");
+    std::fs::write(&p, &bytes[..500]).unwrap();
+    let err = read_image(&p, 0).unwrap_err();
+    assert!(
+        err.to_string().contains("cut.nii") && err.to_string().contains("truncated"),
+        "{err}"
+    );
+
+    // A header cut short.
+    let p = dir.path().join("hdr.nii");
+    std::fs::write(&p, &bytes[..100]).unwrap();
+    let err = read_image(&p, 0).unwrap_err();
+    assert!(err.to_string().contains("hdr.nii"), "{err}");
+}
+
+/// Patches header fields of an uncompressed little-endian NIfTI-1 file.
+fn patched(name: &str, patch: impl Fn(&mut Vec<u8>)) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(fixture("scaled_i16.nii")).unwrap();
+    patch(&mut bytes);
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    (dir, p)
+}
+
+#[test]
+fn unsupported_datatype_and_5d_are_refused() {
+    // datatype at byte 70: 128 = RGB24 (bitpix 24 at byte 72).
+    let (_d, p) = patched("rgb.nii", |b| {
+        b[70..72].copy_from_slice(&128i16.to_le_bytes());
+        b[72..74].copy_from_slice(&24i16.to_le_bytes());
+        b.resize(352 + 210 * 3, 0);
+    });
+    let err = read_image(&p, 0).unwrap_err();
+    assert!(
+        matches!(err, VolumeError::UnsupportedDatatype { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("rgb.nii"), "{err}");
+
+    // dim at byte 40: [5, 7, 6, 5, 1, 1, ...] -> a 5D file whose extra axes are singletons is fine
+    // (it's still 210 voxels), [5, 7, 3, 5, 1, 2] is a real 5D image.
+    let (_d, p) = patched("five.nii", |b| {
+        for (k, v) in [5i16, 7, 3, 5, 1, 2].iter().enumerate() {
+            b[40 + 2 * k..42 + 2 * k].copy_from_slice(&v.to_le_bytes());
+        }
+    });
+    let err = read_image(&p, 0).unwrap_err();
+    assert!(
+        matches!(err, VolumeError::TooManyDimensions { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("five.nii"), "{err}");
+}
+
+#[test]
+fn nan_is_passed_through_by_read_image_and_refused_by_read_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("nan.nii");
+    let mut data = vec![1.0f32; 8];
+    data[5] = f32::NAN;
+    write_nifti(&p, &Volume::from_shape([2, 2, 2], [1.0; 3], data).unwrap()).unwrap();
+    let img = read_image(&p, 0).unwrap();
+    assert!(img.data[5].is_nan());
+    let err = read_labels(&p).unwrap_err();
+    assert!(err.to_string().contains("[1, 0, 1]"), "{err}");
+
+    let p = dir.path().join("frac.nii.gz");
+    write_nifti(
+        &p,
+        &Volume::from_shape([1, 1, 2], [1.0; 3], vec![1.0f32, 1.5]).unwrap(),
+    )
+    .unwrap();
+    let err = read_labels(&p).unwrap_err();
+    assert!(
+        err.to_string().contains("1.5") && err.to_string().contains("frac.nii.gz"),
+        "{err}"
+    );
+}
+
+#[test]
+fn failed_write_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    // A singular affine is refused before anything is written.
+    let mut v = Volume::from_shape([2, 2, 2], [1.0; 3], vec![0u8; 8]).unwrap();
+    v.affine[2][2] = 0.0;
+    let err = write_nifti(&dir.path().join("bad.nii.gz"), &v).unwrap_err();
+    assert!(err.to_string().contains("bad.nii.gz"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
