@@ -1,0 +1,212 @@
+//! `clopa-eval`: turns simulation step tables into per-case, per-episode and trajectory tables
+//! (protocol step 5), and scores a single mask pair (`clopa-eval masks`).
+//!
+//! Where things are: `main.rs` parses arguments; `steps.rs` reads and validates `steps.parquet`
+//! and `split.parquet`; `summary.rs` computes cases, episodes and trajectories with
+//! `clopa-metrics`; `output.rs` builds the polars frames and writes them atomically with
+//! provenance metadata.
+
+mod output;
+mod steps;
+mod summary;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Examples:
+  # evaluate the base model and two CLoPA runs against the manifest's expert Dice
+  clopa-eval runs/hippo/base/steps.parquet runs/hippo/in-*/steps.parquet \\
+      --manifest data-manifests/hippocampus.toml --split runs/hippo/split.parquet -o runs/hippo/eval
+
+  # a fixed threshold, no trajectories (no split given)
+  clopa-eval steps.parquet --threshold 0.9 -o eval/
+
+  # Dice and NSD of one mask pair (IS_Validate convention for empty masks)
+  clopa-eval masks --pred pred.nii.gz --ref label.nii.gz --tolerance-mm 1.0
+
+Outputs (Parquet, schemas in DESIGN.md \"Tables\"): DIR/cases.parquet, DIR/episodes.parquet and,
+with --split, DIR/trajectory.parquet. Each curve is first averaged over inference runs; NoI is the
+1-based index of the first step whose Dice is strictly above the threshold (curve length if none).";
+
+/// Evaluate interactive-segmentation step tables: cases, episodes and trajectories.
+///
+/// Reads one or more steps.parquet files (as written by clopa-simulate), averages each case's
+/// Dice and NSD curves over inference runs, and writes per-case values (init, final, nAUC, NoI,
+/// failure), per-episode dataset means (nNoI %, NoF %) and, given the split, the stream
+/// trajectories with their AUC and NoS. Invalid input (missing column, duplicated row, empty
+/// table, curves of different lengths, threshold outside [0, 1]) is an error and nothing is
+/// written.
+#[derive(Parser, Debug)]
+#[command(
+    name = "clopa-eval",
+    version,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    eval: EvalArgs,
+
+    /// More logging (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("thr").required(true).args(["threshold", "manifest"])))]
+struct EvalArgs {
+    /// steps.parquet files (one per method, run and episode, or any concatenation).
+    #[arg(required = true, value_name = "STEPS")]
+    steps: Vec<PathBuf>,
+
+    /// Output folder for cases.parquet, episodes.parquet and trajectory.parquet.
+    #[arg(short, long, value_name = "DIR", required = true)]
+    output: Option<PathBuf>,
+
+    /// Expert Dice threshold for NoI, NoF and NoS, in [0, 1].
+    #[arg(long, value_name = "T")]
+    threshold: Option<f64>,
+
+    /// Task manifest (TOML) whose `expert_dice` is the threshold.
+    #[arg(long, value_name = "M")]
+    manifest: Option<PathBuf>,
+
+    /// split.parquet of the task(s): the stream length N per training run, for trajectories.
+    #[arg(long, value_name = "SPLIT")]
+    split: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Dice and NSD of one predicted mask against a reference, as one JSON line on stdout.
+    ///
+    /// Both files are NIfTI label maps on the same grid; any non-zero voxel is foreground. The
+    /// spacing comes from the files. Empty masks follow the IS_Validate convention: both empty
+    /// gives 1, one empty gives 0.
+    Masks(MasksArgs),
+}
+
+#[derive(Args, Debug)]
+struct MasksArgs {
+    /// Predicted mask (.nii or .nii.gz).
+    #[arg(long, value_name = "P")]
+    pred: PathBuf,
+    /// Reference mask (.nii or .nii.gz).
+    #[arg(long = "ref", value_name = "R")]
+    reference: PathBuf,
+    /// NSD tolerance in mm.
+    #[arg(long, value_name = "T")]
+    tolerance_mm: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    clopa_cli::run_main("clopa-eval", cli.verbose, cli.quiet, || match cli.command {
+        Some(Command::Masks(args)) => run_masks(&args),
+        None => run_eval(&cli.eval),
+    })
+}
+
+fn run_masks(args: &MasksArgs) -> anyhow::Result<()> {
+    if !args.tolerance_mm.is_finite() || args.tolerance_mm < 0.0 {
+        bail!("--tolerance-mm {} is not a non-negative number of millimetres", args.tolerance_mm);
+    }
+    let read = |p: &Path| -> anyhow::Result<clopa_volume::Mask> {
+        let labels = clopa_volume::read_labels(p)
+            .with_context(|| format!("cannot read the mask {}", p.display()))?;
+        Ok(labels.map(|v| u8::from(*v != 0)))
+    };
+    let pred = read(&args.pred)?;
+    let reference = read(&args.reference)?;
+    if !pred.same_grid(&reference) {
+        bail!(
+            "{} (shape {:?}, spacing {:?}) and {} (shape {:?}, spacing {:?}) are not on the same grid",
+            args.pred.display(),
+            pred.shape,
+            pred.spacing,
+            args.reference.display(),
+            reference.shape,
+            reference.spacing
+        );
+    }
+    let (dice, nsd) =
+        clopa_metrics::volume::is_validate_dice_nsd(&pred, &reference, args.tolerance_mm)
+            .with_context(|| {
+                format!("cannot score {} against {}", args.pred.display(), args.reference.display())
+            })?;
+    let line = serde_json::json!({ "dice": dice, "nsd": nsd });
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    Ok(())
+}
+
+fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let Some(out_dir) = &args.output else { bail!("-o DIR is required") };
+    let (threshold, threshold_source) = match (args.threshold, &args.manifest) {
+        (Some(t), _) => (t, "--threshold".to_string()),
+        (None, Some(m)) => {
+            let manifest = clopa_config::Manifest::load(m)
+                .with_context(|| format!("cannot read the manifest {}", m.display()))?;
+            (manifest.expert_dice, format!("expert_dice of {}", m.display()))
+        }
+        (None, None) => bail!("give --threshold T or --manifest M"),
+    };
+    if !(0.0..=1.0).contains(&threshold) {
+        bail!("the threshold {threshold} ({threshold_source}) is outside [0, 1]");
+    }
+
+    let table = steps::read_steps(&args.steps)?;
+    tracing::info!(
+        "{} curves of {} steps from {} file(s)",
+        table.curves.len(),
+        table.n_steps,
+        args.steps.len()
+    );
+    let cases = summary::cases(&table, threshold)?;
+    let episodes = summary::episodes(&cases, table.n_steps)?;
+    let trajectories = match &args.split {
+        Some(split_path) => {
+            let split = steps::read_split(split_path)?;
+            Some(summary::trajectories(&episodes, &split, threshold)?)
+        }
+        None => {
+            tracing::warn!("no --split given: trajectory.parquet is not written");
+            None
+        }
+    };
+
+    let settings = serde_json::json!({
+        "threshold": threshold,
+        "threshold_source": threshold_source,
+        "steps": args.steps.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "split": args.split.as_ref().map(|p| p.display().to_string()),
+        "n_steps": table.n_steps,
+    });
+    // Every frame is built before anything is written, so a bad input leaves no output at all.
+    let mut frames = vec![
+        ("cases.parquet", output::cases_frame(&cases)?),
+        ("episodes.parquet", output::episodes_frame(&episodes)?),
+    ];
+    if let Some(t) = &trajectories {
+        frames.push(("trajectory.parquet", output::trajectory_frame(t)?));
+    }
+    for (name, mut df) in frames {
+        let path = out_dir.join(name);
+        output::write_parquet(&path, &mut df, &settings)?;
+        tracing::info!("wrote {} ({} rows)", path.display(), df.height());
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Fig. 2: mean Dice at the last step against the number of samples received, one panel per
+//! task, one line per method, the expert threshold as a red line and NoS as vertical lines.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::anyhow;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::input::{CaseRow, TrajectoryRow};
+use crate::report::{display_name, method_order};
+
+/// One method's curve in one panel.
+#[derive(Debug, Clone)]
+pub struct Curve {
+    pub method: String,
+    pub points: Vec<(f64, f64)>,
+    /// Samples received when the curve first reaches the threshold (NoS · N).
+    pub nos_x: Option<f64>,
+}
+
+/// One panel: a task's curves.
+#[derive(Debug, Clone)]
+pub struct Panel {
+    pub task: String,
+    pub curves: Vec<Curve>,
+}
+
+/// Curves from `trajectory.parquet`: the `dice_final` values per stream position.
+pub fn panels_from_trajectory(rows: &[TrajectoryRow]) -> Vec<Panel> {
+    // task → method → (points, NoS fraction)
+    type ByMethod<'a> = BTreeMap<&'a str, (Vec<(f64, f64)>, Option<f64>)>;
+    let mut by: BTreeMap<&str, ByMethod> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.metric == "dice_final") {
+        let e = by.entry(&r.task).or_default().entry(&r.method).or_default();
+        match r.position {
+            Some(p) => e.0.push((f64::from(p), r.value)),
+            None => e.1 = r.nos,
+        }
+    }
+    by.into_iter()
+        .map(|(task, methods)| {
+            let n = methods.values().flat_map(|(p, _)| p.iter().map(|(x, _)| *x)).fold(0.0, f64::max);
+            let order = method_order(methods.keys().map(|m| m.to_string()).collect::<Vec<_>>().iter());
+            let curves = order
+                .iter()
+                .map(|m| {
+                    let (mut points, nos) = methods[m.as_str()].clone();
+                    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    Curve { method: m.clone(), points, nos_x: nos.filter(|v| v.is_finite()).map(|f| f * n) }
+                })
+                .collect();
+            Panel { task: task.to_string(), curves }
+        })
+        .collect()
+}
+
+/// Curves from `cases.parquet` when no trajectory is given: per episode, the mean final Dice
+/// (over runs and cases) against the mean cache size; the base model as a flat line.
+pub fn panels_from_cases(rows: &[CaseRow]) -> Vec<Panel> {
+    // task → method → episode → (sum n_seen, sum dice, count)
+    type ByEpisode = BTreeMap<u32, (f64, f64, f64)>;
+    let mut by: BTreeMap<&str, BTreeMap<&str, ByEpisode>> = BTreeMap::new();
+    for r in rows {
+        let e = by.entry(&r.task).or_default().entry(&r.method).or_default().entry(r.episode).or_default();
+        e.0 += f64::from(r.n_seen);
+        e.1 += r.values[1];
+        e.2 += 1.0;
+    }
+    by.into_iter()
+        .map(|(task, methods)| {
+            let xmax = methods
+                .values()
+                .flat_map(|e| e.values().map(|(s, _, n)| s / n))
+                .fold(0.0, f64::max);
+            let order = method_order(methods.keys().map(|m| m.to_string()).collect::<Vec<_>>().iter());
+            let curves = order
+                .iter()
+                .map(|m| {
+                    let mut points: Vec<(f64, f64)> =
+                        methods[m.as_str()].values().map(|(s, d, n)| (s / n, d / n)).collect();
+                    if points.len() == 1 && xmax > points[0].0 {
+                        points.push((xmax, points[0].1));
+                    }
+                    Curve { method: m.clone(), points, nos_x: None }
+                })
+                .collect();
+            Panel { task: task.to_string(), curves }
+        })
+        .collect()
+}
+
+/// Line colours in method order (base, in, cn, others): dark grey, blue, orange, green, purple,
+/// brown; none of them red, which marks the threshold.
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0x44, 0x44, 0x44),
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+];
+
+const PANEL_W: u32 = 520;
+const PANEL_H: u32 = 420;
+
+/// Writes the figure as PNG or SVG (by `format`) to `path`. Text needs a system font (plotters'
+/// `ttf` feature, through fontconfig); when none can be loaded, the figure is drawn again
+/// without any text rather than not at all, and `Ok(false)` says so.
+pub fn write_figure(path: &Path, svg: bool, panels: &[Panel], threshold: Option<f64>) -> anyhow::Result<bool> {
+    let size = (PANEL_W * panels.len().max(1) as u32, PANEL_H);
+    let attempt = |text: bool| -> anyhow::Result<()> {
+        if svg {
+            let root = SVGBackend::new(path, size).into_drawing_area();
+            draw(&root, panels, threshold, text)?;
+            root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+        } else {
+            let root = BitMapBackend::new(path, size).into_drawing_area();
+            draw(&root, panels, threshold, text)?;
+            root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+        }
+    };
+    match attempt(true) {
+        Ok(()) => Ok(true),
+        Err(first) => {
+            attempt(false).map_err(|e| anyhow!("cannot draw {}: {e} (first try with text: {first})", path.display()))?;
+            Ok(false)
+        }
+    }
+}
+
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    panels: &[Panel],
+    threshold: Option<f64>,
+    text: bool,
+) -> anyhow::Result<()> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e}");
+    root.fill(&WHITE).map_err(err)?;
+    if panels.is_empty() {
+        return Ok(());
+    }
+    let areas = root.split_evenly((1, panels.len()));
+    for (area, panel) in areas.iter().zip(panels) {
+        let xmax = panel
+            .curves
+            .iter()
+            .flat_map(|c| c.points.iter().map(|p| p.0))
+            .fold(1.0, f64::max);
+        let mut builder = ChartBuilder::on(area);
+        builder.margin(12);
+        if text {
+            builder.caption(&panel.task, ("sans-serif", 20)).x_label_area_size(40).y_label_area_size(50);
+        }
+        let mut chart = builder.build_cartesian_2d(0.0..xmax, 0.0..1.0).map_err(err)?;
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc("samples received").y_desc("mean Dice at the last step");
+        } else {
+            mesh.x_labels(0).y_labels(0);
+        }
+        mesh.draw().map_err(err)?;
+        if let Some(t) = threshold {
+            chart.draw_series(std::iter::once(PathElement::new(vec![(0.0, t), (xmax, t)], RED.stroke_width(2)))).map_err(err)?;
+        }
+        for (i, curve) in panel.curves.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()].to_rgba();
+            let series = chart
+                .draw_series(LineSeries::new(curve.points.iter().copied(), color.stroke_width(2)))
+                .map_err(err)?;
+            if text {
+                let name = display_name(&curve.method);
+                series.label(name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            }
+            if let Some(x) = curve.nos_x {
+                chart.draw_series(std::iter::once(PathElement::new(vec![(x, 0.0), (x, 1.0)], color.stroke_width(1)))).map_err(err)?;
+            }
+        }
+        if text {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(err)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! Reading and validating `cases.parquet` and `trajectory.parquet` (DESIGN.md "Tables").
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use polars::prelude::{DataFrame, DataType, ParquetReader, SerReader, Series};
+
+/// The per-case metric columns of `cases.parquet` that are averaged and ranked (higher is better).
+pub const CASE_METRICS: [&str; 6] =
+    ["dice_init", "dice_final", "dice_nauc", "nsd_init", "nsd_final", "nsd_nauc"];
+
+const CASE_COLUMNS: [&str; 14] = [
+    "task", "method", "run", "episode", "n_seen", "case_id", "dice_init", "dice_final", "dice_nauc",
+    "nsd_init", "nsd_final", "nsd_nauc", "noi", "failed",
+];
+
+const TRAJECTORY_COLUMNS: [&str; 6] = ["task", "method", "metric", "position", "value", "nos"];
+
+/// One row of `cases.parquet`.
+#[derive(Debug, Clone)]
+pub struct CaseRow {
+    pub task: String,
+    pub method: String,
+    pub run: Option<u32>,
+    pub episode: u32,
+    pub n_seen: u32,
+    pub case_id: String,
+    /// In [`CASE_METRICS`] order.
+    pub values: [f64; 6],
+    pub noi: f64,
+    pub failed: bool,
+}
+
+/// Settings that `clopa-eval` left in the file's key-value metadata (`clopa.settings`).
+#[derive(Debug, Clone, Default)]
+pub struct EvalSettings {
+    pub threshold: Option<f64>,
+    /// Steps per curve (initialisation + edits).
+    pub n_steps: Option<usize>,
+}
+
+/// One row of `trajectory.parquet`: a value at a stream position, or (position `None`) the
+/// trajectory AUC with the NoS fraction for the Dice-at-last-step metric.
+#[derive(Debug, Clone)]
+pub struct TrajectoryRow {
+    pub task: String,
+    pub method: String,
+    pub metric: String,
+    pub position: Option<u32>,
+    pub value: f64,
+    pub nos: Option<f64>,
+}
+
+fn read_frame(path: &Path, required: &[&str]) -> anyhow::Result<(DataFrame, Option<serde_json::Value>)> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut reader = ParquetReader::new(file);
+    let settings = reader
+        .get_metadata()
+        .ok()
+        .and_then(|m| m.key_value_metadata.clone())
+        .and_then(|kv| kv.into_iter().find(|k| k.key == "clopa.settings"))
+        .and_then(|k| k.value)
+        .and_then(|v| serde_json::from_str(&v).ok());
+    let df = reader.finish().with_context(|| format!("cannot read {} as Parquet", path.display()))?;
+    let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+    let missing: Vec<&str> = required.iter().copied().filter(|c| !names.iter().any(|n| n == c)).collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} lacks the column(s) {} (it has: {})",
+            path.display(),
+            missing.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", "),
+            names.join(", ")
+        );
+    }
+    Ok((df, settings))
+}
+
+fn series(df: &DataFrame, path: &Path, name: &str, dtype: &DataType) -> anyhow::Result<Series> {
+    df.column(name)
+        .with_context(|| format!("{}: no column \"{name}\"", path.display()))?
+        .as_materialized_series()
+        .cast(dtype)
+        .with_context(|| format!("{}: column \"{name}\" cannot be read as {dtype}", path.display()))
+}
+
+fn strings(df: &DataFrame, path: &Path, name: &str) -> anyhow::Result<Vec<String>> {
+    let s = series(df, path, name, &DataType::String)?;
+    let ca = s.str().with_context(|| format!("{}: column \"{name}\"", path.display()))?;
+    ca.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.map(str::to_string)
+                .with_context(|| format!("{}: column \"{name}\" is null in row {i}", path.display()))
+        })
+        .collect()
+}
+
+fn opt_u32(df: &DataFrame, path: &Path, name: &str) -> anyhow::Result<Vec<Option<u32>>> {
+    let s = series(df, path, name, &DataType::UInt32)?;
+    Ok(s.u32().with_context(|| format!("{}: column \"{name}\"", path.display()))?.iter().collect())
+}
+
+fn req_u32(df: &DataFrame, path: &Path, name: &str) -> anyhow::Result<Vec<u32>> {
+    opt_u32(df, path, name)?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v.with_context(|| format!("{}: column \"{name}\" is null in row {i}", path.display())))
+        .collect()
+}
+
+fn opt_f64(df: &DataFrame, path: &Path, name: &str) -> anyhow::Result<Vec<Option<f64>>> {
+    let s = series(df, path, name, &DataType::Float64)?;
+    Ok(s.f64().with_context(|| format!("{}: column \"{name}\"", path.display()))?.iter().collect())
+}
+
+fn req_f64(df: &DataFrame, path: &Path, name: &str) -> anyhow::Result<Vec<f64>> {
+    // A null metric is treated as NaN: the tests then report NaN and nobody wins on it.
+    Ok(opt_f64(df, path, name)?.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+}
+
+/// Reads `cases.parquet`; every column of the DESIGN.md schema must be present.
+pub fn read_cases(path: &Path) -> anyhow::Result<(Vec<CaseRow>, EvalSettings)> {
+    let (df, settings) = read_frame(path, &CASE_COLUMNS)?;
+    let task = strings(&df, path, "task")?;
+    let method = strings(&df, path, "method")?;
+    let case_id = strings(&df, path, "case_id")?;
+    let run = opt_u32(&df, path, "run")?;
+    let episode = req_u32(&df, path, "episode")?;
+    let n_seen = req_u32(&df, path, "n_seen")?;
+    let metrics: Vec<Vec<f64>> =
+        CASE_METRICS.iter().map(|m| req_f64(&df, path, m)).collect::<anyhow::Result<_>>()?;
+    let noi = req_f64(&df, path, "noi")?;
+    let failed_s = series(&df, path, "failed", &DataType::Boolean)?;
+    let failed: Vec<bool> = failed_s
+        .bool()
+        .with_context(|| format!("{}: column \"failed\"", path.display()))?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v.with_context(|| format!("{}: column \"failed\" is null in row {i}", path.display())))
+        .collect::<anyhow::Result<_>>()?;
+    let rows = (0..df.height())
+        .map(|i| CaseRow {
+            task: task[i].clone(),
+            method: method[i].clone(),
+            run: run[i],
+            episode: episode[i],
+            n_seen: n_seen[i],
+            case_id: case_id[i].clone(),
+            values: std::array::from_fn(|m| metrics[m][i]),
+            noi: noi[i],
+            failed: failed[i],
+        })
+        .collect();
+    let settings = EvalSettings {
+        threshold: settings.as_ref().and_then(|s| s["threshold"].as_f64()),
+        n_steps: settings.as_ref().and_then(|s| s["n_steps"].as_u64()).map(|n| n as usize),
+    };
+    Ok((rows, settings))
+}
+
+/// Reads `trajectory.parquet`.
+pub fn read_trajectory(path: &Path) -> anyhow::Result<Vec<TrajectoryRow>> {
+    let (df, _) = read_frame(path, &TRAJECTORY_COLUMNS)?;
+    let task = strings(&df, path, "task")?;
+    let method = strings(&df, path, "method")?;
+    let metric = strings(&df, path, "metric")?;
+    let position = opt_u32(&df, path, "position")?;
+    let value = req_f64(&df, path, "value")?;
+    let nos = opt_f64(&df, path, "nos")?;
+    Ok((0..df.height())
+        .map(|i| TrajectoryRow {
+            task: task[i].clone(),
+            method: method[i].clone(),
+            metric: metric[i].clone(),
+            position: position[i],
+            value: value[i],
+            nos: nos[i],
+        })
+        .collect())
+}
+
+/// One (task, method, case) after taking each training run's final episode and averaging the
+/// runs: the six metrics, mean NoI, and the failure decided by majority (`mean(failed) > 0.5`).
+#[derive(Debug, Clone)]
+pub struct FinalCase {
+    pub values: [f64; 6],
+    pub noi: f64,
+    pub failed: bool,
+}
+
+/// task → method → case_id → averaged final-episode values.
+pub type FinalCases = BTreeMap<String, BTreeMap<String, BTreeMap<String, FinalCase>>>;
+
+/// "Final episode" = for each (task, method, run) the rows with the largest `episode`; the
+/// per-case values of those rows are then averaged over runs (paper §3: metrics are averaged
+/// across runs before statistics). NoI is averaged; a case fails when it failed in more than half
+/// of the runs.
+pub fn final_cases(rows: &[CaseRow]) -> FinalCases {
+    let mut last: BTreeMap<(&str, &str, Option<u32>), u32> = BTreeMap::new();
+    for r in rows {
+        let e = last.entry((&r.task, &r.method, r.run)).or_insert(r.episode);
+        *e = (*e).max(r.episode);
+    }
+    // Sums over runs: 6 metrics, NoI, failures, count.
+    let mut sums: BTreeMap<(&str, &str, &str), ([f64; 8], f64)> = BTreeMap::new();
+    for r in rows.iter().filter(|r| last.get(&(r.task.as_str(), r.method.as_str(), r.run)) == Some(&r.episode)) {
+        let e = sums.entry((&r.task, &r.method, &r.case_id)).or_insert(([0.0; 8], 0.0));
+        for (m, v) in r.values.iter().enumerate() {
+            e.0[m] += v;
+        }
+        e.0[6] += r.noi;
+        e.0[7] += f64::from(u8::from(r.failed));
+        e.1 += 1.0;
+    }
+    let mut out = FinalCases::new();
+    for ((task, method, case), (s, n)) in sums {
+        out.entry(task.to_string()).or_default().entry(method.to_string()).or_default().insert(
+            case.to_string(),
+            FinalCase {
+                values: std::array::from_fn(|m| s[m] / n),
+                noi: s[6] / n,
+                failed: s[7] / n > 0.5,
+            },
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(method: &str, run: Option<u32>, episode: u32, case: &str, dice: f64, failed: bool) -> CaseRow {
+        CaseRow {
+            task: "t".into(),
+            method: method.into(),
+            run,
+            episode,
+            n_seen: episode * 5,
+            case_id: case.into(),
+            values: [dice; 6],
+            noi: if failed { 101.0 } else { 10.0 },
+            failed,
+        }
+    }
+
+    #[test]
+    fn final_episode_per_run_then_average_over_runs() {
+        let rows = vec![
+            row("in", Some(0), 1, "c1", 0.1, true),
+            row("in", Some(0), 2, "c1", 0.6, false),
+            row("in", Some(1), 1, "c1", 0.2, true),
+            row("in", Some(1), 3, "c1", 0.8, true),
+            row("in", Some(2), 3, "c1", 0.7, true),
+            row("base", None, 0, "c1", 0.3, true),
+        ];
+        let f = final_cases(&rows);
+        let c = &f["t"]["in"]["c1"];
+        assert!((c.values[1] - 0.7).abs() < 1e-12, "{}", c.values[1]);
+        assert!((c.noi - (10.0 + 101.0 + 101.0) / 3.0).abs() < 1e-12);
+        assert!(c.failed, "2 of 3 runs failed: majority");
+        assert!((f["t"]["base"]["c1"].values[0] - 0.3).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_tie_of_failures_is_not_a_failure() {
+        let rows = vec![row("in", Some(0), 1, "c1", 0.1, true), row("in", Some(1), 1, "c1", 0.1, false)];
+        assert!(!final_cases(&rows)["t"]["in"]["c1"].failed);
+    }
+}

@@ -1,0 +1,244 @@
+//! `clopa-rank`: significance ranking of the methods and the paper's Tables 2, 3 and Fig. 2
+//! (DESIGN.md protocol step 6).
+//!
+//! Where things are: `input.rs` reads and validates `cases.parquet` / `trajectory.parquet` and
+//! averages the final episode over training runs; `report.rs` ranks every (task, metric) with
+//! `clopa-stats` and renders the Markdown tables; `figure.rs` draws Fig. 2 with plotters; this
+//! file parses the arguments and writes every output atomically.
+//!
+//! Decisions documented here (and in `--help`):
+//! - "Final episode" = per (task, method, training run) the rows with the largest `episode`;
+//!   each case's values are averaged over training runs before testing (paper §3). NoI is
+//!   averaged; a case counts as failed when it failed in more than half of the runs
+//!   (`mean(failed) > 0.5`), so McNemar still sees one pass/fail per case.
+//! - Cases are paired by `case_id`; cases missing for some method of a task are left out (with
+//!   a warning).
+//! - Table 3 pairs the methods along the stream position; NoF there is tested with the Wilcoxon
+//!   test on the per-position NoF % (McNemar needs per-case failures).
+//! - Without `--trajectory`, Fig. 2 plots per-episode means from `cases.parquet` and Table 3
+//!   says it has no data.
+
+mod figure;
+mod input;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use clopa_stats::RankMode;
+use polars::prelude::{Column, DataFrame, KeyValueMetadata, ParquetWriter};
+
+use report::MetricRanking;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    /// IS_Validate/CLoPA: two-sided test (Wilcoxon, McNemar exact for failures), the better mean
+    /// wins a significant pair, dense ranks of wins.
+    IsValidate,
+    /// MSD/challengeR: one-sided Wilcoxon with continuity correction (normal approximation), a
+    /// significant pair is a win, "min" ranks of wins.
+    Challenger,
+}
+
+/// Rank methods by paired significance tests and write the paper's Tables 2 and 3 and Fig. 2.
+///
+/// Reads `cases.parquet` (and optionally `trajectory.parquet`) written by clopa-eval and writes
+/// into DIR: pairs.parquet (every ordered pair of methods per task, table and metric, with its
+/// test and p-value), ranking.parquet (wins and rank per method), table2.md (final episode),
+/// table3.md (trajectory AUCs), fig2.png and fig2.svg.
+///
+/// Final episode: per (task, method, run) the largest episode; per-case values are averaged over
+/// training runs before testing; NoI is averaged and a case fails when it failed in more than
+/// half of the runs. Table 3 pairs methods along the stream position (NoF there: Wilcoxon on the
+/// per-position NoF %). Bold = rank 1 of a metric within a task.
+#[derive(Debug, Parser)]
+#[command(
+    name = "clopa-rank",
+    version,
+    after_help = "Examples:\n  clopa-eval steps/*.parquet --split split.parquet --threshold 0.9 -o eval/\n  clopa-rank eval/cases.parquet --trajectory eval/trajectory.parquet -o report/\n  clopa-rank eval/cases.parquet -o report-msd/ --mode challenger"
+)]
+struct Args {
+    /// cases.parquet from clopa-eval.
+    cases: PathBuf,
+    /// trajectory.parquet from clopa-eval (Table 3 and the Fig. 2 curves).
+    #[arg(long, value_name = "T")]
+    trajectory: Option<PathBuf>,
+    /// Output folder.
+    #[arg(short, long, value_name = "DIR")]
+    output: PathBuf,
+    /// Ranking scheme.
+    #[arg(long, value_enum, default_value = "is-validate")]
+    mode: Mode,
+    /// Significance level (no multiple-comparison correction).
+    #[arg(long, default_value_t = 0.05, value_parser = parse_alpha)]
+    alpha: f64,
+    /// Expert Dice threshold for the red line of Fig. 2 [default: the one clopa-eval recorded in
+    /// cases.parquet's metadata].
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// More logging (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn parse_alpha(s: &str) -> Result<f64, String> {
+    let a: f64 = s.parse().map_err(|_| format!("\"{s}\" is not a number"))?;
+    if a > 0.0 && a < 1.0 { Ok(a) } else { Err(format!("alpha must lie in (0, 1), got {a}")) }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    clopa_cli::run_main("clopa-rank", args.verbose, args.quiet, || run(&args))
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let mode = match args.mode {
+        Mode::IsValidate => RankMode::IsValidate,
+        Mode::Challenger => RankMode::ChallengeR,
+    };
+    let (cases, settings) = input::read_cases(&args.cases)?;
+    let trajectory = args.trajectory.as_deref().map(input::read_trajectory).transpose()?;
+    let final_cases = input::final_cases(&cases);
+    let (final_results, dropped) = report::rank_final(&final_cases, mode, args.alpha)?;
+    for (task, n) in dropped.iter().filter(|(_, n)| **n > 0) {
+        tracing::warn!("task {task}: {n} case(s) are missing for some method and were left out of the tests");
+    }
+    for (task, methods) in &final_cases {
+        if methods.len() < 2 {
+            tracing::warn!("task {task}: only one method, nothing to rank");
+        }
+    }
+    let traj_results = match &trajectory {
+        Some(rows) => report::rank_trajectory(rows, mode, args.alpha)?,
+        None => Vec::new(),
+    };
+
+    let iter_label = settings.n_steps.map_or("Iter. N".to_string(), |n| format!("Iter. {}", n.saturating_sub(1)));
+    let table2 = report::markdown(
+        "Table 2. Final-episode performance. Means over cases (after averaging training runs); nNoI = 100·mean(NoI)/101, NoF = % of failed cases. Bold: rank 1 per metric and task.",
+        &final_results,
+        &["dice_init", "dice_final", "dice_nauc", "nsd_init", "nsd_final", "nsd_nauc", "noi", "failed"],
+        &iter_label,
+    );
+    let table3 = report::markdown(
+        "Table 3. Trajectory AUC performance. AUCs of the expected-performance trajectories over the stream (nNoI and NoF in %). Bold: rank 1 per metric and task.",
+        &traj_results,
+        &report::TRAJECTORY_METRICS,
+        &iter_label,
+    );
+
+    let all: Vec<&MetricRanking> = final_results.iter().chain(&traj_results).collect();
+    let settings_json = serde_json::json!({
+        "cases": args.cases.display().to_string(),
+        "trajectory": args.trajectory.as_ref().map(|p| p.display().to_string()),
+        "mode": format!("{mode}"),
+        "alpha": args.alpha,
+    });
+    let mut pairs = pairs_frame(&all)?;
+    let mut ranking = ranking_frame(&all)?;
+
+    let threshold = args.threshold.or(settings.threshold);
+    if threshold.is_none() {
+        tracing::warn!("no expert threshold known (give --threshold): Fig. 2 has no red line");
+    }
+    let panels = match &trajectory {
+        Some(rows) => figure::panels_from_trajectory(rows),
+        None => figure::panels_from_cases(&cases),
+    };
+
+    let out = &args.output;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create the folder {}", out.display()))?;
+    write_parquet(&out.join("pairs.parquet"), &mut pairs, &settings_json)?;
+    write_parquet(&out.join("ranking.parquet"), &mut ranking, &settings_json)?;
+    write_text(&out.join("table2.md"), &table2)?;
+    write_text(&out.join("table3.md"), &table3)?;
+    for (name, svg) in [("fig2.png", false), ("fig2.svg", true)] {
+        let path = out.join(name);
+        let mut with_text = true;
+        clopa_cli::write_atomic_path(&path, |tmp| {
+            with_text = figure::write_figure(tmp, svg, &panels, threshold)?;
+            Ok(())
+        })?;
+        if !with_text {
+            tracing::warn!("{}: no font could be loaded, drawn without text", path.display());
+        }
+    }
+    tracing::info!(
+        "ranked {} task(s), {} metric table(s); wrote {}",
+        final_cases.len(),
+        all.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn write_text(path: &Path, text: &str) -> anyhow::Result<()> {
+    // write_atomic_path rather than write_atomic: the file gets the usual permissions (0644 under
+    // the common umask) instead of the temporary file's 0600.
+    clopa_cli::write_atomic_path(path, |tmp| {
+        std::fs::write(tmp, text).with_context(|| format!("cannot write {}", path.display()))
+    })
+}
+
+fn pairs_frame(results: &[&MetricRanking]) -> anyhow::Result<DataFrame> {
+    let rows: Vec<(&MetricRanking, &clopa_stats::PairResult)> =
+        results.iter().flat_map(|r| r.pairs.iter().map(move |p| (*r, p))).collect();
+    let n = rows.len();
+    Ok(DataFrame::new(
+        n,
+        vec![
+            Column::new("task".into(), rows.iter().map(|(r, _)| r.task.as_str()).collect::<Vec<_>>()),
+            Column::new("table".into(), rows.iter().map(|(r, _)| r.table.name()).collect::<Vec<_>>()),
+            Column::new("metric".into(), rows.iter().map(|(r, _)| r.metric.as_str()).collect::<Vec<_>>()),
+            Column::new("method".into(), rows.iter().map(|(_, p)| p.method.as_str()).collect::<Vec<_>>()),
+            Column::new("opponent".into(), rows.iter().map(|(_, p)| p.opponent.as_str()).collect::<Vec<_>>()),
+            Column::new("test".into(), rows.iter().map(|(_, p)| p.test.to_string()).collect::<Vec<_>>()),
+            Column::new("p_value".into(), rows.iter().map(|(_, p)| p.p_value).collect::<Vec<f64>>()),
+            Column::new("method_mean".into(), rows.iter().map(|(_, p)| p.method_mean).collect::<Vec<f64>>()),
+            Column::new("opponent_mean".into(), rows.iter().map(|(_, p)| p.opponent_mean).collect::<Vec<f64>>()),
+            Column::new("win".into(), rows.iter().map(|(_, p)| p.win).collect::<Vec<bool>>()),
+        ],
+    )?)
+}
+
+fn ranking_frame(results: &[&MetricRanking]) -> anyhow::Result<DataFrame> {
+    type RankRow<'a> = (&'a MetricRanking, &'a (String, f64, u32, u32));
+    let rows: Vec<RankRow> =
+        results.iter().flat_map(|r| r.ranks.iter().map(move |m| (*r, m))).collect();
+    let n = rows.len();
+    Ok(DataFrame::new(
+        n,
+        vec![
+            Column::new("task".into(), rows.iter().map(|(r, _)| r.task.as_str()).collect::<Vec<_>>()),
+            Column::new("table".into(), rows.iter().map(|(r, _)| r.table.name()).collect::<Vec<_>>()),
+            Column::new("metric".into(), rows.iter().map(|(r, _)| r.metric.as_str()).collect::<Vec<_>>()),
+            Column::new("method".into(), rows.iter().map(|(_, m)| m.0.as_str()).collect::<Vec<_>>()),
+            Column::new("mean".into(), rows.iter().map(|(_, m)| m.1).collect::<Vec<f64>>()),
+            Column::new("wins".into(), rows.iter().map(|(_, m)| m.2).collect::<Vec<u32>>()),
+            Column::new("rank".into(), rows.iter().map(|(_, m)| m.3).collect::<Vec<u32>>()),
+        ],
+    )?)
+}
+
+/// Writes `df` atomically with `clopa.tool`, `clopa.version` and `clopa.settings` in the Parquet
+/// key-value metadata.
+fn write_parquet(path: &Path, df: &mut DataFrame, settings: &serde_json::Value) -> anyhow::Result<()> {
+    let meta = KeyValueMetadata::from_static(vec![
+        ("clopa.tool".to_string(), "clopa-rank".to_string()),
+        ("clopa.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("clopa.settings".to_string(), settings.to_string()),
+    ]);
+    clopa_cli::write_atomic_path(path, |tmp| {
+        let file = std::fs::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        ParquetWriter::new(file)
+            .with_key_value_metadata(Some(meta))
+            .finish(df)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    })
+}

@@ -1,0 +1,266 @@
+//! CLI tests: small cases/trajectory tables built here with polars, then the real binary.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use polars::prelude::*;
+use predicates::str::contains;
+
+const N_CASES: usize = 20;
+
+/// Deterministic per-case noise in [0, 0.05) so no two differences tie.
+fn noise(i: usize, salt: usize) -> f64 {
+    (((i * 7919 + salt * 104729) % 1000) as f64) / 20000.0
+}
+
+/// cases.parquet for one task: `base` (run null, episode 0) and, per method in `adapted`, two
+/// training runs with episodes 1 and 2. `in` is clearly better than everyone in its final
+/// episode; episode 1 is bad so a wrong "final episode" choice would show.
+fn write_cases(path: &Path, adapted: &[&str], drop_column: Option<&str>) {
+    let mut task = Vec::new();
+    let mut method = Vec::new();
+    let mut run: Vec<Option<u32>> = Vec::new();
+    let mut episode = Vec::new();
+    let mut n_seen = Vec::new();
+    let mut case_id = Vec::new();
+    let mut dice: Vec<f64> = Vec::new();
+    let mut noi = Vec::new();
+    let mut failed = Vec::new();
+    let mut push = |m: &str, r: Option<u32>, e: u32, level: f64, salt: usize| {
+        for i in 0..N_CASES {
+            let d = (level + noise(i, salt)).min(1.0);
+            task.push("liver");
+            method.push(m.to_string());
+            run.push(r);
+            episode.push(e);
+            n_seen.push(e * 5);
+            case_id.push(format!("case{i:02}"));
+            dice.push(d);
+            noi.push(if d > 0.8 { 5u32 } else { 101 });
+            failed.push(d <= 0.8 && i % 2 == 0);
+        }
+    };
+    push("base", None, 0, 0.5, 1);
+    for (k, m) in adapted.iter().enumerate() {
+        let level = if *m == "in" { 0.85 } else { 0.55 };
+        for r in 0..2u32 {
+            push(m, Some(r), 1, 0.1, 10 + k * 3 + r as usize);
+            push(m, Some(r), 2, level, 20 + k * 3 + r as usize);
+        }
+    }
+    let n = task.len();
+    let mut cols = vec![
+        Column::new("task".into(), task),
+        Column::new("method".into(), method),
+        Column::new("run".into(), run),
+        Column::new("episode".into(), episode),
+        Column::new("n_seen".into(), n_seen),
+        Column::new("case_id".into(), case_id),
+    ];
+    for (j, name) in ["dice_init", "dice_final", "dice_nauc", "nsd_init", "nsd_final", "nsd_nauc"].iter().enumerate() {
+        cols.push(Column::new((*name).into(), dice.iter().map(|d| d * (1.0 - 0.01 * j as f64)).collect::<Vec<f64>>()));
+    }
+    cols.push(Column::new("noi".into(), noi));
+    cols.push(Column::new("failed".into(), failed));
+    if let Some(c) = drop_column {
+        cols.retain(|col| col.name().as_str() != c);
+    }
+    let mut df = DataFrame::new(n, cols).expect("frame");
+    ParquetWriter::new(std::fs::File::create(path).expect("create")).finish(&mut df).expect("write");
+}
+
+/// trajectory.parquet: 10 positions per method and metric, `in` on top, plus the AUC rows.
+fn write_trajectory(path: &Path, methods: &[&str]) {
+    let metrics = ["dice_init", "dice_final", "dice_nauc", "nsd_init", "nsd_final", "nsd_nauc", "nnoi_pct", "nof_pct"];
+    let (mut task, mut method, mut metric, mut position, mut value, mut nos) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for m in methods {
+        for (j, name) in metrics.iter().enumerate() {
+            let pct = name.ends_with("_pct");
+            let mut vals = Vec::new();
+            for p in 1..=10u32 {
+                let level = match *m {
+                    "in" => 0.6 + 0.03 * f64::from(p),
+                    "cn" => 0.55 + 0.01 * f64::from(p),
+                    _ => 0.5,
+                } + noise(p as usize, j + 1);
+                let v = if pct { 100.0 * (1.0 - level) } else { level };
+                vals.push(v);
+                task.push("liver");
+                method.push(m.to_string());
+                metric.push(name.to_string());
+                position.push(Some(p));
+                value.push(v);
+                nos.push(None);
+            }
+            task.push("liver");
+            method.push(m.to_string());
+            metric.push(name.to_string());
+            position.push(None);
+            value.push(vals.iter().sum::<f64>() / vals.len() as f64);
+            nos.push((*name == "dice_final" && *m == "in").then_some(0.4));
+        }
+    }
+    let n = task.len();
+    let mut df = DataFrame::new(
+        n,
+        vec![
+            Column::new("task".into(), task),
+            Column::new("method".into(), method),
+            Column::new("metric".into(), metric),
+            Column::new("position".into(), position),
+            Column::new("value".into(), value),
+            Column::new("nos".into(), nos),
+        ],
+    )
+    .expect("frame");
+    ParquetWriter::new(std::fs::File::create(path).expect("create")).finish(&mut df).expect("write");
+}
+
+fn read(path: &Path) -> DataFrame {
+    ParquetReader::new(std::fs::File::open(path).expect("open")).finish().expect("read")
+}
+
+fn rank() -> Command {
+    Command::cargo_bin("clopa-rank").expect("binary")
+}
+
+#[test]
+fn writes_every_output_and_bolds_the_clear_winner() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cases = dir.path().join("cases.parquet");
+    let traj = dir.path().join("trajectory.parquet");
+    write_cases(&cases, &["in", "cn"], None);
+    write_trajectory(&traj, &["base", "in", "cn"]);
+    let out = dir.path().join("report");
+    rank()
+        .arg(&cases)
+        .arg("--trajectory")
+        .arg(&traj)
+        .arg("-o")
+        .arg(&out)
+        .args(["--threshold", "0.8", "-q"])
+        .assert()
+        .success();
+    for f in ["pairs.parquet", "ranking.parquet", "table2.md", "table3.md", "fig2.png", "fig2.svg"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+
+    let table2 = std::fs::read_to_string(out.join("table2.md")).expect("table2");
+    let row = |name: &str| table2.lines().find(|l| l.contains(&format!("| {name} |"))).expect(name).to_string();
+    let in_row = row("CLoPA-I.N");
+    let base_row = row("nnInteractive");
+    // `in` (final episode ≈ 0.87 mean Dice) beats base (≈ 0.52) and cn (≈ 0.57) on every score.
+    assert_eq!(in_row.matches("**").count(), 2 * 8, "{in_row}");
+    assert!(!base_row.contains("**"), "{base_row}");
+    assert!(in_row.contains("**0.8"), "final episode values are shown: {in_row}");
+    assert!(table2.contains("| liver |"));
+
+    let table3 = std::fs::read_to_string(out.join("table3.md")).expect("table3");
+    assert!(table3.lines().any(|l| l.contains("CLoPA-I.N") && l.contains("**")), "{table3}");
+
+    let pairs = read(&out.join("pairs.parquet"));
+    // 3 methods → 6 ordered pairs, 8 metrics in Table 2 and 8 in Table 3.
+    assert_eq!(pairs.height(), 6 * 16);
+    let col = |n: &str| pairs.column(n).expect(n).as_materialized_series().clone();
+    let method = col("method");
+    let opponent = col("opponent");
+    let p = col("p_value");
+    let metric = col("metric");
+    let table = col("table");
+    let test = col("test");
+    let (method, opponent, p, metric, table, test) = (
+        method.str().expect("s"),
+        opponent.str().expect("s"),
+        p.f64().expect("f"),
+        metric.str().expect("s"),
+        table.str().expect("s"),
+        test.str().expect("s"),
+    );
+    for i in 0..pairs.height() {
+        let back = (0..pairs.height())
+            .find(|&j| {
+                method.get(j) == opponent.get(i)
+                    && opponent.get(j) == method.get(i)
+                    && metric.get(j) == metric.get(i)
+                    && table.get(j) == table.get(i)
+            })
+            .expect("both directions");
+        assert_eq!(p.get(i).map(f64::to_bits), p.get(back).map(f64::to_bits), "row {i}");
+        let want_test = if metric.get(i) == Some("failed") { "mcnemar" } else { "wilcoxon" };
+        assert_eq!(test.get(i), Some(want_test));
+    }
+
+    let ranking = read(&out.join("ranking.parquet"));
+    assert_eq!(ranking.height(), 3 * 16);
+
+    let png = std::fs::read(out.join("fig2.png")).expect("png");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(png.len() > 1000);
+    let svg = std::fs::read_to_string(out.join("fig2.svg")).expect("svg");
+    assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("CLoPA-I.N"), "legend text in the SVG");
+}
+
+#[test]
+fn single_method_writes_tables_without_pairs() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cases = dir.path().join("cases.parquet");
+    write_cases(&cases, &[], None);
+    let out = dir.path().join("report");
+    rank().arg(&cases).arg("-o").arg(&out).arg("-q").assert().success();
+    assert_eq!(read(&out.join("pairs.parquet")).height(), 0);
+    assert_eq!(read(&out.join("ranking.parquet")).height(), 8);
+    let table2 = std::fs::read_to_string(out.join("table2.md")).expect("table2");
+    assert!(table2.contains("nnInteractive") && !table2.contains("**"));
+    assert!(out.join("table3.md").is_file() && out.join("fig2.png").is_file() && out.join("fig2.svg").is_file());
+}
+
+#[test]
+fn challenger_mode_ranks_the_winner_first() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cases = dir.path().join("cases.parquet");
+    write_cases(&cases, &["in", "cn"], None);
+    let out = dir.path().join("report");
+    rank().arg(&cases).arg("-o").arg(&out).args(["--mode", "challenger", "-q"]).assert().success();
+    let ranking = read(&out.join("ranking.parquet"));
+    let m = ranking.column("method").expect("m").as_materialized_series().clone();
+    let r = ranking.column("rank").expect("r").as_materialized_series().clone();
+    let (m, r) = (m.str().expect("s"), r.u32().expect("u"));
+    for i in 0..ranking.height() {
+        if m.get(i) == Some("in") {
+            assert_eq!(r.get(i), Some(1));
+        }
+    }
+}
+
+#[test]
+fn a_missing_column_is_named() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cases = dir.path().join("cases.parquet");
+    write_cases(&cases, &["in"], Some("failed"));
+    rank()
+        .arg(&cases)
+        .arg("-o")
+        .arg(dir.path().join("out"))
+        .assert()
+        .code(1)
+        .stderr(contains("\"failed\"").and(contains("cases.parquet")));
+    assert!(!dir.path().join("out").join("table2.md").exists());
+}
+
+#[test]
+fn an_unknown_mode_is_a_usage_error() {
+    rank().args(["x.parquet", "-o", "out", "--mode", "borda"]).assert().code(2).stderr(contains("borda"));
+    rank().args(["x.parquet", "-o", "out", "--alpha", "1.5"]).assert().code(2);
+}
+
+#[test]
+fn help_explains_itself() {
+    let out = rank().arg("--help").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    insta::assert_snapshot!(text);
+}
+
+use predicates::prelude::PredicateBooleanExt;
