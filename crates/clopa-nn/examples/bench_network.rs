@@ -1,0 +1,80 @@
+//! Benchmark of the whole ResidualEncoderUNet: forward, and forward + backward.
+//!
+//! `cargo run --release -p clopa-nn --example bench_network -- ARCH SIZE [GROUP] [REPS]`
+//! with ARCH `fixture` (features 2..12) or `v1` (nnInteractive v1.0, 32..320), SIZE the cubic
+//! input size (batch 1, 8 channels), GROUP the trainable parameters for the backward pass (`all`,
+//! `cn`, `in`; default `all`, like PyTorch with every `requires_grad`). Weights are random
+//! (He-normal convs, unit norms): only timing matters here. Prints one JSON line with the best
+//! of REPS timings after one warm-up run; `scripts/bench_network.py` does the same in PyTorch.
+//! "fwd+bwd" = forward + `(logits · r).sum()` + `backward()`.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use clopa_nn::{Architecture, ParamGroup, ParamStore, ResidualEncoderUNet, UNetSpec};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arch_name = args.first().map(String::as_str).unwrap_or("fixture");
+    let size: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(64);
+    let group: ParamGroup = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(ParamGroup::All);
+    let reps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let arch = match arch_name {
+        "v1" => Architecture::nninteractive_v1(),
+        "fixture" => Architecture::resenc(&[2, 4, 6, 10, 12, 12], &[1, 3, 4, 6, 6, 6]),
+        other => return Err(format!("unknown ARCH {other} (fixture or v1)").into()),
+    };
+    let spec = UNetSpec::from_architecture(&arch, 8, 2)?;
+    let dev = Device::Cpu;
+    let mut tensors = BTreeMap::new();
+    for (name, shape) in spec.parameter_shapes() {
+        let t = if name.ends_with(".norm.weight") {
+            Tensor::ones(shape, DType::F32, &dev)?
+        } else if name.ends_with("bias") {
+            Tensor::zeros(shape, DType::F32, &dev)?
+        } else {
+            let fan_in: usize = shape[1..].iter().product();
+            (Tensor::randn(0f32, 1f32, shape, &dev)? * (2.0 / fan_in as f64).sqrt())?
+        };
+        tensors.insert(name, t);
+    }
+    let x = Tensor::randn(0f32, 1f32, (1, 8, size, size, size), &dev)?;
+    let r = Tensor::randn(0f32, 1f32, (1, 2, size, size, size), &dev)?;
+
+    let frozen = ParamStore::new(tensors.clone());
+    let net = ResidualEncoderUNet::new(&spec, &frozen.var_builder(&dev))?;
+    let mut fwd = f64::INFINITY;
+    for i in 0..=reps {
+        let t0 = Instant::now();
+        let y = net.forward(&x)?;
+        let _ = y.sum_all()?.to_scalar::<f32>()?;
+        if i > 0 {
+            fwd = fwd.min(t0.elapsed().as_secs_f64());
+        }
+    }
+    drop(net);
+
+    let mut store = ParamStore::new(tensors);
+    store.make_trainable(group.names(&spec))?;
+    let net = ResidualEncoderUNet::new(&spec, &store.var_builder(&dev))?;
+    let mut fwdbwd = f64::INFINITY;
+    for i in 0..=reps {
+        let t0 = Instant::now();
+        let y = net.forward(&x)?;
+        let loss = (y * &r)?.sum_all()?;
+        let grads = loss.backward()?;
+        let n = store.vars().values().filter(|v| grads.get(v.as_tensor()).is_some()).count();
+        if i > 0 {
+            fwdbwd = fwdbwd.min(t0.elapsed().as_secs_f64());
+        }
+        drop(grads);
+        assert!(n > 0);
+    }
+    println!(
+        "{{\"impl\": \"clopa\", \"arch\": \"{arch_name}\", \"size\": {size}, \"group\": \"{group}\", \"params\": {}, \"reps\": {reps}, \"fwd_s\": {fwd:.4}, \"fwdbwd_s\": {fwdbwd:.4}, \"threads\": {}}}",
+        spec.num_parameters(),
+        rayon::current_num_threads()
+    );
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! Segmentation losses on logits `(B, C, D, H, W)` and integer labels `(B, 1, D, H, W)` or
+//! `(B, D, H, W)` (any dtype holding 0..C-1).
+//!
+//! * [`dc_and_ce_loss`]: nnU-Net's default `DC_and_CE_loss` (mean CE + negative soft Dice over the
+//!   foreground classes, batch Dice, smooth 1e-5) — the loss of the golden gradients.
+//! * [`clopa_pass_loss_per_sample`]: the CLoPA trainer's per-pass loss per patch,
+//!   `(1 − soft Dice of the foreground, smooth 1e-5) + mean CE` (MONAI DiceLoss semantics).
+//!
+//! Per-voxel terms are computed in f32; every sum over voxels is accumulated in f64 because a
+//! sequential f32 sum over 64³..192³ voxels loses digits the gradient tests can see. The results
+//! are f64 scalars (or `(B,)` vectors) that can be `backward()`-ed directly.
+
+use candle_core::{D, DType, Tensor};
+
+use crate::error::{NnError, Result};
+
+/// nnU-Net's soft-Dice smoothing term.
+pub const DICE_SMOOTH: f64 = 1e-5;
+
+/// The parts of [`dc_and_ce_loss`] (all f64 scalars, differentiable).
+#[derive(Clone, Debug)]
+pub struct LossParts {
+    /// `ce + dice`.
+    pub total: Tensor,
+    /// Mean cross-entropy over all voxels.
+    pub ce: Tensor,
+    /// The Dice term: minus the soft Dice (nnU-Net returns −Dice, not 1 − Dice).
+    pub dice: Tensor,
+}
+
+/// Log-probabilities, probabilities and the one-hot target, all `(B, C, D, H, W)` f32.
+fn prepare(logits: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let dims = logits.dims().to_vec();
+    if dims.len() != 5 {
+        return Err(NnError::InputShape { shape: dims, reason: "logits must be (B, C, D, H, W)".into() });
+    }
+    let (b, c) = (dims[0], dims[1]);
+    let t = match target.rank() {
+        4 => target.unsqueeze(1)?,
+        _ => target.clone(),
+    };
+    let want = [b, 1, dims[2], dims[3], dims[4]];
+    if t.dims() != want {
+        return Err(NnError::InputShape {
+            shape: target.dims().to_vec(),
+            reason: format!("target must be (B, 1, D, H, W) = {want:?} to match the logits {dims:?}"),
+        });
+    }
+    let t = t.to_dtype(DType::F32)?;
+    let onehot = (0..c)
+        .map(|k| t.eq(k as f64)?.to_dtype(DType::F32))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let onehot = Tensor::cat(&onehot, 1)?;
+    let logits = logits.to_dtype(DType::F32)?;
+    let logp = candle_nn::ops::log_softmax(&logits, 1)?;
+    let p = logp.exp()?;
+    Ok((logp, p, onehot))
+}
+
+/// f64 sum over all dims from `from` on, keeping dims before it.
+fn sum_from(x: &Tensor, from: usize) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F64)?;
+    let x = x.flatten_from(from)?;
+    Ok(x.sum(D::Minus1)?)
+}
+
+/// Mean voxel cross-entropy per sample, `(B,)` f64.
+fn ce_per_sample(logp: &Tensor, onehot: &Tensor) -> Result<Tensor> {
+    let nvox: usize = logp.dims()[2..].iter().product();
+    // Exactly one class is hot per voxel, so this is −log p_target per voxel.
+    let nll = (logp * onehot)?.sum_keepdim(1)?.neg()?;
+    Ok((sum_from(&nll, 1)? / nvox as f64)?)
+}
+
+/// nnU-Net's `DC_and_CE_loss(weight_ce=1, weight_dice=1)` with `MemoryEfficientSoftDiceLoss
+/// {batch_dice: true, smooth: 1e-5, do_bg: false}`: `L = CE − mean_fg((2I + s) / max(P + T + s, 1e-8))`
+/// with `I, P, T` summed over batch and space.
+pub fn dc_and_ce_loss(logits: &Tensor, target: &Tensor) -> Result<LossParts> {
+    let (logp, p, onehot) = prepare(logits, target)?;
+    let c = logits.dims()[1];
+    let ce = ce_per_sample(&logp, &onehot)?.mean_all()?;
+    // Foreground classes only (do_bg = false); (B, C-1, ...) → per class sums over batch and space.
+    let pf = p.narrow(1, 1, c - 1)?;
+    let tf = onehot.narrow(1, 1, c - 1)?;
+    let per_class = |x: &Tensor| -> Result<Tensor> { sum_from(&x.transpose(0, 1)?.contiguous()?, 1) };
+    let i = per_class(&(&pf * &tf)?)?;
+    let ps = per_class(&pf)?;
+    let ts = per_class(&tf)?;
+    let num = ((i * 2.0)? + DICE_SMOOTH)?;
+    let den = ((ps + ts)? + DICE_SMOOTH)?.clamp(1e-8, f64::INFINITY)?;
+    let dice = (num / den)?.mean_all()?.neg()?;
+    let total = (&ce + &dice)?;
+    Ok(LossParts { total, ce, dice })
+}
+
+/// CLoPA's per-pass loss of each patch, `(B,)` f64: `1 − dice_b + ce_b` with
+/// `dice_b = (2 Σ p·g + 1e-5) / (Σ p + Σ g + 1e-5)` over the foreground channel(s) of patch b
+/// (averaged over foreground classes) and `ce_b` its mean voxel cross-entropy. The trainer
+/// averages this over the still-active patches and divides by the number of passes.
+pub fn clopa_pass_loss_per_sample(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let (logp, p, onehot) = prepare(logits, target)?;
+    let c = logits.dims()[1];
+    let ce = ce_per_sample(&logp, &onehot)?;
+    let pf = p.narrow(1, 1, c - 1)?;
+    let tf = onehot.narrow(1, 1, c - 1)?;
+    let i = sum_from(&(&pf * &tf)?, 2)?; // (B, C-1)
+    let ps = sum_from(&pf, 2)?;
+    let ts = sum_from(&tf, 2)?;
+    let dice = (((i * 2.0)? + DICE_SMOOTH)? / ((ps + ts)? + DICE_SMOOTH)?)?.mean(1)?; // (B,)
+    Ok(((dice.neg()? + 1.0)? + ce)?)
+}
+
+/// Mean of [`clopa_pass_loss_per_sample`] over the batch (f64 scalar).
+pub fn clopa_pass_loss(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    Ok(clopa_pass_loss_per_sample(logits, target)?.mean_all()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn naive(logits: &[[f64; 2]], y: &[u8]) -> (f64, f64) {
+        let (mut ce, mut i, mut p, mut t) = (0.0, 0.0, 0.0, 0.0);
+        for (l, &y) in logits.iter().zip(y) {
+            let m = l[0].max(l[1]);
+            let z = ((l[0] - m).exp() + (l[1] - m).exp()).ln() + m;
+            ce -= l[y as usize] - z;
+            let p1 = (l[1] - z).exp();
+            let t1 = f64::from(y);
+            i += p1 * t1;
+            p += p1;
+            t += t1;
+        }
+        let n = y.len() as f64;
+        (ce / n, (2.0 * i + 1e-5) / (p + t + 1e-5))
+    }
+
+    #[test]
+    fn both_losses_match_a_naive_loop() -> Result<()> {
+        let dev = Device::Cpu;
+        let l0 = [0.3f32, -1.0, 2.0, 0.0, 0.5, -0.25, 1.5, 0.1];
+        let l1 = [-0.2f32, 0.7, 1.0, 0.0, -2.0, 0.25, 0.5, 0.3];
+        let y = [0u8, 1, 1, 0, 0, 1, 0, 1];
+        let logits = Tensor::cat(
+            &[Tensor::new(&l0, &dev)?.reshape((1, 1, 2, 2, 2))?, Tensor::new(&l1, &dev)?.reshape((1, 1, 2, 2, 2))?],
+            1,
+        )?;
+        let target = Tensor::new(&y, &dev)?.reshape((1, 1, 2, 2, 2))?;
+        let pairs: Vec<[f64; 2]> = l0.iter().zip(&l1).map(|(&a, &b)| [f64::from(a), f64::from(b)]).collect();
+        let (ce, dice) = naive(&pairs, &y);
+        let parts = dc_and_ce_loss(&logits, &target)?;
+        assert!((parts.total.to_scalar::<f64>()? - (ce - dice)).abs() < 1e-6);
+        assert!((parts.ce.to_scalar::<f64>()? - ce).abs() < 1e-6);
+        let cl = clopa_pass_loss(&logits, &target)?.to_scalar::<f64>()?;
+        assert!((cl - (1.0 - dice + ce)).abs() < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn target_shape_mismatch_is_an_error() -> Result<()> {
+        let dev = Device::Cpu;
+        let logits = Tensor::zeros((1, 2, 2, 2, 2), DType::F32, &dev)?;
+        let target = Tensor::zeros((1, 1, 2, 2, 3), DType::U8, &dev)?;
+        assert!(dc_and_ce_loss(&logits, &target).is_err());
+        Ok(())
+    }
+}

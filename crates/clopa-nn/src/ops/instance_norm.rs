@@ -1,0 +1,465 @@
+//! `instance_norm3d` (+ optional fused LeakyReLU) as a candle `CustomOp3` (x, gamma, beta).
+//!
+//! One (sample, channel) plane per rayon task. Statistics are accumulated in eight f64 lanes
+//! around a shift (the plane's first value), so a 64^3 or larger plane with a large mean loses
+//! nothing to a long sequential f32 sum. The backward is two passes per plane: one for the
+//! statistics and the sums `Σ dz`, `Σ dz·x̂`, one writing dX; dgamma and dbeta fall out of the
+//! first. The LeakyReLU mask is read off the forward result (y > 0 ⇔ pre-activation > 0 for a
+//! non-negative slope), so the backward needs neither beta nor the pre-activation.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{check_layout, check_vec, dims5, f32_slice, invalid};
+
+const NAME: &str = "instance_norm3d";
+
+/// Shifted sums of one plane in f64 lanes: `(Σ d, Σ d²)` with `d = x − x[0]`.
+fn shifted_moments(x: &[f32], shift: f64) -> (f64, f64) {
+    let (mut s1, mut s2) = ([0f64; 8], [0f64; 8]);
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            let d = c[i] as f64 - shift;
+            s1[i] += d;
+            s2[i] += d * d;
+        }
+    }
+    let (mut a, mut b) = (s1.iter().sum::<f64>(), s2.iter().sum::<f64>());
+    for &v in rest {
+        let d = v as f64 - shift;
+        a += d;
+        b += d * d;
+    }
+    (a, b)
+}
+
+/// Mean and biased variance of a plane.
+fn plane_stats(x: &[f32]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let shift = x.first().copied().unwrap_or(0.0) as f64;
+    let (s1, s2) = shifted_moments(x, shift);
+    let md = s1 / n;
+    (shift + md, (s2 / n - md * md).max(0.0))
+}
+
+#[derive(Clone, Copy, Debug)]
+struct InstanceNorm {
+    eps: f64,
+    slope: Option<f32>,
+    dims: [usize; 5],
+}
+
+impl CustomOp3 for InstanceNorm {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let [_, c, d, h, w] = self.dims;
+        check_layout(NAME, "x", l1, &self.dims)?;
+        check_layout(NAME, "gamma", l2, &[c])?;
+        check_layout(NAME, "beta", l3, &[c])?;
+        let x = f32_slice(NAME, "x", s1, l1)?;
+        let gamma = f32_slice(NAME, "gamma", s2, l2)?;
+        let beta = f32_slice(NAME, "beta", s3, l3)?;
+        let n = d * h * w;
+        let mut y = vec![0f32; x.len()];
+        if n > 0 {
+            y.par_chunks_mut(n)
+                .zip(x.par_chunks(n))
+                .enumerate()
+                .for_each(|(pi, (y, x))| {
+                    let ch = pi % c;
+                    let (mean, var) = plane_stats(x);
+                    let rstd = 1.0 / (var + self.eps).sqrt();
+                    let (m, a, bt) = (mean as f32, (gamma[ch] as f64 * rstd) as f32, beta[ch]);
+                    match self.slope {
+                        Some(s) => y.iter_mut().zip(x).for_each(|(o, &v)| {
+                            let z = (v - m) * a + bt;
+                            *o = if z > 0.0 { z } else { z * s };
+                        }),
+                        None => y
+                            .iter_mut()
+                            .zip(x)
+                            .for_each(|(o, &v)| *o = (v - m) * a + bt),
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [_, c, ..] = self.dims;
+        let total: usize = self.dims.iter().product();
+        let op = InstanceNormBwd {
+            eps: self.eps,
+            slope: self.slope,
+            dims: self.dims,
+            gamma: gamma.to_vec1::<f32>()?,
+        };
+        let packed = x.apply_op3_no_bwd(res, &dy.contiguous()?, &op)?;
+        let dx = packed.narrow(0, 0, total)?.reshape(self.dims.to_vec())?;
+        let dgamma = packed.narrow(0, total, c)?;
+        let dbeta = packed.narrow(0, total + c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// (x, y, dy) → `[dx (flattened), dgamma (C), dbeta (C)]` in one tensor, since a custom op has
+/// one output; the caller splits it with `narrow` (views, no copies).
+#[derive(Clone, Debug)]
+struct InstanceNormBwd {
+    eps: f64,
+    slope: Option<f32>,
+    dims: [usize; 5],
+    gamma: Vec<f32>,
+}
+
+impl CustomOp3 for InstanceNormBwd {
+    fn name(&self) -> &'static str {
+        "instance_norm3d-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let [b, c, d, h, w] = self.dims;
+        check_layout(NAME, "x", l1, &self.dims)?;
+        check_layout(NAME, "y", l2, &self.dims)?;
+        check_layout(NAME, "dy", l3, &self.dims)?;
+        let x = f32_slice(NAME, "x", s1, l1)?;
+        let y = f32_slice(NAME, "y", s2, l2)?;
+        let dy = f32_slice(NAME, "dy", s3, l3)?;
+        let n = d * h * w;
+        let total = x.len();
+        let mut out = vec![0f32; total + 2 * c];
+        let (dxs, tail) = out.split_at_mut(total);
+        let slope = self.slope;
+        let mask = |yv: f32| match slope {
+            Some(s) if yv <= 0.0 => s,
+            _ => 1.0,
+        };
+        let sums: Vec<(f64, f64)> = if n == 0 {
+            vec![(0.0, 0.0); b * c]
+        } else {
+            dxs.par_chunks_mut(n)
+                .zip(x.par_chunks(n).zip(y.par_chunks(n).zip(dy.par_chunks(n))))
+                .enumerate()
+                .map(|(pi, (dx, (x, (y, dy))))| {
+                    let ch = pi % c;
+                    let shift = x[0] as f64;
+                    // pass 1: moments of x and the two sums of dz = dy · LeakyReLU'(z)
+                    let (mut s1, mut s2, mut g1, mut g2) =
+                        ([0f64; 4], [0f64; 4], [0f64; 4], [0f64; 4]);
+                    let len4 = n / 4 * 4;
+                    for j in (0..len4).step_by(4) {
+                        for i in 0..4 {
+                            let dv = x[j + i] as f64 - shift;
+                            let dz = (dy[j + i] * mask(y[j + i])) as f64;
+                            s1[i] += dv;
+                            s2[i] += dv * dv;
+                            g1[i] += dz;
+                            g2[i] += dz * dv;
+                        }
+                    }
+                    let (mut s1, mut s2, mut g1, mut g2) = (
+                        s1.iter().sum::<f64>(),
+                        s2.iter().sum::<f64>(),
+                        g1.iter().sum::<f64>(),
+                        g2.iter().sum::<f64>(),
+                    );
+                    for j in len4..n {
+                        let dv = x[j] as f64 - shift;
+                        let dz = (dy[j] * mask(y[j])) as f64;
+                        s1 += dv;
+                        s2 += dv * dv;
+                        g1 += dz;
+                        g2 += dz * dv;
+                    }
+                    let nf = n as f64;
+                    let md = s1 / nf;
+                    let var = (s2 / nf - md * md).max(0.0);
+                    let rstd = 1.0 / (var + self.eps).sqrt();
+                    // Σ dz·x̂ with x̂ = (x − mean)·rstd = (d − md)·rstd
+                    let gxh = rstd * (g2 - md * g1);
+                    // pass 2: dx = γ·rstd·(dz − mean(dz) − x̂·mean(dz·x̂))
+                    let coef = (self.gamma[ch] as f64 * rstd) as f32;
+                    let (m, r) = ((shift + md) as f32, rstd as f32);
+                    let (mg, mh) = ((g1 / nf) as f32, (gxh / nf) as f32);
+                    for (((o, &xv), &yv), &g) in dx.iter_mut().zip(x).zip(y).zip(dy) {
+                        let dz = g * mask(yv);
+                        *o = coef * (dz - mg - (xv - m) * r * mh);
+                    }
+                    (gxh, g1)
+                })
+                .collect()
+        };
+        for ch in 0..c {
+            let (mut dg, mut db) = (0f64, 0f64);
+            for bi in 0..b {
+                dg += sums[bi * c + ch].0;
+                db += sums[bi * c + ch].1;
+            }
+            tail[ch] = dg as f32;
+            tail[c + ch] = db as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(total + 2 * c)))
+    }
+}
+
+/// Instance normalisation of `x` (B, C, D, H, W) over D·H·W per (sample, channel), biased
+/// variance, `eps` added to the variance, affine `gamma`/`beta` (C,) — PyTorch's
+/// `InstanceNorm3d(C, eps, affine=True)` without running statistics. With
+/// `negative_slope: Some(s)` (s ≥ 0) a LeakyReLU follows the affine in the same pass.
+pub fn instance_norm3d(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    negative_slope: Option<f64>,
+) -> Result<Tensor> {
+    let dims = dims5(NAME, "x", x)?;
+    check_vec(NAME, "gamma", gamma, dims[1])?;
+    check_vec(NAME, "beta", beta, dims[1])?;
+    if eps.is_nan() || eps < 0.0 {
+        return Err(invalid(NAME, format!("eps must be >= 0, got {eps}")));
+    }
+    if let Some(s) = negative_slope
+        && (s.is_nan() || s < 0.0)
+    {
+        // The backward reads the LeakyReLU mask off the output, which needs a slope >= 0.
+        return Err(invalid(
+            NAME,
+            format!("negative_slope must be >= 0, got {s}"),
+        ));
+    }
+    let op = InstanceNorm {
+        eps,
+        slope: negative_slope.map(|s| s as f32),
+        dims,
+    };
+    x.contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::*;
+
+    /// Naive f64 forward (two-pass statistics).
+    fn naive(
+        x: &[f64],
+        g: &[f64],
+        bt: &[f64],
+        dims: [usize; 5],
+        eps: f64,
+        slope: Option<f64>,
+    ) -> Vec<f64> {
+        let c = dims[1];
+        let n = dims[2] * dims[3] * dims[4];
+        let mut y = vec![0f64; x.len()];
+        for (pi, (yp, xp)) in y.chunks_mut(n).zip(x.chunks(n)).enumerate() {
+            let ch = pi % c;
+            let mean = xp.iter().sum::<f64>() / n as f64;
+            let var = xp.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
+            for (o, v) in yp.iter_mut().zip(xp) {
+                let z = (v - mean) / (var + eps).sqrt() * g[ch] + bt[ch];
+                *o = match slope {
+                    Some(s) if z <= 0.0 => z * s,
+                    _ => z,
+                };
+            }
+        }
+        y
+    }
+
+    /// Naive f64 backward (textbook formula), for shapes too large for finite differences.
+    fn naive_bwd(
+        x: &[f64],
+        g: &[f64],
+        bt: &[f64],
+        dy: &[f64],
+        dims: [usize; 5],
+        eps: f64,
+        slope: Option<f64>,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let c = dims[1];
+        let n = dims[2] * dims[3] * dims[4];
+        let (mut dx, mut dg, mut db) = (vec![0f64; x.len()], vec![0f64; c], vec![0f64; c]);
+        for (pi, ((dxp, xp), dyp)) in dx
+            .chunks_mut(n)
+            .zip(x.chunks(n))
+            .zip(dy.chunks(n))
+            .enumerate()
+        {
+            let ch = pi % c;
+            let mean = xp.iter().sum::<f64>() / n as f64;
+            let var = xp.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
+            let rstd = 1.0 / (var + eps).sqrt();
+            let xh: Vec<f64> = xp.iter().map(|v| (v - mean) * rstd).collect();
+            let dz: Vec<f64> = xh
+                .iter()
+                .zip(dyp)
+                .map(|(h, d)| {
+                    let z = h * g[ch] + bt[ch];
+                    match slope {
+                        Some(s) if z <= 0.0 => d * s,
+                        _ => *d,
+                    }
+                })
+                .collect();
+            let sdz: f64 = dz.iter().sum();
+            let sdzh: f64 = dz.iter().zip(&xh).map(|(a, b)| a * b).sum();
+            dg[ch] += sdzh;
+            db[ch] += sdz;
+            for j in 0..n {
+                dxp[j] = g[ch] * rstd * (dz[j] - sdz / n as f64 - xh[j] * sdzh / n as f64);
+            }
+        }
+        (dx, dg, db)
+    }
+
+    fn check_tiny(slope: Option<f64>) {
+        let dims = [2, 3, 3, 4, 5];
+        let c = dims[1];
+        let total: usize = dims.iter().product();
+        let mut rng = Lcg(21);
+        let x: Vec<f32> = rng.vec(total).iter().map(|v| 3.0 * v + 1.0).collect();
+        let g: Vec<f32> = rng.vec(c).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let bt: Vec<f32> = rng.vec(c).iter().map(|v| 0.3 * v).collect();
+        let r = rng.vec(total);
+        let (xv, xt) = var(&x, &dims);
+        let (gv, gt) = var(&g, &[c]);
+        let (bv, btt) = var(&bt, &[c]);
+        let y = instance_norm3d(&xt, &gt, &btt, 1e-5, slope).expect("instance_norm3d");
+        let (x64, g64, b64, r64) = (f64v(&x), f64v(&g), f64v(&bt), f64v(&r));
+        assert_close(
+            "forward",
+            &to_vec(&y),
+            &naive(&x64, &g64, &b64, dims, 1e-5, slope),
+            1e-6,
+        );
+        let grads = loss_grads(&y, &r);
+        let loss = |x: &[f64], g: &[f64], b: &[f64]| dot(&naive(x, g, b, dims, 1e-5, slope), &r64);
+        let (dx, dg, db) = (
+            grad_of(&grads, &xv),
+            grad_of(&grads, &gv),
+            grad_of(&grads, &bv),
+        );
+        assert_close(
+            "dx vs finite differences",
+            &dx,
+            &fd_grad(&x64, |v| loss(v, &g64, &b64)),
+            1e-5,
+        );
+        assert_close(
+            "dgamma vs finite differences",
+            &dg,
+            &fd_grad(&g64, |v| loss(&x64, v, &b64)),
+            1e-5,
+        );
+        assert_close(
+            "dbeta vs finite differences",
+            &db,
+            &fd_grad(&b64, |v| loss(&x64, &g64, v)),
+            1e-5,
+        );
+        let (rdx, rdg, rdb) = naive_bwd(&x64, &g64, &b64, &r64, dims, 1e-5, slope);
+        assert_close("dx vs naive f64", &dx, &rdx, 1e-5);
+        assert_close("dgamma vs naive f64", &dg, &rdg, 1e-5);
+        assert_close("dbeta vs naive f64", &db, &rdb, 1e-5);
+    }
+
+    #[test]
+    fn tiny_with_leaky_relu() {
+        check_tiny(Some(0.01));
+    }
+
+    #[test]
+    fn tiny_without_nonlinearity() {
+        check_tiny(None);
+    }
+
+    /// 64^3 planes with a large mean offset: a naive sequential f32 sum would lose the mean's
+    /// low bits. Tolerances are the resenc fixture README's (forward 1e-4·max|ref|, gradient
+    /// 5e-2·max|g_ref| + 2e-4·G); the op is expected to be far inside them, so we also check 1e-5.
+    #[test]
+    fn plane_64_cubed_matches_f64_reference() {
+        let dims = [1, 2, 64, 64, 64];
+        let c = dims[1];
+        let total: usize = dims.iter().product();
+        let mut rng = Lcg(33);
+        let x: Vec<f32> = rng
+            .vec(total)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| 100.0 + v + if i < total / 2 { 0.0 } else { 20.0 })
+            .collect();
+        let g = vec![1.3f32, 0.7];
+        let bt = vec![0.1f32, -0.2];
+        let r = rng.vec(total);
+        let (xv, xt) = var(&x, &dims);
+        let (gv, gt) = var(&g, &[c]);
+        let (bv, btt) = var(&bt, &[c]);
+        let y = instance_norm3d(&xt, &gt, &btt, 1e-5, Some(0.01)).expect("instance_norm3d");
+        let (x64, g64, b64, r64) = (f64v(&x), f64v(&g), f64v(&bt), f64v(&r));
+        let yref = naive(&x64, &g64, &b64, dims, 1e-5, Some(0.01));
+        let ef = rel_err(&to_vec(&y), &yref);
+        assert!(ef <= 1e-4, "forward {ef:.3e}");
+        let grads = loss_grads(&y, &r);
+        let (rdx, rdg, rdb) = naive_bwd(&x64, &g64, &b64, &r64, dims, 1e-5, Some(0.01));
+        let big_g = [&rdx, &rdg, &rdb]
+            .iter()
+            .flat_map(|v| v.iter())
+            .fold(0f64, |m, v| m.max(v.abs()));
+        for (name, got, want) in [
+            ("dx", grad_of(&grads, &xv), &rdx),
+            ("dgamma", grad_of(&grads, &gv), &rdg),
+            ("dbeta", grad_of(&grads, &bv), &rdb),
+        ] {
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(want.iter())
+                .fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
+            assert!(
+                err <= 5e-2 * scale + 2e-4 * big_g,
+                "{name}: {err:.3e} over the README bound"
+            );
+            assert!(err <= 1e-5 * scale, "{name}: {:.3e} relative", err / scale);
+        }
+        assert!(ef <= 1e-5, "forward {ef:.3e}");
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        let x = tensor(&[0.0; 16], &[1, 2, 2, 2, 2]);
+        let g = tensor(&[1.0; 2], &[2]);
+        let g3 = tensor(&[1.0; 3], &[3]);
+        assert!(instance_norm3d(&x, &g3, &g, 1e-5, None).is_err());
+        assert!(instance_norm3d(&x, &g, &g, 1e-5, Some(-0.1)).is_err());
+        assert!(instance_norm3d(&x, &g, &g, 1e-5, None).is_ok());
+    }
+}

@@ -1,0 +1,342 @@
+//! nnInteractive's network: `ResidualEncoderUNet` as dynamic-network-architectures 0.4.4 builds it.
+//!
+//! Layers are built from a candle-nn [`VarBuilder`] with `vb.pp(...)` so their parameter names are
+//! PyTorch's canonical `named_parameters()` names. All tensors are `(B, C, D, H, W)` f32.
+//!
+//! * stem: ConvDropoutNormReLU (conv → InstanceNorm → LeakyReLU), stride 1;
+//! * encoder stage s: BasicBlockD × n_blocks[s]; block = conv1 (→ IN → LReLU, carries the stride),
+//!   conv2 (→ IN, no nonlinearity), `LReLU(out + skip(x))` — the nonlinearity follows the add;
+//!   skip = identity, AvgPool(stride) if strided, then 1×1 conv (no bias) + IN if the width changes;
+//! * decoder stage s (s = 0 at the bottleneck): transposed conv (kernel = stride), `cat(up, skip)`
+//!   (upsampled first), ConvDropoutNormReLU stack; `seg_layers.s` = 1×1 conv with bias.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use crate::arch::UNetSpec;
+use crate::error::{NnError, Result};
+use crate::ops;
+
+/// conv → InstanceNorm → optional LeakyReLU (dynamic-network-architectures' ConvDropoutNormReLU
+/// without dropout).
+#[derive(Clone, Debug)]
+pub struct ConvNormAct {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    gamma: Tensor,
+    beta: Tensor,
+    stride: usize,
+    padding: usize,
+    eps: f64,
+    slope: Option<f64>,
+}
+
+impl ConvNormAct {
+    /// Forward: `(B, Cin, D, H, W)` → `(B, Cout, D/stride, H/stride, W/stride)`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = ops::conv3d(x, &self.weight, self.bias.as_ref(), self.stride, self.padding)?;
+        ops::instance_norm3d(&y, &self.gamma, &self.beta, self.eps, self.slope)
+    }
+}
+
+/// Builds a [`ConvNormAct`] whose parameters are `vb.pp("conv")` / `vb.pp("norm")`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_norm_act(
+    vb: &VarBuilder,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    bias: bool,
+    eps: f64,
+    slope: Option<f64>,
+) -> candle_core::Result<ConvNormAct> {
+    let cv = vb.pp("conv");
+    let weight = cv.get((cout, cin, k, k, k), "weight")?;
+    let bias = if bias { Some(cv.get(cout, "bias")?) } else { None };
+    let nv = vb.pp("norm");
+    let gamma = nv.get(cout, "weight")?;
+    let beta = nv.get(cout, "bias")?;
+    Ok(ConvNormAct { weight, bias, gamma, beta, stride, padding: (k - 1) / 2, eps, slope })
+}
+
+/// Residual block BasicBlockD.
+#[derive(Clone, Debug)]
+pub struct BasicBlockD {
+    conv1: ConvNormAct,
+    conv2: ConvNormAct,
+    pool: Option<usize>,
+    projection: Option<ConvNormAct>,
+    slope: f64,
+}
+
+impl BasicBlockD {
+    /// Builds the block under `vb` (`conv1`, `conv2`, `skip.{0,1}`).
+    pub fn new(vb: &VarBuilder, spec: &UNetSpec, cin: usize, cout: usize, k: usize, stride: usize) -> candle_core::Result<Self> {
+        let slope = spec.negative_slope;
+        let eps = spec.norm_eps;
+        let conv1 = conv_norm_act(&vb.pp("conv1"), cin, cout, k, stride, spec.conv_bias, eps, Some(slope))?;
+        let conv2 = conv_norm_act(&vb.pp("conv2"), cout, cout, k, 1, spec.conv_bias, eps, None)?;
+        let pool = (stride != 1).then_some(stride);
+        let projection = if cin != cout {
+            let idx = usize::from(pool.is_some());
+            Some(conv_norm_act(&vb.pp("skip").pp(idx), cin, cout, 1, 1, false, eps, None)?)
+        } else {
+            None
+        };
+        Ok(BasicBlockD { conv1, conv2, pool, projection, slope })
+    }
+
+    /// Forward: `LReLU(IN2(conv2(LReLU(IN1(conv1(x))))) + skip(x))`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.conv2.forward(&self.conv1.forward(x)?)?;
+        let mut s = match self.pool {
+            Some(k) => ops::avg_pool3d(x, k)?,
+            None => x.clone(),
+        };
+        if let Some(p) = &self.projection {
+            s = p.forward(&s)?;
+        }
+        ops::add_leaky_relu(&h, &s, self.slope)
+    }
+}
+
+/// A 1×1×1 convolution with bias (segmentation head) or a transposed convolution.
+#[derive(Clone, Debug)]
+struct Affine {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+/// One decoder stage: transposed conv, concatenation, conv stack, segmentation head.
+#[derive(Clone, Debug)]
+struct DecoderStage {
+    transp: Affine,
+    transp_stride: usize,
+    convs: Vec<ConvNormAct>,
+    seg: Affine,
+}
+
+/// What [`ResidualEncoderUNet::run`] returns besides the outputs.
+type Activations = Vec<(String, Tensor)>;
+
+/// The network. Build with [`ResidualEncoderUNet::new`] from a [`VarBuilder`] (see
+/// [`crate::ParamStore::var_builder`] to choose which parameters are trainable).
+#[derive(Clone, Debug)]
+pub struct ResidualEncoderUNet {
+    spec: UNetSpec,
+    stem: ConvNormAct,
+    stages: Vec<Vec<BasicBlockD>>,
+    decoder: Vec<DecoderStage>,
+}
+
+impl ResidualEncoderUNet {
+    /// Builds the network; every parameter is fetched from `vb` under its canonical name
+    /// (a missing tensor or a wrong shape is an error naming it).
+    pub fn new(spec: &UNetSpec, vb: &VarBuilder) -> Result<Self> {
+        let n = spec.n_stages();
+        let enc = vb.pp("encoder");
+        let stem = conv_norm_act(
+            &enc.pp("stem").pp("convs").pp(0),
+            spec.input_channels,
+            spec.stem_channels,
+            spec.kernel_sizes[0],
+            1,
+            spec.conv_bias,
+            spec.norm_eps,
+            Some(spec.negative_slope),
+        )?;
+        let mut stages = Vec::with_capacity(n);
+        let mut cin = spec.stem_channels;
+        for s in 0..n {
+            let f = spec.features[s];
+            let sv = enc.pp("stages").pp(s).pp("blocks");
+            let mut blocks = Vec::with_capacity(spec.n_blocks[s]);
+            for b in 0..spec.n_blocks[s] {
+                let (bin, stride) = if b == 0 { (cin, spec.strides[s]) } else { (f, 1) };
+                blocks.push(BasicBlockD::new(&sv.pp(b), spec, bin, f, spec.kernel_sizes[s], stride)?);
+            }
+            stages.push(blocks);
+            cin = f;
+        }
+        let dec = vb.pp("decoder");
+        let mut decoder = Vec::with_capacity(n - 1);
+        for i in 0..n - 1 {
+            let below = spec.features[n - 1 - i];
+            let skip_c = spec.features[n - 2 - i];
+            let st = spec.strides[n - 1 - i];
+            let k = spec.kernel_sizes[n - 2 - i];
+            let tv = dec.pp("transpconvs").pp(i);
+            let transp = Affine {
+                weight: tv.get((below, skip_c, st, st, st), "weight")?,
+                bias: if spec.conv_bias { Some(tv.get(skip_c, "bias")?) } else { None },
+            };
+            let mut convs = Vec::with_capacity(spec.n_conv_decoder[i]);
+            for c in 0..spec.n_conv_decoder[i] {
+                let ci = if c == 0 { 2 * skip_c } else { skip_c };
+                convs.push(conv_norm_act(
+                    &dec.pp("stages").pp(i).pp("convs").pp(c),
+                    ci,
+                    skip_c,
+                    k,
+                    1,
+                    spec.conv_bias,
+                    spec.norm_eps,
+                    Some(spec.negative_slope),
+                )?);
+            }
+            let gv = dec.pp("seg_layers").pp(i);
+            let seg = Affine {
+                weight: gv.get((spec.num_classes, skip_c, 1, 1, 1), "weight")?,
+                bias: Some(gv.get(spec.num_classes, "bias")?),
+            };
+            decoder.push(DecoderStage { transp, transp_stride: st, convs, seg });
+        }
+        Ok(ResidualEncoderUNet { spec: spec.clone(), stem, stages, decoder })
+    }
+
+    /// The architecture this network was built from.
+    pub fn spec(&self) -> &UNetSpec {
+        &self.spec
+    }
+
+    /// Checks `x` is `(B, C_in, D, H, W)` with sizes divisible by the total stride.
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
+        let shape = x.dims().to_vec();
+        if shape.len() != 5 {
+            return Err(NnError::InputShape { shape, reason: "expected 5 dimensions (B, C, D, H, W)".into() });
+        }
+        if shape[1] != self.spec.input_channels {
+            return Err(NnError::InputChannels { expected: self.spec.input_channels, got: shape[1], shape });
+        }
+        let ts = self.spec.total_stride();
+        if shape[2..].iter().any(|&d| d == 0 || d % ts != 0) {
+            return Err(NnError::InputShape {
+                shape,
+                reason: format!("spatial sizes must be positive multiples of the total stride {ts}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Logits `(B, num_classes, D, H, W)` (deep supervision off).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
+        let mut outs = self.run(x, false, None)?;
+        outs.pop().ok_or_else(|| NnError::Arch("network produced no output".into()))
+    }
+
+    /// Deep-supervision outputs, highest resolution first (`n_stages - 1` tensors).
+    pub fn forward_ds(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        self.check_input(x)?;
+        let mut outs = self.run(x, true, None)?;
+        outs.reverse();
+        Ok(outs)
+    }
+
+    /// Logits plus the intermediate activations the golden fixture records: `stem_out`,
+    /// `enc_stage{s}_out`, `dec_stage{s}_out` (decoder stage output before its seg layer).
+    pub fn forward_debug(&self, x: &Tensor) -> Result<(Tensor, Activations)> {
+        self.check_input(x)?;
+        let mut acts = Vec::new();
+        let mut outs = self.run(x, false, Some(&mut acts))?;
+        let logits = outs.pop().ok_or_else(|| NnError::Arch("network produced no output".into()))?;
+        Ok((logits, acts))
+    }
+
+    /// Outputs lowest resolution first (all seg layers if `ds`, else only the last one).
+    fn run(&self, x: &Tensor, ds: bool, mut acts: Option<&mut Activations>) -> Result<Vec<Tensor>> {
+        let mut record = |name: String, t: &Tensor| {
+            if let Some(a) = acts.as_deref_mut() {
+                a.push((name, t.clone()));
+            }
+        };
+        let mut h = self.stem.forward(x)?;
+        record("stem_out".into(), &h);
+        let mut skips = Vec::with_capacity(self.stages.len());
+        for (s, blocks) in self.stages.iter().enumerate() {
+            for b in blocks {
+                h = b.forward(&h)?;
+            }
+            record(format!("enc_stage{s}_out"), &h);
+            skips.push(h.clone());
+        }
+        let n = self.stages.len();
+        let mut outs = Vec::new();
+        let mut low = skips[n - 1].clone();
+        for (i, st) in self.decoder.iter().enumerate() {
+            let up = ops::conv_transpose3d(&low, &st.transp.weight, st.transp.bias.as_ref(), st.transp_stride)?;
+            let mut y = Tensor::cat(&[&up, &skips[n - 2 - i]], 1)?;
+            for c in &st.convs {
+                y = c.forward(&y)?;
+            }
+            record(format!("dec_stage{i}_out"), &y);
+            if ds || i == self.decoder.len() - 1 {
+                outs.push(ops::conv3d(&y, &st.seg.weight, st.seg.bias.as_ref(), 1, 0)?);
+            }
+            low = y;
+        }
+        Ok(outs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use candle_core::{DType, Device};
+
+    use super::*;
+    use crate::arch::Architecture;
+    use crate::params::ParamStore;
+
+    /// A 3-stage variant exercising what the v1.0 net does not: no conv bias, 2 decoder convs,
+    /// a 1×1 kernel stage and a stride-1 stage with a projection skip.
+    fn odd_spec() -> UNetSpec {
+        let mut arch = Architecture::resenc(&[3, 4, 5], &[2, 1, 1]);
+        arch.arch_kwargs["conv_bias"] = serde_json::json!(false);
+        arch.arch_kwargs["n_conv_per_stage_decoder"] = serde_json::json!([2, 1]);
+        arch.arch_kwargs["kernel_sizes"] = serde_json::json!([3, [1, 1, 1], 3]);
+        arch.arch_kwargs["strides"] = serde_json::json!([1, 1, 2]);
+        arch.arch_kwargs["stem_channels"] = serde_json::json!(2);
+        UNetSpec::from_architecture(&arch, 2, 3).expect("spec")
+    }
+
+    fn params(spec: &UNetSpec) -> BTreeMap<String, Tensor> {
+        spec.parameter_shapes()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (n, s))| {
+                let numel: usize = s.iter().product();
+                let v: Vec<f32> = (0..numel).map(|j| ((i * 7 + j * 13) % 11) as f32 / 11.0 - 0.4).collect();
+                (n, Tensor::from_vec(v, s, &Device::Cpu).expect("tensor"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn odd_architecture_builds_and_has_the_right_output_shapes() -> Result<()> {
+        let spec = odd_spec();
+        let names: Vec<String> = spec.parameter_shapes().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"encoder.stages.0.blocks.0.skip.0.conv.weight".to_string()));
+        assert!(names.contains(&"decoder.stages.0.convs.1.conv.weight".to_string()));
+        assert!(!names.iter().any(|n| n.ends_with("conv.bias") || n.starts_with("decoder.transpconvs") && n.ends_with("bias")));
+        let store = ParamStore::new(params(&spec));
+        let net = ResidualEncoderUNet::new(&spec, &store.var_builder(&Device::Cpu))?;
+        let x = Tensor::ones((2, 2, 4, 6, 8), DType::F32, &Device::Cpu)?;
+        assert_eq!(net.forward(&x)?.dims(), &[2, 3, 4, 6, 8]);
+        let ds = net.forward_ds(&x)?;
+        assert_eq!(ds.iter().map(|t| t.dims().to_vec()).collect::<Vec<_>>(), vec![vec![2, 3, 4, 6, 8], vec![2, 3, 4, 6, 8]]);
+        Ok(())
+    }
+
+    #[test]
+    fn missing_parameter_is_named() {
+        let spec = odd_spec();
+        let mut p = params(&spec);
+        p.remove("decoder.seg_layers.1.bias");
+        let store = ParamStore::new(p);
+        let err = ResidualEncoderUNet::new(&spec, &store.var_builder(&Device::Cpu)).expect_err("missing");
+        assert!(err.to_string().contains("decoder.seg_layers.1.bias"), "{err}");
+    }
+}
