@@ -1,0 +1,242 @@
+//! `clopa-simulate` (protocol step 4): the simulated interactive evaluation of one model (base or
+//! episode checkpoint) on the holdout cases of one task, written as `steps.parquet`.
+//!
+//! Where things are: `main.rs` parses the arguments; [`run`] resolves the settings, checks every
+//! input before anything is computed, loops over cases × inference runs with
+//! [`clopa_interact::simulate_case`] and writes the table atomically; [`NetPredictor`] wraps the
+//! candle `ResidualEncoderUNet` as a [`clopa_interact::Predictor`]; [`dataset`] reads the cases.
+
+pub mod dataset;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use candle_core::{Device, Tensor};
+use clopa_config::{Manifest, Profile};
+use clopa_interact::{InferenceSession, Predictor, PredictorError, PromptConfig, SessionConfig, case_rng, simulate_case};
+use clopa_nn::ResidualEncoderUNet;
+use clopa_table::{Provenance, SplitKind, StepRow};
+
+/// The network as a [`Predictor`]: `[8, p0, p1, p2]` in, the two logits `[2, p0, p1, p2]` out.
+pub struct NetPredictor {
+    net: ResidualEncoderUNet,
+    device: Device,
+}
+
+impl NetPredictor {
+    pub fn new(net: ResidualEncoderUNet, device: Device) -> Self {
+        NetPredictor { net, device }
+    }
+}
+
+impl Predictor for NetPredictor {
+    fn predict(&mut self, input: &[f32], patch: [usize; 3]) -> Result<Vec<f32>, PredictorError> {
+        let c = input.len() / patch.iter().product::<usize>().max(1);
+        let x = Tensor::from_slice(input, (1, c, patch[0], patch[1], patch[2]), &self.device)?;
+        let y = self.net.forward(&x)?;
+        Ok(y.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+/// Everything the tool was asked to do (flags as given; `None` = not given).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub model: PathBuf,
+    pub checkpoints: Vec<PathBuf>,
+    pub manifest: PathBuf,
+    pub split: PathBuf,
+    pub output: PathBuf,
+    pub edits: Option<usize>,
+    pub infer_runs: Option<usize>,
+    pub patch: Option<[usize; 3]>,
+    pub seed: Option<u64>,
+    pub profile: Option<PathBuf>,
+    pub method: Option<String>,
+    pub run: Option<u32>,
+    pub data_root: Option<PathBuf>,
+    pub save_masks: Option<PathBuf>,
+    pub no_autozoom: bool,
+    pub quiet: bool,
+}
+
+/// The checkpoint's keys for the table.
+#[derive(Debug, Clone, PartialEq)]
+struct Keys {
+    method: String,
+    run: Option<u32>,
+    episode: u32,
+    n_seen: u32,
+}
+
+fn meta_u32(ck: &clopa_nn::EpisodeCheckpoint, key: &str) -> anyhow::Result<u32> {
+    let v = ck
+        .metadata
+        .get(key)
+        .with_context(|| format!("checkpoint {} has no metadata `{key}`", ck.path.display()))?;
+    v.trim()
+        .parse()
+        .with_context(|| format!("checkpoint {}: metadata `{key}` = {v:?} is not a non-negative integer", ck.path.display()))
+}
+
+fn keys(req: &Request) -> anyhow::Result<Keys> {
+    let Some(last) = req.checkpoints.last() else {
+        return Ok(Keys {
+            method: req.method.clone().unwrap_or_else(|| "base".into()),
+            run: req.run,
+            episode: 0,
+            n_seen: 0,
+        });
+    };
+    let ck = clopa_nn::read_episode_checkpoint(last)
+        .with_context(|| format!("cannot read the checkpoint {}", last.display()))?;
+    let group = ck.metadata.get(clopa_nn::model_folder::META_GROUP).cloned();
+    let method = match (&req.method, group) {
+        (Some(m), _) => m.clone(),
+        (None, Some(g)) => g,
+        (None, None) => bail!("checkpoint {} has no metadata `clopa.group`; pass --method", last.display()),
+    };
+    let run = match req.run {
+        Some(r) => Some(r),
+        None => Some(meta_u32(&ck, "clopa.run")?),
+    };
+    Ok(Keys { method, run, episode: meta_u32(&ck, "clopa.episode")?, n_seen: meta_u32(&ck, "clopa.n_seen")? })
+}
+
+/// Runs the simulation and writes the table; nothing is written unless every input checks out.
+pub fn run(req: &Request) -> anyhow::Result<()> {
+    // settings: profile (or the paper's defaults), then flags
+    let mut profile = match &req.profile {
+        Some(p) => Profile::load(p).with_context(|| format!("cannot load the profile {}", p.display()))?,
+        None => Profile::default(),
+    };
+    let manifest = Manifest::load(&req.manifest)?;
+
+    // model + checkpoints (a checkpoint for another base is refused here)
+    let mut model = clopa_nn::load_model_folder(&req.model)
+        .with_context(|| format!("cannot load the model folder {}", req.model.display()))?;
+    let keys = keys(req)?;
+    model.apply_checkpoints(&req.checkpoints)?;
+    let model_patch = match model.meta.patch_size.as_slice() {
+        [a, b, c] => [*a, *b, *c],
+        other => bail!("{}: model.json patch_size {other:?} is not 3D", req.model.display()),
+    };
+    let patch = req.patch.unwrap_or(if req.profile.is_some() { profile.patch } else { model_patch });
+    let stride = model.spec.total_stride();
+    if patch.iter().any(|&p| p == 0 || p % stride != 0) {
+        bail!("patch {patch:?} must be positive multiples of the network's total stride {stride}");
+    }
+    if let Some(e) = req.edits {
+        profile.edits = e;
+    }
+    if let Some(r) = req.infer_runs {
+        profile.infer_runs = r;
+    }
+    if let Some(s) = req.seed {
+        profile.seed = s;
+    }
+    profile.patch = patch;
+    if profile.infer_runs == 0 {
+        bail!("--infer-runs must be at least 1");
+    }
+
+    // cases: the split's holdout rows of this task, then the dataset
+    let split = clopa_table::read_split(&req.split)?;
+    let holdout: Vec<_> = split.iter().filter(|r| r.split == SplitKind::Holdout).collect();
+    if holdout.is_empty() {
+        bail!("split {} has no holdout rows: nothing to simulate", req.split.display());
+    }
+    let mut ids: Vec<String> = holdout.iter().filter(|r| r.task == manifest.name).map(|r| r.case_id.clone()).collect();
+    if ids.is_empty() {
+        bail!(
+            "split {} has holdout rows only for task {:?}, not for the manifest's task {:?}",
+            req.split.display(),
+            holdout[0].task,
+            manifest.name
+        );
+    }
+    if let Some(m) = profile.max_holdout {
+        ids.truncate(m);
+    }
+    let ds_dir = manifest.dataset_dir(&req.manifest, req.data_root.as_deref());
+    let dataset = dataset::Dataset::open(&ds_dir)?;
+    let entries = ids.iter().map(|id| dataset.entry(id).map(|e| (id.clone(), e))).collect::<anyhow::Result<Vec<_>>>()?;
+
+    let prompts = PromptConfig {
+        patch_size: patch,
+        point_radius: model.meta.point_radius,
+        decay: model.meta.interaction_decay,
+        scheme: match model.meta.decay_scheme {
+            clopa_nn::DecayScheme::PerType => clopa_interact::DecayScheme::PerType,
+            clopa_nn::DecayScheme::Running => clopa_interact::DecayScheme::Running,
+        },
+    };
+    let mut config = SessionConfig::new(prompts);
+    config.autozoom = !req.no_autozoom;
+    let device = Device::Cpu;
+    let net = model.network(&device)?;
+    let mut session = InferenceSession::new(NetPredictor::new(net, device), config)?;
+
+    let settings = serde_json::json!({
+        "model": req.model, "checkpoints": req.checkpoints, "manifest": req.manifest, "split": req.split,
+        "method": keys.method, "run": keys.run, "episode": keys.episode, "n_seen": keys.n_seen,
+        "edits": profile.edits, "infer_runs": profile.infer_runs, "patch": patch, "seed": profile.seed,
+        "autozoom": !req.no_autozoom, "cases": ids, "profile": profile.to_json(),
+    });
+    let prov = Provenance::new("clopa-simulate", env!("CARGO_PKG_VERSION"), settings, profile.seed);
+
+    let pb = clopa_cli::progress_bar((entries.len() * profile.infer_runs) as u64, "simulate", req.quiet);
+    let mut rows = Vec::new();
+    for (id, entry) in &entries {
+        let case = entry.load(manifest.channel, &manifest.labels, manifest.largest_component)?;
+        for infer_run in 0..profile.infer_runs as u32 {
+            pb.set_prefix(format!("{id} run {infer_run}"));
+            let mut rng = case_rng(profile.seed, id, infer_run);
+            let sim = simulate_case(
+                &mut session,
+                &case.image.data,
+                &case.mask.data,
+                case.mask.shape,
+                case.mask.spacing,
+                manifest.nsd_tolerance_mm,
+                profile.edits,
+                &mut rng,
+            )
+            .with_context(|| format!("case {id}, inference run {infer_run}"))?;
+            let last = sim.steps.last().map(|s| (s.dice, s.nsd)).unwrap_or_default();
+            tracing::debug!(case = %id, infer_run, dice = last.0, nsd = last.1, "simulated");
+            if let Some(dir) = &req.save_masks {
+                save_mask(dir, id, infer_run, &case.mask, sim.segmentation)?;
+            }
+            rows.extend(sim.steps.into_iter().map(|s| StepRow {
+                task: manifest.name.clone(),
+                method: keys.method.clone(),
+                run: keys.run,
+                episode: keys.episode,
+                n_seen: keys.n_seen,
+                infer_run,
+                case_id: id.clone(),
+                step: s.step,
+                dice: s.dice,
+                nsd: s.nsd,
+                fg_clicks: s.fg_clicks,
+                bg_clicks: s.bg_clicks,
+                seconds: s.seconds,
+            }));
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    if clopa_cli::is_stdout(&req.output) {
+        clopa_table::write_steps_to(std::io::stdout(), &rows, &prov)?;
+    } else {
+        clopa_table::write_steps(&req.output, &rows, &prov)?;
+    }
+    tracing::info!(rows = rows.len(), cases = entries.len(), "wrote {}", req.output.display());
+    Ok(())
+}
+
+fn save_mask(dir: &Path, id: &str, infer_run: u32, like: &clopa_volume::Mask, seg: Vec<u8>) -> anyhow::Result<()> {
+    let vol = clopa_volume::Volume::new(like.shape, like.spacing, like.affine, seg)?;
+    let path = dir.join(format!("{id}_infer{infer_run}.nii.gz"));
+    clopa_cli::write_atomic_path(&path, |tmp| Ok(clopa_volume::write_nifti(tmp, &vol)?))
+}

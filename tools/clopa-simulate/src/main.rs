@@ -1,0 +1,145 @@
+//! `clopa-simulate`: argument parsing; the work is in `lib.rs` (`clopa_simulate::run`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+const AFTER_HELP: &str = "\
+Examples:
+  # the base model on the holdout cases (100 edits, 3 inference runs)
+  clopa-simulate --model models/clopa-tiny --manifest data-manifests/synth-organ.toml \\
+      --split runs/quick/synth-organ/split.parquet -o runs/quick/synth-organ/base/steps.parquet
+
+  # an episode checkpoint (method, run, episode and n_seen come from its metadata), quick profile
+  clopa-simulate --model models/clopa-tiny --checkpoint runs/q/organ/in-run0/ep2.safetensors \\
+      --manifest data-manifests/synth-organ.toml --split runs/q/organ/split.parquet \\
+      --profile pipelines/quick.toml -o runs/q/organ/in-run0/ep2.steps.parquet
+
+Per holdout case and inference run: one initial click pair (background, then foreground), then
+--edits steps of one click in the false positives and one in the false negatives, added to one
+persistent session; each prediction is centred on the last click, with AutoZoom. Dice and NSD
+(the manifest's tolerance, native spacing) are recorded after every step; after Dice 1 the
+remaining steps repeat the final values. Clicks are seeded per (seed, case, inference run).";
+
+/// Simulate interactive segmentation of a task's holdout cases and record Dice/NSD per step.
+///
+/// Writes steps.parquet (DESIGN.md "Tables"): one row per (inference run, case, step). Settings
+/// come from --profile (else the paper's: 100 edits, 3 inference runs, the model's patch size),
+/// and flags override them. Inputs are all checked before anything is computed; nothing is
+/// written on error.
+#[derive(Parser, Debug)]
+#[command(name = "clopa-simulate", version, after_help = AFTER_HELP, args_override_self = true)]
+struct Cli {
+    /// The clopa model folder (model.json + model.safetensors).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+
+    /// Episode checkpoint(s) to apply to the model, in order (must name this base model).
+    #[arg(long = "checkpoint", value_name = "CKPT")]
+    checkpoints: Vec<PathBuf>,
+
+    /// The task manifest (data-manifests/*.toml).
+    #[arg(long, value_name = "M")]
+    manifest: PathBuf,
+
+    /// split.parquet; its holdout rows are the cases simulated.
+    #[arg(long, value_name = "S")]
+    split: PathBuf,
+
+    /// Output steps.parquet (`-` for stdout).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+
+    /// Edit steps after the initialisation [default: 100, or the profile's].
+    #[arg(long, value_name = "N")]
+    edits: Option<usize>,
+
+    /// Inference runs per case [default: 3, or the profile's].
+    #[arg(long, value_name = "N")]
+    infer_runs: Option<usize>,
+
+    /// Patch size, one number or X,Y,Z [default: the model's, or the profile's].
+    #[arg(long, value_name = "P", value_parser = parse_patch)]
+    patch: Option<[usize; 3]>,
+
+    /// Seed of the simulated clicks [default: 0, or the profile's].
+    #[arg(long)]
+    seed: Option<u64>,
+
+    /// Pipeline profile supplying defaults (pipelines/*.toml).
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+
+    /// Method name in the table [default: `base`, or the checkpoint's group].
+    #[arg(long)]
+    method: Option<String>,
+
+    /// Training run in the table [default: the checkpoint's; none for base].
+    #[arg(long)]
+    run: Option<u32>,
+
+    /// Root for relative dataset folders [default: $CLOPA_DATA, else the manifest's folder].
+    #[arg(long, value_name = "DIR")]
+    data_root: Option<PathBuf>,
+
+    /// Worker threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+
+    /// Also write each final segmentation as DIR/<case>_infer<run>.nii.gz.
+    #[arg(long, value_name = "DIR")]
+    save_masks: Option<PathBuf>,
+
+    /// Predict at zoom 1 only (no AutoZoom), for ablations.
+    #[arg(long)]
+    no_autozoom: bool,
+
+    /// More logging (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn parse_patch(s: &str) -> Result<[usize; 3], String> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("{p:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        [p] => Ok([*p; 3]),
+        [a, b, c] => Ok([*a, *b, *c]),
+        _ => Err(format!("expected P or X,Y,Z, got {s:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    clopa_cli::run_main("clopa-simulate", cli.verbose, cli.quiet, || {
+        if let Some(n) = cli.threads {
+            rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+        }
+        let data_root = cli.data_root.clone().or_else(|| std::env::var_os("CLOPA_DATA").map(PathBuf::from));
+        clopa_simulate::run(&clopa_simulate::Request {
+            model: cli.model.clone(),
+            checkpoints: cli.checkpoints.clone(),
+            manifest: cli.manifest.clone(),
+            split: cli.split.clone(),
+            output: cli.output.clone(),
+            edits: cli.edits,
+            infer_runs: cli.infer_runs,
+            patch: cli.patch,
+            seed: cli.seed,
+            profile: cli.profile.clone(),
+            method: cli.method.clone(),
+            run: cli.run,
+            data_root,
+            save_masks: cli.save_masks.clone(),
+            no_autozoom: cli.no_autozoom,
+            quiet: cli.quiet,
+        })
+    })
+}

@@ -1,0 +1,245 @@
+//! End-to-end tests of `clopa-simulate` on a tiny synthetic task with a tiny random model.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use candle_core::{Device, Tensor};
+use clopa_nn::model_folder::{META_BASE_SHA256, META_GROUP, MODEL_FORMAT};
+use clopa_nn::{Architecture, DecayScheme, ModelJson};
+use clopa_table::{Provenance, SplitKind, SplitRow, StepRow};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Three 20^3 cases (a bright ball labelled 1), a 3-stage model with 16^3 patches, a manifest
+    /// and a split with two holdout cases.
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Fixture { dir };
+        let ds = f.path("data/toy");
+        std::fs::create_dir_all(ds.join("imagesTr")).unwrap();
+        std::fs::create_dir_all(ds.join("labelsTr")).unwrap();
+        let shape = [20, 20, 20];
+        let mut training = Vec::new();
+        for (k, c) in [[10.0f32, 10.0, 10.0], [8.0, 11.0, 9.0], [12.0, 9.0, 10.0]].iter().enumerate() {
+            let mut img = Vec::new();
+            let mut lab = Vec::new();
+            for x in 0..20 {
+                for y in 0..20 {
+                    for z in 0..20 {
+                        let d2 = (x as f32 - c[0]).powi(2) + (y as f32 - c[1]).powi(2) + (z as f32 - c[2]).powi(2);
+                        let inside = d2 <= 16.0;
+                        lab.push(inside as u16);
+                        img.push(if inside { 100.0 } else { 10.0 } + ((x * 7 + y * 3 + z) % 5) as f32);
+                    }
+                }
+            }
+            let id = format!("toy_{k:03}");
+            let iv = clopa_volume::Volume::from_shape(shape, [1.0, 1.0, 2.0], img).unwrap();
+            let lv = clopa_volume::Volume::from_shape(shape, [1.0, 1.0, 2.0], lab).unwrap();
+            clopa_volume::write_nifti(&ds.join(format!("imagesTr/{id}.nii.gz")), &iv).unwrap();
+            clopa_volume::write_nifti(&ds.join(format!("labelsTr/{id}.nii.gz")), &lv).unwrap();
+            training.push(serde_json::json!({"image": format!("./imagesTr/{id}.nii.gz"), "label": format!("./labelsTr/{id}.nii.gz")}));
+        }
+        let dj = serde_json::json!({"name": "toy", "labels": {"0": "background", "1": "ball"},
+            "channel_names": {"0": "CT"}, "numTraining": 3, "training": training});
+        std::fs::write(ds.join("dataset.json"), dj.to_string()).unwrap();
+        std::fs::write(
+            f.path("toy.toml"),
+            "name = \"toy\"\ndataset = \"toy\"\nchannel = 0\nlabels = [1]\nlargest_component = false\n\
+             nsd_tolerance_mm = 2.0\nexpert_dice = 0.9\n",
+        )
+        .unwrap();
+        let split = |holdout: bool| {
+            let mut rows: Vec<SplitRow> = ["toy_000", "toy_001"]
+                .iter()
+                .map(|id| SplitRow {
+                    task: "toy".into(),
+                    case_id: (*id).into(),
+                    split: if holdout { SplitKind::Holdout } else { SplitKind::Train },
+                    run: (!holdout).then_some(0),
+                    position: (!holdout).then_some(1),
+                    episode: None,
+                    role: None,
+                })
+                .collect();
+            rows.push(SplitRow {
+                task: "toy".into(),
+                case_id: "toy_002".into(),
+                split: SplitKind::Train,
+                run: Some(0),
+                position: Some(2),
+                episode: None,
+                role: None,
+            });
+            rows
+        };
+        let prov = Provenance::new("test", "0", serde_json::json!({}), 0);
+        clopa_table::write_split(&f.path("split.parquet"), &split(true), &prov).unwrap();
+        clopa_table::write_split(&f.path("train-only.parquet"), &split(false), &prov).unwrap();
+
+        let meta = ModelJson {
+            format: MODEL_FORMAT.into(),
+            architecture: Architecture::resenc(&[4, 8, 16], &[1, 1, 1]),
+            input_channels: 8,
+            num_classes: 2,
+            patch_size: vec![16, 16, 16],
+            point_radius: 4,
+            interaction_decay: 0.9,
+            interaction_decay_origin: "file".into(),
+            decay_scheme: DecayScheme::PerType,
+            source: serde_json::Value::Null,
+        };
+        let spec = meta.spec().unwrap();
+        // deterministic "random" weights
+        let tensors: BTreeMap<String, Tensor> = spec
+            .parameter_shapes()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (n, s))| {
+                let len: usize = s.iter().product();
+                let v: Vec<f32> = (0..len).map(|j| (((i * 7919 + j * 104729) % 1000) as f32 / 1000.0 - 0.5) * 0.6).collect();
+                (n, Tensor::from_vec(v, s, &Device::Cpu).unwrap())
+            })
+            .collect();
+        clopa_nn::write_model_folder(&f.path("model"), &meta, &tensors).unwrap();
+        f
+    }
+
+    fn cmd(&self, out: &Path) -> Command {
+        let mut c = Command::cargo_bin("clopa-simulate").unwrap();
+        c.env_remove("CLOPA_DATA")
+            .arg("--model")
+            .arg(self.path("model"))
+            .arg("--manifest")
+            .arg(self.path("toy.toml"))
+            .arg("--split")
+            .arg(self.path("split.parquet"))
+            .arg("--data-root")
+            .arg(self.path("data"))
+            .args(["--edits", "3", "--infer-runs", "2", "--seed", "5", "-q", "-o"])
+            .arg(out);
+        c
+    }
+
+    fn checkpoint(&self, name: &str, base: &str) -> PathBuf {
+        let mut t = BTreeMap::new();
+        t.insert("encoder.stem.convs.0.norm.weight".to_string(), Tensor::new(&[1.5f32, 0.5, 1.0, 2.0], &Device::Cpu).unwrap());
+        let mut md = BTreeMap::new();
+        md.insert(META_BASE_SHA256.to_string(), base.to_string());
+        md.insert(META_GROUP.to_string(), "in".to_string());
+        md.insert("clopa.run".to_string(), "1".to_string());
+        md.insert("clopa.episode".to_string(), "2".to_string());
+        md.insert("clopa.n_seen".to_string(), "10".to_string());
+        let p = self.path(name);
+        clopa_nn::write_episode_checkpoint(&p, &t, &md).unwrap();
+        p
+    }
+}
+
+fn without_seconds(rows: &[StepRow]) -> Vec<StepRow> {
+    rows.iter().cloned().map(|r| StepRow { seconds: 0.0, ..r }).collect()
+}
+
+#[test]
+fn table_has_cases_x_runs_x_steps_rows_and_repeats_with_the_seed() {
+    let f = Fixture::new();
+    let out = f.path("out/steps.parquet");
+    f.cmd(&out).arg("--save-masks").arg(f.path("masks")).assert().success();
+    let rows = clopa_table::read_steps(&out).unwrap();
+    assert_eq!(rows.len(), 2 * 2 * (3 + 1));
+    assert!(rows.iter().all(|r| r.task == "toy" && r.method == "base" && r.run.is_none() && r.episode == 0 && r.n_seen == 0));
+    for r in rows.iter().filter(|r| r.step == 0) {
+        assert_eq!((r.fg_clicks, r.bg_clicks), (1, 1), "{r:?}");
+    }
+    assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r.dice) && (0.0..=1.0).contains(&r.nsd) && r.seconds >= 0.0));
+    let mut keys: Vec<_> = rows.iter().map(|r| (r.case_id.clone(), r.infer_run, r.step)).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), 16);
+    assert!(f.path("masks/toy_000_infer1.nii.gz").exists());
+
+    let again = f.path("again.parquet");
+    f.cmd(&again).assert().success();
+    assert_eq!(without_seconds(&rows), without_seconds(&clopa_table::read_steps(&again).unwrap()));
+    // another seed runs too (its clicks differ; with a random network the values may not)
+    let other = f.path("other.parquet");
+    f.cmd(&other).args(["--seed", "6"]).assert().success();
+    assert_eq!(clopa_table::read_steps(&other).unwrap().len(), 16);
+}
+
+#[test]
+fn a_checkpoint_sets_method_run_episode_and_n_seen() {
+    let f = Fixture::new();
+    let sha = clopa_nn::sha256_file(&f.path("model/model.safetensors")).unwrap();
+    let ck = f.checkpoint("ep2.safetensors", &sha);
+    let out = f.path("ep2.steps.parquet");
+    f.cmd(&out).arg("--checkpoint").arg(&ck).args(["--edits", "1", "--infer-runs", "1"]).assert().success();
+    let rows = clopa_table::read_steps(&out).unwrap();
+    assert_eq!(rows.len(), 2 * 2);
+    assert!(rows.iter().all(|r| r.method == "in" && r.run == Some(1) && r.episode == 2 && r.n_seen == 10));
+}
+
+fn fails_with(mut cmd: Command, out: &Path, needle: &str) -> String {
+    let o = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(needle), "{err}");
+    assert!(!out.exists(), "nothing may be written on error");
+    err
+}
+
+#[test]
+fn a_checkpoint_of_another_base_is_refused() {
+    let f = Fixture::new();
+    let ck = f.checkpoint("other.safetensors", &"0".repeat(64));
+    let out = f.path("steps.parquet");
+    let mut c = f.cmd(&out);
+    c.arg("--checkpoint").arg(&ck);
+    fails_with(c, &out, "other.safetensors");
+}
+
+#[test]
+fn a_split_without_holdout_rows_is_refused() {
+    let f = Fixture::new();
+    let out = f.path("steps.parquet");
+    let mut c = f.cmd(&out);
+    c.arg("--split").arg(f.path("train-only.parquet"));
+    fails_with(c, &out, "no holdout rows");
+}
+
+#[test]
+fn a_missing_dataset_is_refused() {
+    let f = Fixture::new();
+    let out = f.path("steps.parquet");
+    let mut c = f.cmd(&out);
+    c.arg("--data-root").arg(f.path("nowhere"));
+    let err = fails_with(c, &out, "does not exist");
+    insta::assert_snapshot!(err.replace(f.dir.path().to_str().unwrap(), "[TMP]"), @"clopa-simulate: error: dataset folder [TMP]/nowhere/toy does not exist (set --data-root or $CLOPA_DATA)");
+}
+
+#[test]
+fn bad_patch_is_a_usage_error() {
+    let f = Fixture::new();
+    let out = f.path("steps.parquet");
+    let mut c = f.cmd(&out);
+    c.args(["--patch", "1,2"]);
+    c.assert().code(2);
+    let mut c = f.cmd(&out);
+    c.args(["--patch", "18"]);
+    fails_with(c, &out, "total stride 4");
+}
+
+#[test]
+fn help_explains_itself() {
+    let o = Command::cargo_bin("clopa-simulate").unwrap().arg("--help").output().unwrap();
+    assert!(o.status.success());
+    insta::assert_snapshot!(String::from_utf8_lossy(&o.stdout));
+}
