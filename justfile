@@ -17,9 +17,13 @@ build:
     cargo build --release --workspace
 
 # Benchmarks (numbers go to BENCHMARKS.md; see there for the PyTorch side).
+# Each example prints its usage; the PyTorch / surface-distance counterparts are in scripts/.
 bench:
-    cargo run --release -p clopa-nn --example bench_ops
-    cargo run --release -p clopa-metrics --example bench_nsd
+    cargo build --release -p clopa-nn -p clopa-metrics -p clopa-interact -p clopa-simulate --examples
+    RAYON_NUM_THREADS=2 ./target/release/examples/bench_ops
+    RAYON_NUM_THREADS=2 ./target/release/examples/bench_network
+    RAYON_NUM_THREADS=2 ./target/release/examples/bench_prompts
+    RAYON_NUM_THREADS=2 ./target/release/examples/bench_session tiny autozoom 5
 
 # Generate the synthetic datasets of a profile under $CLOPA_DATA/synth/.
 synth profile="quick":
