@@ -74,8 +74,10 @@ pub fn progress_bar(len: u64, message: &str, quiet: bool) -> ProgressBar {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
     pb.set_style(
-        ProgressStyle::with_template("{msg} [{elapsed_precise}] {bar:30} {pos}/{len} eta {eta} {prefix}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {bar:30} {pos}/{len} eta {eta} {prefix}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb.set_message(message.to_string());
     pb
@@ -103,8 +105,12 @@ pub fn write_atomic(
     tmp.as_file_mut()
         .sync_all()
         .with_context(|| format!("cannot flush {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot move the finished output into place at {}", path.display()))?;
+    tmp.persist(path).with_context(|| {
+        format!(
+            "cannot move the finished output into place at {}",
+            path.display()
+        )
+    })?;
     Ok(())
 }
 
@@ -127,7 +133,10 @@ pub fn write_atomic_path(
     let result = write(&tmp);
     match result {
         Ok(()) => std::fs::rename(&tmp, path).with_context(|| {
-            format!("cannot move the finished output into place at {}", path.display())
+            format!(
+                "cannot move the finished output into place at {}",
+                path.display()
+            )
         }),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);

@@ -41,15 +41,19 @@ mod simulate;
 mod stamp;
 
 pub use assemble::{NUM_INPUT_CHANNELS, NetworkInput, build_network_input, window_around};
-pub use clicks::{Click, Clicks, case_rng, edit_clicks, edit_clicks_raw, initial_clicks, initial_clicks_raw};
+pub use clicks::{
+    Click, Clicks, case_rng, edit_clicks, edit_clicks_raw, initial_clicks, initial_clicks_raw,
+};
 pub use error::InteractError;
 pub use interactions::{
-    BBOX_NEG, BBOX_POS, DecayScheme, Interactions, MAX_ZOOM, NUM_INTERACTION_CHANNELS, POINT_NEG, POINT_POS, PREV_SEG,
-    PromptConfig, QueuedPrediction, SCRIBBLE_NEG, SCRIBBLE_POS, round_half_even,
+    BBOX_NEG, BBOX_POS, DecayScheme, Interactions, MAX_ZOOM, NUM_INTERACTION_CHANNELS, POINT_NEG,
+    POINT_POS, PREV_SEG, PromptConfig, QueuedPrediction, SCRIBBLE_NEG, SCRIBBLE_POS,
+    round_half_even,
 };
 pub use normalize::{ZScore, nonzero_bbox, zscore, zscore_volume};
 pub use session::{
-    BorderThresholds, Box3, InferenceSession, PredictReport, Predictor, PredictorError, SessionConfig, SessionError,
+    BorderThresholds, Box3, InferenceSession, PredictReport, Predictor, PredictorError,
+    SessionConfig, SessionError,
 };
 pub use simulate::{CaseSimulation, StepRecord, simulate_case};
 pub use stamp::PointStamp;

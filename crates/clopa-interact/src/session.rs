@@ -76,7 +76,11 @@ pub enum SessionError {
     },
     /// The predictor returned the wrong number of values.
     #[error("the network returned {got} values for a {patch:?} patch; expected {} (2 logits) or {} (1 margin)", 2 * .n, .n)]
-    PredictorOutput { got: usize, patch: [usize; 3], n: usize },
+    PredictorOutput {
+        got: usize,
+        patch: [usize; 3],
+        n: usize,
+    },
     /// Dice or NSD could not be computed.
     #[error("metrics: {0}")]
     Metrics(#[from] clopa_metrics::MetricsError),
@@ -134,7 +138,11 @@ pub struct PredictReport {
 impl PredictReport {
     /// The windows whose voxels may have been written: the window at zoom 1, else the boxes.
     pub fn written(&self) -> Vec<Box3> {
-        if self.refine_boxes.is_empty() { vec![self.window] } else { self.refine_boxes.clone() }
+        if self.refine_boxes.is_empty() {
+            vec![self.window]
+        } else {
+            self.refine_boxes.clone()
+        }
     }
 }
 
@@ -179,7 +187,11 @@ impl<P: Predictor> InferenceSession<P> {
     pub fn new(predictor: P, config: SessionConfig) -> Result<Self, SessionError> {
         // validates decay and patch size
         Interactions::new([1, 1, 1], config.prompts.clone())?;
-        Ok(InferenceSession { predictor, config, state: None })
+        Ok(InferenceSession {
+            predictor,
+            config,
+            state: None,
+        })
     }
 
     /// The settings.
@@ -214,7 +226,10 @@ impl<P: Predictor> InferenceSession<P> {
     }
 
     /// [`InferenceSession::set_image`] on a volume.
-    pub fn set_image_volume(&mut self, image: &clopa_volume::Volume<f32>) -> Result<ZScore, SessionError> {
+    pub fn set_image_volume(
+        &mut self,
+        image: &clopa_volume::Volume<f32>,
+    ) -> Result<ZScore, SessionError> {
         self.set_image(&image.data, image.shape)
     }
 
@@ -261,7 +276,11 @@ impl<P: Predictor> InferenceSession<P> {
     /// Predicts around the last queued interaction (see the module docs) and clears the queue.
     /// `None` when nothing was queued.
     pub fn predict(&mut self) -> Result<Option<PredictReport>, SessionError> {
-        let InferenceSession { predictor, config, state } = self;
+        let InferenceSession {
+            predictor,
+            config,
+            state,
+        } = self;
         let st = state.as_mut().ok_or(SessionError::NoImage)?;
         run_predict(predictor, config, st)
     }
@@ -269,27 +288,42 @@ impl<P: Predictor> InferenceSession<P> {
     /// The normalised image (tests compare predictions with it).
     #[cfg(test)]
     fn image(&self) -> &[f32] {
-        self.state.as_ref().map(|s| s.image.as_slice()).unwrap_or(&[])
+        self.state
+            .as_ref()
+            .map(|s| s.image.as_slice())
+            .unwrap_or(&[])
     }
 }
 
 /// One forward pass, thresholded to a 0/1 mask of the patch.
-fn forward<P: Predictor + ?Sized>(p: &mut P, input: &[f32], patch: [usize; 3]) -> Result<Vec<u8>, SessionError> {
+fn forward<P: Predictor + ?Sized>(
+    p: &mut P,
+    input: &[f32],
+    patch: [usize; 3],
+) -> Result<Vec<u8>, SessionError> {
     let n = patch.iter().product::<usize>();
-    let out = p.predict(input, patch).map_err(|source| SessionError::Predictor { patch, source })?;
+    let out = p
+        .predict(input, patch)
+        .map_err(|source| SessionError::Predictor { patch, source })?;
     if out.len() == 2 * n {
         let (bg, fg) = out.split_at(n);
         Ok(bg.iter().zip(fg).map(|(b, f)| (f > b) as u8).collect())
     } else if out.len() == n {
         Ok(out.iter().map(|&v| (v > 0.0) as u8).collect())
     } else {
-        Err(SessionError::PredictorOutput { got: out.len(), patch, n })
+        Err(SessionError::PredictorOutput {
+            got: out.len(),
+            patch,
+            n,
+        })
     }
 }
 
 /// Writes `values` (shape of `window`) into `dst` (image `shape`) where the window meets the image.
 fn paste(dst: &mut [u8], shape: [usize; 3], values: &[u8], window: Box3) {
-    let Some(c) = refine::clip_box(window, shape) else { return };
+    let Some(c) = refine::clip_box(window, shape) else {
+        return;
+    };
     let ws = window.map(|[a, b]| (b - a) as usize);
     for x in c[0][0]..c[0][1] {
         let sx = (x as i64 - window[0][0]) as usize;
@@ -312,7 +346,11 @@ fn read_prev_seg(it: &Interactions, c: [[usize; 2]; 3]) -> Vec<u8> {
     for x in c[0][0]..c[0][1] {
         for y in c[1][0]..c[1][1] {
             let row = (x * shape[1] + y) * shape[2];
-            out.extend(ch[row + c[2][0]..row + c[2][1]].iter().map(|v| (v.to_f32() > 0.5) as u8));
+            out.extend(
+                ch[row + c[2][0]..row + c[2][1]]
+                    .iter()
+                    .map(|v| (v.to_f32() > 0.5) as u8),
+            );
         }
     }
     out
@@ -327,7 +365,9 @@ fn run_predict<P: Predictor + ?Sized>(
     config: &SessionConfig,
     st: &mut ImageState,
 ) -> Result<Option<PredictReport>, SessionError> {
-    let Some(queued) = st.interactions.queued().last().copied() else { return Ok(None) };
+    let Some(queued) = st.interactions.queued().last().copied() else {
+        return Ok(None);
+    };
     st.interactions.clear_queue();
     let patch = config.prompts.patch_size;
     let center = queued.center;
@@ -351,13 +391,27 @@ fn run_predict<P: Predictor + ?Sized>(
     if zoom == 1.0 {
         st.interactions.paste_prev_seg(&pred, window)?;
         paste(&mut st.segmentation, st.shape, &pred, window);
-        return Ok(Some(PredictReport { center, zoom, window, refine_boxes: Vec::new(), forward_passes: passes }));
+        return Ok(Some(PredictReport {
+            center,
+            zoom,
+            window,
+            refine_boxes: Vec::new(),
+            forward_passes: passes,
+        }));
     }
 
     let scaled = window.map(|[a, b]| (b - a) as usize);
     let coarse = if scaled != patch {
-        let region = Region { full: patch, lo: [0; 3], shape: patch, data: pred };
-        trilinear(&region, scaled).into_iter().map(|v| (v >= 0.5) as u8).collect()
+        let region = Region {
+            full: patch,
+            lo: [0; 3],
+            shape: patch,
+            data: pred,
+        };
+        trilinear(&region, scaled)
+            .into_iter()
+            .map(|v| (v >= 0.5) as u8)
+            .collect()
     } else {
         pred
     };
@@ -365,7 +419,8 @@ fn run_predict<P: Predictor + ?Sized>(
 
     // The coarse mask is context for the refinement passes only: remember prev_seg where it is
     // injected and restore it afterwards everywhere the boxes do not cover.
-    let injected = refine::clip_box(window, st.shape).map(|c| (c, read_prev_seg(&st.interactions, c)));
+    let injected =
+        refine::clip_box(window, st.shape).map(|c| (c, read_prev_seg(&st.interactions, c)));
     st.interactions.paste_prev_seg(&coarse, window)?;
     drop(coarse);
     let half = patch.map(|p| (p / 2) as i64);
@@ -388,7 +443,13 @@ fn run_predict<P: Predictor + ?Sized>(
         st.interactions.paste_prev_seg(v, as_box(*c))?;
         paste(&mut st.segmentation, st.shape, v, as_box(*c));
     }
-    Ok(Some(PredictReport { center, zoom, window, refine_boxes: boxes, forward_passes: passes }))
+    Ok(Some(PredictReport {
+        center,
+        zoom,
+        window,
+        refine_boxes: boxes,
+        forward_passes: passes,
+    }))
 }
 
 /// `_plan_refinement_bboxes`: boxes over the opened difference between the upsampled coarse
@@ -401,8 +462,17 @@ fn plan_refinement(
     center: [i64; 3],
 ) -> Vec<Box3> {
     let patch = config.prompts.patch_size;
-    let fallback = || vec![[0, 1, 2].map(|d| [center[d] - (patch[d] / 2) as i64, center[d] - (patch[d] / 2) as i64 + patch[d] as i64])];
-    let Some(clip) = refine::clip_box(window, st.shape) else { return fallback() };
+    let fallback = || {
+        vec![[0, 1, 2].map(|d| {
+            [
+                center[d] - (patch[d] / 2) as i64,
+                center[d] - (patch[d] / 2) as i64 + patch[d] as i64,
+            ]
+        })]
+    };
+    let Some(clip) = refine::clip_box(window, st.shape) else {
+        return fallback();
+    };
     let ls = clip.map(|[a, b]| b - a);
     let ws = window.map(|[a, b]| (b - a) as usize);
     let prev = st.interactions.channel(PREV_SEG);
@@ -424,7 +494,13 @@ fn plan_refinement(
     }
     refine::pool(&mut diff, ls, 2, true);
     refine::pool(&mut diff, ls, 2, false);
-    let boxes = generate_bounding_boxes(&diff, ls, patch, config.refine_margin, config.refine_max_depth);
+    let boxes = generate_bounding_boxes(
+        &diff,
+        ls,
+        patch,
+        config.refine_margin,
+        config.refine_max_depth,
+    );
     if boxes.is_empty() {
         return fallback();
     }
@@ -450,22 +526,43 @@ mod tests {
             let top = pts.iter().fold(0f32, |a, &b| a.max(b));
             let clicks: Vec<[f32; 3]> = (0..n)
                 .filter(|&i| top > 0.0 && pts[i] >= 0.99 * top)
-                .map(|i| [(i / (p[1] * p[2])) as f32, ((i / p[2]) % p[1]) as f32, (i % p[2]) as f32])
+                .map(|i| {
+                    [
+                        (i / (p[1] * p[2])) as f32,
+                        ((i / p[2]) % p[1]) as f32,
+                        (i % p[2]) as f32,
+                    ]
+                })
                 .collect();
             Ok((0..n)
                 .map(|i| {
-                    let q = [(i / (p[1] * p[2])) as f32, ((i / p[2]) % p[1]) as f32, (i % p[2]) as f32];
-                    let near = clicks.iter().any(|c| (0..3).map(|d| (c[d] - q[d]).powi(2)).sum::<f32>() <= r * r);
+                    let q = [
+                        (i / (p[1] * p[2])) as f32,
+                        ((i / p[2]) % p[1]) as f32,
+                        (i % p[2]) as f32,
+                    ];
+                    let near = clicks
+                        .iter()
+                        .any(|c| (0..3).map(|d| (c[d] - q[d]).powi(2)).sum::<f32>() <= r * r);
                     // keeps what prev_seg already holds (the refinement passes see the coarse mask there)
                     let kept = x[n + i] > 0.5;
-                    if (near || kept) && x[i] > t { 1.0 } else { -1.0 }
+                    if (near || kept) && x[i] > t {
+                        1.0
+                    } else {
+                        -1.0
+                    }
                 })
                 .collect())
         }
     }
 
     fn config(patch: usize) -> SessionConfig {
-        SessionConfig::new(PromptConfig { patch_size: [patch; 3], point_radius: 2, decay: 0.9, scheme: DecayScheme::PerType })
+        SessionConfig::new(PromptConfig {
+            patch_size: [patch; 3],
+            point_radius: 2,
+            decay: 0.9,
+            scheme: DecayScheme::PerType,
+        })
     }
 
     /// A ball of `radius` at `c` brighter than the rest of a `shape` image.
@@ -474,8 +571,14 @@ mod tests {
         for x in 0..shape[0] {
             for y in 0..shape[1] {
                 for z in 0..shape[2] {
-                    let d2 = (x as f32 - c[0]).powi(2) + (y as f32 - c[1]).powi(2) + (z as f32 - c[2]).powi(2);
-                    v.push(if d2 <= radius * radius { 10.0 } else { 1.0 + ((x + y + z) % 2) as f32 * 0.01 });
+                    let d2 = (x as f32 - c[0]).powi(2)
+                        + (y as f32 - c[1]).powi(2)
+                        + (z as f32 - c[2]).powi(2);
+                    v.push(if d2 <= radius * radius {
+                        10.0
+                    } else {
+                        1.0 + ((x + y + z) % 2) as f32 * 0.01
+                    });
                 }
             }
         }
@@ -487,14 +590,19 @@ mod tests {
     }
 
     fn coords(i: usize, s: [usize; 3]) -> [i64; 3] {
-        [(i / (s[1] * s[2])) as i64, ((i / s[2]) % s[1]) as i64, (i % s[2]) as i64]
+        [
+            (i / (s[1] * s[2])) as i64,
+            ((i / s[2]) % s[1]) as i64,
+            (i % s[2]) as i64,
+        ]
     }
 
     #[test]
     fn small_object_is_predicted_at_zoom_one_inside_its_window() {
         let shape = [40, 40, 40];
         let mut s = InferenceSession::new(fake(1.0, 100.0), config(16)).unwrap();
-        s.set_image(&ball_image(shape, [20.0, 20.0, 20.0], 4.0), shape).unwrap();
+        s.set_image(&ball_image(shape, [20.0, 20.0, 20.0], 4.0), shape)
+            .unwrap();
         s.add_point([20.0, 20.0, 20.0], true).unwrap();
         let r = s.predict().unwrap().unwrap();
         assert_eq!(r.zoom, 1.0);
@@ -519,7 +627,8 @@ mod tests {
         // object bigger than the 4x zoomed window (64^3) so the border keeps changing
         let shape = [72, 72, 72];
         let mut s = InferenceSession::new(fake(0.0, 1000.0), config(16)).unwrap();
-        s.set_image(&ball_image(shape, [36.0, 36.0, 36.0], 60.0), shape).unwrap();
+        s.set_image(&ball_image(shape, [36.0, 36.0, 36.0], 60.0), shape)
+            .unwrap();
         s.add_point([36.0, 36.0, 36.0], true).unwrap();
         let r = s.predict().unwrap().unwrap();
         assert_eq!(r.zoom, 4.0);
@@ -538,11 +647,17 @@ mod tests {
         // the boxes together cover the whole (opened) window change
         for x in 8..64 {
             let p = [x, 36, 36];
-            assert!(r.refine_boxes.iter().any(|b| inside(p, b)), "{p:?} not refined");
+            assert!(
+                r.refine_boxes.iter().any(|b| inside(p, b)),
+                "{p:?} not refined"
+            );
             assert_eq!(seg[(x as usize * 72 + 36) * 72 + 36], 1);
         }
         let prev = s.interactions().unwrap().channel(PREV_SEG);
-        assert!(prev.iter().zip(seg).all(|(p, &v)| p.to_f32() == v as f32), "prev_seg = segmentation");
+        assert!(
+            prev.iter().zip(seg).all(|(p, &v)| p.to_f32() == v as f32),
+            "prev_seg = segmentation"
+        );
     }
 
     #[test]
@@ -551,7 +666,8 @@ mod tests {
         let mut cfg = config(16);
         cfg.autozoom = false;
         let mut s = InferenceSession::new(fake(0.0, 1000.0), cfg).unwrap();
-        s.set_image(&ball_image(shape, [24.0, 24.0, 24.0], 30.0), shape).unwrap();
+        s.set_image(&ball_image(shape, [24.0, 24.0, 24.0], 30.0), shape)
+            .unwrap();
         s.add_point([24.0, 24.0, 24.0], true).unwrap();
         let r = s.predict().unwrap().unwrap();
         assert_eq!((r.zoom, r.forward_passes), (1.0, 1));
@@ -567,14 +683,22 @@ mod tests {
         img.iter_mut().zip(&other).for_each(|(a, &b)| *a = a.max(b));
         s.set_image(&img, shape).unwrap();
         let mut before = s.segmentation().unwrap().to_vec();
-        for (p, positive) in [([14.0, 20.0, 20.0], true), ([48.0, 20.0, 20.0], true), ([30.0, 5.0, 5.0], false)] {
+        for (p, positive) in [
+            ([14.0, 20.0, 20.0], true),
+            ([48.0, 20.0, 20.0], true),
+            ([30.0, 5.0, 5.0], false),
+        ] {
             s.add_point(p, positive).unwrap();
             let r = s.predict().unwrap().unwrap();
             let after = s.segmentation().unwrap().to_vec();
             let windows = r.written();
             for (i, (a, b)) in before.iter().zip(&after).enumerate() {
                 if a != b {
-                    assert!(windows.iter().any(|w| inside(coords(i, shape), w)), "{:?} changed outside", coords(i, shape));
+                    assert!(
+                        windows.iter().any(|w| inside(coords(i, shape), w)),
+                        "{:?} changed outside",
+                        coords(i, shape)
+                    );
                 }
             }
             before = after;
@@ -588,44 +712,70 @@ mod tests {
     fn reset_clears_everything_but_the_image() {
         let shape = [32, 32, 32];
         let mut s = InferenceSession::new(fake(1.0, 100.0), config(16)).unwrap();
-        s.set_image(&ball_image(shape, [16.0, 16.0, 16.0], 4.0), shape).unwrap();
+        s.set_image(&ball_image(shape, [16.0, 16.0, 16.0], 4.0), shape)
+            .unwrap();
         s.add_point([16.0, 16.0, 16.0], true).unwrap();
         s.predict().unwrap();
         assert!(s.segmentation().unwrap().contains(&1));
         s.add_point([3.0, 3.0, 3.0], false).unwrap();
         s.reset().unwrap();
         assert!(s.segmentation().unwrap().iter().all(|&v| v == 0));
-        assert!(s.interactions().unwrap().stored().iter().all(|v| v.to_f32() == 0.0));
-        assert!(s.predict().unwrap().is_none(), "reset drops queued predictions");
+        assert!(
+            s.interactions()
+                .unwrap()
+                .stored()
+                .iter()
+                .all(|v| v.to_f32() == 0.0)
+        );
+        assert!(
+            s.predict().unwrap().is_none(),
+            "reset drops queued predictions"
+        );
         assert_eq!(s.shape(), Some(shape));
     }
 
     #[test]
     fn errors_name_the_problem() {
         let mut s = InferenceSession::new(fake(1.0, 1.0), config(16)).unwrap();
-        assert!(matches!(s.add_point([1.0; 3], true), Err(SessionError::NoImage)));
+        assert!(matches!(
+            s.add_point([1.0; 3], true),
+            Err(SessionError::NoImage)
+        ));
         assert!(matches!(s.predict(), Err(SessionError::NoImage)));
-        let bad = |_: &[f32], _: [usize; 3]| -> Result<Vec<f32>, PredictorError> { Ok(vec![0.0; 7]) };
+        let bad =
+            |_: &[f32], _: [usize; 3]| -> Result<Vec<f32>, PredictorError> { Ok(vec![0.0; 7]) };
         let mut s = InferenceSession::new(bad, config(8)).unwrap();
         let shape = [8, 8, 8];
-        s.set_image(&ball_image(shape, [4.0; 3], 2.0), shape).unwrap();
+        s.set_image(&ball_image(shape, [4.0; 3], 2.0), shape)
+            .unwrap();
         s.add_point([4.0; 3], true).unwrap();
         let err = s.predict().unwrap_err();
         assert!(err.to_string().contains("returned 7 values"), "{err}");
-        let failing = |_: &[f32], _: [usize; 3]| -> Result<Vec<f32>, PredictorError> { Err("out of memory".into()) };
+        let failing = |_: &[f32], _: [usize; 3]| -> Result<Vec<f32>, PredictorError> {
+            Err("out of memory".into())
+        };
         let mut s = InferenceSession::new(failing, config(8)).unwrap();
-        s.set_image(&ball_image(shape, [4.0; 3], 2.0), shape).unwrap();
+        s.set_image(&ball_image(shape, [4.0; 3], 2.0), shape)
+            .unwrap();
         s.add_point([4.0; 3], true).unwrap();
-        assert!(s.predict().unwrap_err().to_string().contains("out of memory"));
+        assert!(
+            s.predict()
+                .unwrap_err()
+                .to_string()
+                .contains("out of memory")
+        );
         assert!(s.set_image(&[0.0; 8], [2, 2, 2]).is_err());
     }
 
     #[test]
     fn two_logit_output_ties_go_to_background() {
-        let zero = |_: &[f32], p: [usize; 3]| -> Result<Vec<f32>, PredictorError> { Ok(vec![0.0; 2 * p.iter().product::<usize>()]) };
+        let zero = |_: &[f32], p: [usize; 3]| -> Result<Vec<f32>, PredictorError> {
+            Ok(vec![0.0; 2 * p.iter().product::<usize>()])
+        };
         let mut s = InferenceSession::new(zero, config(8)).unwrap();
         let shape = [8, 8, 8];
-        s.set_image(&ball_image(shape, [4.0; 3], 2.0), shape).unwrap();
+        s.set_image(&ball_image(shape, [4.0; 3], 2.0), shape)
+            .unwrap();
         s.add_point([4.0; 3], true).unwrap();
         s.predict().unwrap();
         assert!(s.segmentation().unwrap().iter().all(|&v| v == 0));

@@ -28,7 +28,10 @@ pub fn nauc(curve: &[f64]) -> f64 {
 /// Number of interactions: the 1-based index of the first value strictly greater than
 /// `threshold` (`argmax(curve > thr) + 1`), or `curve.len()` when there is none.
 pub fn noi(curve: &[f64], threshold: f64) -> usize {
-    curve.iter().position(|&v| v > threshold).map_or(curve.len(), |i| i + 1)
+    curve
+        .iter()
+        .position(|&v| v > threshold)
+        .map_or(curve.len(), |i| i + 1)
 }
 
 /// A failure: no value strictly greater than `threshold` (equality does not count).
@@ -61,7 +64,9 @@ pub fn summarize(curve: &[f64], threshold: f64) -> Result<CurveSummary, MetricsE
         return Err(MetricsError::Threshold(threshold));
     }
     let (Some(&init), Some(&last)) = (curve.first(), curve.last()) else {
-        return Err(MetricsError::Empty { what: "the curve".into() });
+        return Err(MetricsError::Empty {
+            what: "the curve".into(),
+        });
     };
     let n = noi(curve, threshold);
     Ok(CurveSummary {
@@ -102,7 +107,9 @@ pub fn aggregate(
     n_interactions: usize,
 ) -> Result<Aggregate, MetricsError> {
     if summaries.is_empty() {
-        return Err(MetricsError::Empty { what: "the list of curve summaries".into() });
+        return Err(MetricsError::Empty {
+            what: "the list of curve summaries".into(),
+        });
     }
     let n = summaries.len();
     let nois: Vec<f64> = summaries.iter().map(|s| s.noi as f64).collect();
@@ -149,14 +156,20 @@ pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let m = s.len() / 2;
-    if s.len() % 2 == 1 { s[m] } else { (s[m - 1] + s[m]) / 2.0 }
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
 }
 
 /// Element-wise mean of equally long curves (inference runs of one case, or training runs'
 /// trajectories). Errors when there is none or the lengths differ.
 pub fn mean_curves<C: AsRef<[f64]>>(curves: &[C]) -> Result<Vec<f64>, MetricsError> {
     let Some(first) = curves.first() else {
-        return Err(MetricsError::Empty { what: "the list of curves".into() });
+        return Err(MetricsError::Empty {
+            what: "the list of curves".into(),
+        });
     };
     let len = first.as_ref().len();
     let mut sum = vec![0.0; len];
@@ -185,9 +198,15 @@ pub fn mean_curves<C: AsRef<[f64]>>(curves: &[C]) -> Result<Vec<f64>, MetricsErr
 ///
 /// `episodes` holds `(n_seen, value)` in episode order; `n_seen` must increase strictly and lie
 /// in `1..=n`.
-pub fn trajectory(n: usize, base: f64, episodes: &[(usize, f64)]) -> Result<Vec<f64>, MetricsError> {
+pub fn trajectory(
+    n: usize,
+    base: f64,
+    episodes: &[(usize, f64)],
+) -> Result<Vec<f64>, MetricsError> {
     if n == 0 {
-        return Err(MetricsError::Empty { what: "the stream (N = 0)".into() });
+        return Err(MetricsError::Empty {
+            what: "the stream (N = 0)".into(),
+        });
     }
     let mut prev = 0;
     for (index, &(n_seen, _)) in episodes.iter().enumerate() {

@@ -55,13 +55,19 @@ fn axis0_counts(features: &(impl Fn(usize) -> bool + Sync), shape: [usize; 3]) -
         if i0 == 0 {
             cur.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, c)| {
                 for (k, cv) in c.iter_mut().enumerate() {
-                    *cv = if features(base + ci * CHUNK + k) { 0 } else { NONE };
+                    *cv = if features(base + ci * CHUNK + k) {
+                        0
+                    } else {
+                        NONE
+                    };
                 }
             });
         } else {
             let prev = &before[(i0 - 1) * slab..];
-            cur.par_chunks_mut(CHUNK).zip(prev.par_chunks(CHUNK)).enumerate().for_each(
-                |(ci, (c, p))| {
+            cur.par_chunks_mut(CHUNK)
+                .zip(prev.par_chunks(CHUNK))
+                .enumerate()
+                .for_each(|(ci, (c, p))| {
                     for (k, (cv, &pv)) in c.iter_mut().zip(p).enumerate() {
                         *cv = if features(base + ci * CHUNK + k) {
                             0
@@ -71,21 +77,22 @@ fn axis0_counts(features: &(impl Fn(usize) -> bool + Sync), shape: [usize; 3]) -
                             pv + 1
                         };
                     }
-                },
-            );
+                });
         }
     }
     for i0 in (0..n0.saturating_sub(1)).rev() {
         let (head, tail) = g.split_at_mut((i0 + 1) * slab);
         let cur = &mut head[i0 * slab..];
         let next = &tail[..slab];
-        cur.par_chunks_mut(CHUNK).zip(next.par_chunks(CHUNK)).for_each(|(c, nx)| {
-            for (cv, &nv) in c.iter_mut().zip(nx) {
-                if nv != NONE && nv + 1 < *cv {
-                    *cv = nv + 1;
+        cur.par_chunks_mut(CHUNK)
+            .zip(next.par_chunks(CHUNK))
+            .for_each(|(c, nx)| {
+                for (cv, &nv) in c.iter_mut().zip(nx) {
+                    if nv != NONE && nv + 1 < *cv {
+                        *cv = nv + 1;
+                    }
                 }
-            }
-        });
+            });
     }
     g
 }
@@ -181,7 +188,11 @@ fn slab_pass1(
 /// anything beyond is dropped by the `> cap` test anyway).
 fn window(cap: f64, s: f64) -> usize {
     let r = (cap.sqrt() / s).floor();
-    if r.is_finite() && r < (usize::MAX / 4) as f64 { r as usize + 1 } else { usize::MAX / 4 }
+    if r.is_finite() && r < (usize::MAX / 4) as f64 {
+        r as usize + 1
+    } else {
+        usize::MAX / 4
+    }
 }
 
 struct Work {
@@ -194,7 +205,12 @@ struct Work {
 impl Work {
     fn new(shape: [usize; 3]) -> Self {
         let m = shape[1].max(shape[2]);
-        Work { live: Vec::new(), line: vec![0.0; m], scratch: Scratch::new(m), slab: vec![0.0; shape[1] * shape[2]] }
+        Work {
+            live: Vec::new(),
+            line: vec![0.0; m],
+            scratch: Scratch::new(m),
+            slab: vec![0.0; shape[1] * shape[2]],
+        }
     }
 }
 
@@ -207,25 +223,27 @@ pub(crate) fn edt_squared(features: &[u8], shape: [usize; 3], spacing: [f64; 3])
         return out;
     }
     let counts = axis0_counts(&|i| features[i] != 0, shape);
-    out.par_chunks_mut(slab).zip(counts.par_chunks(slab)).for_each_init(
-        || Work::new(shape),
-        |w, (o, c)| {
-            slab_pass1(c, n1, n2, spacing, f64::INFINITY, o, w);
-            if n2 > 1 {
-                for line in o.chunks_mut(n2) {
-                    if !line.iter().any(|v| v.is_finite()) {
-                        continue;
+    out.par_chunks_mut(slab)
+        .zip(counts.par_chunks(slab))
+        .for_each_init(
+            || Work::new(shape),
+            |w, (o, c)| {
+                slab_pass1(c, n1, n2, spacing, f64::INFINITY, o, w);
+                if n2 > 1 {
+                    for line in o.chunks_mut(n2) {
+                        if !line.iter().any(|v| v.is_finite()) {
+                            continue;
+                        }
+                        build_envelope(line, spacing[2], &mut w.scratch);
+                        let mut k = 0;
+                        for p in 0..n2 {
+                            w.line[p] = eval_envelope(line, p, spacing[2], &w.scratch, &mut k);
+                        }
+                        line.copy_from_slice(&w.line[..n2]);
                     }
-                    build_envelope(line, spacing[2], &mut w.scratch);
-                    let mut k = 0;
-                    for p in 0..n2 {
-                        w.line[p] = eval_envelope(line, p, spacing[2], &w.scratch, &mut k);
-                    }
-                    line.copy_from_slice(&w.line[..n2]);
                 }
-            }
-        },
-    );
+            },
+        );
     out
 }
 
@@ -266,7 +284,15 @@ pub(crate) fn edt_squared_at(
             || Work::new(shape),
             |w, &(i0, a, b)| {
                 let mut sl = std::mem::take(&mut w.slab);
-                slab_pass1(&counts[i0 * slab..(i0 + 1) * slab], n1, n2, spacing, cap, &mut sl, w);
+                slab_pass1(
+                    &counts[i0 * slab..(i0 + 1) * slab],
+                    n1,
+                    n2,
+                    spacing,
+                    cap,
+                    &mut sl,
+                    w,
+                );
                 let mut res = Vec::with_capacity(b - a);
                 let qs = &queries[a..b];
                 let mut j = 0;
@@ -317,7 +343,10 @@ struct Scratch {
 
 impl Scratch {
     fn new(n: usize) -> Self {
-        Scratch { v: Vec::with_capacity(n), z: Vec::with_capacity(n + 1) }
+        Scratch {
+            v: Vec::with_capacity(n),
+            z: Vec::with_capacity(n + 1),
+        }
     }
 }
 
@@ -424,7 +453,11 @@ mod tests {
     fn matches_brute_force_on_random_anisotropic_masks() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for trial in 0..40 {
-            let shape = [rng.random_range(1..9), rng.random_range(1..9), rng.random_range(1..9)];
+            let shape = [
+                rng.random_range(1..9),
+                rng.random_range(1..9),
+                rng.random_range(1..9),
+            ];
             let sp = [
                 rng.random_range(0.3..4.0),
                 rng.random_range(0.3..4.0),
@@ -440,7 +473,10 @@ mod tests {
                     assert!(g.is_infinite(), "trial {trial} voxel {i}: {g} vs inf");
                 } else {
                     // Same operations in the same order: bit-identical, not just close.
-                    assert_eq!(g, w, "trial {trial} shape {shape:?} spacing {sp:?} voxel {i}");
+                    assert_eq!(
+                        g, w,
+                        "trial {trial} shape {shape:?} spacing {sp:?} voxel {i}"
+                    );
                 }
             }
         }
@@ -450,8 +486,16 @@ mod tests {
     fn query_version_matches_full_map() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
         for _ in 0..20 {
-            let shape = [rng.random_range(1..12), rng.random_range(1..12), rng.random_range(1..12)];
-            let sp = [rng.random_range(0.3..4.0), rng.random_range(0.3..4.0), rng.random_range(0.3..4.0)];
+            let shape = [
+                rng.random_range(1..12),
+                rng.random_range(1..12),
+                rng.random_range(1..12),
+            ];
+            let sp = [
+                rng.random_range(0.3..4.0),
+                rng.random_range(0.3..4.0),
+                rng.random_range(0.3..4.0),
+            ];
             let n = shape.iter().product::<usize>();
             let feats: Vec<u8> = (0..n).map(|_| u8::from(rng.random_bool(0.05))).collect();
             let queries: Vec<usize> = (0..n).filter(|_| rng.random_bool(0.3)).collect();

@@ -41,7 +41,12 @@ pub use surface::{Assd, SurfaceDistances};
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MetricsError {
     #[error("{what} has {len} values but the shape {shape:?} needs {expected}")]
-    Length { what: String, len: usize, shape: [usize; 3], expected: usize },
+    Length {
+        what: String,
+        len: usize,
+        shape: [usize; 3],
+        expected: usize,
+    },
     #[error("the spacing {0:?} is not a triple of positive finite millimetres")]
     Spacing([f64; 3]),
     #[error("the tolerance {0} mm is not a non-negative finite number")]
@@ -51,7 +56,12 @@ pub enum MetricsError {
     #[error("{what} is empty")]
     Empty { what: String },
     #[error("{what}: curve {index} has {len} values but the first has {expected}")]
-    CurveLength { what: String, index: usize, len: usize, expected: usize },
+    CurveLength {
+        what: String,
+        index: usize,
+        len: usize,
+        expected: usize,
+    },
     #[error("the threshold {0} is not a finite number")]
     Threshold(f64),
     #[error("the quantile {0} is outside [0, 1]")]
@@ -60,13 +70,19 @@ pub enum MetricsError {
         "episode {index} has n_seen = {n_seen}, which is not a stream position in 1..={n} \
          (or episodes are not in increasing n_seen order)"
     )]
-    EpisodePosition { index: usize, n_seen: usize, n: usize },
+    EpisodePosition {
+        index: usize,
+        n_seen: usize,
+        n: usize,
+    },
     #[error("the grids differ: pred is {pred}, ref is {reference}")]
     Grid { pred: String, reference: String },
 }
 
 pub(crate) fn check_len(what: &str, len: usize, shape: [usize; 3]) -> Result<(), MetricsError> {
-    let expected = shape[0].checked_mul(shape[1]).and_then(|v| v.checked_mul(shape[2]));
+    let expected = shape[0]
+        .checked_mul(shape[1])
+        .and_then(|v| v.checked_mul(shape[2]));
     if expected != Some(len) {
         return Err(MetricsError::Length {
             what: what.to_string(),
@@ -136,8 +152,10 @@ pub fn nsd(
     tolerance_mm: f64,
 ) -> Result<f64, MetricsError> {
     check_tolerance(tolerance_mm)?;
-    Ok(SurfaceDistances::compute_within(pred, reference, shape, spacing, tolerance_mm)?
-        .surface_dice(tolerance_mm))
+    Ok(
+        SurfaceDistances::compute_within(pred, reference, shape, spacing, tolerance_mm)?
+            .surface_dice(tolerance_mm),
+    )
 }
 
 /// Robust Hausdorff distance at `percentile` (95 for HD95, 100 for HD) as
@@ -208,6 +226,9 @@ pub mod is_validate {
         spacing: [f64; 3],
         tolerance_mm: f64,
     ) -> Result<(f64, f64), MetricsError> {
-        Ok((dice(pred, reference, shape)?, nsd(pred, reference, shape, spacing, tolerance_mm)?))
+        Ok((
+            dice(pred, reference, shape)?,
+            nsd(pred, reference, shape, spacing, tolerance_mm)?,
+        ))
     }
 }

@@ -96,10 +96,19 @@ impl SurfaceDistances {
 
         // A little above max_mm² so that rounding of the square cannot drop a distance equal to
         // max_mm.
-        let cap = if max_mm.is_finite() { max_mm * max_mm * (1.0 + 1e-9) + 1e-12 } else { f64::INFINITY };
+        let cap = if max_mm.is_finite() {
+            max_mm * max_mm * (1.0 + 1e-9) + 1e-12
+        } else {
+            f64::INFINITY
+        };
         let pred_to_ref = distances_at(&codes_ref, &ref_idx, &pred_idx, cs, spacing, cap);
         let ref_to_pred = distances_at(&codes_pred, &pred_idx, &ref_idx, cs, spacing, cap);
-        Ok(Self { ref_to_pred, ref_areas, pred_to_ref, pred_areas })
+        Ok(Self {
+            ref_to_pred,
+            ref_areas,
+            pred_to_ref,
+            pred_areas,
+        })
     }
 
     /// Total reference surface area (mm²).
@@ -162,7 +171,11 @@ impl SurfaceDistances {
 }
 
 fn overlap_sum(d: &[f64], a: &[f64], tol: f64) -> f64 {
-    d.iter().zip(a).filter(|(d, _)| **d <= tol).map(|(_, a)| *a).sum()
+    d.iter()
+        .zip(a)
+        .filter(|(d, _)| **d <= tol)
+        .map(|(_, a)| *a)
+        .sum()
 }
 
 fn directed_percentile(d: &[f64], a: &[f64], percent: f64) -> f64 {
@@ -237,7 +250,11 @@ fn union_bbox(a: &[u8], b: &[u8], shape: [usize; 3]) -> Option<([usize; 3], [usi
                 let rb = &b[base..base + n2];
                 let first = ra.iter().zip(rb).position(|(x, y)| *x != 0 || *y != 0);
                 if let Some(f) = first {
-                    let last = ra.iter().zip(rb).rposition(|(x, y)| *x != 0 || *y != 0).unwrap_or(f);
+                    let last = ra
+                        .iter()
+                        .zip(rb)
+                        .rposition(|(x, y)| *x != 0 || *y != 0)
+                        .unwrap_or(f);
                     any = true;
                     lo = [lo[0].min(i0), lo[1].min(i1), lo[2].min(f)];
                     hi = [hi[0].max(i0), hi[1].max(i1), hi[2].max(last)];
@@ -277,38 +294,45 @@ fn neighbour_codes(
         let r = &mask[start..start + ext[2]];
         r.iter().any(|&v| v != 0).then_some(r)
     };
-    codes.par_chunks_mut(cs[1] * cs[2]).enumerate().for_each_init(
-        || vec![0u8; cs[2]],
-        |cols, (p0, slab)| {
-            let p0 = p0 as isize;
-            for p1 in 0..cs[1] {
-                let p1i = p1 as isize;
-                // Bit k = 3 - (2a + b) of a column value holds the voxel at axis-0 offset a and
-                // axis-1 offset b (offset 0 = corner - 1, offset 1 = corner).
-                let rows =
-                    [row(p0, p1i), row(p0, p1i - 1), row(p0 - 1, p1i), row(p0 - 1, p1i - 1)];
-                if rows.iter().all(Option::is_none) {
-                    continue;
-                }
-                cols.fill(0);
-                for (bit, r) in rows.iter().enumerate() {
-                    if let Some(r) = r {
-                        for (c, &v) in cols.iter_mut().zip(r.iter()) {
-                            *c |= u8::from(v != 0) << bit;
+    codes
+        .par_chunks_mut(cs[1] * cs[2])
+        .enumerate()
+        .for_each_init(
+            || vec![0u8; cs[2]],
+            |cols, (p0, slab)| {
+                let p0 = p0 as isize;
+                for p1 in 0..cs[1] {
+                    let p1i = p1 as isize;
+                    // Bit k = 3 - (2a + b) of a column value holds the voxel at axis-0 offset a and
+                    // axis-1 offset b (offset 0 = corner - 1, offset 1 = corner).
+                    let rows = [
+                        row(p0, p1i),
+                        row(p0, p1i - 1),
+                        row(p0 - 1, p1i),
+                        row(p0 - 1, p1i - 1),
+                    ];
+                    if rows.iter().all(Option::is_none) {
+                        continue;
+                    }
+                    cols.fill(0);
+                    for (bit, r) in rows.iter().enumerate() {
+                        if let Some(r) = r {
+                            for (c, &v) in cols.iter_mut().zip(r.iter()) {
+                                *c |= u8::from(v != 0) << bit;
+                            }
                         }
                     }
+                    let out = &mut slab[p1 * cs[2]..(p1 + 1) * cs[2]];
+                    // Slide along axis 2: corner p2 sees voxel p2 - 1 (kernel offset c = 0, odd
+                    // bits) and voxel p2 (c = 1, even bits).
+                    let mut prev = 0u8;
+                    for (code, &cur) in out.iter_mut().zip(cols.iter()) {
+                        *code = (spread(prev) << 1) | spread(cur);
+                        prev = cur;
+                    }
                 }
-                let out = &mut slab[p1 * cs[2]..(p1 + 1) * cs[2]];
-                // Slide along axis 2: corner p2 sees voxel p2 - 1 (kernel offset c = 0, odd
-                // bits) and voxel p2 (c = 1, even bits).
-                let mut prev = 0u8;
-                for (code, &cur) in out.iter_mut().zip(cols.iter()) {
-                    *code = (spread(prev) << 1) | spread(cur);
-                    prev = cur;
-                }
-            }
-        },
-    );
+            },
+        );
     codes
 }
 
@@ -400,7 +424,11 @@ mod tests {
                             }
                         }
                     }
-                    assert_eq!(codes[(p0 * cs[1] + p1) * cs[2] + p2] as u32, code, "{p0} {p1} {p2}");
+                    assert_eq!(
+                        codes[(p0 * cs[1] + p1) * cs[2] + p2] as u32,
+                        code,
+                        "{p0} {p1} {p2}"
+                    );
                 }
             }
         }

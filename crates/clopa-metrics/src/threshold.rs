@@ -33,12 +33,18 @@ pub fn quantile(values: &[f64], q: f64) -> Result<f64, MetricsError> {
     let t = pos - lo as f64;
     let (a, b) = (s[lo], s[hi]);
     let d = b - a;
-    Ok(if t >= 0.5 { b - d * (1.0 - t) } else { a + d * t })
+    Ok(if t >= 0.5 {
+        b - d * (1.0 - t)
+    } else {
+        a + d * t
+    })
 }
 
 fn check(values: &[f64]) -> Result<(), MetricsError> {
     if values.is_empty() {
-        return Err(MetricsError::Empty { what: "the list of reference Dice values".into() });
+        return Err(MetricsError::Empty {
+            what: "the list of reference Dice values".into(),
+        });
     }
     if let Some(v) = values.iter().find(|v| !v.is_finite()) {
         return Err(MetricsError::Threshold(*v));

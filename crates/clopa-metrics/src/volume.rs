@@ -9,7 +9,10 @@ fn check_grid(pred: &Mask, reference: &Mask) -> Result<(), MetricsError> {
     if !pred.same_grid(reference) {
         return Err(MetricsError::Grid {
             pred: format!("shape {:?} spacing {:?}", pred.shape, pred.spacing),
-            reference: format!("shape {:?} spacing {:?}", reference.shape, reference.spacing),
+            reference: format!(
+                "shape {:?} spacing {:?}",
+                reference.shape, reference.spacing
+            ),
         });
     }
     Ok(())
@@ -24,13 +27,25 @@ pub fn dice(pred: &Mask, reference: &Mask) -> Result<f64, MetricsError> {
 /// Raw NSD (NaN when both are empty); see [`crate::nsd`].
 pub fn nsd(pred: &Mask, reference: &Mask, tolerance_mm: f64) -> Result<f64, MetricsError> {
     check_grid(pred, reference)?;
-    crate::nsd(&pred.data, &reference.data, pred.shape, pred.spacing, tolerance_mm)
+    crate::nsd(
+        &pred.data,
+        &reference.data,
+        pred.shape,
+        pred.spacing,
+        tolerance_mm,
+    )
 }
 
 /// Robust Hausdorff distance; see [`crate::hd`].
 pub fn hd(pred: &Mask, reference: &Mask, percentile: f64) -> Result<f64, MetricsError> {
     check_grid(pred, reference)?;
-    crate::hd(&pred.data, &reference.data, pred.shape, pred.spacing, percentile)
+    crate::hd(
+        &pred.data,
+        &reference.data,
+        pred.shape,
+        pred.spacing,
+        percentile,
+    )
 }
 
 /// Average surface distances; see [`crate::assd`].
@@ -46,7 +61,13 @@ pub fn is_validate_dice_nsd(
     tolerance_mm: f64,
 ) -> Result<(f64, f64), MetricsError> {
     check_grid(pred, reference)?;
-    crate::is_validate::dice_nsd(&pred.data, &reference.data, pred.shape, pred.spacing, tolerance_mm)
+    crate::is_validate::dice_nsd(
+        &pred.data,
+        &reference.data,
+        pred.shape,
+        pred.spacing,
+        tolerance_mm,
+    )
 }
 
 #[cfg(test)]

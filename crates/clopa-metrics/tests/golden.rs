@@ -11,7 +11,9 @@ use clopa_metrics::{SurfaceDistances, curves, is_validate, threshold};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn json(name: &str) -> Value {
@@ -113,25 +115,101 @@ fn all_17_mask_pairs_match_surface_distance() {
         let assd = dists.average_distances();
         let mut check = |name: &str, got: f64, want: &Value, rel: bool, tol: f64| {
             let want = num(want);
-            let ok = if rel { close_rel(got, want, tol) } else { close_abs(got, want, tol) };
+            let ok = if rel {
+                close_rel(got, want, tol)
+            } else {
+                close_abs(got, want, tol)
+            };
             if !ok {
                 failures.push(format!("{} {name}: got {got}, want {want}", c.id));
             }
         };
         check("dice", dice, &sd["dice"], false, 1e-9);
         check("nsd", nsd, &sd["nsd"], false, 1e-9);
-        check("surface_overlap_ref", ov_ref, &sd["surface_overlap_ref"], false, 1e-9);
-        check("surface_overlap_pred", ov_pred, &sd["surface_overlap_pred"], false, 1e-9);
-        check("hd95", dists.robust_hausdorff(95.0), &sd["hd95"], true, 1e-6);
-        check("hd100", dists.robust_hausdorff(100.0), &sd["hd100"], true, 1e-6);
-        check("asd_ref_to_pred", assd.ref_to_pred, &sd["asd_ref_to_pred"], true, 1e-6);
-        check("asd_pred_to_ref", assd.pred_to_ref, &sd["asd_pred_to_ref"], true, 1e-6);
-        check("assd_mean_of_directed", assd.mean_of_directed, &sd["assd_mean_of_directed"], true, 1e-6);
-        check("assd_area_weighted", assd.area_weighted, &sd["assd_area_weighted"], true, 1e-6);
-        check("surface_area_ref", dists.ref_area(), &sd["surface_area_ref_mm2"], true, 1e-9);
-        check("surface_area_pred", dists.pred_area(), &sd["surface_area_pred_mm2"], true, 1e-9);
-        check("n_surfels_ref", dists.ref_areas.len() as f64, &sd["n_surfels_ref"], false, 0.0);
-        check("n_surfels_pred", dists.pred_areas.len() as f64, &sd["n_surfels_pred"], false, 0.0);
+        check(
+            "surface_overlap_ref",
+            ov_ref,
+            &sd["surface_overlap_ref"],
+            false,
+            1e-9,
+        );
+        check(
+            "surface_overlap_pred",
+            ov_pred,
+            &sd["surface_overlap_pred"],
+            false,
+            1e-9,
+        );
+        check(
+            "hd95",
+            dists.robust_hausdorff(95.0),
+            &sd["hd95"],
+            true,
+            1e-6,
+        );
+        check(
+            "hd100",
+            dists.robust_hausdorff(100.0),
+            &sd["hd100"],
+            true,
+            1e-6,
+        );
+        check(
+            "asd_ref_to_pred",
+            assd.ref_to_pred,
+            &sd["asd_ref_to_pred"],
+            true,
+            1e-6,
+        );
+        check(
+            "asd_pred_to_ref",
+            assd.pred_to_ref,
+            &sd["asd_pred_to_ref"],
+            true,
+            1e-6,
+        );
+        check(
+            "assd_mean_of_directed",
+            assd.mean_of_directed,
+            &sd["assd_mean_of_directed"],
+            true,
+            1e-6,
+        );
+        check(
+            "assd_area_weighted",
+            assd.area_weighted,
+            &sd["assd_area_weighted"],
+            true,
+            1e-6,
+        );
+        check(
+            "surface_area_ref",
+            dists.ref_area(),
+            &sd["surface_area_ref_mm2"],
+            true,
+            1e-9,
+        );
+        check(
+            "surface_area_pred",
+            dists.pred_area(),
+            &sd["surface_area_pred_mm2"],
+            true,
+            1e-9,
+        );
+        check(
+            "n_surfels_ref",
+            dists.ref_areas.len() as f64,
+            &sd["n_surfels_ref"],
+            false,
+            0.0,
+        );
+        check(
+            "n_surfels_pred",
+            dists.pred_areas.len() as f64,
+            &sd["n_surfels_pred"],
+            false,
+            0.0,
+        );
 
         // The free functions agree with the struct.
         let nsd_fn = clopa_metrics::nsd(&c.pred, &c.reference, c.shape, c.spacing, c.tol).unwrap();
@@ -146,9 +224,20 @@ fn all_17_mask_pairs_match_surface_distance() {
         check("is_validate.nsd", n, &iv["nsd"], false, 1e-9);
 
         // MONAI with use_subvoxels=True reproduces DeepMind's NSD to float32 precision.
-        check("monai.nsd_subvoxels", nsd, &c.meta["monai"]["nsd_subvoxels"], false, 1e-6);
+        check(
+            "monai.nsd_subvoxels",
+            nsd,
+            &c.meta["monai"]["nsd_subvoxels"],
+            false,
+            1e-6,
+        );
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -165,8 +254,12 @@ fn curves_match_is_validate_at_every_threshold() {
     assert!(curves.iter().all(|c| c.len() == n_int));
 
     // Thresholds from the nnU-Net reference Dice.
-    let reference: Vec<f64> =
-        fx["nnunet_reference_dice"].as_array().unwrap().iter().map(num).collect();
+    let reference: Vec<f64> = fx["nnunet_reference_dice"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(num)
+        .collect();
     let (mu, sigma) = threshold::norm_fit(&reference).unwrap();
     assert!((mu - num(&fx["norm_fit"]["mu"])).abs() < 1e-12);
     assert!((sigma - num(&fx["norm_fit"]["sigma_mle"])).abs() < 1e-12);
@@ -187,23 +280,38 @@ fn curves_match_is_validate_at_every_threshold() {
         assert!((derived - thr).abs() < 1e-12, "{name}: {derived} vs {thr}");
 
         let mut sums = Vec::new();
-        for (k, (c, want)) in curves.iter().zip(t["per_curve"].as_array().unwrap()).enumerate() {
+        for (k, (c, want)) in curves
+            .iter()
+            .zip(t["per_curve"].as_array().unwrap())
+            .enumerate()
+        {
             let s = curves::summarize(c, thr).unwrap();
             let ctx = format!("{name} curve {k}");
-            assert!((s.nauc - num(&want["nAUC"])).abs() < 1e-12, "{ctx} nAUC {}", s.nauc);
+            assert!(
+                (s.nauc - num(&want["nAUC"])).abs() < 1e-12,
+                "{ctx} nAUC {}",
+                s.nauc
+            );
             assert_eq!(s.noi as f64, num(&want["NoI"]), "{ctx} NoI");
             assert!((s.nnoi - num(&want["nNoI"])).abs() < 1e-15, "{ctx} nNoI");
             assert_eq!(s.failed, want["failed"].as_bool().unwrap(), "{ctx} failed");
             assert_eq!(s.peak, num(&want["peak"]), "{ctx} peak");
             assert_eq!(s.init, num(&want["init"]), "{ctx} init");
             assert_eq!(s.last, num(&want["final"]), "{ctx} final");
-            assert!((100.0 * s.nnoi - num(&want["nNoI_percent"])).abs() < 1e-12, "{ctx} nNoI %");
+            assert!(
+                (100.0 * s.nnoi - num(&want["nNoI_percent"])).abs() < 1e-12,
+                "{ctx} nNoI %"
+            );
             sums.push(s);
         }
         let a = curves::aggregate(&sums, n_int).unwrap();
         let w = &t["aggregate"];
         let near = |got: f64, key: &str| {
-            assert!((got - num(&w[key])).abs() < 1e-12, "{name} {key}: {got} vs {}", w[key]);
+            assert!(
+                (got - num(&w[key])).abs() < 1e-12,
+                "{name} {key}: {got} vs {}",
+                w[key]
+            );
         };
         near(a.mean_noi, "mean_NoI");
         near(a.median_noi, "median_NoI");

@@ -18,7 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arch_name = args.first().map(String::as_str).unwrap_or("fixture");
     let size: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(64);
-    let group: ParamGroup = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(ParamGroup::All);
+    let group: ParamGroup = args
+        .get(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(ParamGroup::All);
     let reps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(3);
     let arch = match arch_name {
         "v1" => Architecture::nninteractive_v1(),
@@ -64,7 +68,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let y = net.forward(&x)?;
         let loss = (y * &r)?.sum_all()?;
         let grads = loss.backward()?;
-        let n = store.vars().values().filter(|v| grads.get(v.as_tensor()).is_some()).count();
+        let n = store
+            .vars()
+            .values()
+            .filter(|v| grads.get(v.as_tensor()).is_some())
+            .count();
         if i > 0 {
             fwdbwd = fwdbwd.min(t0.elapsed().as_secs_f64());
         }

@@ -13,7 +13,8 @@ use serde_json::Value;
 use crate::error::{NnError, Result};
 
 /// The only network class we build (nnInteractive's).
-pub const RESENC_UNET_CLASS: &str = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet";
+pub const RESENC_UNET_CLASS: &str =
+    "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet";
 
 /// The nnU-Net `architecture` block, kept as written.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,7 +24,11 @@ pub struct Architecture {
     /// Constructor keyword arguments (without input channels / classes / deep supervision).
     pub arch_kwargs: Value,
     /// nnU-Net's list of kwargs that name Python classes; kept for round trips.
-    #[serde(rename = "_kw_requires_import", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "_kw_requires_import",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub kw_requires_import: Option<Value>,
 }
 
@@ -59,7 +64,8 @@ fn arch_err(msg: impl Into<String>) -> NnError {
 }
 
 fn get<'a>(kw: &'a Value, key: &str) -> Result<&'a Value> {
-    kw.get(key).ok_or_else(|| arch_err(format!("arch_kwargs lacks `{key}`")))
+    kw.get(key)
+        .ok_or_else(|| arch_err(format!("arch_kwargs lacks `{key}`")))
 }
 
 fn as_usize(v: &Value, what: &str) -> Result<usize> {
@@ -79,7 +85,10 @@ fn per_stage(kw: &Value, key: &str, n: usize) -> Result<Vec<usize>> {
         _ => vec![as_usize(v, key)?; n],
     };
     if out.len() != n {
-        return Err(arch_err(format!("`{key}` has {} entries, expected {n}: {v}", out.len())));
+        return Err(arch_err(format!(
+            "`{key}` has {} entries, expected {n}: {v}",
+            out.len()
+        )));
     }
     Ok(out)
 }
@@ -93,7 +102,10 @@ fn per_stage_cubic(kw: &Value, key: &str, n: usize) -> Result<Vec<usize>> {
         _ => vec![v.clone(); n],
     };
     if items.len() != n {
-        return Err(arch_err(format!("`{key}` has {} entries, expected {n}: {v}", items.len())));
+        return Err(arch_err(format!(
+            "`{key}` has {} entries, expected {n}: {v}",
+            items.len()
+        )));
     }
     items
         .iter()
@@ -113,8 +125,11 @@ fn per_stage_cubic(kw: &Value, key: &str, n: usize) -> Result<Vec<usize>> {
 }
 
 fn class_is(v: &Value, suffixes: &[&str]) -> bool {
-    v.as_str()
-        .is_some_and(|s| suffixes.iter().any(|suf| s == *suf || s.ends_with(&format!(".{suf}"))))
+    v.as_str().is_some_and(|s| {
+        suffixes
+            .iter()
+            .any(|suf| s == *suf || s.ends_with(&format!(".{suf}")))
+    })
 }
 
 impl Architecture {
@@ -128,7 +143,13 @@ impl Architecture {
     pub fn resenc(features: &[usize], n_blocks: &[usize]) -> Self {
         let n = features.len();
         let strides: Vec<Value> = (0..n)
-            .map(|i| if i == 0 { serde_json::json!([1, 1, 1]) } else { serde_json::json!([2, 2, 2]) })
+            .map(|i| {
+                if i == 0 {
+                    serde_json::json!([1, 1, 1])
+                } else {
+                    serde_json::json!([2, 2, 2])
+                }
+            })
             .collect();
         Architecture {
             network_class_name: RESENC_UNET_CLASS.to_string(),
@@ -148,7 +169,12 @@ impl Architecture {
                 "nonlin": "torch.nn.LeakyReLU",
                 "nonlin_kwargs": {"inplace": true},
             }),
-            kw_requires_import: Some(serde_json::json!(["conv_op", "norm_op", "dropout_op", "nonlin"])),
+            kw_requires_import: Some(serde_json::json!([
+                "conv_op",
+                "norm_op",
+                "dropout_op",
+                "nonlin"
+            ])),
         }
     }
 }
@@ -157,7 +183,11 @@ impl UNetSpec {
     /// Validates an architecture block into a spec; anything we cannot build exactly as
     /// dynamic-network-architectures does (other classes, blocks, norms, dropout, anisotropic
     /// kernels) is an error rather than an approximation.
-    pub fn from_architecture(arch: &Architecture, input_channels: usize, num_classes: usize) -> Result<Self> {
+    pub fn from_architecture(
+        arch: &Architecture,
+        input_channels: usize,
+        num_classes: usize,
+    ) -> Result<Self> {
         let class = arch.network_class_name.as_str();
         if class != RESENC_UNET_CLASS && class != "ResidualEncoderUNet" {
             return Err(arch_err(format!(
@@ -179,7 +209,9 @@ impl UNetSpec {
         let n_conv_decoder = per_stage(kw, "n_conv_per_stage_decoder", n - 1)?;
         for (i, &k) in kernel_sizes.iter().enumerate() {
             if k != 1 && k != 3 {
-                return Err(arch_err(format!("kernel size {k} of stage {i} is not supported (1 or 3)")));
+                return Err(arch_err(format!(
+                    "kernel size {k} of stage {i} is not supported (1 or 3)"
+                )));
             }
         }
         for (i, &s) in strides.iter().enumerate() {
@@ -188,7 +220,9 @@ impl UNetSpec {
             }
         }
         if features.contains(&0) || n_blocks.contains(&0) || n_conv_decoder.contains(&0) {
-            return Err(arch_err("features, blocks and decoder convs must all be at least 1"));
+            return Err(arch_err(
+                "features, blocks and decoder convs must all be at least 1",
+            ));
         }
         let conv_bias = match kw.get("conv_bias") {
             None | Some(Value::Null) => false,
@@ -198,43 +232,64 @@ impl UNetSpec {
         if let Some(v) = kw.get("conv_op")
             && !class_is(v, &["Conv3d"])
         {
-            return Err(arch_err(format!("conv_op {v} is not supported (only Conv3d)")));
+            return Err(arch_err(format!(
+                "conv_op {v} is not supported (only Conv3d)"
+            )));
         }
         let norm = get(kw, "norm_op")?;
         if !class_is(norm, &["InstanceNorm3d"]) {
-            return Err(arch_err(format!("norm_op {norm} is not supported (only InstanceNorm3d)")));
+            return Err(arch_err(format!(
+                "norm_op {norm} is not supported (only InstanceNorm3d)"
+            )));
         }
         let norm_kw = kw.get("norm_op_kwargs").cloned().unwrap_or(Value::Null);
         let norm_eps = norm_kw.get("eps").and_then(Value::as_f64).unwrap_or(1e-5);
         if norm_kw.get("affine").and_then(Value::as_bool) != Some(true) {
-            return Err(arch_err(format!("norm_op_kwargs {norm_kw} must have affine: true")));
+            return Err(arch_err(format!(
+                "norm_op_kwargs {norm_kw} must have affine: true"
+            )));
         }
         if norm_kw.get("track_running_stats").and_then(Value::as_bool) == Some(true) {
-            return Err(arch_err("InstanceNorm with track_running_stats is not supported"));
+            return Err(arch_err(
+                "InstanceNorm with track_running_stats is not supported",
+            ));
         }
         match kw.get("dropout_op") {
             None | Some(Value::Null) => {}
-            Some(v) => return Err(arch_err(format!("dropout_op {v} is not supported (only null)"))),
+            Some(v) => {
+                return Err(arch_err(format!(
+                    "dropout_op {v} is not supported (only null)"
+                )));
+            }
         }
         let nonlin = get(kw, "nonlin")?;
         let nonlin_kw = kw.get("nonlin_kwargs").cloned().unwrap_or(Value::Null);
         let negative_slope = if class_is(nonlin, &["LeakyReLU"]) {
-            nonlin_kw.get("negative_slope").and_then(Value::as_f64).unwrap_or(0.01)
+            nonlin_kw
+                .get("negative_slope")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.01)
         } else if class_is(nonlin, &["ReLU"]) {
             0.0
         } else {
-            return Err(arch_err(format!("nonlin {nonlin} is not supported (LeakyReLU or ReLU)")));
+            return Err(arch_err(format!(
+                "nonlin {nonlin} is not supported (LeakyReLU or ReLU)"
+            )));
         };
         if let Some(b) = kw.get("block")
             && !b.is_null()
             && !class_is(b, &["BasicBlockD"])
         {
-            return Err(arch_err(format!("block {b} is not supported (only BasicBlockD)")));
+            return Err(arch_err(format!(
+                "block {b} is not supported (only BasicBlockD)"
+            )));
         }
         if let Some(b) = kw.get("bottleneck_channels")
             && !b.is_null()
         {
-            return Err(arch_err(format!("bottleneck_channels {b} is not supported (only null)")));
+            return Err(arch_err(format!(
+                "bottleneck_channels {b} is not supported (only null)"
+            )));
         }
         let stem_channels = match kw.get("stem_channels") {
             None | Some(Value::Null) => features[0],
@@ -278,7 +333,12 @@ impl UNetSpec {
     /// Every canonical parameter (PyTorch `named_parameters()` order) with its shape.
     pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let mut out = Vec::new();
-        let conv_norm = |out: &mut Vec<(String, Vec<usize>)>, p: &str, cin: usize, cout: usize, k: usize, bias: bool| {
+        let conv_norm = |out: &mut Vec<(String, Vec<usize>)>,
+                         p: &str,
+                         cin: usize,
+                         cout: usize,
+                         k: usize,
+                         bias: bool| {
             out.push((format!("{p}.conv.weight"), vec![cout, cin, k, k, k]));
             if bias {
                 out.push((format!("{p}.conv.bias"), vec![cout]));
@@ -287,12 +347,23 @@ impl UNetSpec {
             out.push((format!("{p}.norm.bias"), vec![cout]));
         };
         let n = self.n_stages();
-        conv_norm(&mut out, "encoder.stem.convs.0", self.input_channels, self.stem_channels, self.kernel_sizes[0], self.conv_bias);
+        conv_norm(
+            &mut out,
+            "encoder.stem.convs.0",
+            self.input_channels,
+            self.stem_channels,
+            self.kernel_sizes[0],
+            self.conv_bias,
+        );
         let mut cin = self.stem_channels;
         for s in 0..n {
             let f = self.features[s];
             for b in 0..self.n_blocks[s] {
-                let (bin, stride) = if b == 0 { (cin, self.strides[s]) } else { (f, 1) };
+                let (bin, stride) = if b == 0 {
+                    (cin, self.strides[s])
+                } else {
+                    (f, 1)
+                };
                 let p = format!("encoder.stages.{s}.blocks.{b}");
                 let k = self.kernel_sizes[s];
                 conv_norm(&mut out, &format!("{p}.conv1"), bin, f, k, self.conv_bias);
@@ -309,29 +380,48 @@ impl UNetSpec {
             let k = self.kernel_sizes[n - 2 - i];
             for c in 0..self.n_conv_decoder[i] {
                 let cin = if c == 0 { 2 * skip_c } else { skip_c };
-                conv_norm(&mut out, &format!("decoder.stages.{i}.convs.{c}"), cin, skip_c, k, self.conv_bias);
+                conv_norm(
+                    &mut out,
+                    &format!("decoder.stages.{i}.convs.{c}"),
+                    cin,
+                    skip_c,
+                    k,
+                    self.conv_bias,
+                );
             }
         }
         for i in 0..n - 1 {
             let below = self.features[n - 1 - i];
             let skip_c = self.features[n - 2 - i];
             let s = self.strides[n - 1 - i];
-            out.push((format!("decoder.transpconvs.{i}.weight"), vec![below, skip_c, s, s, s]));
+            out.push((
+                format!("decoder.transpconvs.{i}.weight"),
+                vec![below, skip_c, s, s, s],
+            ));
             if self.conv_bias {
                 out.push((format!("decoder.transpconvs.{i}.bias"), vec![skip_c]));
             }
         }
         for i in 0..n - 1 {
             let skip_c = self.features[n - 2 - i];
-            out.push((format!("decoder.seg_layers.{i}.weight"), vec![self.num_classes, skip_c, 1, 1, 1]));
-            out.push((format!("decoder.seg_layers.{i}.bias"), vec![self.num_classes]));
+            out.push((
+                format!("decoder.seg_layers.{i}.weight"),
+                vec![self.num_classes, skip_c, 1, 1, 1],
+            ));
+            out.push((
+                format!("decoder.seg_layers.{i}.bias"),
+                vec![self.num_classes],
+            ));
         }
         out
     }
 
     /// Total number of scalar parameters (counted from shapes, nothing allocated).
     pub fn num_parameters(&self) -> usize {
-        self.parameter_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+        self.parameter_shapes()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
     }
 }
 
@@ -348,7 +438,8 @@ mod tests {
 
     #[test]
     fn v1_has_264_parameters_and_the_known_total() {
-        let spec = UNetSpec::from_architecture(&Architecture::nninteractive_v1(), 8, 2).expect("spec");
+        let spec =
+            UNetSpec::from_architecture(&Architecture::nninteractive_v1(), 8, 2).expect("spec");
         let shapes = spec.parameter_shapes();
         assert_eq!(shapes.len(), 264);
         assert_eq!(spec.num_parameters(), 102_355_818);
@@ -370,7 +461,8 @@ mod tests {
         arch.arch_kwargs["n_blocks_per_stage"] = serde_json::json!([1, 2]);
         assert!(UNetSpec::from_architecture(&arch, 8, 2).is_err());
         let mut arch = Architecture::nninteractive_v1();
-        arch.network_class_name = "dynamic_network_architectures.architectures.unet.PlainConvUNet".into();
+        arch.network_class_name =
+            "dynamic_network_architectures.architectures.unet.PlainConvUNet".into();
         let err = UNetSpec::from_architecture(&arch, 8, 2).expect_err("must fail");
         assert!(err.to_string().contains("PlainConvUNet"));
     }

@@ -10,8 +10,14 @@ pub enum NnError {
     Arch(String),
 
     /// A network input of the wrong shape.
-    #[error("network input has {got} channels, the network expects {expected} (input shape {shape:?})")]
-    InputChannels { expected: usize, got: usize, shape: Vec<usize> },
+    #[error(
+        "network input has {got} channels, the network expects {expected} (input shape {shape:?})"
+    )]
+    InputChannels {
+        expected: usize,
+        got: usize,
+        shape: Vec<usize>,
+    },
 
     /// A network input that is not (B, C, D, H, W) or whose size the strides cannot divide.
     #[error("invalid network input shape {shape:?}: {reason}")]
@@ -40,11 +46,20 @@ pub enum NnError {
 
     /// A tensor the architecture needs is absent from a weights file.
     #[error("{}: tensor `{tensor}` is missing (the architecture needs shape {expected:?})", path.display())]
-    MissingTensor { path: PathBuf, tensor: String, expected: Vec<usize> },
+    MissingTensor {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+    },
 
     /// A tensor whose shape differs from what the architecture needs.
     #[error("{}: tensor `{tensor}` has shape {found:?}, the architecture needs {expected:?}", path.display())]
-    ShapeMismatch { path: PathBuf, tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    ShapeMismatch {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
 
     /// A tensor name that the architecture does not have.
     #[error("{}: tensor `{tensor}` is not a parameter of this architecture", path.display())]
@@ -52,7 +67,11 @@ pub enum NnError {
 
     /// An episode checkpoint that does not belong to the base model it is applied to.
     #[error("episode checkpoint {} was trained from the base model with sha256 {found}, but the base model is {expected}", path.display())]
-    BaseMismatch { path: PathBuf, expected: String, found: String },
+    BaseMismatch {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
 
     /// A tensor computation failed.
     #[error(transparent)]
@@ -63,16 +82,33 @@ pub enum NnError {
 pub type Result<T> = std::result::Result<T, NnError>;
 
 impl NnError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        NnError::Io { action, path: path.into(), source }
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        NnError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
     }
     pub(crate) fn json(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        NnError::Json { path: path.into(), reason: reason.into() }
+        NnError::Json {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
     pub(crate) fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        NnError::Checkpoint { path: path.into(), reason: reason.into() }
+        NnError::Checkpoint {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
     pub(crate) fn folder(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        NnError::Folder { path: path.into(), reason: reason.into() }
+        NnError::Folder {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }

@@ -86,7 +86,9 @@ impl FromStr for ParamGroup {
             "in" => Ok(ParamGroup::In),
             "cn" => Ok(ParamGroup::Cn),
             "all" => Ok(ParamGroup::All),
-            other => Err(NnError::Arch(format!("unknown parameter group `{other}` (in, cn or all)"))),
+            other => Err(NnError::Arch(format!(
+                "unknown parameter group `{other}` (in, cn or all)"
+            ))),
         }
     }
 }
@@ -104,7 +106,10 @@ pub struct ParamCounts {
 pub fn param_counts(spec: &UNetSpec) -> ParamCounts {
     ParamCounts {
         total: spec.num_parameters(),
-        groups: ParamGroup::ALL.iter().map(|g| (g.name().to_string(), g.count(spec))).collect(),
+        groups: ParamGroup::ALL
+            .iter()
+            .map(|g| (g.name().to_string(), g.count(spec)))
+            .collect(),
     }
 }
 
@@ -115,7 +120,8 @@ mod tests {
 
     #[test]
     fn v1_group_sizes_match_the_reference() {
-        let spec = UNetSpec::from_architecture(&Architecture::nninteractive_v1(), 8, 2).expect("spec");
+        let spec =
+            UNetSpec::from_architecture(&Architecture::nninteractive_v1(), 8, 2).expect("spec");
         let c = param_counts(&spec);
         assert_eq!(c.total, 102_355_818);
         assert_eq!(c.groups["in"], 27_648);

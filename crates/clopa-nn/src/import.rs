@@ -131,13 +131,26 @@ pub fn read_checkpoint_info(path: &Path) -> Result<(Option<String>, Option<Strin
 }
 
 /// The configuration dict with nnU-Net's `inherits_from` resolved (parent keys, then own keys).
-fn resolve_configuration(configs: &serde_json::Map<String, Value>, name: &str, plans: &Path, depth: usize) -> Result<Value> {
-    let c = configs
-        .get(name)
-        .ok_or_else(|| NnError::json(plans, format!("configuration `{name}` is not in `configurations`")))?;
+fn resolve_configuration(
+    configs: &serde_json::Map<String, Value>,
+    name: &str,
+    plans: &Path,
+    depth: usize,
+) -> Result<Value> {
+    let c = configs.get(name).ok_or_else(|| {
+        NnError::json(
+            plans,
+            format!("configuration `{name}` is not in `configurations`"),
+        )
+    })?;
     let mut out = match c.get("inherits_from").and_then(Value::as_str) {
         Some(parent) if depth < 16 => resolve_configuration(configs, parent, plans, depth + 1)?,
-        Some(parent) => return Err(NnError::json(plans, format!("`inherits_from` cycle at `{parent}`"))),
+        Some(parent) => {
+            return Err(NnError::json(
+                plans,
+                format!("`inherits_from` cycle at `{parent}`"),
+            ));
+        }
         None => Value::Object(Default::default()),
     };
     if let (Value::Object(o), Value::Object(own)) = (&mut out, c) {
@@ -171,12 +184,20 @@ pub fn read_nnunet_folder(dir: &Path) -> Result<NnUnetFolder> {
     let (configuration, configuration_origin) = if let Some(c) = ck_config {
         (c, "checkpoint init_args".to_string())
     } else if configs.len() == 1 {
-        (configs.keys().next().cloned().unwrap_or_default(), "only configuration".to_string())
+        (
+            configs.keys().next().cloned().unwrap_or_default(),
+            "only configuration".to_string(),
+        )
     } else {
-        let fullres: Vec<&String> = configs.keys().filter(|k| k.starts_with("3d_fullres")).collect();
+        let fullres: Vec<&String> = configs
+            .keys()
+            .filter(|k| k.starts_with("3d_fullres"))
+            .collect();
         match fullres.as_slice() {
             [one] => ((*one).clone(), "3d_fullres".to_string()),
-            _ if configs.contains_key("3d_fullres") => ("3d_fullres".to_string(), "3d_fullres".to_string()),
+            _ if configs.contains_key("3d_fullres") => {
+                ("3d_fullres".to_string(), "3d_fullres".to_string())
+            }
             _ => {
                 return Err(NnError::json(
                     &plans_path,
@@ -192,13 +213,27 @@ pub fn read_nnunet_folder(dir: &Path) -> Result<NnUnetFolder> {
     let arch_v = config.get("architecture").ok_or_else(|| {
         NnError::json(&plans_path, format!("configuration `{configuration}` has no `architecture` block (nnU-Net < 2.4 plans are not supported)"))
     })?;
-    let architecture: Architecture = serde_json::from_value(arch_v.clone())
-        .map_err(|e| NnError::json(&plans_path, format!("architecture of `{configuration}`: {e}")))?;
+    let architecture: Architecture = serde_json::from_value(arch_v.clone()).map_err(|e| {
+        NnError::json(
+            &plans_path,
+            format!("architecture of `{configuration}`: {e}"),
+        )
+    })?;
     let patch_size = config
         .get("patch_size")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_u64).map(|x| x as usize).collect::<Vec<_>>())
-        .ok_or_else(|| NnError::json(&plans_path, format!("configuration `{configuration}` has no `patch_size`")))?;
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_u64)
+                .map(|x| x as usize)
+                .collect::<Vec<_>>()
+        })
+        .ok_or_else(|| {
+            NnError::json(
+                &plans_path,
+                format!("configuration `{configuration}` has no `patch_size`"),
+            )
+        })?;
 
     let ds_path = dir.join("dataset.json");
     if !ds_path.is_file() {
@@ -209,42 +244,68 @@ pub fn read_nnunet_folder(dir: &Path) -> Result<NnUnetFolder> {
         .get("channel_names")
         .or_else(|| ds.get("modality"))
         .and_then(Value::as_object)
-        .ok_or_else(|| NnError::json(&ds_path, "neither `channel_names` nor `modality` is an object"))?;
+        .ok_or_else(|| {
+            NnError::json(
+                &ds_path,
+                "neither `channel_names` nor `modality` is an object",
+            )
+        })?;
     if channels.len() != 1 {
         return Err(NnError::json(
             &ds_path,
-            format!("nnInteractive needs exactly 1 image channel, the dataset lists {}", channels.len()),
+            format!(
+                "nnInteractive needs exactly 1 image channel, the dataset lists {}",
+                channels.len()
+            ),
         ));
     }
 
     let sess_path = dir.join("inference_session_class.json");
     let (point_radius, interaction_decay, interaction_decay_origin) = if sess_path.is_file() {
         match read_json(&sess_path)? {
-            Value::String(_) => (DEFAULT_POINT_RADIUS, DECAY_BARE_STRING, "default_bare_string"),
+            Value::String(_) => (
+                DEFAULT_POINT_RADIUS,
+                DECAY_BARE_STRING,
+                "default_bare_string",
+            ),
             Value::Object(o) => {
                 let radius = match o.get("point_radius") {
                     None => DEFAULT_POINT_RADIUS,
-                    Some(v) => v
-                        .as_u64()
-                        .map(|x| x as usize)
-                        .ok_or_else(|| NnError::json(&sess_path, format!("point_radius must be an integer, got {v}")))?,
+                    Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+                        NnError::json(
+                            &sess_path,
+                            format!("point_radius must be an integer, got {v}"),
+                        )
+                    })?,
                 };
                 match o.get("interaction_decay") {
                     None => (radius, DECAY_MISSING_KEY, "default_missing_key"),
                     Some(v) => {
-                        let d = v.as_f64().filter(|d| *d > 0.0 && *d <= 1.0).ok_or_else(|| {
-                            NnError::json(&sess_path, format!("interaction_decay must be in (0, 1], got {v}"))
-                        })?;
+                        let d = v
+                            .as_f64()
+                            .filter(|d| *d > 0.0 && *d <= 1.0)
+                            .ok_or_else(|| {
+                                NnError::json(
+                                    &sess_path,
+                                    format!("interaction_decay must be in (0, 1], got {v}"),
+                                )
+                            })?;
                         (radius, d, "file")
                     }
                 }
             }
             other => {
-                return Err(NnError::json(&sess_path, format!("expected an object or a string, got {other}")));
+                return Err(NnError::json(
+                    &sess_path,
+                    format!("expected an object or a string, got {other}"),
+                ));
             }
         }
     } else {
-        return Err(NnError::folder(dir, "inference_session_class.json is missing"));
+        return Err(NnError::folder(
+            dir,
+            "inference_session_class.json is missing",
+        ));
     };
 
     let folder = NnUnetFolder {
@@ -260,8 +321,14 @@ pub fn read_nnunet_folder(dir: &Path) -> Result<NnUnetFolder> {
         interaction_decay_origin: interaction_decay_origin.to_string(),
         checkpoint,
         trainer_name,
-        dataset_name: plans.get("dataset_name").and_then(Value::as_str).map(str::to_string),
-        plans_name: plans.get("plans_name").and_then(Value::as_str).map(str::to_string),
+        dataset_name: plans
+            .get("dataset_name")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        plans_name: plans
+            .get("plans_name")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     };
     folder.spec()?;
     Ok(folder)
@@ -274,14 +341,23 @@ pub fn read_pth_weights(path: &Path, spec: &UNetSpec) -> Result<BTreeMap<String,
         .map_err(|e| NnError::checkpoint(path, format!("cannot read `network_weights`: {e}")))?;
     let infos = pth.tensor_infos();
     if infos.is_empty() {
-        return Err(NnError::checkpoint(path, "`network_weights` holds no tensors"));
+        return Err(NnError::checkpoint(
+            path,
+            "`network_weights` holds no tensors",
+        ));
     }
     let shapes = spec.parameter_shapes();
     let known: std::collections::HashSet<&str> = shapes.iter().map(|(n, _)| n.as_str()).collect();
-    let mut unknown: Vec<&String> = infos.keys().filter(|k| !known.contains(k.as_str()) && !is_alias_key(k)).collect();
+    let mut unknown: Vec<&String> = infos
+        .keys()
+        .filter(|k| !known.contains(k.as_str()) && !is_alias_key(k))
+        .collect();
     unknown.sort();
     if let Some(k) = unknown.first() {
-        return Err(NnError::UnknownTensor { path: path.to_path_buf(), tensor: (*k).clone() });
+        return Err(NnError::UnknownTensor {
+            path: path.to_path_buf(),
+            tensor: (*k).clone(),
+        });
     }
     for (name, shape) in &shapes {
         let info = infos.get(name).ok_or_else(|| NnError::MissingTensor {
@@ -319,7 +395,11 @@ pub fn import_nnunet_folder(dir: &Path) -> Result<(ModelJson, BTreeMap<String, T
         .ok_or_else(|| NnError::folder(dir, "no fold_*/checkpoint_final.pth"))?;
     let spec = folder.spec()?;
     let tensors = read_pth_weights(&ck, &spec)?;
-    let rel = ck.strip_prefix(dir).unwrap_or(&ck).to_string_lossy().into_owned();
+    let rel = ck
+        .strip_prefix(dir)
+        .unwrap_or(&ck)
+        .to_string_lossy()
+        .into_owned();
     let source = serde_json::json!({
         "kind": "nnunet_model_folder",
         "folder": std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()).to_string_lossy(),

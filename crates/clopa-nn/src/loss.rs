@@ -32,7 +32,10 @@ pub struct LossParts {
 fn prepare(logits: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let dims = logits.dims().to_vec();
     if dims.len() != 5 {
-        return Err(NnError::InputShape { shape: dims, reason: "logits must be (B, C, D, H, W)".into() });
+        return Err(NnError::InputShape {
+            shape: dims,
+            reason: "logits must be (B, C, D, H, W)".into(),
+        });
     }
     let (b, c) = (dims[0], dims[1]);
     let t = match target.rank() {
@@ -43,7 +46,9 @@ fn prepare(logits: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor, Tensor)>
     if t.dims() != want {
         return Err(NnError::InputShape {
             shape: target.dims().to_vec(),
-            reason: format!("target must be (B, 1, D, H, W) = {want:?} to match the logits {dims:?}"),
+            reason: format!(
+                "target must be (B, 1, D, H, W) = {want:?} to match the logits {dims:?}"
+            ),
         });
     }
     let t = t.to_dtype(DType::F32)?;
@@ -82,7 +87,8 @@ pub fn dc_and_ce_loss(logits: &Tensor, target: &Tensor) -> Result<LossParts> {
     // Foreground classes only (do_bg = false); (B, C-1, ...) → per class sums over batch and space.
     let pf = p.narrow(1, 1, c - 1)?;
     let tf = onehot.narrow(1, 1, c - 1)?;
-    let per_class = |x: &Tensor| -> Result<Tensor> { sum_from(&x.transpose(0, 1)?.contiguous()?, 1) };
+    let per_class =
+        |x: &Tensor| -> Result<Tensor> { sum_from(&x.transpose(0, 1)?.contiguous()?, 1) };
     let i = per_class(&(&pf * &tf)?)?;
     let ps = per_class(&pf)?;
     let ts = per_class(&tf)?;
@@ -143,11 +149,18 @@ mod tests {
         let l1 = [-0.2f32, 0.7, 1.0, 0.0, -2.0, 0.25, 0.5, 0.3];
         let y = [0u8, 1, 1, 0, 0, 1, 0, 1];
         let logits = Tensor::cat(
-            &[Tensor::new(&l0, &dev)?.reshape((1, 1, 2, 2, 2))?, Tensor::new(&l1, &dev)?.reshape((1, 1, 2, 2, 2))?],
+            &[
+                Tensor::new(&l0, &dev)?.reshape((1, 1, 2, 2, 2))?,
+                Tensor::new(&l1, &dev)?.reshape((1, 1, 2, 2, 2))?,
+            ],
             1,
         )?;
         let target = Tensor::new(&y, &dev)?.reshape((1, 1, 2, 2, 2))?;
-        let pairs: Vec<[f64; 2]> = l0.iter().zip(&l1).map(|(&a, &b)| [f64::from(a), f64::from(b)]).collect();
+        let pairs: Vec<[f64; 2]> = l0
+            .iter()
+            .zip(&l1)
+            .map(|(&a, &b)| [f64::from(a), f64::from(b)])
+            .collect();
         let (ce, dice) = naive(&pairs, &y);
         let parts = dc_and_ce_loss(&logits, &target)?;
         assert!((parts.total.to_scalar::<f64>()? - (ce - dice)).abs() < 1e-6);

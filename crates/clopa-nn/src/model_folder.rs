@@ -124,9 +124,10 @@ pub fn apply_tensors(
     path: &Path,
 ) -> Result<()> {
     for (name, t) in update {
-        let cur = base
-            .get(name)
-            .ok_or_else(|| NnError::UnknownTensor { path: path.to_path_buf(), tensor: name.clone() })?;
+        let cur = base.get(name).ok_or_else(|| NnError::UnknownTensor {
+            path: path.to_path_buf(),
+            tensor: name.clone(),
+        })?;
         if cur.dims() != t.dims() {
             return Err(NnError::ShapeMismatch {
                 path: path.to_path_buf(),
@@ -157,7 +158,10 @@ impl EpisodeCheckpoint {
     /// Errors unless `clopa.base_sha256` equals `base_sha256`.
     pub fn check_base(&self, base_sha256: &str) -> Result<()> {
         let found = self.metadata.get(META_BASE_SHA256).ok_or_else(|| {
-            NnError::checkpoint(&self.path, format!("metadata `{META_BASE_SHA256}` is missing"))
+            NnError::checkpoint(
+                &self.path,
+                format!("metadata `{META_BASE_SHA256}` is missing"),
+            )
         })?;
         if found != base_sha256 {
             return Err(NnError::BaseMismatch {
@@ -197,7 +201,10 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(|e| NnError::io("create the folder", &dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -220,7 +227,14 @@ pub(crate) fn safetensors_bytes(
 ) -> Result<Vec<u8>> {
     let prepared = tensors
         .iter()
-        .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()?)))
+        .map(|(k, t)| {
+            Ok((
+                k.clone(),
+                t.to_device(&Device::Cpu)?
+                    .to_dtype(DType::F32)?
+                    .contiguous()?,
+            ))
+        })
         .collect::<Result<Vec<(String, Tensor)>>>()?;
     safetensors::serialize(prepared, metadata)
         .map_err(|e| NnError::checkpoint(path, format!("cannot serialise safetensors: {e}")))
@@ -235,13 +249,21 @@ pub(crate) fn read_safetensors(path: &Path, keep_dtype: bool) -> Result<Safetens
     let sha = hex(&Sha256::digest(&bytes));
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| NnError::checkpoint(path, format!("not a safetensors file: {e}")))?;
-    let metadata: BTreeMap<String, String> =
-        meta.metadata().clone().unwrap_or_default().into_iter().collect();
+    let metadata: BTreeMap<String, String> = meta
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let loaded = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .map_err(|e| NnError::checkpoint(path, e.to_string()))?;
     let mut tensors = BTreeMap::new();
     for (k, t) in loaded {
-        let t = if keep_dtype { t } else { t.to_dtype(DType::F32)? };
+        let t = if keep_dtype {
+            t
+        } else {
+            t.to_dtype(DType::F32)?
+        };
         tensors.insert(k, t);
     }
     Ok((tensors, metadata, sha))
@@ -250,7 +272,11 @@ pub(crate) fn read_safetensors(path: &Path, keep_dtype: bool) -> Result<Safetens
 /// Reads an episode checkpoint.
 pub fn read_episode_checkpoint(path: &Path) -> Result<EpisodeCheckpoint> {
     let (tensors, metadata, _) = read_safetensors(path, false)?;
-    Ok(EpisodeCheckpoint { path: path.to_path_buf(), tensors, metadata })
+    Ok(EpisodeCheckpoint {
+        path: path.to_path_buf(),
+        tensors,
+        metadata,
+    })
 }
 
 /// Writes an episode checkpoint atomically; `metadata` must include `clopa.base_sha256`.
@@ -260,7 +286,10 @@ pub fn write_episode_checkpoint(
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
     if !metadata.contains_key(META_BASE_SHA256) {
-        return Err(NnError::checkpoint(path, format!("metadata `{META_BASE_SHA256}` is required")));
+        return Err(NnError::checkpoint(
+            path,
+            format!("metadata `{META_BASE_SHA256}` is required"),
+        ));
     }
     let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
     let bytes = safetensors_bytes(tensors, Some(meta), path)?;
@@ -271,16 +300,25 @@ pub fn write_episode_checkpoint(
 pub fn read_model_json(dir: &Path) -> Result<ModelJson> {
     let path = dir.join(MODEL_JSON);
     let text = std::fs::read_to_string(&path).map_err(|e| NnError::io("read", &path, e))?;
-    let meta: ModelJson = serde_json::from_str(&text).map_err(|e| NnError::json(&path, e.to_string()))?;
+    let meta: ModelJson =
+        serde_json::from_str(&text).map_err(|e| NnError::json(&path, e.to_string()))?;
     if meta.format != MODEL_FORMAT {
-        return Err(NnError::json(&path, format!("format is `{}`, expected `{MODEL_FORMAT}`", meta.format)));
+        return Err(NnError::json(
+            &path,
+            format!("format is `{}`, expected `{MODEL_FORMAT}`", meta.format),
+        ));
     }
-    meta.spec().map_err(|e| NnError::json(&path, e.to_string()))?;
+    meta.spec()
+        .map_err(|e| NnError::json(&path, e.to_string()))?;
     Ok(meta)
 }
 
 /// Checks that `tensors` hold exactly the canonical parameters of `spec` with the right shapes.
-pub fn check_tensors(spec: &UNetSpec, tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+pub fn check_tensors(
+    spec: &UNetSpec,
+    tensors: &BTreeMap<String, Tensor>,
+    path: &Path,
+) -> Result<()> {
     let shapes = spec.parameter_shapes();
     for (name, shape) in &shapes {
         let t = tensors.get(name).ok_or_else(|| NnError::MissingTensor {
@@ -298,9 +336,13 @@ pub fn check_tensors(spec: &UNetSpec, tensors: &BTreeMap<String, Tensor>, path: 
         }
     }
     if tensors.len() != shapes.len() {
-        let known: std::collections::HashSet<&str> = shapes.iter().map(|(n, _)| n.as_str()).collect();
+        let known: std::collections::HashSet<&str> =
+            shapes.iter().map(|(n, _)| n.as_str()).collect();
         if let Some(extra) = tensors.keys().find(|k| !known.contains(k.as_str())) {
-            return Err(NnError::UnknownTensor { path: path.to_path_buf(), tensor: extra.clone() });
+            return Err(NnError::UnknownTensor {
+                path: path.to_path_buf(),
+                tensor: extra.clone(),
+            });
         }
     }
     Ok(())
@@ -316,12 +358,22 @@ pub fn load_model_folder(dir: &Path) -> Result<ModelFolder> {
     let wpath = dir.join(MODEL_WEIGHTS);
     let (tensors, _, sha) = read_safetensors(&wpath, false)?;
     check_tensors(&spec, &tensors, &wpath)?;
-    Ok(ModelFolder { dir: dir.to_path_buf(), meta, spec, tensors, weights_sha256: sha })
+    Ok(ModelFolder {
+        dir: dir.to_path_buf(),
+        meta,
+        spec,
+        tensors,
+        weights_sha256: sha,
+    })
 }
 
 /// Writes a clopa model folder: weights first, `model.json` last, each atomically, so a folder
 /// with a `model.json` always has complete weights.
-pub fn write_model_folder(dir: &Path, meta: &ModelJson, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+pub fn write_model_folder(
+    dir: &Path,
+    meta: &ModelJson,
+    tensors: &BTreeMap<String, Tensor>,
+) -> Result<()> {
     let spec = meta.spec()?;
     let wpath = dir.join(MODEL_WEIGHTS);
     check_tensors(&spec, tensors, &wpath)?;
@@ -329,7 +381,8 @@ pub fn write_model_folder(dir: &Path, meta: &ModelJson, tensors: &BTreeMap<Strin
     let bytes = safetensors_bytes(tensors, None, &wpath)?;
     write_atomic(&wpath, &bytes)?;
     let jpath = dir.join(MODEL_JSON);
-    let mut text = serde_json::to_string_pretty(meta).map_err(|e| NnError::json(&jpath, e.to_string()))?;
+    let mut text =
+        serde_json::to_string_pretty(meta).map_err(|e| NnError::json(&jpath, e.to_string()))?;
     text.push('\n');
     write_atomic(&jpath, text.as_bytes())
 }
@@ -368,7 +421,10 @@ mod tests {
         write_model_folder(dir.path(), &meta, &tensors)?;
         let mut mf = load_model_folder(dir.path())?;
         assert_eq!(mf.meta, meta);
-        assert_eq!(mf.weights_sha256, sha256_file(&dir.path().join(MODEL_WEIGHTS))?);
+        assert_eq!(
+            mf.weights_sha256,
+            sha256_file(&dir.path().join(MODEL_WEIGHTS))?
+        );
         let name = "encoder.stem.convs.0.norm.bias".to_string();
         let mut upd = BTreeMap::new();
         upd.insert(name.clone(), Tensor::new(&[7f32, 8.], &Device::Cpu)?);
@@ -384,7 +440,9 @@ mod tests {
         md.insert(META_BASE_SHA256.to_string(), "0".repeat(64));
         let bad = dir.path().join("bad.safetensors");
         write_episode_checkpoint(&bad, &upd, &md)?;
-        let err = mf.apply_checkpoints(std::slice::from_ref(&bad)).expect_err("base mismatch");
+        let err = mf
+            .apply_checkpoints(std::slice::from_ref(&bad))
+            .expect_err("base mismatch");
         assert!(err.to_string().contains("bad.safetensors"), "{err}");
 
         // Unknown tensor name.
@@ -402,6 +460,9 @@ mod tests {
         tensors.remove("decoder.transpconvs.0.bias");
         let dir = tempfile::tempdir().expect("tmp");
         let err = write_model_folder(dir.path(), &meta, &tensors).expect_err("missing");
-        assert!(err.to_string().contains("decoder.transpconvs.0.bias"), "{err}");
+        assert!(
+            err.to_string().contains("decoder.transpconvs.0.bias"),
+            "{err}"
+        );
     }
 }

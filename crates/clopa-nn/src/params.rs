@@ -24,12 +24,18 @@ pub struct ParamStore {
 impl ParamStore {
     /// All parameters frozen.
     pub fn new(tensors: BTreeMap<String, Tensor>) -> Self {
-        ParamStore { frozen: tensors, vars: BTreeMap::new() }
+        ParamStore {
+            frozen: tensors,
+            vars: BTreeMap::new(),
+        }
     }
 
     /// Turns the named parameters into trainable [`Var`]s (a copy of their values). Unknown names
     /// are an error so a misspelt group cannot silently train nothing.
-    pub fn make_trainable<S: AsRef<str>>(&mut self, names: impl IntoIterator<Item = S>) -> Result<()> {
+    pub fn make_trainable<S: AsRef<str>>(
+        &mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> Result<()> {
         for name in names {
             let name = name.as_ref();
             if self.vars.contains_key(name) {
@@ -84,7 +90,10 @@ impl ParamStore {
 
     /// Current values of the trainable parameters only (what an episode checkpoint holds).
     pub fn trainable_tensors(&self) -> BTreeMap<String, Tensor> {
-        self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect()
     }
 
     /// Overwrites parameter values (e.g. from an episode checkpoint); names must exist and shapes match.
@@ -96,7 +105,9 @@ impl ParamStore {
             check_shape(name, t, value)?;
             *t = value.to_dtype(t.dtype())?;
         } else {
-            return Err(NnError::Arch(format!("cannot set `{name}`: no such parameter")));
+            return Err(NnError::Arch(format!(
+                "cannot set `{name}`: no such parameter"
+            )));
         }
         Ok(())
     }
@@ -104,8 +115,11 @@ impl ParamStore {
     /// A candle-nn [`VarBuilder`] over this store: layers built from it get the `Var` tensors of
     /// trainable parameters and the plain tensors of the rest, shapes checked by name.
     pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
-        let mut map: HashMap<String, Tensor> =
-            self.frozen.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut map: HashMap<String, Tensor> = self
+            .frozen
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (k, v) in &self.vars {
             map.insert(k.clone(), v.as_tensor().clone());
         }
@@ -155,8 +169,16 @@ impl candle_nn::var_builder::SimpleBackend for StoreBackend {
             .get(name)
             .ok_or_else(|| candle_core::Error::Msg(format!("parameter `{name}` is missing")))?;
         // Only convert when needed: a conversion would detach a Var's tensor from its storage.
-        let t = if t.dtype() == dtype { t.clone() } else { t.to_dtype(dtype)? };
-        if t.device().same_device(dev) { Ok(t) } else { t.to_device(dev) }
+        let t = if t.dtype() == dtype {
+            t.clone()
+        } else {
+            t.to_dtype(dtype)?
+        };
+        if t.device().same_device(dev) {
+            Ok(t)
+        } else {
+            t.to_device(dev)
+        }
     }
 
     fn contains_tensor(&self, name: &str) -> bool {

@@ -34,7 +34,13 @@ pub struct ConvNormAct {
 impl ConvNormAct {
     /// Forward: `(B, Cin, D, H, W)` → `(B, Cout, D/stride, H/stride, W/stride)`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = ops::conv3d(x, &self.weight, self.bias.as_ref(), self.stride, self.padding)?;
+        let y = ops::conv3d(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            self.stride,
+            self.padding,
+        )?;
         ops::instance_norm3d(&y, &self.gamma, &self.beta, self.eps, self.slope)
     }
 }
@@ -53,11 +59,24 @@ pub fn conv_norm_act(
 ) -> candle_core::Result<ConvNormAct> {
     let cv = vb.pp("conv");
     let weight = cv.get((cout, cin, k, k, k), "weight")?;
-    let bias = if bias { Some(cv.get(cout, "bias")?) } else { None };
+    let bias = if bias {
+        Some(cv.get(cout, "bias")?)
+    } else {
+        None
+    };
     let nv = vb.pp("norm");
     let gamma = nv.get(cout, "weight")?;
     let beta = nv.get(cout, "bias")?;
-    Ok(ConvNormAct { weight, bias, gamma, beta, stride, padding: (k - 1) / 2, eps, slope })
+    Ok(ConvNormAct {
+        weight,
+        bias,
+        gamma,
+        beta,
+        stride,
+        padding: (k - 1) / 2,
+        eps,
+        slope,
+    })
 }
 
 /// Residual block BasicBlockD.
@@ -72,19 +91,50 @@ pub struct BasicBlockD {
 
 impl BasicBlockD {
     /// Builds the block under `vb` (`conv1`, `conv2`, `skip.{0,1}`).
-    pub fn new(vb: &VarBuilder, spec: &UNetSpec, cin: usize, cout: usize, k: usize, stride: usize) -> candle_core::Result<Self> {
+    pub fn new(
+        vb: &VarBuilder,
+        spec: &UNetSpec,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+    ) -> candle_core::Result<Self> {
         let slope = spec.negative_slope;
         let eps = spec.norm_eps;
-        let conv1 = conv_norm_act(&vb.pp("conv1"), cin, cout, k, stride, spec.conv_bias, eps, Some(slope))?;
+        let conv1 = conv_norm_act(
+            &vb.pp("conv1"),
+            cin,
+            cout,
+            k,
+            stride,
+            spec.conv_bias,
+            eps,
+            Some(slope),
+        )?;
         let conv2 = conv_norm_act(&vb.pp("conv2"), cout, cout, k, 1, spec.conv_bias, eps, None)?;
         let pool = (stride != 1).then_some(stride);
         let projection = if cin != cout {
             let idx = usize::from(pool.is_some());
-            Some(conv_norm_act(&vb.pp("skip").pp(idx), cin, cout, 1, 1, false, eps, None)?)
+            Some(conv_norm_act(
+                &vb.pp("skip").pp(idx),
+                cin,
+                cout,
+                1,
+                1,
+                false,
+                eps,
+                None,
+            )?)
         } else {
             None
         };
-        Ok(BasicBlockD { conv1, conv2, pool, projection, slope })
+        Ok(BasicBlockD {
+            conv1,
+            conv2,
+            pool,
+            projection,
+            slope,
+        })
     }
 
     /// Forward: `LReLU(IN2(conv2(LReLU(IN1(conv1(x))))) + skip(x))`.
@@ -153,8 +203,19 @@ impl ResidualEncoderUNet {
             let sv = enc.pp("stages").pp(s).pp("blocks");
             let mut blocks = Vec::with_capacity(spec.n_blocks[s]);
             for b in 0..spec.n_blocks[s] {
-                let (bin, stride) = if b == 0 { (cin, spec.strides[s]) } else { (f, 1) };
-                blocks.push(BasicBlockD::new(&sv.pp(b), spec, bin, f, spec.kernel_sizes[s], stride)?);
+                let (bin, stride) = if b == 0 {
+                    (cin, spec.strides[s])
+                } else {
+                    (f, 1)
+                };
+                blocks.push(BasicBlockD::new(
+                    &sv.pp(b),
+                    spec,
+                    bin,
+                    f,
+                    spec.kernel_sizes[s],
+                    stride,
+                )?);
             }
             stages.push(blocks);
             cin = f;
@@ -169,7 +230,11 @@ impl ResidualEncoderUNet {
             let tv = dec.pp("transpconvs").pp(i);
             let transp = Affine {
                 weight: tv.get((below, skip_c, st, st, st), "weight")?,
-                bias: if spec.conv_bias { Some(tv.get(skip_c, "bias")?) } else { None },
+                bias: if spec.conv_bias {
+                    Some(tv.get(skip_c, "bias")?)
+                } else {
+                    None
+                },
             };
             let mut convs = Vec::with_capacity(spec.n_conv_decoder[i]);
             for c in 0..spec.n_conv_decoder[i] {
@@ -190,9 +255,19 @@ impl ResidualEncoderUNet {
                 weight: gv.get((spec.num_classes, skip_c, 1, 1, 1), "weight")?,
                 bias: Some(gv.get(spec.num_classes, "bias")?),
             };
-            decoder.push(DecoderStage { transp, transp_stride: st, convs, seg });
+            decoder.push(DecoderStage {
+                transp,
+                transp_stride: st,
+                convs,
+                seg,
+            });
         }
-        Ok(ResidualEncoderUNet { spec: spec.clone(), stem, stages, decoder })
+        Ok(ResidualEncoderUNet {
+            spec: spec.clone(),
+            stem,
+            stages,
+            decoder,
+        })
     }
 
     /// The architecture this network was built from.
@@ -204,16 +279,25 @@ impl ResidualEncoderUNet {
     pub fn check_input(&self, x: &Tensor) -> Result<()> {
         let shape = x.dims().to_vec();
         if shape.len() != 5 {
-            return Err(NnError::InputShape { shape, reason: "expected 5 dimensions (B, C, D, H, W)".into() });
+            return Err(NnError::InputShape {
+                shape,
+                reason: "expected 5 dimensions (B, C, D, H, W)".into(),
+            });
         }
         if shape[1] != self.spec.input_channels {
-            return Err(NnError::InputChannels { expected: self.spec.input_channels, got: shape[1], shape });
+            return Err(NnError::InputChannels {
+                expected: self.spec.input_channels,
+                got: shape[1],
+                shape,
+            });
         }
         let ts = self.spec.total_stride();
         if shape[2..].iter().any(|&d| d == 0 || d % ts != 0) {
             return Err(NnError::InputShape {
                 shape,
-                reason: format!("spatial sizes must be positive multiples of the total stride {ts}"),
+                reason: format!(
+                    "spatial sizes must be positive multiples of the total stride {ts}"
+                ),
             });
         }
         Ok(())
@@ -223,7 +307,8 @@ impl ResidualEncoderUNet {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
         let mut outs = self.run(x, false, None)?;
-        outs.pop().ok_or_else(|| NnError::Arch("network produced no output".into()))
+        outs.pop()
+            .ok_or_else(|| NnError::Arch("network produced no output".into()))
     }
 
     /// Deep-supervision outputs, highest resolution first (`n_stages - 1` tensors).
@@ -240,7 +325,9 @@ impl ResidualEncoderUNet {
         self.check_input(x)?;
         let mut acts = Vec::new();
         let mut outs = self.run(x, false, Some(&mut acts))?;
-        let logits = outs.pop().ok_or_else(|| NnError::Arch("network produced no output".into()))?;
+        let logits = outs
+            .pop()
+            .ok_or_else(|| NnError::Arch("network produced no output".into()))?;
         Ok((logits, acts))
     }
 
@@ -265,7 +352,12 @@ impl ResidualEncoderUNet {
         let mut outs = Vec::new();
         let mut low = skips[n - 1].clone();
         for (i, st) in self.decoder.iter().enumerate() {
-            let up = ops::conv_transpose3d(&low, &st.transp.weight, st.transp.bias.as_ref(), st.transp_stride)?;
+            let up = ops::conv_transpose3d(
+                &low,
+                &st.transp.weight,
+                st.transp.bias.as_ref(),
+                st.transp_stride,
+            )?;
             let mut y = Tensor::cat(&[&up, &skips[n - 2 - i]], 1)?;
             for c in &st.convs {
                 y = c.forward(&y)?;
@@ -308,7 +400,9 @@ mod tests {
             .enumerate()
             .map(|(i, (n, s))| {
                 let numel: usize = s.iter().product();
-                let v: Vec<f32> = (0..numel).map(|j| ((i * 7 + j * 13) % 11) as f32 / 11.0 - 0.4).collect();
+                let v: Vec<f32> = (0..numel)
+                    .map(|j| ((i * 7 + j * 13) % 11) as f32 / 11.0 - 0.4)
+                    .collect();
                 (n, Tensor::from_vec(v, s, &Device::Cpu).expect("tensor"))
             })
             .collect()
@@ -317,16 +411,24 @@ mod tests {
     #[test]
     fn odd_architecture_builds_and_has_the_right_output_shapes() -> Result<()> {
         let spec = odd_spec();
-        let names: Vec<String> = spec.parameter_shapes().into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = spec
+            .parameter_shapes()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         assert!(names.contains(&"encoder.stages.0.blocks.0.skip.0.conv.weight".to_string()));
         assert!(names.contains(&"decoder.stages.0.convs.1.conv.weight".to_string()));
-        assert!(!names.iter().any(|n| n.ends_with("conv.bias") || n.starts_with("decoder.transpconvs") && n.ends_with("bias")));
+        assert!(!names.iter().any(|n| n.ends_with("conv.bias")
+            || n.starts_with("decoder.transpconvs") && n.ends_with("bias")));
         let store = ParamStore::new(params(&spec));
         let net = ResidualEncoderUNet::new(&spec, &store.var_builder(&Device::Cpu))?;
         let x = Tensor::ones((2, 2, 4, 6, 8), DType::F32, &Device::Cpu)?;
         assert_eq!(net.forward(&x)?.dims(), &[2, 3, 4, 6, 8]);
         let ds = net.forward_ds(&x)?;
-        assert_eq!(ds.iter().map(|t| t.dims().to_vec()).collect::<Vec<_>>(), vec![vec![2, 3, 4, 6, 8], vec![2, 3, 4, 6, 8]]);
+        assert_eq!(
+            ds.iter().map(|t| t.dims().to_vec()).collect::<Vec<_>>(),
+            vec![vec![2, 3, 4, 6, 8], vec![2, 3, 4, 6, 8]]
+        );
         Ok(())
     }
 
@@ -336,7 +438,11 @@ mod tests {
         let mut p = params(&spec);
         p.remove("decoder.seg_layers.1.bias");
         let store = ParamStore::new(p);
-        let err = ResidualEncoderUNet::new(&spec, &store.var_builder(&Device::Cpu)).expect_err("missing");
-        assert!(err.to_string().contains("decoder.seg_layers.1.bias"), "{err}");
+        let err =
+            ResidualEncoderUNet::new(&spec, &store.var_builder(&Device::Cpu)).expect_err("missing");
+        assert!(
+            err.to_string().contains("decoder.seg_layers.1.bias"),
+            "{err}"
+        );
     }
 }

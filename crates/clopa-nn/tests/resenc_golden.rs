@@ -8,17 +8,23 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use clopa_nn::import::{import_nnunet_folder, read_nnunet_folder};
 use clopa_nn::loss::dc_and_ce_loss;
-use clopa_nn::{Architecture, NnError, ParamGroup, ParamStore, ResidualEncoderUNet, UNetSpec, param_counts};
+use clopa_nn::{
+    Architecture, NnError, ParamGroup, ParamStore, ResidualEncoderUNet, UNetSpec, param_counts,
+};
 use serde_json::Value;
 
 type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/resenc").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/resenc")
+        .join(name)
 }
 
 fn config() -> R<Value> {
-    Ok(serde_json::from_str(&std::fs::read_to_string(fixture("config.json"))?)?)
+    Ok(serde_json::from_str(&std::fs::read_to_string(fixture(
+        "config.json",
+    ))?)?)
 }
 
 fn load(name: &str) -> R<HashMap<String, Tensor>> {
@@ -40,7 +46,10 @@ fn fixture_weights(spec: &UNetSpec) -> R<BTreeMap<String, Tensor>> {
     let all = load("weights.safetensors")?;
     let mut out = BTreeMap::new();
     for (name, _) in spec.parameter_shapes() {
-        out.insert(name.clone(), all.get(&name).ok_or(format!("missing {name}"))?.clone());
+        out.insert(
+            name.clone(),
+            all.get(&name).ok_or(format!("missing {name}"))?.clone(),
+        );
     }
     Ok(out)
 }
@@ -50,7 +59,11 @@ fn input() -> R<Tensor> {
 }
 
 fn max_abs(t: &Tensor) -> R<f64> {
-    Ok(t.to_dtype(DType::F64)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?)
+    Ok(t.to_dtype(DType::F64)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f64>()?)
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> R<f64> {
@@ -62,12 +75,18 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> R<f64> {
 fn assert_close(name: &str, got: &Tensor, reference: &Tensor) -> R<()> {
     let err = max_abs_diff(got, reference)?;
     let scale = max_abs(reference)?;
-    assert!(err <= 1e-4 * scale, "{name}: max abs err {err:e} > 1e-4 * {scale}");
+    assert!(
+        err <= 1e-4 * scale,
+        "{name}: max abs err {err:e} > 1e-4 * {scale}"
+    );
     Ok(())
 }
 
 fn network(spec: &UNetSpec, store: &ParamStore) -> R<ResidualEncoderUNet> {
-    Ok(ResidualEncoderUNet::new(spec, &store.var_builder(&Device::Cpu))?)
+    Ok(ResidualEncoderUNet::new(
+        spec,
+        &store.var_builder(&Device::Cpu),
+    )?)
 }
 
 #[test]
@@ -87,12 +106,29 @@ fn canonical_names_and_shapes_match_pytorch() -> R<()> {
         let ref_shape: Vec<usize> = serde_json::from_value(c["parameter_shapes"][n].clone())?;
         assert_eq!(&ref_shape, s, "{n}");
     }
-    assert_eq!(spec.num_parameters() as u64, c["counts"]["param_numel"].as_u64().ok_or("numel")?);
+    assert_eq!(
+        spec.num_parameters() as u64,
+        c["counts"]["param_numel"].as_u64().ok_or("numel")?
+    );
     let c_in = ParamGroup::In.count(&spec) as u64;
-    assert_eq!(c_in, c["counts"]["instance_norm_affine_numel"].as_u64().ok_or("in")?);
+    assert_eq!(
+        c_in,
+        c["counts"]["instance_norm_affine_numel"]
+            .as_u64()
+            .ok_or("in")?
+    );
     // Every alias in the state_dict is recognised as one, every other key is canonical.
-    for k in c["state_dict_keys"].as_array().ok_or("keys")?.iter().filter_map(Value::as_str) {
-        assert_eq!(clopa_nn::arch::is_alias_key(k), c["alias_of"].get(k).is_some(), "{k}");
+    for k in c["state_dict_keys"]
+        .as_array()
+        .ok_or("keys")?
+        .iter()
+        .filter_map(Value::as_str)
+    {
+        assert_eq!(
+            clopa_nn::arch::is_alias_key(k),
+            c["alias_of"].get(k).is_some(),
+            "{k}"
+        );
     }
     Ok(())
 }
@@ -109,7 +145,10 @@ fn real_v1_counts_from_the_fixture_arch_kwargs() -> R<()> {
     let spec = UNetSpec::from_architecture(&arch, 8, 2)?;
     let counts = param_counts(&spec);
     assert_eq!(counts.total, 102_355_818);
-    assert_eq!(counts.total as u64, v1["total_params"].as_u64().ok_or("total")?);
+    assert_eq!(
+        counts.total as u64,
+        v1["total_params"].as_u64().ok_or("total")?
+    );
     assert_eq!(counts.groups["in"], 27_648);
     assert_eq!(counts.groups["cn"], 34_658);
     assert_eq!(counts.groups["all"], 102_355_818);
@@ -122,7 +161,10 @@ fn imported_pth_equals_the_state_dict_exactly() -> R<()> {
     let folder = read_nnunet_folder(&fixture("model_folder"))?;
     assert_eq!(folder.configuration, "3d_fullres_ps192_bs24");
     assert_eq!(folder.configuration_origin, "checkpoint init_args");
-    assert_eq!(folder.trainer_name.as_deref(), Some("nnInteractiveTrainer_stub"));
+    assert_eq!(
+        folder.trainer_name.as_deref(),
+        Some("nnInteractiveTrainer_stub")
+    );
     assert_eq!(folder.patch_size, vec![192, 192, 192]);
     assert_eq!(folder.input_channels, 8);
     assert_eq!(folder.point_radius, 4);
@@ -138,7 +180,10 @@ fn imported_pth_equals_the_state_dict_exactly() -> R<()> {
         assert_eq!(t.dims(), r.dims(), "{name}");
         let a = t.flatten_all()?.to_vec1::<f32>()?;
         let b = r.flatten_all()?.to_vec1::<f32>()?;
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs");
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name} differs"
+        );
     }
     Ok(())
 }
@@ -154,10 +199,18 @@ fn logits_and_activations_match_pytorch() -> R<()> {
     let (logits, acts) = net.forward_debug(&x)?;
     assert_close("logits", &logits, &io["logits"])?;
     let acts: HashMap<String, Tensor> = acts.into_iter().collect();
-    assert_close("enc_stage0_out", &acts["enc_stage0_out"], &io["enc_stage0_out"])?;
+    assert_close(
+        "enc_stage0_out",
+        &acts["enc_stage0_out"],
+        &io["enc_stage0_out"],
+    )?;
     let mut checked = 0;
     for (name, r) in &dbg {
-        assert_close(name, acts.get(name).ok_or(format!("no activation {name}"))?, r)?;
+        assert_close(
+            name,
+            acts.get(name).ok_or(format!("no activation {name}"))?,
+            r,
+        )?;
         checked += 1;
     }
     assert_eq!(checked, 10, "stem, enc 1..5, dec 0..3");
@@ -180,7 +233,11 @@ fn deep_supervision_outputs_match_pytorch() -> R<()> {
 }
 
 /// Compares gradients with the README's per-tensor bound and median criterion.
-fn check_grads(names: &[String], grads: &BTreeMap<String, Tensor>, reference: &HashMap<String, Tensor>) -> R<()> {
+fn check_grads(
+    names: &[String],
+    grads: &BTreeMap<String, Tensor>,
+    reference: &HashMap<String, Tensor>,
+) -> R<()> {
     let mut g_max = 0f64;
     for (k, t) in reference {
         if k.starts_with("grad64.") {
@@ -195,7 +252,10 @@ fn check_grads(names: &[String], grads: &BTreeMap<String, Tensor>, reference: &H
         let scale = max_abs(r)?;
         let bound = 5e-2 * scale + 2e-4 * g_max;
         if err > bound {
-            return Err(format!("{name}: max|g - g_ref| = {err:e} > {bound:e} (max|g_ref| {scale:e})").into());
+            return Err(format!(
+                "{name}: max|g - g_ref| = {err:e} > {bound:e} (max|g_ref| {scale:e})"
+            )
+            .into());
         }
         // Conv biases feeding an InstanceNorm have an analytically zero gradient (README): their
         // relative error is rounding noise over zero, so only the bound above applies to them.
@@ -224,10 +284,17 @@ fn loss_and_all_gradients_match_pytorch() -> R<()> {
     let y = &reference["y"];
     let logits = net.forward(&input()?)?;
     let parts = dc_and_ce_loss(&logits, y)?;
-    for (key, t) in [("loss.L", &parts.total), ("loss.ce", &parts.ce), ("loss.dice", &parts.dice)] {
+    for (key, t) in [
+        ("loss.L", &parts.total),
+        ("loss.ce", &parts.ce),
+        ("loss.dice", &parts.dice),
+    ] {
         let want = reference[key].flatten_all()?.to_vec1::<f64>()?[0];
         let got = t.to_scalar::<f64>()?;
-        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{key}: {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+            "{key}: {got} vs {want}"
+        );
     }
     let gs = parts.total.backward()?;
     let mut grads = BTreeMap::new();
@@ -268,14 +335,25 @@ fn group_gradients_match_and_frozen_params_stay_plain_tensors() -> R<()> {
     let gs = loss.backward()?;
     let mut grads = BTreeMap::new();
     for (name, var) in store.vars() {
-        grads.insert(name.clone(), gs.get(var.as_tensor()).ok_or(format!("no grad for {name}"))?.clone());
+        grads.insert(
+            name.clone(),
+            gs.get(var.as_tensor())
+                .ok_or(format!("no grad for {name}"))?
+                .clone(),
+        );
     }
     assert_eq!(grads.len(), 128);
     check_grads(&cn, &grads, &reference)?;
     // Frozen parameters are plain tensors (never variables) ...
-    let frozen = store.get("encoder.stages.0.blocks.0.conv1.conv.weight").ok_or("param")?;
+    let frozen = store
+        .get("encoder.stages.0.blocks.0.conv1.conv.weight")
+        .ok_or("param")?;
     assert!(!frozen.is_variable());
-    assert!(store.vars()["encoder.stem.convs.0.conv.weight"].as_tensor().is_variable());
+    assert!(
+        store.vars()["encoder.stem.convs.0.conv.weight"]
+            .as_tensor()
+            .is_variable()
+    );
     Ok(())
 }
 
@@ -285,9 +363,22 @@ fn wrong_channel_count_names_expected_and_got() -> R<()> {
     let net = network(&spec, &ParamStore::new(fixture_weights(&spec)?))?;
     let x = Tensor::zeros((1, 7, 32, 32, 32), DType::F32, &Device::Cpu)?;
     let err = net.forward(&x).expect_err("7 channels");
-    assert!(matches!(err, NnError::InputChannels { expected: 8, got: 7, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            NnError::InputChannels {
+                expected: 8,
+                got: 7,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("7 channels") && msg.contains("expects 8"), "{msg}");
+    assert!(
+        msg.contains("7 channels") && msg.contains("expects 8"),
+        "{msg}"
+    );
     let x = Tensor::zeros((1, 8, 48, 32, 32), DType::F32, &Device::Cpu)?;
     let err = net.forward(&x).expect_err("48 not divisible by 32");
     assert!(err.to_string().contains("48"), "{err}");
@@ -302,7 +393,10 @@ fn temp_folder() -> R<tempfile::TempDir> {
         std::fs::copy(src.join(f), dir.path().join(f))?;
     }
     std::fs::create_dir(dir.path().join("fold_0"))?;
-    std::fs::copy(src.join("fold_0/checkpoint_final.pth"), dir.path().join("fold_0/checkpoint_final.pth"))?;
+    std::fs::copy(
+        src.join("fold_0/checkpoint_final.pth"),
+        dir.path().join("fold_0/checkpoint_final.pth"),
+    )?;
     Ok(dir)
 }
 
@@ -328,8 +422,15 @@ fn checkpoint_not_matching_the_plans_names_file_and_tensor() -> R<()> {
     let err = import_nnunet_folder(dir.path()).expect_err("shape mismatch");
     let msg = err.to_string();
     assert!(matches!(err, NnError::ShapeMismatch { .. }), "{msg}");
-    assert!(msg.contains("checkpoint_final.pth") && msg.contains("encoder.stages.5.blocks.0.conv1.conv.weight"), "{msg}");
-    assert!(msg.contains("[16, 12, 3, 3, 3]") && msg.contains("[12, 12, 3, 3, 3]"), "{msg}");
+    assert!(
+        msg.contains("checkpoint_final.pth")
+            && msg.contains("encoder.stages.5.blocks.0.conv1.conv.weight"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("[16, 12, 3, 3, 3]") && msg.contains("[12, 12, 3, 3, 3]"),
+        "{msg}"
+    );
     Ok(())
 }
 
@@ -348,11 +449,24 @@ fn session_json_fallbacks_are_recorded() -> R<()> {
     let sess = dir.path().join("inference_session_class.json");
     std::fs::write(&sess, "\"nnInteractiveInferenceSession\"")?;
     let f = read_nnunet_folder(dir.path())?;
-    assert_eq!((f.interaction_decay, f.interaction_decay_origin.as_str()), (0.9, "default_bare_string"));
+    assert_eq!(
+        (f.interaction_decay, f.interaction_decay_origin.as_str()),
+        (0.9, "default_bare_string")
+    );
     std::fs::write(&sess, r#"{"point_radius": 3, "interaction_decay": 0.95}"#)?;
     let f = read_nnunet_folder(dir.path())?;
-    assert_eq!((f.point_radius, f.interaction_decay, f.interaction_decay_origin.as_str()), (3, 0.95, "file"));
-    std::fs::write(dir.path().join("dataset.json"), r#"{"channel_names": {"0": "a", "1": "b"}}"#)?;
+    assert_eq!(
+        (
+            f.point_radius,
+            f.interaction_decay,
+            f.interaction_decay_origin.as_str()
+        ),
+        (3, 0.95, "file")
+    );
+    std::fs::write(
+        dir.path().join("dataset.json"),
+        r#"{"channel_names": {"0": "a", "1": "b"}}"#,
+    )?;
     let err = read_nnunet_folder(dir.path()).expect_err("2 channels");
     assert!(err.to_string().contains("dataset.json"), "{err}");
     Ok(())

@@ -53,5 +53,10 @@ pub enum StatsError {
         "method \"{method}\" has {len} paired values but \"{first}\" has {expected}: \
          every method must be evaluated on the same cases"
     )]
-    SampleLength { method: String, len: usize, first: String, expected: usize },
+    SampleLength {
+        method: String,
+        len: usize,
+        first: String,
+        expected: usize,
+    },
 }

@@ -35,13 +35,19 @@ pub fn mcnemar(table: &Table2x2, kind: McNemarKind) -> McNemarResult {
         McNemarKind::Exact => {
             let statistic = b.min(c);
             let pvalue = (2.0 * binom_cdf_half(statistic, b + c)).min(1.0);
-            McNemarResult { statistic: statistic as f64, pvalue }
+            McNemarResult {
+                statistic: statistic as f64,
+                pvalue,
+            }
         }
         McNemarKind::ChiSquare { correction } => {
             let corr = if correction { 1.0 } else { 0.0 };
             let diff = (b as f64 - c as f64).abs() - corr;
             let statistic = diff * diff / (b + c) as f64;
-            McNemarResult { statistic, pvalue: chi2_sf_1(statistic) }
+            McNemarResult {
+                statistic,
+                pvalue: chi2_sf_1(statistic),
+            }
         }
     }
 }
@@ -58,7 +64,10 @@ pub fn binomial_less(table: &Table2x2) -> f64 {
 /// `[[both_pass, only_2_fails], [only_1_fails, both_fail]]`.
 pub fn failure_table(fail1: &[bool], fail2: &[bool]) -> Result<Table2x2, StatsError> {
     if fail1.len() != fail2.len() {
-        return Err(StatsError::LengthMismatch { x: fail1.len(), y: fail2.len() });
+        return Err(StatsError::LengthMismatch {
+            x: fail1.len(),
+            y: fail2.len(),
+        });
     }
     let mut t = [[0u64; 2]; 2];
     for (&f1, &f2) in fail1.iter().zip(fail2) {
@@ -118,7 +127,8 @@ mod tests {
     fn binomial_small_and_large_agree_at_the_switch() {
         // n = 120 via integers vs the log-space route on the same numbers.
         let exact = binom_cdf_half(50, 120);
-        let ln_top = statrs::function::factorial::ln_binomial(120, 50) - 120.0 * std::f64::consts::LN_2;
+        let ln_top =
+            statrs::function::factorial::ln_binomial(120, 50) - 120.0 * std::f64::consts::LN_2;
         let mut term = ln_top.exp();
         let mut sum = term;
         for j in (1..=50u64).rev() {

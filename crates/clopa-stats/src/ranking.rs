@@ -12,9 +12,9 @@
 
 use std::fmt;
 
+use crate::StatsError;
 use crate::mcnemar::{McNemarKind, binomial_less, failure_table, mcnemar};
 use crate::wilcoxon::{Alternative, WilcoxonMethod, WilcoxonOptions, ZeroMethod, wilcoxon};
-use crate::StatsError;
 
 /// Which way a metric improves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,10 +101,15 @@ pub struct Ranking {
 ///
 /// Errors when a method appears twice or when the methods have different numbers of values.
 /// One method gives one rank-1 entry and no pairs.
-pub fn rank_methods(samples: &[(String, Vec<f64>)], opts: &RankOptions) -> Result<Ranking, StatsError> {
+pub fn rank_methods(
+    samples: &[(String, Vec<f64>)],
+    opts: &RankOptions,
+) -> Result<Ranking, StatsError> {
     for (i, (name, values)) in samples.iter().enumerate() {
         if samples[..i].iter().any(|(other, _)| other == name) {
-            return Err(StatsError::DuplicateMethod { method: name.clone() });
+            return Err(StatsError::DuplicateMethod {
+                method: name.clone(),
+            });
         }
         let expected = samples[0].1.len();
         if values.len() != expected {
@@ -166,13 +171,22 @@ pub fn rank_methods(samples: &[(String, Vec<f64>)], opts: &RankOptions) -> Resul
         .iter()
         .zip(means)
         .zip(wins.iter().zip(ranks))
-        .map(|(((name, _), mean), (&wins, rank))| MethodRank { method: name.clone(), mean, wins, rank })
+        .map(|(((name, _), mean), (&wins, rank))| MethodRank {
+            method: name.clone(),
+            mean,
+            wins,
+            rank,
+        })
         .collect();
     Ok(Ranking { pairs, ranks })
 }
 
 fn mean(v: &[f64]) -> f64 {
-    if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
 }
 
 fn better(a: f64, b: f64, direction: Direction) -> bool {
@@ -189,7 +203,13 @@ fn failures(v: &[f64]) -> Vec<bool> {
 fn two_sided_p(x: &[f64], y: &[f64], test: PairTest) -> Result<f64, StatsError> {
     Ok(match test {
         PairTest::Wilcoxon => wilcoxon(x, y, &WilcoxonOptions::default())?.pvalue,
-        PairTest::McNemar => mcnemar(&failure_table(&failures(x), &failures(y))?, McNemarKind::Exact).pvalue,
+        PairTest::McNemar => {
+            mcnemar(
+                &failure_table(&failures(x), &failures(y))?,
+                McNemarKind::Exact,
+            )
+            .pvalue
+        }
     })
 }
 
@@ -216,7 +236,9 @@ fn one_sided_p(x: &[f64], y: &[f64], opts: &RankOptions) -> Result<f64, StatsErr
             match opts.direction {
                 Direction::LowerIsBetter => p,
                 // A "higher is better" failure flag makes no sense, but keep the mirror image.
-                Direction::HigherIsBetter => binomial_less(&failure_table(&failures(x), &failures(y))?),
+                Direction::HigherIsBetter => {
+                    binomial_less(&failure_table(&failures(x), &failures(y))?)
+                }
             }
         }
     })
@@ -228,13 +250,20 @@ pub fn dense_rank_desc(wins: &[u32]) -> Vec<u32> {
     distinct.sort_unstable_by(|a, b| b.cmp(a));
     distinct.dedup();
     wins.iter()
-        .map(|w| distinct.iter().position(|d| d == w).map_or(0, |p| p as u32 + 1))
+        .map(|w| {
+            distinct
+                .iter()
+                .position(|d| d == w)
+                .map_or(0, |p| p as u32 + 1)
+        })
         .collect()
 }
 
 /// "min" ranks of `wins`, most wins first: 5, 5, 3, 1 → 1, 1, 3, 4.
 pub fn min_rank_desc(wins: &[u32]) -> Vec<u32> {
-    wins.iter().map(|w| 1 + wins.iter().filter(|o| *o > w).count() as u32).collect()
+    wins.iter()
+        .map(|w| 1 + wins.iter().filter(|o| *o > w).count() as u32)
+        .collect()
 }
 
 #[cfg(test)]
@@ -242,12 +271,19 @@ mod tests {
     use super::*;
 
     fn opts(mode: RankMode) -> RankOptions {
-        RankOptions { direction: Direction::HigherIsBetter, test: PairTest::Wilcoxon, mode, alpha: 0.05 }
+        RankOptions {
+            direction: Direction::HigherIsBetter,
+            test: PairTest::Wilcoxon,
+            mode,
+            alpha: 0.05,
+        }
     }
 
     /// 20 cases; `shift` moves every value up, with distinct offsets so there are no ties.
     fn series(shift: f64) -> Vec<f64> {
-        (0..20).map(|i| 0.5 + shift + 0.001 * i as f64 + 0.0003 * ((i * 7) % 5) as f64).collect()
+        (0..20)
+            .map(|i| 0.5 + shift + 0.001 * i as f64 + 0.0003 * ((i * 7) % 5) as f64)
+            .collect()
     }
 
     #[test]
@@ -268,7 +304,11 @@ mod tests {
         let r = rank_methods(&samples, &opts(RankMode::IsValidate)).expect("rank");
         assert_eq!(r.pairs.len(), 6);
         for p in &r.pairs {
-            let back = r.pairs.iter().find(|q| q.method == p.opponent && q.opponent == p.method).expect("mirror");
+            let back = r
+                .pairs
+                .iter()
+                .find(|q| q.method == p.opponent && q.opponent == p.method)
+                .expect("mirror");
             assert_eq!(p.p_value.to_bits(), back.p_value.to_bits());
         }
         let wins: Vec<u32> = r.ranks.iter().map(|m| m.wins).collect();
@@ -279,12 +319,31 @@ mod tests {
 
     #[test]
     fn lower_is_better_flips_the_winner() {
-        let samples = vec![("a".to_string(), series(0.0)), ("b".to_string(), series(0.2))];
-        let o = RankOptions { direction: Direction::LowerIsBetter, ..opts(RankMode::IsValidate) };
+        let samples = vec![
+            ("a".to_string(), series(0.0)),
+            ("b".to_string(), series(0.2)),
+        ];
+        let o = RankOptions {
+            direction: Direction::LowerIsBetter,
+            ..opts(RankMode::IsValidate)
+        };
         let r = rank_methods(&samples, &o).expect("rank");
-        assert_eq!(r.ranks.iter().map(|m| m.rank).collect::<Vec<_>>(), vec![1, 2]);
-        let c = rank_methods(&samples, &RankOptions { mode: RankMode::ChallengeR, ..o }).expect("rank");
-        assert_eq!(c.ranks.iter().map(|m| m.rank).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            r.ranks.iter().map(|m| m.rank).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let c = rank_methods(
+            &samples,
+            &RankOptions {
+                mode: RankMode::ChallengeR,
+                ..o
+            },
+        )
+        .expect("rank");
+        assert_eq!(
+            c.ranks.iter().map(|m| m.rank).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         // One-sided: the p-values of the two directions differ and sum to about 1.
         assert!(c.pairs[0].p_value < 0.05 && c.pairs[1].p_value > 0.95);
     }
@@ -299,10 +358,19 @@ mod tests {
             ("d".to_string(), series(0.0)),
         ];
         let c = rank_methods(&samples, &opts(RankMode::ChallengeR)).expect("rank");
-        assert_eq!(c.ranks.iter().map(|m| m.wins).collect::<Vec<_>>(), vec![2, 2, 1, 0]);
-        assert_eq!(c.ranks.iter().map(|m| m.rank).collect::<Vec<_>>(), vec![1, 1, 3, 4]);
+        assert_eq!(
+            c.ranks.iter().map(|m| m.wins).collect::<Vec<_>>(),
+            vec![2, 2, 1, 0]
+        );
+        assert_eq!(
+            c.ranks.iter().map(|m| m.rank).collect::<Vec<_>>(),
+            vec![1, 1, 3, 4]
+        );
         let d = rank_methods(&samples, &opts(RankMode::IsValidate)).expect("rank");
-        assert_eq!(d.ranks.iter().map(|m| m.rank).collect::<Vec<_>>(), vec![1, 1, 2, 3]);
+        assert_eq!(
+            d.ranks.iter().map(|m| m.rank).collect::<Vec<_>>(),
+            vec![1, 1, 2, 3]
+        );
     }
 
     #[test]
@@ -312,25 +380,47 @@ mod tests {
         let many: Vec<f64> = (0..n).map(|i| if i < 12 { 1.0 } else { 0.0 }).collect();
         let samples = vec![("many".to_string(), many), ("few".to_string(), few)];
         for mode in [RankMode::IsValidate, RankMode::ChallengeR] {
-            let o = RankOptions { direction: Direction::LowerIsBetter, test: PairTest::McNemar, mode, alpha: 0.05 };
+            let o = RankOptions {
+                direction: Direction::LowerIsBetter,
+                test: PairTest::McNemar,
+                mode,
+                alpha: 0.05,
+            };
             let r = rank_methods(&samples, &o).expect("rank");
-            assert_eq!(r.ranks.iter().map(|m| m.rank).collect::<Vec<_>>(), vec![2, 1], "{mode}");
+            assert_eq!(
+                r.ranks.iter().map(|m| m.rank).collect::<Vec<_>>(),
+                vec![2, 1],
+                "{mode}"
+            );
             assert!(r.pairs.iter().all(|p| p.test == PairTest::McNemar));
         }
     }
 
     #[test]
     fn single_method_has_rank_one_and_no_pairs() {
-        let r = rank_methods(&[("base".to_string(), series(0.0))], &opts(RankMode::IsValidate)).expect("rank");
+        let r = rank_methods(
+            &[("base".to_string(), series(0.0))],
+            &opts(RankMode::IsValidate),
+        )
+        .expect("rank");
         assert!(r.pairs.is_empty());
         assert_eq!(r.ranks[0].rank, 1);
     }
 
     #[test]
     fn mismatched_lengths_and_duplicates_are_errors() {
-        let bad = vec![("a".to_string(), vec![1.0, 2.0]), ("b".to_string(), vec![1.0])];
-        assert!(matches!(rank_methods(&bad, &opts(RankMode::IsValidate)), Err(StatsError::SampleLength { .. })));
+        let bad = vec![
+            ("a".to_string(), vec![1.0, 2.0]),
+            ("b".to_string(), vec![1.0]),
+        ];
+        assert!(matches!(
+            rank_methods(&bad, &opts(RankMode::IsValidate)),
+            Err(StatsError::SampleLength { .. })
+        ));
         let dup = vec![("a".to_string(), vec![1.0]), ("a".to_string(), vec![1.0])];
-        assert!(matches!(rank_methods(&dup, &opts(RankMode::IsValidate)), Err(StatsError::DuplicateMethod { .. })));
+        assert!(matches!(
+            rank_methods(&dup, &opts(RankMode::IsValidate)),
+            Err(StatsError::DuplicateMethod { .. })
+        ));
     }
 }

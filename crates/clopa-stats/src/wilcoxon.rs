@@ -83,7 +83,10 @@ impl std::str::FromStr for ZeroMethod {
             "wilcox" => Ok(ZeroMethod::Wilcox),
             "pratt" => Ok(ZeroMethod::Pratt),
             "zsplit" => Ok(ZeroMethod::Zsplit),
-            _ => Err(StatsError::UnknownOption { what: "zero_method", value: s.to_string() }),
+            _ => Err(StatsError::UnknownOption {
+                what: "zero_method",
+                value: s.to_string(),
+            }),
         }
     }
 }
@@ -95,7 +98,10 @@ impl std::str::FromStr for Alternative {
             "two-sided" => Ok(Alternative::TwoSided),
             "greater" => Ok(Alternative::Greater),
             "less" => Ok(Alternative::Less),
-            _ => Err(StatsError::UnknownOption { what: "alternative", value: s.to_string() }),
+            _ => Err(StatsError::UnknownOption {
+                what: "alternative",
+                value: s.to_string(),
+            }),
         }
     }
 }
@@ -109,7 +115,10 @@ impl std::str::FromStr for WilcoxonMethod {
             // SciPy still accepts the old name.
             "asymptotic" | "approx" => Ok(WilcoxonMethod::Asymptotic),
             "permutation" => Ok(WilcoxonMethod::Permutation),
-            _ => Err(StatsError::UnknownOption { what: "method", value: s.to_string() }),
+            _ => Err(StatsError::UnknownOption {
+                what: "method",
+                value: s.to_string(),
+            }),
         }
     }
 }
@@ -145,17 +154,26 @@ const PERMUTATION_RESAMPLES: usize = 9999;
 /// Errors only on unequal lengths, or a permutation test that SciPy would sample at random
 /// (2^n > 9999; we do not reproduce its random draws). An empty sample, or a NaN in the input,
 /// gives NaN as SciPy does.
-pub fn wilcoxon(x: &[f64], y: &[f64], opts: &WilcoxonOptions) -> Result<WilcoxonResult, StatsError> {
+pub fn wilcoxon(
+    x: &[f64],
+    y: &[f64],
+    opts: &WilcoxonOptions,
+) -> Result<WilcoxonResult, StatsError> {
     if x.len() != y.len() {
-        return Err(StatsError::LengthMismatch { x: x.len(), y: y.len() });
+        return Err(StatsError::LengthMismatch {
+            x: x.len(),
+            y: y.len(),
+        });
     }
     let d: Vec<f64> = x.iter().zip(y).map(|(a, b)| a - b).collect();
     wilcoxon_differences(&d, opts)
 }
 
-
 /// [`wilcoxon`] on the paired differences themselves (`scipy.stats.wilcoxon(d)`).
-pub fn wilcoxon_differences(d: &[f64], opts: &WilcoxonOptions) -> Result<WilcoxonResult, StatsError> {
+pub fn wilcoxon_differences(
+    d: &[f64],
+    opts: &WilcoxonOptions,
+) -> Result<WilcoxonResult, StatsError> {
     let n = d.len();
     let mut method = opts.method;
     // SciPy decides n > 50 before looking at ties, counting zeros in.
@@ -165,7 +183,12 @@ pub fn wilcoxon_differences(d: &[f64], opts: &WilcoxonOptions) -> Result<Wilcoxo
     if n == 0 || d.iter().any(|v| v.is_nan()) {
         // SciPy: an empty sample gives NaN; nan_policy='propagate' gives NaN for a NaN input.
         let z = (method == WilcoxonMethod::Asymptotic).then_some(f64::NAN);
-        return Ok(WilcoxonResult { statistic: f64::NAN, pvalue: f64::NAN, zstatistic: z, method });
+        return Ok(WilcoxonResult {
+            statistic: f64::NAN,
+            pvalue: f64::NAN,
+            zstatistic: z,
+            method,
+        });
     }
     let n_zero = d.iter().filter(|v| **v == 0.0).count();
     let st = signed_rank_statistic(d, opts.zero_method);
@@ -197,7 +220,11 @@ pub fn wilcoxon_differences(d: &[f64], opts: &WilcoxonOptions) -> Result<Wilcoxo
                 Alternative::Greater => ndtr(-z),
                 Alternative::TwoSided => 2.0 * ndtr(-z.abs()),
             };
-            zstatistic = Some(if opts.alternative == Alternative::TwoSided { -z.abs() } else { z });
+            zstatistic = Some(if opts.alternative == Alternative::TwoSided {
+                -z.abs()
+            } else {
+                z
+            });
             p
         }
         WilcoxonMethod::Exact => {
@@ -206,9 +233,9 @@ pub fn wilcoxon_differences(d: &[f64], opts: &WilcoxonOptions) -> Result<Wilcoxo
             match opts.alternative {
                 Alternative::Less => dist.cdf(st.r_plus.ceil()),
                 Alternative::Greater => dist.sf(st.r_plus.floor()),
-                Alternative::TwoSided => {
-                    (2.0 * dist.sf(st.r_plus.floor()).min(dist.cdf(st.r_plus.ceil()))).clamp(0.0, 1.0)
-                }
+                Alternative::TwoSided => (2.0
+                    * dist.sf(st.r_plus.floor()).min(dist.cdf(st.r_plus.ceil())))
+                .clamp(0.0, 1.0),
             }
         }
         WilcoxonMethod::Permutation => permutation_pvalue(d, opts.zero_method, opts.alternative)?,
@@ -220,7 +247,12 @@ pub fn wilcoxon_differences(d: &[f64], opts: &WilcoxonOptions) -> Result<Wilcoxo
     } else {
         st.r_plus
     };
-    Ok(WilcoxonResult { statistic, pvalue, zstatistic, method })
+    Ok(WilcoxonResult {
+        statistic,
+        pvalue,
+        zstatistic,
+        method,
+    })
 }
 
 // `Auto` is resolved above; keep the match exhaustive without a panic.
@@ -260,35 +292,60 @@ pub(crate) fn ndtr(a: f64) -> f64 {
 // ~5e-9 relative near p = 0.025, too far for the 1e-9 agreement with SciPy we promise.
 #[allow(clippy::excessive_precision)] // cephes' digits, kept verbatim
 const ERFC_P: [f64; 9] = [
-    2.46196981473530512524E-10, 5.64189564831068821977E-1, 7.46321056442269912687E0,
-    4.86371970985681366614E1, 1.96520832956077098242E2, 5.26445194995477358631E2,
-    9.34528527171957607540E2, 1.02755188689515710272E3, 5.57535335369399327526E2,
+    2.46196981473530512524E-10,
+    5.64189564831068821977E-1,
+    7.46321056442269912687E0,
+    4.86371970985681366614E1,
+    1.96520832956077098242E2,
+    5.26445194995477358631E2,
+    9.34528527171957607540E2,
+    1.02755188689515710272E3,
+    5.57535335369399327526E2,
 ];
 #[allow(clippy::excessive_precision)] // cephes' digits, kept verbatim
 const ERFC_Q: [f64; 8] = [
-    1.32281951154744992508E1, 8.67072140885989742329E1, 3.54937778887819891062E2,
-    9.75708501743205489753E2, 1.82390916687909736289E3, 2.24633760818710981792E3,
-    1.65666309194161350182E3, 5.57535340817727675546E2,
+    1.32281951154744992508E1,
+    8.67072140885989742329E1,
+    3.54937778887819891062E2,
+    9.75708501743205489753E2,
+    1.82390916687909736289E3,
+    2.24633760818710981792E3,
+    1.65666309194161350182E3,
+    5.57535340817727675546E2,
 ];
 #[allow(clippy::excessive_precision)] // cephes' digits, kept verbatim
 const ERFC_R: [f64; 6] = [
-    5.64189583547755073984E-1, 1.27536670759978104416E0, 5.01905042251180477414E0,
-    6.16021097993053585195E0, 7.40974269950448939160E0, 2.97886665372100240670E0,
+    5.64189583547755073984E-1,
+    1.27536670759978104416E0,
+    5.01905042251180477414E0,
+    6.16021097993053585195E0,
+    7.40974269950448939160E0,
+    2.97886665372100240670E0,
 ];
 #[allow(clippy::excessive_precision)] // cephes' digits, kept verbatim
 const ERFC_S: [f64; 6] = [
-    2.26052863220117276590E0, 9.39603524938001434673E0, 1.20489539808096656605E1,
-    1.70814450747565897222E1, 9.60896809063285878198E0, 3.36907645100081516050E0,
+    2.26052863220117276590E0,
+    9.39603524938001434673E0,
+    1.20489539808096656605E1,
+    1.70814450747565897222E1,
+    9.60896809063285878198E0,
+    3.36907645100081516050E0,
 ];
 #[allow(clippy::excessive_precision)] // cephes' digits, kept verbatim
 const ERF_T: [f64; 5] = [
-    9.60497373987051638749E0, 9.00260197203842689217E1, 2.23200534594684319226E3,
-    7.00332514112805075473E3, 5.55923013010394962768E4,
+    9.60497373987051638749E0,
+    9.00260197203842689217E1,
+    2.23200534594684319226E3,
+    7.00332514112805075473E3,
+    5.55923013010394962768E4,
 ];
 #[allow(clippy::excessive_precision)] // cephes' digits, kept verbatim
 const ERF_U: [f64; 5] = [
-    3.35617141647503099647E1, 5.21357949780152679795E2, 4.59432382970980127987E3,
-    2.26290000613890934246E4, 4.92673942608635921086E4,
+    3.35617141647503099647E1,
+    5.21357949780152679795E2,
+    4.59432382970980127987E3,
+    2.26290000613890934246E4,
+    4.92673942608635921086E4,
 ];
 #[allow(clippy::excessive_precision)] // cephes' digits, kept verbatim
 const MAXLOG: f64 = 7.09782712893383996843E2;
@@ -383,7 +440,13 @@ fn signed_rank_statistic(d: &[f64], zero_method: ZeroMethod) -> SignedRank {
     // 'wilcox' drops zeros by turning them into NaN, which SciPy ignores in every sum.
     let dd: Vec<f64> = d
         .iter()
-        .map(|&v| if zero_method == ZeroMethod::Wilcox && v == 0.0 { f64::NAN } else { v })
+        .map(|&v| {
+            if zero_method == ZeroMethod::Wilcox && v == 0.0 {
+                f64::NAN
+            } else {
+                v
+            }
+        })
         .collect();
     let n_nan = dd.iter().filter(|v| v.is_nan()).count();
     let count = (n - n_nan) as f64;
@@ -401,7 +464,13 @@ fn signed_rank_statistic(d: &[f64], zero_method: ZeroMethod) -> SignedRank {
     let has_ties = t.contains(&0.0);
     let i_zero: Vec<bool> = d.iter().map(|v| *v == 0.0).collect();
     if zero_method == ZeroMethod::Zsplit {
-        let r_zero_2: f64 = i_zero.iter().zip(&r).filter(|(z, _)| **z).map(|(_, r)| r).sum::<f64>() / 2.0;
+        let r_zero_2: f64 = i_zero
+            .iter()
+            .zip(&r)
+            .filter(|(z, _)| **z)
+            .map(|(_, r)| r)
+            .sum::<f64>()
+            / 2.0;
         r_plus += r_zero_2;
         r_minus += r_zero_2;
     }
@@ -420,7 +489,14 @@ fn signed_rank_statistic(d: &[f64], zero_method: ZeroMethod) -> SignedRank {
     let se = ((se - tie_correct / 2.0) / 24.0).sqrt();
     // 0/0 gives NaN when nothing is left to rank, exactly as SciPy's division does.
     let z = (r_plus - mn) / se;
-    SignedRank { r_plus, r_minus, se, z, count: count as usize, has_ties }
+    SignedRank {
+        r_plus,
+        r_minus,
+        se,
+        z,
+        count: count as usize,
+        has_ties,
+    }
 }
 
 /// SciPy's `WilcoxonDistribution`: the exact null distribution of R+ without ties.
@@ -445,7 +521,10 @@ impl WilcoxonDistribution {
             c = next;
         }
         let nf = n as f64;
-        WilcoxonDistribution { pmf: c, mean: nf * (nf + 1.0) / 4.0 }
+        WilcoxonDistribution {
+            pmf: c,
+            mean: nf * (nf + 1.0) / 4.0,
+        }
     }
 
     /// P(T ≤ k) summed over pmf[..=k].
@@ -468,18 +547,30 @@ impl WilcoxonDistribution {
 
     fn cdf(&self, k: f64) -> f64 {
         let k = k as i64;
-        if (k as f64) <= self.mean { self.cdf_raw(k) } else { 1.0 - self.sf_raw(k + 1) }
+        if (k as f64) <= self.mean {
+            self.cdf_raw(k)
+        } else {
+            1.0 - self.sf_raw(k + 1)
+        }
     }
 
     fn sf(&self, k: f64) -> f64 {
         let k = k as i64;
-        if (k as f64) <= self.mean { self.sf_raw(k) } else { 1.0 - self.cdf_raw(k - 1) }
+        if (k as f64) <= self.mean {
+            self.sf_raw(k)
+        } else {
+            1.0 - self.cdf_raw(k - 1)
+        }
     }
 }
 
 /// SciPy's `permutation_test(..., permutation_type='samples')` on one sample: the null
 /// distribution of R+ over every sign flip of the differences, exhaustive when 2^n ≤ 9999.
-fn permutation_pvalue(d: &[f64], zero_method: ZeroMethod, alternative: Alternative) -> Result<f64, StatsError> {
+fn permutation_pvalue(
+    d: &[f64],
+    zero_method: ZeroMethod,
+    alternative: Alternative,
+) -> Result<f64, StatsError> {
     let n = d.len();
     if n >= usize::BITS as usize || (1usize << n) > PERMUTATION_RESAMPLES {
         return Err(StatsError::PermutationTooLarge { n });
@@ -488,12 +579,23 @@ fn permutation_pvalue(d: &[f64], zero_method: ZeroMethod, alternative: Alternati
     // changes. Zeros (NaN under 'wilcox') never count; 'zsplit' adds a constant half-zero-rank sum.
     let dd: Vec<f64> = d
         .iter()
-        .map(|&v| if zero_method == ZeroMethod::Wilcox && v == 0.0 { f64::NAN } else { v })
+        .map(|&v| {
+            if zero_method == ZeroMethod::Wilcox && v == 0.0 {
+                f64::NAN
+            } else {
+                v
+            }
+        })
         .collect();
     let abs: Vec<f64> = dd.iter().map(|v| v.abs()).collect();
     let (r, _) = rank_average(&abs);
     let offset = if zero_method == ZeroMethod::Zsplit {
-        d.iter().zip(&r).filter(|(v, _)| **v == 0.0).map(|(_, r)| r).sum::<f64>() / 2.0
+        d.iter()
+            .zip(&r)
+            .filter(|(v, _)| **v == 0.0)
+            .map(|(_, r)| r)
+            .sum::<f64>()
+            / 2.0
     } else {
         0.0
     };
@@ -554,34 +656,55 @@ mod tests {
     #[test]
     fn auto_picks_exact_permutation_or_asymptotic_like_scipy() {
         let opts = WilcoxonOptions::default();
-        let no_ties: Vec<f64> = (1..=20).map(|i| i as f64 * if i % 3 == 0 { -1.0 } else { 1.0 }).collect();
-        assert_eq!(wilcoxon_differences(&no_ties, &opts).map(|r| r.method).ok(), Some(WilcoxonMethod::Exact));
+        let no_ties: Vec<f64> = (1..=20)
+            .map(|i| i as f64 * if i % 3 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        assert_eq!(
+            wilcoxon_differences(&no_ties, &opts).map(|r| r.method).ok(),
+            Some(WilcoxonMethod::Exact)
+        );
         let small_ties = [1.0, 1.0, -2.0, 3.0, 4.0];
         assert_eq!(
-            wilcoxon_differences(&small_ties, &opts).map(|r| r.method).ok(),
+            wilcoxon_differences(&small_ties, &opts)
+                .map(|r| r.method)
+                .ok(),
             Some(WilcoxonMethod::Permutation)
         );
         let mut big_ties = no_ties.clone();
         big_ties[0] = 0.0;
         assert_eq!(
-            wilcoxon_differences(&big_ties, &opts).map(|r| r.method).ok(),
+            wilcoxon_differences(&big_ties, &opts)
+                .map(|r| r.method)
+                .ok(),
             Some(WilcoxonMethod::Asymptotic)
         );
         let many: Vec<f64> = (1..=51).map(|i| i as f64).collect();
-        assert_eq!(wilcoxon_differences(&many, &opts).map(|r| r.method).ok(), Some(WilcoxonMethod::Asymptotic));
+        assert_eq!(
+            wilcoxon_differences(&many, &opts).map(|r| r.method).ok(),
+            Some(WilcoxonMethod::Asymptotic)
+        );
     }
 
     #[test]
     fn unequal_lengths_are_an_error_naming_both() {
         let err = wilcoxon(&[1.0, 2.0], &[1.0], &WilcoxonOptions::default());
-        assert!(matches!(err, Err(StatsError::LengthMismatch { x: 2, y: 1 })));
+        assert!(matches!(
+            err,
+            Err(StatsError::LengthMismatch { x: 2, y: 1 })
+        ));
     }
 
     #[test]
     fn large_permutation_is_refused() {
-        let opts = WilcoxonOptions { method: WilcoxonMethod::Permutation, ..Default::default() };
+        let opts = WilcoxonOptions {
+            method: WilcoxonMethod::Permutation,
+            ..Default::default()
+        };
         let d: Vec<f64> = (1..=14).map(|i| i as f64).collect();
-        assert!(matches!(wilcoxon_differences(&d, &opts), Err(StatsError::PermutationTooLarge { n: 14 })));
+        assert!(matches!(
+            wilcoxon_differences(&d, &opts),
+            Err(StatsError::PermutationTooLarge { n: 14 })
+        ));
     }
 
     #[test]

@@ -11,8 +11,11 @@ use serde_json::Value;
 const P_RTOL: f64 = 1e-9;
 
 fn fixture() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/stats.json"))
-        .expect("read stats.json");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/stats.json"
+    ))
+    .expect("read stats.json");
     serde_json::from_str(&text).expect("parse stats.json")
 }
 
@@ -56,12 +59,27 @@ fn every_scipy_wilcoxon_configuration_matches() {
         let x = vec_f64(&case["x"]);
         let y = vec_f64(&case["y"]);
         for e in case["scipy_wilcoxon"].as_array().expect("grid") {
-            assert!(e.get("error").is_none(), "the fixture has an error entry we do not handle: {e}");
+            assert!(
+                e.get("error").is_none(),
+                "the fixture has an error entry we do not handle: {e}"
+            );
             let opts = WilcoxonOptions {
-                zero_method: e["zero_method"].as_str().expect("zm").parse().expect("zero_method"),
+                zero_method: e["zero_method"]
+                    .as_str()
+                    .expect("zm")
+                    .parse()
+                    .expect("zero_method"),
                 correction: e["correction"].as_bool().expect("correction"),
-                alternative: e["alternative"].as_str().expect("alt").parse().expect("alternative"),
-                method: e["method"].as_str().expect("method").parse().expect("method"),
+                alternative: e["alternative"]
+                    .as_str()
+                    .expect("alt")
+                    .parse()
+                    .expect("alternative"),
+                method: e["method"]
+                    .as_str()
+                    .expect("method")
+                    .parse()
+                    .expect("method"),
             };
             let r = wilcoxon(&x, &y, &opts).expect("wilcoxon");
             let want_stat = num(&e["statistic"]);
@@ -91,17 +109,38 @@ fn every_scipy_wilcoxon_configuration_matches() {
         }
     }
     assert_eq!(checked, 648, "the fixture grid should have 648 entries");
-    assert!(failures.is_empty(), "{} of {checked} mismatched:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} mismatched:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn is_validate_defaults_match() {
     let fx = fixture();
     for case in fx["wilcoxon_cases"].as_array().expect("cases") {
-        let r = wilcoxon(&vec_f64(&case["x"]), &vec_f64(&case["y"]), &WilcoxonOptions::default()).expect("w");
+        let r = wilcoxon(
+            &vec_f64(&case["x"]),
+            &vec_f64(&case["y"]),
+            &WilcoxonOptions::default(),
+        )
+        .expect("w");
         let want = &case["is_validate_default_wilcoxon"];
-        assert_eq!(r.statistic, num(&want["statistic"]), "{}", case["description"]);
-        assert!(close(r.pvalue, num(&want["pvalue"]), P_RTOL), "{}: {} vs {}", case["description"], r.pvalue, want);
+        assert_eq!(
+            r.statistic,
+            num(&want["statistic"]),
+            "{}",
+            case["description"]
+        );
+        assert!(
+            close(r.pvalue, num(&want["pvalue"]), P_RTOL),
+            "{}: {} vs {}",
+            case["description"],
+            r.pvalue,
+            want
+        );
     }
 }
 
@@ -138,7 +177,12 @@ fn r_wilcox_test_equals_our_asymptotic_test() {
                 assert!(r.pvalue.is_nan(), "all-zero differences give NaN");
                 continue;
             }
-            assert!(close(r.pvalue, want, P_RTOL), "{} {e}: got {}", case["description"], r.pvalue);
+            assert!(
+                close(r.pvalue, want, P_RTOL),
+                "{} {e}: got {}",
+                case["description"],
+                r.pvalue
+            );
             // R's V is the sum of positive ranks: our statistic for one-sided tests.
             if alternative != Alternative::TwoSided {
                 assert_eq!(r.statistic, num(&e["statistic_V"]));
@@ -159,18 +203,39 @@ fn every_mcnemar_table_matches_statsmodels() {
             .as_array()
             .expect("rows")
             .iter()
-            .map(|r| r.as_array().expect("row").iter().map(|v| v.as_u64().expect("count")).collect())
+            .map(|r| {
+                r.as_array()
+                    .expect("row")
+                    .iter()
+                    .map(|v| v.as_u64().expect("count"))
+                    .collect()
+            })
             .collect();
         let table = [[cells[0][0], cells[0][1]], [cells[1][0], cells[1][1]]];
         for (key, kind) in [
             ("exact", McNemarKind::Exact),
-            ("chi2_corrected", McNemarKind::ChiSquare { correction: true }),
-            ("chi2_uncorrected", McNemarKind::ChiSquare { correction: false }),
+            (
+                "chi2_corrected",
+                McNemarKind::ChiSquare { correction: true },
+            ),
+            (
+                "chi2_uncorrected",
+                McNemarKind::ChiSquare { correction: false },
+            ),
         ] {
             let r = mcnemar(&table, kind);
             let want = &t[key];
-            assert!(close(r.statistic, num(&want["statistic"]), 1e-12), "{table:?} {key}: stat {}", r.statistic);
-            assert!(close(r.pvalue, num(&want["pvalue"]), P_RTOL), "{table:?} {key}: p {:e} vs {}", r.pvalue, want);
+            assert!(
+                close(r.statistic, num(&want["statistic"]), 1e-12),
+                "{table:?} {key}: stat {}",
+                r.statistic
+            );
+            assert!(
+                close(r.pvalue, num(&want["pvalue"]), P_RTOL),
+                "{table:?} {key}: p {:e} vs {}",
+                r.pvalue,
+                want
+            );
         }
     }
 }
@@ -179,7 +244,13 @@ fn every_mcnemar_table_matches_statsmodels() {
 fn nof_mcnemar_example_builds_the_same_table_and_p_value() {
     let fx = fixture();
     let ex = &fx["nof_mcnemar_example"];
-    let bools = |v: &Value| -> Vec<bool> { v.as_array().expect("a").iter().map(|b| b.as_bool().expect("b")).collect() };
+    let bools = |v: &Value| -> Vec<bool> {
+        v.as_array()
+            .expect("a")
+            .iter()
+            .map(|b| b.as_bool().expect("b"))
+            .collect()
+    };
     let table = failure_table(&bools(&ex["fail_algo1"]), &bools(&ex["fail_algo2"])).expect("table");
     assert_eq!(table, [[18, 2], [10, 0]]);
     let r = mcnemar(&table, McNemarKind::Exact);
@@ -193,5 +264,10 @@ fn nof_mcnemar_example_builds_the_same_table_and_p_value() {
 fn mcnemar_exact_small_p_value_large_n() {
     let r = mcnemar(&[[0, 397], [3, 0]], McNemarKind::Exact);
     let want = 2.0 * 10667001.0 * 2f64.powi(-400);
-    assert!(close(r.pvalue, want, P_RTOL), "{:e} vs {:e}", r.pvalue, want);
+    assert!(
+        close(r.pvalue, want, P_RTOL),
+        "{:e} vs {:e}",
+        r.pvalue,
+        want
+    );
 }

@@ -121,7 +121,10 @@ fn main() -> ExitCode {
 
 fn run_masks(args: &MasksArgs) -> anyhow::Result<()> {
     if !args.tolerance_mm.is_finite() || args.tolerance_mm < 0.0 {
-        bail!("--tolerance-mm {} is not a non-negative number of millimetres", args.tolerance_mm);
+        bail!(
+            "--tolerance-mm {} is not a non-negative number of millimetres",
+            args.tolerance_mm
+        );
     }
     let read = |p: &Path| -> anyhow::Result<clopa_volume::Mask> {
         let labels = clopa_volume::read_labels(p)
@@ -144,7 +147,11 @@ fn run_masks(args: &MasksArgs) -> anyhow::Result<()> {
     let (dice, nsd) =
         clopa_metrics::volume::is_validate_dice_nsd(&pred, &reference, args.tolerance_mm)
             .with_context(|| {
-                format!("cannot score {} against {}", args.pred.display(), args.reference.display())
+                format!(
+                    "cannot score {} against {}",
+                    args.pred.display(),
+                    args.reference.display()
+                )
             })?;
     let line = serde_json::json!({ "dice": dice, "nsd": nsd });
     use std::io::Write;
@@ -154,13 +161,18 @@ fn run_masks(args: &MasksArgs) -> anyhow::Result<()> {
 }
 
 fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
-    let Some(out_dir) = &args.output else { bail!("-o DIR is required") };
+    let Some(out_dir) = &args.output else {
+        bail!("-o DIR is required")
+    };
     let (threshold, threshold_source) = match (args.threshold, &args.manifest) {
         (Some(t), _) => (t, "--threshold".to_string()),
         (None, Some(m)) => {
             let manifest = clopa_config::Manifest::load(m)
                 .with_context(|| format!("cannot read the manifest {}", m.display()))?;
-            (manifest.expert_dice, format!("expert_dice of {}", m.display()))
+            (
+                manifest.expert_dice,
+                format!("expert_dice of {}", m.display()),
+            )
         }
         (None, None) => bail!("give --threshold T or --manifest M"),
     };

@@ -9,39 +9,97 @@ use crate::summary::{CASE_METRICS, CaseRow, EpisodeRow, TrajectoryRow};
 
 pub fn cases_frame(rows: &[CaseRow]) -> anyhow::Result<DataFrame> {
     let mut cols = vec![
-        Column::new("task".into(), rows.iter().map(|r| r.key.task.as_str()).collect::<Vec<_>>()),
-        Column::new("method".into(), rows.iter().map(|r| r.key.method.as_str()).collect::<Vec<_>>()),
-        Column::new("run".into(), rows.iter().map(|r| r.key.run).collect::<Vec<Option<u32>>>()),
-        Column::new("episode".into(), rows.iter().map(|r| r.key.episode).collect::<Vec<u32>>()),
-        Column::new("n_seen".into(), rows.iter().map(|r| r.n_seen).collect::<Vec<u32>>()),
+        Column::new(
+            "task".into(),
+            rows.iter().map(|r| r.key.task.as_str()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "method".into(),
+            rows.iter()
+                .map(|r| r.key.method.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "run".into(),
+            rows.iter().map(|r| r.key.run).collect::<Vec<Option<u32>>>(),
+        ),
+        Column::new(
+            "episode".into(),
+            rows.iter().map(|r| r.key.episode).collect::<Vec<u32>>(),
+        ),
+        Column::new(
+            "n_seen".into(),
+            rows.iter().map(|r| r.n_seen).collect::<Vec<u32>>(),
+        ),
         Column::new(
             "case_id".into(),
-            rows.iter().map(|r| r.key.case_id.as_str()).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|r| r.key.case_id.as_str())
+                .collect::<Vec<_>>(),
         ),
     ];
     for (i, name) in CASE_METRICS.iter().enumerate() {
-        cols.push(Column::new((*name).into(), rows.iter().map(|r| r.values[i]).collect::<Vec<f64>>()));
+        cols.push(Column::new(
+            (*name).into(),
+            rows.iter().map(|r| r.values[i]).collect::<Vec<f64>>(),
+        ));
     }
-    cols.push(Column::new("noi".into(), rows.iter().map(|r| r.noi).collect::<Vec<u32>>()));
-    cols.push(Column::new("failed".into(), rows.iter().map(|r| r.failed).collect::<Vec<bool>>()));
+    cols.push(Column::new(
+        "noi".into(),
+        rows.iter().map(|r| r.noi).collect::<Vec<u32>>(),
+    ));
+    cols.push(Column::new(
+        "failed".into(),
+        rows.iter().map(|r| r.failed).collect::<Vec<bool>>(),
+    ));
     Ok(DataFrame::new(rows.len(), cols)?)
 }
 
 pub fn episodes_frame(rows: &[EpisodeRow]) -> anyhow::Result<DataFrame> {
     let mut cols = vec![
-        Column::new("task".into(), rows.iter().map(|r| r.key.0.as_str()).collect::<Vec<_>>()),
-        Column::new("method".into(), rows.iter().map(|r| r.key.1.as_str()).collect::<Vec<_>>()),
-        Column::new("run".into(), rows.iter().map(|r| r.key.2).collect::<Vec<Option<u32>>>()),
-        Column::new("episode".into(), rows.iter().map(|r| r.key.3).collect::<Vec<u32>>()),
-        Column::new("n_seen".into(), rows.iter().map(|r| r.n_seen).collect::<Vec<u32>>()),
+        Column::new(
+            "task".into(),
+            rows.iter().map(|r| r.key.0.as_str()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "method".into(),
+            rows.iter().map(|r| r.key.1.as_str()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "run".into(),
+            rows.iter().map(|r| r.key.2).collect::<Vec<Option<u32>>>(),
+        ),
+        Column::new(
+            "episode".into(),
+            rows.iter().map(|r| r.key.3).collect::<Vec<u32>>(),
+        ),
+        Column::new(
+            "n_seen".into(),
+            rows.iter().map(|r| r.n_seen).collect::<Vec<u32>>(),
+        ),
     ];
     for (i, name) in CASE_METRICS.iter().enumerate() {
-        cols.push(Column::new((*name).into(), rows.iter().map(|r| r.values[i]).collect::<Vec<f64>>()));
+        cols.push(Column::new(
+            (*name).into(),
+            rows.iter().map(|r| r.values[i]).collect::<Vec<f64>>(),
+        ));
     }
-    cols.push(Column::new("noi".into(), rows.iter().map(|r| r.mean_noi).collect::<Vec<f64>>()));
-    cols.push(Column::new("nnoi_pct".into(), rows.iter().map(|r| r.nnoi_pct).collect::<Vec<f64>>()));
-    cols.push(Column::new("nof_pct".into(), rows.iter().map(|r| r.nof_pct).collect::<Vec<f64>>()));
-    cols.push(Column::new("n_cases".into(), rows.iter().map(|r| r.n_cases).collect::<Vec<u32>>()));
+    cols.push(Column::new(
+        "noi".into(),
+        rows.iter().map(|r| r.mean_noi).collect::<Vec<f64>>(),
+    ));
+    cols.push(Column::new(
+        "nnoi_pct".into(),
+        rows.iter().map(|r| r.nnoi_pct).collect::<Vec<f64>>(),
+    ));
+    cols.push(Column::new(
+        "nof_pct".into(),
+        rows.iter().map(|r| r.nof_pct).collect::<Vec<f64>>(),
+    ));
+    cols.push(Column::new(
+        "n_cases".into(),
+        rows.iter().map(|r| r.n_cases).collect::<Vec<u32>>(),
+    ));
     Ok(DataFrame::new(rows.len(), cols)?)
 }
 
@@ -94,7 +152,10 @@ pub fn write_parquet(
 ) -> anyhow::Result<()> {
     let meta = KeyValueMetadata::from_static(vec![
         ("clopa.tool".to_string(), "clopa-eval".to_string()),
-        ("clopa.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        (
+            "clopa.version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
         ("clopa.settings".to_string(), settings.to_string()),
     ]);
     clopa_cli::write_atomic_path(path, |tmp| {

@@ -34,8 +34,8 @@ pub struct StepsTable {
 }
 
 fn read_parquet(path: &Path) -> anyhow::Result<DataFrame> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     ParquetReader::new(file)
         .finish()
         .with_context(|| format!("cannot read {} as Parquet", path.display()))
@@ -46,7 +46,11 @@ fn column<'a>(df: &'a DataFrame, name: &str, path: &Path) -> anyhow::Result<&'a 
         anyhow::anyhow!(
             "{} has no column `{name}` (it has: {})",
             path.display(),
-            df.get_column_names().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            df.get_column_names()
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })
 }
@@ -73,7 +77,11 @@ fn u32s(df: &DataFrame, name: &str, path: &Path) -> anyhow::Result<Vec<Option<u3
 fn f64s(df: &DataFrame, name: &str, path: &Path) -> anyhow::Result<Vec<Option<f64>>> {
     let c = column(df, name, path)?;
     let cast = c.strict_cast(&DataType::Float64).with_context(|| {
-        format!("column `{name}` of {} ({}) is not numeric", path.display(), c.dtype())
+        format!(
+            "column `{name}` of {} ({}) is not numeric",
+            path.display(),
+            c.dtype()
+        )
     })?;
     Ok(cast.f64()?.iter().collect())
 }
@@ -90,7 +98,15 @@ pub fn read_steps(paths: &[PathBuf]) -> anyhow::Result<StepsTable> {
         let df = read_parquet(path)?;
         // Check every column first so a file missing several names the first one in schema order.
         for name in [
-            "task", "method", "run", "episode", "n_seen", "infer_run", "case_id", "step", "dice",
+            "task",
+            "method",
+            "run",
+            "episode",
+            "n_seen",
+            "infer_run",
+            "case_id",
+            "step",
+            "dice",
             "nsd",
         ] {
             column(&df, name, path)?;
@@ -121,7 +137,10 @@ pub fn read_steps(paths: &[PathBuf]) -> anyhow::Result<StepsTable> {
             let d = required(dice[row], "dice", row, path)?;
             let n = required(nsd[row], "nsd", row, path)?;
             if !(0.0..=1.0).contains(&d) || !(0.0..=1.0).contains(&n) {
-                bail!("{} row {row}: dice {d} / nsd {n} is not in [0, 1]", path.display());
+                bail!(
+                    "{} row {row}: dice {d} / nsd {n} is not in [0, 1]",
+                    path.display()
+                );
             }
             let ns = required(seen[row], "n_seen", row, path)?;
             let ep_key = (key.task.clone(), key.method.clone(), key.run, key.episode);
@@ -140,7 +159,11 @@ pub fn read_steps(paths: &[PathBuf]) -> anyhow::Result<StepsTable> {
                     n_seen.insert(ep_key, ns);
                 }
             }
-            let curve = curves.entry(key.clone()).or_default().entry(ir).or_default();
+            let curve = curves
+                .entry(key.clone())
+                .or_default()
+                .entry(ir)
+                .or_default();
             if curve.steps.len() <= st {
                 curve.steps.resize(st + 1, None);
             }
@@ -181,8 +204,14 @@ pub fn read_steps(paths: &[PathBuf]) -> anyhow::Result<StepsTable> {
             }
         }
     }
-    let Some((n_steps, _)) = n_steps else { bail!("the step tables hold no curve") };
-    Ok(StepsTable { curves, n_seen, n_steps })
+    let Some((n_steps, _)) = n_steps else {
+        bail!("the step tables hold no curve")
+    };
+    Ok(StepsTable {
+        curves,
+        n_seen,
+        n_steps,
+    })
 }
 
 /// Stream length N per `(task, run)`: the number of `train` rows of that run in split.parquet.

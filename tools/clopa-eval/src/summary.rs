@@ -13,8 +13,14 @@ pub const BASE: &str = "base";
 
 /// The per-case metric columns, in output order (also the trajectory metrics, with the two
 /// percentages added).
-pub const CASE_METRICS: [&str; 6] =
-    ["dice_init", "dice_final", "dice_nauc", "nsd_init", "nsd_final", "nsd_nauc"];
+pub const CASE_METRICS: [&str; 6] = [
+    "dice_init",
+    "dice_final",
+    "dice_nauc",
+    "nsd_init",
+    "nsd_final",
+    "nsd_nauc",
+];
 
 #[derive(Debug, Clone)]
 pub struct CaseRow {
@@ -43,8 +49,7 @@ pub fn cases(table: &StepsTable, threshold: f64) -> anyhow::Result<Vec<CaseRow>>
         let nsd = curves::mean_curves(&nsd).with_context(what)?;
         let d = curves::summarize(&dice, threshold).with_context(what)?;
         let n = curves::summarize(&nsd, threshold).with_context(what)?;
-        let n_seen = table.n_seen
-            [&(key.task.clone(), key.method.clone(), key.run, key.episode)];
+        let n_seen = table.n_seen[&(key.task.clone(), key.method.clone(), key.run, key.episode)];
         out.push(CaseRow {
             key: key.clone(),
             n_seen,
@@ -75,12 +80,27 @@ impl EpisodeRow {
     /// The trajectory metrics: the six case means, then nNoI % and NoF %.
     pub fn trajectory_values(&self) -> [f64; 8] {
         let v = self.values;
-        [v[0], v[1], v[2], v[3], v[4], v[5], self.nnoi_pct, self.nof_pct]
+        [
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+            v[4],
+            v[5],
+            self.nnoi_pct,
+            self.nof_pct,
+        ]
     }
 }
 
 pub const TRAJECTORY_METRICS: [&str; 8] = [
-    "dice_init", "dice_final", "dice_nauc", "nsd_init", "nsd_final", "nsd_nauc", "nnoi_pct",
+    "dice_init",
+    "dice_final",
+    "dice_nauc",
+    "nsd_init",
+    "nsd_final",
+    "nsd_nauc",
+    "nnoi_pct",
     "nof_pct",
 ];
 
@@ -89,7 +109,12 @@ pub const TRAJECTORY_METRICS: [&str; 8] = [
 pub fn episodes(cases: &[CaseRow], n_steps: usize) -> anyhow::Result<Vec<EpisodeRow>> {
     let mut groups: BTreeMap<EpisodeKey, Vec<&CaseRow>> = BTreeMap::new();
     for c in cases {
-        let k = (c.key.task.clone(), c.key.method.clone(), c.key.run, c.key.episode);
+        let k = (
+            c.key.task.clone(),
+            c.key.method.clone(),
+            c.key.run,
+            c.key.episode,
+        );
         groups.entry(k).or_default().push(c);
     }
     let mut out = Vec::new();
@@ -167,9 +192,12 @@ pub fn trajectories(
         // The base value for training run r: a run-specific base evaluation if there is one,
         // else the run-less one (the design's `run` = null for base).
         let base_for = |r: u32| -> anyhow::Result<[f64; 8]> {
-            let eps = base.get(&Some(r)).or_else(|| base.get(&None)).ok_or_else(|| {
-                anyhow::anyhow!("task {task:?} has no base-model rows for training run {r}")
-            })?;
+            let eps = base
+                .get(&Some(r))
+                .or_else(|| base.get(&None))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("task {task:?} has no base-model rows for training run {r}")
+                })?;
             let e = eps.iter().find(|e| e.key.3 == 0).ok_or_else(|| {
                 anyhow::anyhow!("task {task:?}: the base model's rows must have episode 0")
             })?;
@@ -191,7 +219,9 @@ pub fn trajectories(
                         bail!("task {task:?}, method {method:?} has rows without a training run");
                     };
                     let Some(&(_, n)) = runs.iter().find(|(rr, _)| rr == r) else {
-                        bail!("the split has no training run {r} for task {task:?} (method {method:?})");
+                        bail!(
+                            "the split has no training run {r} for task {task:?} (method {method:?})"
+                        );
                     };
                     let b = base_for(*r)?;
                     let mut eps: Vec<&&EpisodeRow> = eps.iter().filter(|e| e.key.3 > 0).collect();

@@ -14,7 +14,17 @@ fn bin() -> Command {
 }
 
 /// One steps row: (method, run, episode, n_seen, infer_run, case, step, dice, nsd).
-type Row = (&'static str, Option<u32>, u32, u32, u32, &'static str, u32, f64, f64);
+type Row = (
+    &'static str,
+    Option<u32>,
+    u32,
+    u32,
+    u32,
+    &'static str,
+    u32,
+    f64,
+    f64,
+);
 
 fn steps_frame(rows: &[Row]) -> DataFrame {
     let n = rows.len();
@@ -22,14 +32,38 @@ fn steps_frame(rows: &[Row]) -> DataFrame {
         n,
         vec![
             Column::new("task".into(), vec!["t"; n]),
-            Column::new("method".into(), rows.iter().map(|r| r.0).collect::<Vec<_>>()),
-            Column::new("run".into(), rows.iter().map(|r| r.1).collect::<Vec<Option<u32>>>()),
-            Column::new("episode".into(), rows.iter().map(|r| r.2).collect::<Vec<u32>>()),
-            Column::new("n_seen".into(), rows.iter().map(|r| r.3).collect::<Vec<u32>>()),
-            Column::new("infer_run".into(), rows.iter().map(|r| r.4).collect::<Vec<u32>>()),
-            Column::new("case_id".into(), rows.iter().map(|r| r.5).collect::<Vec<_>>()),
-            Column::new("step".into(), rows.iter().map(|r| r.6).collect::<Vec<u32>>()),
-            Column::new("dice".into(), rows.iter().map(|r| r.7).collect::<Vec<f64>>()),
+            Column::new(
+                "method".into(),
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "run".into(),
+                rows.iter().map(|r| r.1).collect::<Vec<Option<u32>>>(),
+            ),
+            Column::new(
+                "episode".into(),
+                rows.iter().map(|r| r.2).collect::<Vec<u32>>(),
+            ),
+            Column::new(
+                "n_seen".into(),
+                rows.iter().map(|r| r.3).collect::<Vec<u32>>(),
+            ),
+            Column::new(
+                "infer_run".into(),
+                rows.iter().map(|r| r.4).collect::<Vec<u32>>(),
+            ),
+            Column::new(
+                "case_id".into(),
+                rows.iter().map(|r| r.5).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "step".into(),
+                rows.iter().map(|r| r.6).collect::<Vec<u32>>(),
+            ),
+            Column::new(
+                "dice".into(),
+                rows.iter().map(|r| r.7).collect::<Vec<f64>>(),
+            ),
             Column::new("nsd".into(), rows.iter().map(|r| r.8).collect::<Vec<f64>>()),
             Column::new("fg_clicks".into(), vec![1u32; n]),
             Column::new("bg_clicks".into(), vec![1u32; n]),
@@ -45,7 +79,9 @@ fn write(df: &mut DataFrame, path: &Path) {
 }
 
 fn read(path: &Path) -> DataFrame {
-    ParquetReader::new(std::fs::File::open(path).unwrap()).finish().unwrap()
+    ParquetReader::new(std::fs::File::open(path).unwrap())
+        .finish()
+        .unwrap()
 }
 
 /// Adds one curve (steps 0..) for each inference run given.
@@ -57,7 +93,9 @@ fn curve(
 ) {
     for (ir, (dice, nsd)) in runs.iter().enumerate() {
         for (s, (d, n)) in dice.iter().zip(nsd.iter()).enumerate() {
-            rows.push((method, run, episode, n_seen, ir as u32, case, s as u32, *d, *n));
+            rows.push((
+                method, run, episode, n_seen, ir as u32, case, s as u32, *d, *n,
+            ));
         }
     }
 }
@@ -68,15 +106,46 @@ fn example(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let mut base = Vec::new();
     let b = ("base", None, 0, 0);
     // A: runs average to [0.3, 0.5, 0.4]; 0.5 only touches the threshold -> NoI 3, failed.
-    curve(&mut base, b, "A", &[(&[0.2, 0.4, 0.4], &[0.1, 0.2, 0.3]), (&[0.4, 0.6, 0.4], &[0.1, 0.2, 0.3])]);
-    curve(&mut base, b, "B", &[(&[0.1, 0.2, 0.4], &[0.5; 3]), (&[0.1, 0.2, 0.4], &[0.5; 3])]);
+    curve(
+        &mut base,
+        b,
+        "A",
+        &[
+            (&[0.2, 0.4, 0.4], &[0.1, 0.2, 0.3]),
+            (&[0.4, 0.6, 0.4], &[0.1, 0.2, 0.3]),
+        ],
+    );
+    curve(
+        &mut base,
+        b,
+        "B",
+        &[(&[0.1, 0.2, 0.4], &[0.5; 3]), (&[0.1, 0.2, 0.4], &[0.5; 3])],
+    );
     let mut clopa = Vec::new();
     let e1 = ("in", Some(0), 1, 2);
-    curve(&mut clopa, e1, "A", &[(&[0.1, 0.2, 0.3], &[0.5; 3]), (&[0.1, 0.2, 0.3], &[0.5; 3])]);
-    curve(&mut clopa, e1, "B", &[(&[0.55, 0.6, 0.7], &[0.5; 3]), (&[0.55, 0.6, 0.7], &[0.5; 3])]);
+    curve(
+        &mut clopa,
+        e1,
+        "A",
+        &[(&[0.1, 0.2, 0.3], &[0.5; 3]), (&[0.1, 0.2, 0.3], &[0.5; 3])],
+    );
+    curve(
+        &mut clopa,
+        e1,
+        "B",
+        &[
+            (&[0.55, 0.6, 0.7], &[0.5; 3]),
+            (&[0.55, 0.6, 0.7], &[0.5; 3]),
+        ],
+    );
     let e2 = ("in", Some(0), 2, 4);
     for case in ["A", "B"] {
-        curve(&mut clopa, e2, case, &[(&[0.9; 3], &[0.5; 3]), (&[0.9; 3], &[0.5; 3])]);
+        curve(
+            &mut clopa,
+            e2,
+            case,
+            &[(&[0.9; 3], &[0.5; 3]), (&[0.9; 3], &[0.5; 3])],
+        );
     }
     let p1 = dir.join("base.parquet");
     let p2 = dir.join("in.parquet");
@@ -90,11 +159,33 @@ fn example(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         vec![
             Column::new("task".into(), vec!["t"; n]),
             Column::new("case_id".into(), vec!["s1", "s2", "s3", "s4", "A", "B"]),
-            Column::new("split".into(), vec!["train", "train", "train", "train", "holdout", "holdout"]),
-            Column::new("run".into(), vec![Some(0u32), Some(0), Some(0), Some(0), None, None]),
-            Column::new("position".into(), vec![Some(3u32), Some(1), Some(4), Some(2), None, None]),
-            Column::new("episode".into(), vec![Some(1u32), Some(1), Some(2), Some(2), None, None]),
-            Column::new("role".into(), vec![Some("train"), Some("val"), Some("train"), Some("val"), None, None]),
+            Column::new(
+                "split".into(),
+                vec!["train", "train", "train", "train", "holdout", "holdout"],
+            ),
+            Column::new(
+                "run".into(),
+                vec![Some(0u32), Some(0), Some(0), Some(0), None, None],
+            ),
+            Column::new(
+                "position".into(),
+                vec![Some(3u32), Some(1), Some(4), Some(2), None, None],
+            ),
+            Column::new(
+                "episode".into(),
+                vec![Some(1u32), Some(1), Some(2), Some(2), None, None],
+            ),
+            Column::new(
+                "role".into(),
+                vec![
+                    Some("train"),
+                    Some("val"),
+                    Some("train"),
+                    Some("val"),
+                    None,
+                    None,
+                ],
+            ),
         ],
     )
     .unwrap();
@@ -111,7 +202,10 @@ fn assert_close(got: &[Option<f64>], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: {got:?}");
     for (g, w) in got.iter().zip(want) {
         let g = g.unwrap_or(f64::NAN);
-        assert!((g - w).abs() < 1e-12 || (g.is_nan() && w.is_nan()), "{what}: {got:?} vs {want:?}");
+        assert!(
+            (g - w).abs() < 1e-12 || (g.is_nan() && w.is_nan()),
+            "{what}: {got:?} vs {want:?}"
+        );
     }
 }
 
@@ -132,36 +226,115 @@ fn tiny_example_matches_hand_computation() {
     // cases: sorted by (task, method, run, episode, case): base A, base B, in/1 A, in/1 B, in/2 A, in/2 B.
     let cases = read(&out.join("cases.parquet"));
     assert_eq!(
-        cases.get_column_names().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        cases
+            .get_column_names()
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
         [
-            "task", "method", "run", "episode", "n_seen", "case_id", "dice_init", "dice_final",
-            "dice_nauc", "nsd_init", "nsd_final", "nsd_nauc", "noi", "failed"
+            "task",
+            "method",
+            "run",
+            "episode",
+            "n_seen",
+            "case_id",
+            "dice_init",
+            "dice_final",
+            "dice_nauc",
+            "nsd_init",
+            "nsd_final",
+            "nsd_nauc",
+            "noi",
+            "failed"
         ]
     );
     assert_eq!(cases.column("run").unwrap().dtype(), &DataType::UInt32);
     let noi: Vec<Option<u32>> = cases.column("noi").unwrap().u32().unwrap().iter().collect();
     assert_eq!(noi, [Some(3), Some(3), Some(3), Some(1), Some(1), Some(1)]);
-    let failed: Vec<Option<bool>> =
-        cases.column("failed").unwrap().bool().unwrap().iter().collect();
-    assert_eq!(failed, [Some(true), Some(true), Some(true), Some(false), Some(false), Some(false)]);
-    assert_close(&f64_col(&cases, "dice_init"), &[0.3, 0.1, 0.1, 0.55, 0.9, 0.9], "dice_init");
-    assert_close(&f64_col(&cases, "dice_final"), &[0.4, 0.4, 0.3, 0.7, 0.9, 0.9], "dice_final");
-    assert_close(&f64_col(&cases, "dice_nauc"), &[0.425, 0.225, 0.2, 0.6125, 0.9, 0.9], "dice_nauc");
-    assert_close(&f64_col(&cases, "nsd_nauc"), &[0.2, 0.5, 0.5, 0.5, 0.5, 0.5], "nsd_nauc");
+    let failed: Vec<Option<bool>> = cases
+        .column("failed")
+        .unwrap()
+        .bool()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            Some(true),
+            Some(true),
+            Some(true),
+            Some(false),
+            Some(false),
+            Some(false)
+        ]
+    );
+    assert_close(
+        &f64_col(&cases, "dice_init"),
+        &[0.3, 0.1, 0.1, 0.55, 0.9, 0.9],
+        "dice_init",
+    );
+    assert_close(
+        &f64_col(&cases, "dice_final"),
+        &[0.4, 0.4, 0.3, 0.7, 0.9, 0.9],
+        "dice_final",
+    );
+    assert_close(
+        &f64_col(&cases, "dice_nauc"),
+        &[0.425, 0.225, 0.2, 0.6125, 0.9, 0.9],
+        "dice_nauc",
+    );
+    assert_close(
+        &f64_col(&cases, "nsd_nauc"),
+        &[0.2, 0.5, 0.5, 0.5, 0.5, 0.5],
+        "nsd_nauc",
+    );
 
     let eps = read(&out.join("episodes.parquet"));
     assert_eq!(eps.height(), 3);
-    assert_close(&f64_col(&eps, "dice_init"), &[0.2, 0.325, 0.9], "ep dice_init");
-    assert_close(&f64_col(&eps, "dice_final"), &[0.4, 0.5, 0.9], "ep dice_final");
-    assert_close(&f64_col(&eps, "dice_nauc"), &[0.325, 0.40625, 0.9], "ep dice_nauc");
+    assert_close(
+        &f64_col(&eps, "dice_init"),
+        &[0.2, 0.325, 0.9],
+        "ep dice_init",
+    );
+    assert_close(
+        &f64_col(&eps, "dice_final"),
+        &[0.4, 0.5, 0.9],
+        "ep dice_final",
+    );
+    assert_close(
+        &f64_col(&eps, "dice_nauc"),
+        &[0.325, 0.40625, 0.9],
+        "ep dice_nauc",
+    );
     assert_close(&f64_col(&eps, "nsd_init"), &[0.3, 0.5, 0.5], "ep nsd_init");
-    assert_close(&f64_col(&eps, "nsd_final"), &[0.4, 0.5, 0.5], "ep nsd_final");
+    assert_close(
+        &f64_col(&eps, "nsd_final"),
+        &[0.4, 0.5, 0.5],
+        "ep nsd_final",
+    );
     assert_close(&f64_col(&eps, "nsd_nauc"), &[0.35, 0.5, 0.5], "ep nsd_nauc");
-    assert_close(&f64_col(&eps, "nnoi_pct"), &[100.0, 200.0 / 3.0, 100.0 / 3.0], "nnoi_pct");
+    assert_close(
+        &f64_col(&eps, "nnoi_pct"),
+        &[100.0, 200.0 / 3.0, 100.0 / 3.0],
+        "nnoi_pct",
+    );
     assert_close(&f64_col(&eps, "nof_pct"), &[100.0, 50.0, 0.0], "nof_pct");
-    let n_cases: Vec<Option<u32>> = eps.column("n_cases").unwrap().u32().unwrap().iter().collect();
+    let n_cases: Vec<Option<u32>> = eps
+        .column("n_cases")
+        .unwrap()
+        .u32()
+        .unwrap()
+        .iter()
+        .collect();
     assert_eq!(n_cases, [Some(2); 3]);
-    let n_seen: Vec<Option<u32>> = eps.column("n_seen").unwrap().u32().unwrap().iter().collect();
+    let n_seen: Vec<Option<u32>> = eps
+        .column("n_seen")
+        .unwrap()
+        .u32()
+        .unwrap()
+        .iter()
+        .collect();
     assert_eq!(n_seen, [Some(0), Some(2), Some(4)]);
 
     // trajectory of `in`, dice_final: base 0.4 at position 1, episode 1 (n_seen 2) at 2-3,
@@ -175,7 +348,13 @@ fn tiny_example_matches_hand_computation() {
             .filter(|&i| m.get(i) == Some(method) && k.get(i) == Some(metric))
             .collect();
         let v = f64_col(&tr, "value");
-        let p: Vec<Option<u32>> = tr.column("position").unwrap().u32().unwrap().iter().collect();
+        let p: Vec<Option<u32>> = tr
+            .column("position")
+            .unwrap()
+            .u32()
+            .unwrap()
+            .iter()
+            .collect();
         let nos = f64_col(&tr, "nos");
         (
             idx.iter().map(|&i| v[i]).collect(),
@@ -203,7 +382,8 @@ fn tiny_example_matches_hand_computation() {
     let get = |k: &str| kv.iter().find(|e| e.key == k).and_then(|e| e.value.clone());
     assert_eq!(get("clopa.tool").as_deref(), Some("clopa-eval"));
     assert!(get("clopa.version").is_some());
-    let settings: serde_json::Value = serde_json::from_str(&get("clopa.settings").unwrap()).unwrap();
+    let settings: serde_json::Value =
+        serde_json::from_str(&get("clopa.settings").unwrap()).unwrap();
     assert_eq!(settings["threshold"], 0.5);
 }
 
@@ -219,7 +399,15 @@ fn threshold_from_manifest_and_no_split_means_no_trajectory() {
     )
     .unwrap();
     let out = dir.path().join("eval");
-    bin().arg(&p1).arg(&p2).arg("--manifest").arg(&m).arg("-o").arg(&out).assert().success();
+    bin()
+        .arg(&p1)
+        .arg(&p2)
+        .arg("--manifest")
+        .arg(&m)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
     assert!(!out.join("trajectory.parquet").exists());
     let cases = read(&out.join("cases.parquet"));
     // At 0.35 base case A (0.3, 0.5, 0.4) passes at step 2.
@@ -233,8 +421,17 @@ fn fails_with(args: &[&std::ffi::OsStr], out: &Path, needles: &[&str]) {
     for n in needles {
         pred = pred.and(predicate::str::contains(n.to_string())).boxed();
     }
-    bin().args(args).arg("-o").arg(out).assert().code(1).stderr(pred);
-    assert!(!out.exists() || std::fs::read_dir(out).unwrap().next().is_none(), "partial output");
+    bin()
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .assert()
+        .code(1)
+        .stderr(pred);
+    assert!(
+        !out.exists() || std::fs::read_dir(out).unwrap().next().is_none(),
+        "partial output"
+    );
 }
 
 #[test]
@@ -248,42 +445,88 @@ fn bad_inputs_are_errors_without_output() {
     let mut df = read(&p1).drop("nsd").unwrap();
     let missing = dir.path().join("no_nsd.parquet");
     write(&mut df, &missing);
-    fails_with(&[missing.as_os_str(), thr[0], thr[1]], &out, &["`nsd`", "no_nsd.parquet"]);
+    fails_with(
+        &[missing.as_os_str(), thr[0], thr[1]],
+        &out,
+        &["`nsd`", "no_nsd.parquet"],
+    );
 
     // duplicated row: the same file twice
-    fails_with(&[p1.as_os_str(), p1.as_os_str(), thr[0], thr[1]], &out, &["duplicated row", "base.parquet"]);
+    fails_with(
+        &[p1.as_os_str(), p1.as_os_str(), thr[0], thr[1]],
+        &out,
+        &["duplicated row", "base.parquet"],
+    );
 
     // threshold outside [0, 1]
-    fails_with(&[p1.as_os_str(), "--threshold".as_ref(), "1.5".as_ref()], &out, &["1.5", "[0, 1]"]);
+    fails_with(
+        &[p1.as_os_str(), "--threshold".as_ref(), "1.5".as_ref()],
+        &out,
+        &["1.5", "[0, 1]"],
+    );
 
     // empty table
     let mut empty = read(&p1).head(Some(0));
     let empty_path = dir.path().join("empty.parquet");
     write(&mut empty, &empty_path);
-    fails_with(&[empty_path.as_os_str(), thr[0], thr[1]], &out, &["empty.parquet", "no rows"]);
+    fails_with(
+        &[empty_path.as_os_str(), thr[0], thr[1]],
+        &out,
+        &["empty.parquet", "no rows"],
+    );
 
     // inconsistent curve lengths: one more step on one curve
     let mut rows = Vec::new();
-    curve(&mut rows, ("base", None, 0, 0), "C", &[(&[0.1, 0.2, 0.3, 0.4], &[0.1, 0.2, 0.3, 0.4])]);
+    curve(
+        &mut rows,
+        ("base", None, 0, 0),
+        "C",
+        &[(&[0.1, 0.2, 0.3, 0.4], &[0.1, 0.2, 0.3, 0.4])],
+    );
     let long = dir.path().join("long.parquet");
     write(&mut steps_frame(&rows), &long);
-    fails_with(&[p1.as_os_str(), long.as_os_str(), thr[0], thr[1]], &out, &["inconsistent curve lengths"]);
+    fails_with(
+        &[p1.as_os_str(), long.as_os_str(), thr[0], thr[1]],
+        &out,
+        &["inconsistent curve lengths"],
+    );
 
     // trajectories without base rows
     fails_with(
-        &[p2.as_os_str(), thr[0], thr[1], "--split".as_ref(), ps.as_os_str()],
+        &[
+            p2.as_os_str(),
+            thr[0],
+            thr[1],
+            "--split".as_ref(),
+            ps.as_os_str(),
+        ],
         &out,
         &["base model"],
     );
 
     // a missing input file
-    fails_with(&[dir.path().join("nope.parquet").as_os_str(), thr[0], thr[1]], &out, &["nope.parquet"]);
+    fails_with(
+        &[dir.path().join("nope.parquet").as_os_str(), thr[0], thr[1]],
+        &out,
+        &["nope.parquet"],
+    );
 }
 
 #[test]
 fn usage_errors_exit_2() {
     bin().args(["steps.parquet", "-o", "x"]).assert().code(2);
-    bin().args(["steps.parquet", "--threshold", "0.5", "--manifest", "m.toml", "-o", "x"]).assert().code(2);
+    bin()
+        .args([
+            "steps.parquet",
+            "--threshold",
+            "0.5",
+            "--manifest",
+            "m.toml",
+            "-o",
+            "x",
+        ])
+        .assert()
+        .code(2);
 }
 
 #[test]
@@ -304,9 +547,21 @@ fn masks_prints_dice_and_nsd_and_rejects_other_grids() {
     let pa = dir.path().join("a.nii.gz");
     let pb = dir.path().join("b.nii.gz");
     let pc = dir.path().join("c.nii");
-    write_nifti(&pa, &Volume::from_shape(shape, [1.0, 1.0, 2.0], a.clone()).unwrap()).unwrap();
-    write_nifti(&pb, &Volume::from_shape(shape, [1.0, 1.0, 2.0], b.clone()).unwrap()).unwrap();
-    write_nifti(&pc, &Volume::from_shape(shape, [1.0, 1.0, 1.0], b.clone()).unwrap()).unwrap();
+    write_nifti(
+        &pa,
+        &Volume::from_shape(shape, [1.0, 1.0, 2.0], a.clone()).unwrap(),
+    )
+    .unwrap();
+    write_nifti(
+        &pb,
+        &Volume::from_shape(shape, [1.0, 1.0, 2.0], b.clone()).unwrap(),
+    )
+    .unwrap();
+    write_nifti(
+        &pc,
+        &Volume::from_shape(shape, [1.0, 1.0, 1.0], b.clone()).unwrap(),
+    )
+    .unwrap();
 
     let out = bin()
         .args(["masks", "--pred"])
@@ -321,8 +576,14 @@ fn masks_prints_dice_and_nsd_and_rejects_other_grids() {
         .clone();
     let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let want_nsd = clopa_metrics::nsd(&a, &b, shape, [1.0, 1.0, 2.0], 2.0).unwrap();
-    assert!((line["dice"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12, "{line}");
-    assert!((line["nsd"].as_f64().unwrap() - want_nsd).abs() < 1e-12, "{line}");
+    assert!(
+        (line["dice"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12,
+        "{line}"
+    );
+    assert!(
+        (line["nsd"].as_f64().unwrap() - want_nsd).abs() < 1e-12,
+        "{line}"
+    );
     assert!(want_nsd > 0.0 && want_nsd <= 1.0);
 
     bin()
@@ -338,6 +599,13 @@ fn masks_prints_dice_and_nsd_and_rejects_other_grids() {
 
 #[test]
 fn help_snapshot() {
-    let out = bin().arg("--help").env("COLUMNS", "100").assert().success().get_output().stdout.clone();
+    let out = bin()
+        .arg("--help")
+        .env("COLUMNS", "100")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     insta::assert_snapshot!(String::from_utf8(out).unwrap());
 }

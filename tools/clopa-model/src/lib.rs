@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 use clopa_nn::import::{import_nnunet_folder, read_nnunet_folder};
-use clopa_nn::{ParamCounts, UNetSpec, load_model_folder, param_counts, read_model_json, write_model_folder};
+use clopa_nn::{
+    ParamCounts, UNetSpec, load_model_folder, param_counts, read_model_json, write_model_folder,
+};
 
 /// What kind of folder `info` looked at.
 #[derive(Clone, Debug)]
@@ -27,7 +29,12 @@ pub fn folder_spec(path: &Path) -> anyhow::Result<(FolderKind, UNetSpec)> {
     } else if path.join("plans.json").is_file() {
         let f = read_nnunet_folder(path)?;
         let spec = f.spec()?;
-        Ok((FolderKind::NnUnet { configuration: f.configuration }, spec))
+        Ok((
+            FolderKind::NnUnet {
+                configuration: f.configuration,
+            },
+            spec,
+        ))
     } else if !path.is_dir() {
         bail!("{} is not a folder", path.display())
     } else {
@@ -89,23 +96,37 @@ pub fn info(path: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> 
 pub fn read_input(path: &Path) -> anyhow::Result<Tensor> {
     let tensors = candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("cannot read the safetensors file {}", path.display()))?;
-    let x = tensors
-        .get("x")
-        .with_context(|| format!("{} has no tensor `x` (it has {:?})", path.display(), tensors.keys().collect::<Vec<_>>()))?;
+    let x = tensors.get("x").with_context(|| {
+        format!(
+            "{} has no tensor `x` (it has {:?})",
+            path.display(),
+            tensors.keys().collect::<Vec<_>>()
+        )
+    })?;
     match x.dtype() {
         DType::F16 | DType::F32 => Ok(x.to_dtype(DType::F32)?),
-        other => bail!("{}: tensor `x` is {other:?}, expected f16 or f32", path.display()),
+        other => bail!(
+            "{}: tensor `x` is {other:?}, expected f16 or f32",
+            path.display()
+        ),
     }
 }
 
 /// `clopa-model forward`: logits of a model folder (plus optional episode checkpoints) on `x`.
-pub fn forward(dir: &Path, checkpoints: &[PathBuf], input: &Path, output: &Path) -> anyhow::Result<()> {
+pub fn forward(
+    dir: &Path,
+    checkpoints: &[PathBuf],
+    input: &Path,
+    output: &Path,
+) -> anyhow::Result<()> {
     let mut model = load_model_folder(dir)?;
     model.apply_checkpoints(checkpoints)?;
     let x = read_input(input)?;
     tracing::info!("forward {:?} through {}", x.dims(), dir.display());
     let net = model.network(&Device::Cpu)?;
-    let logits = net.forward(&x).with_context(|| format!("input {}", input.display()))?;
+    let logits = net
+        .forward(&x)
+        .with_context(|| format!("input {}", input.display()))?;
     let logits = logits.to_dtype(DType::F32)?.contiguous()?;
     let mut map = BTreeMap::new();
     map.insert("logits".to_string(), logits);

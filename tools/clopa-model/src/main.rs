@@ -33,7 +33,9 @@ enum Command {
     ///
     /// PATH is a clopa model folder (model.json) or an nnInteractive / nnU-Net model folder
     /// (plans.json, dataset.json, inference_session_class.json; no checkpoint needed).
-    #[command(after_help = "Example:\n  clopa-model info nnInteractive_v1.0 --json\n  {\"total\": 102355818, \"groups\": {\"all\": 102355818, \"cn\": 34658, \"in\": 27648}}")]
+    #[command(
+        after_help = "Example:\n  clopa-model info nnInteractive_v1.0 --json\n  {\"total\": 102355818, \"groups\": {\"all\": 102355818, \"cn\": 34658, \"in\": 27648}}"
+    )]
     Info {
         /// The model folder.
         path: PathBuf,
@@ -45,7 +47,9 @@ enum Command {
     ///
     /// Writes a safetensors file with `logits` (B, classes, D, H, W) f32. D, H and W must be
     /// multiples of the network's total stride (32 for nnInteractive).
-    #[command(after_help = "Example:\n  clopa-model forward models/nninteractive_v1 --input x.safetensors -o logits.safetensors")]
+    #[command(
+        after_help = "Example:\n  clopa-model forward models/nninteractive_v1 --input x.safetensors -o logits.safetensors"
+    )]
     Forward {
         /// The clopa model folder.
         dir: PathBuf,
@@ -63,10 +67,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    clopa_cli::run_main("clopa-model", cli.verbose, cli.quiet, || match cli.command {
-        Command::Info { path, json } => clopa_model::info(&path, json, &mut std::io::stdout().lock()),
-        Command::Forward { dir, input, output, checkpoints } => {
-            clopa_model::forward(&dir, &checkpoints, &input, &output)
+    clopa_cli::run_main("clopa-model", cli.verbose, cli.quiet, || {
+        match cli.command {
+            Command::Info { path, json } => {
+                clopa_model::info(&path, json, &mut std::io::stdout().lock())
+            }
+            Command::Forward {
+                dir,
+                input,
+                output,
+                checkpoints,
+            } => clopa_model::forward(&dir, &checkpoints, &input, &output),
         }
     })
 }

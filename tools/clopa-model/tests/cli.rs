@@ -10,7 +10,9 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crates/clopa-nn/tests/fixtures/resenc").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../crates/clopa-nn/tests/fixtures/resenc")
+        .join(name)
 }
 
 fn model_cmd() -> Command {
@@ -27,13 +29,19 @@ fn stderr_of(out: &std::process::Output) -> String {
 
 /// An nnInteractive-style folder with the fixture's plans but the real v1.0 arch_kwargs, no checkpoint.
 fn write_v1_folder(dir: &Path) {
-    let config: Value = serde_json::from_str(&std::fs::read_to_string(fixture("config.json")).unwrap()).unwrap();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("config.json")).unwrap()).unwrap();
     let src = fixture("model_folder");
-    let mut plans: Value = serde_json::from_str(&std::fs::read_to_string(src.join("plans.json")).unwrap()).unwrap();
+    let mut plans: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("plans.json")).unwrap()).unwrap();
     plans["configurations"]["3d_fullres_ps192_bs24"]["architecture"]["arch_kwargs"] =
         config["real_nninteractive_v1"]["arch_kwargs"].clone();
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("plans.json"), serde_json::to_string_pretty(&plans).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("plans.json"),
+        serde_json::to_string_pretty(&plans).unwrap(),
+    )
+    .unwrap();
     for f in ["dataset.json", "inference_session_class.json"] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
@@ -43,14 +51,22 @@ fn write_v1_folder(dir: &Path) {
 fn info_json_on_the_real_v1_architecture_gives_the_reference_counts() {
     let tmp = tempfile::tempdir().unwrap();
     write_v1_folder(&tmp.path().join("v1"));
-    let out = model_cmd().current_dir(tmp.path()).args(["info", "v1", "--json"]).output().unwrap();
+    let out = model_cmd()
+        .current_dir(tmp.path())
+        .args(["info", "v1", "--json"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         v,
         serde_json::json!({"total": 102_355_818, "groups": {"in": 27_648, "cn": 34_658, "all": 102_355_818}})
     );
-    let out = model_cmd().current_dir(tmp.path()).args(["info", "v1"]).output().unwrap();
+    let out = model_cmd()
+        .current_dir(tmp.path())
+        .args(["info", "v1"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     insta::assert_snapshot!("info_text_v1", String::from_utf8(out.stdout).unwrap());
 }
@@ -59,10 +75,16 @@ fn info_json_on_the_real_v1_architecture_gives_the_reference_counts() {
 fn import_then_forward_reproduces_the_fixture_logits() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
-    let out = import_cmd().arg(fixture("model_folder")).arg("-o").arg(&model).output().unwrap();
+    let out = import_cmd()
+        .arg(fixture("model_folder"))
+        .arg("-o")
+        .arg(&model)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(model.join("model.json").is_file() && model.join("model.safetensors").is_file());
-    let meta: Value = serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
     assert_eq!(meta["input_channels"], 8);
     assert_eq!(meta["patch_size"], serde_json::json!([192, 192, 192]));
     assert_eq!(meta["decay_scheme"], "per_type");
@@ -70,7 +92,11 @@ fn import_then_forward_reproduces_the_fixture_logits() {
     assert_eq!(meta["source"]["configuration"], "3d_fullres_ps192_bs24");
 
     // info on the clopa folder agrees with the fixture's parameter count.
-    let out = model_cmd().args(["info", "--json"]).arg(&model).output().unwrap();
+    let out = model_cmd()
+        .args(["info", "--json"])
+        .arg(&model)
+        .output()
+        .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["total"], 155_456);
 
@@ -90,8 +116,25 @@ fn import_then_forward_reproduces_the_fixture_logits() {
     let (g, w) = (&got["logits"], &want["logits"]);
     assert_eq!(g.dtype(), DType::F32);
     assert_eq!(g.dims(), w.dims());
-    let err = (g - w).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    let scale = w.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let err = (g - w)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = w
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(err <= 1e-4 * scale, "logits err {err} vs max {scale}");
 }
 
@@ -99,12 +142,30 @@ fn import_then_forward_reproduces_the_fixture_logits() {
 fn forward_with_the_wrong_channel_count_fails_naming_both() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
-    assert!(import_cmd().arg(fixture("model_folder")).arg("-o").arg(&model).output().unwrap().status.success());
+    assert!(
+        import_cmd()
+            .arg(fixture("model_folder"))
+            .arg("-o")
+            .arg(&model)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
     let x = Tensor::zeros((1, 3, 32, 32, 32), DType::F32, &Device::Cpu).unwrap();
-    x.save_safetensors("x", tmp.path().join("x3.safetensors")).unwrap();
+    x.save_safetensors("x", tmp.path().join("x3.safetensors"))
+        .unwrap();
     let out = model_cmd()
         .current_dir(tmp.path())
-        .args(["forward", "-q", "model", "--input", "x3.safetensors", "-o", "y.safetensors"])
+        .args([
+            "forward",
+            "-q",
+            "model",
+            "--input",
+            "x3.safetensors",
+            "-o",
+            "y.safetensors",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -117,7 +178,11 @@ fn import_errors_exit_1_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     // No plans.json.
     std::fs::create_dir(tmp.path().join("empty")).unwrap();
-    let out = import_cmd().current_dir(tmp.path()).args(["empty", "-o", "out"]).output().unwrap();
+    let out = import_cmd()
+        .current_dir(tmp.path())
+        .args(["empty", "-o", "out"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!("import_no_plans", stderr_of(&out));
 
@@ -127,8 +192,16 @@ fn import_errors_exit_1_naming_the_file() {
     std::fs::copy(fixture("model_folder/plans.json"), bad.join("plans.json")).unwrap();
     std::fs::create_dir(bad.join("fold_0")).unwrap();
     let bytes = std::fs::read(fixture("model_folder/fold_0/checkpoint_final.pth")).unwrap();
-    std::fs::write(bad.join("fold_0/checkpoint_final.pth"), &bytes[..bytes.len() - 1000]).unwrap();
-    let out = import_cmd().current_dir(tmp.path()).args(["bad", "-o", "out"]).output().unwrap();
+    std::fs::write(
+        bad.join("fold_0/checkpoint_final.pth"),
+        &bytes[..bytes.len() - 1000],
+    )
+    .unwrap();
+    let out = import_cmd()
+        .current_dir(tmp.path())
+        .args(["bad", "-o", "out"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!("import_truncated", stderr_of(&out));
     assert!(!tmp.path().join("out").join("model.json").exists());
@@ -136,12 +209,20 @@ fn import_errors_exit_1_naming_the_file() {
     // A checkpoint that does not match the plans (the real v1.0 widths).
     std::fs::write(bad.join("fold_0/checkpoint_final.pth"), &bytes).unwrap();
     write_v1_folder(&bad);
-    let out = import_cmd().current_dir(tmp.path()).args(["bad", "-o", "out"]).output().unwrap();
+    let out = import_cmd()
+        .current_dir(tmp.path())
+        .args(["bad", "-o", "out"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!("import_shape_mismatch", stderr_of(&out));
 
     // info on something that is not a model folder.
-    let out = model_cmd().current_dir(tmp.path()).args(["info", "empty"]).output().unwrap();
+    let out = model_cmd()
+        .current_dir(tmp.path())
+        .args(["info", "empty"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!("info_not_a_model_folder", stderr_of(&out));
 }

@@ -41,17 +41,33 @@ pub fn panels_from_trajectory(rows: &[TrajectoryRow]) -> Vec<Panel> {
     }
     by.into_iter()
         .map(|(task, methods)| {
-            let n = methods.values().flat_map(|(p, _)| p.iter().map(|(x, _)| *x)).fold(0.0, f64::max);
-            let order = method_order(methods.keys().map(|m| m.to_string()).collect::<Vec<_>>().iter());
+            let n = methods
+                .values()
+                .flat_map(|(p, _)| p.iter().map(|(x, _)| *x))
+                .fold(0.0, f64::max);
+            let order = method_order(
+                methods
+                    .keys()
+                    .map(|m| m.to_string())
+                    .collect::<Vec<_>>()
+                    .iter(),
+            );
             let curves = order
                 .iter()
                 .map(|m| {
                     let (mut points, nos) = methods[m.as_str()].clone();
                     points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    Curve { method: m.clone(), points, nos_x: nos.filter(|v| v.is_finite()).map(|f| f * n) }
+                    Curve {
+                        method: m.clone(),
+                        points,
+                        nos_x: nos.filter(|v| v.is_finite()).map(|f| f * n),
+                    }
                 })
                 .collect();
-            Panel { task: task.to_string(), curves }
+            Panel {
+                task: task.to_string(),
+                curves,
+            }
         })
         .collect()
 }
@@ -63,7 +79,13 @@ pub fn panels_from_cases(rows: &[CaseRow]) -> Vec<Panel> {
     type ByEpisode = BTreeMap<u32, (f64, f64, f64)>;
     let mut by: BTreeMap<&str, BTreeMap<&str, ByEpisode>> = BTreeMap::new();
     for r in rows {
-        let e = by.entry(&r.task).or_default().entry(&r.method).or_default().entry(r.episode).or_default();
+        let e = by
+            .entry(&r.task)
+            .or_default()
+            .entry(&r.method)
+            .or_default()
+            .entry(r.episode)
+            .or_default();
         e.0 += f64::from(r.n_seen);
         e.1 += r.values[1];
         e.2 += 1.0;
@@ -74,19 +96,34 @@ pub fn panels_from_cases(rows: &[CaseRow]) -> Vec<Panel> {
                 .values()
                 .flat_map(|e| e.values().map(|(s, _, n)| s / n))
                 .fold(0.0, f64::max);
-            let order = method_order(methods.keys().map(|m| m.to_string()).collect::<Vec<_>>().iter());
+            let order = method_order(
+                methods
+                    .keys()
+                    .map(|m| m.to_string())
+                    .collect::<Vec<_>>()
+                    .iter(),
+            );
             let curves = order
                 .iter()
                 .map(|m| {
-                    let mut points: Vec<(f64, f64)> =
-                        methods[m.as_str()].values().map(|(s, d, n)| (s / n, d / n)).collect();
+                    let mut points: Vec<(f64, f64)> = methods[m.as_str()]
+                        .values()
+                        .map(|(s, d, n)| (s / n, d / n))
+                        .collect();
                     if points.len() == 1 && xmax > points[0].0 {
                         points.push((xmax, points[0].1));
                     }
-                    Curve { method: m.clone(), points, nos_x: None }
+                    Curve {
+                        method: m.clone(),
+                        points,
+                        nos_x: None,
+                    }
                 })
                 .collect();
-            Panel { task: task.to_string(), curves }
+            Panel {
+                task: task.to_string(),
+                curves,
+            }
         })
         .collect()
 }
@@ -108,23 +145,35 @@ const PANEL_H: u32 = 420;
 /// Writes the figure as PNG or SVG (by `format`) to `path`. Text needs a system font (plotters'
 /// `ttf` feature, through fontconfig); when none can be loaded, the figure is drawn again
 /// without any text rather than not at all, and `Ok(false)` says so.
-pub fn write_figure(path: &Path, svg: bool, panels: &[Panel], threshold: Option<f64>) -> anyhow::Result<bool> {
+pub fn write_figure(
+    path: &Path,
+    svg: bool,
+    panels: &[Panel],
+    threshold: Option<f64>,
+) -> anyhow::Result<bool> {
     let size = (PANEL_W * panels.len().max(1) as u32, PANEL_H);
     let attempt = |text: bool| -> anyhow::Result<()> {
         if svg {
             let root = SVGBackend::new(path, size).into_drawing_area();
             draw(&root, panels, threshold, text)?;
-            root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+            root.present()
+                .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
         } else {
             let root = BitMapBackend::new(path, size).into_drawing_area();
             draw(&root, panels, threshold, text)?;
-            root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+            root.present()
+                .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
         }
     };
     match attempt(true) {
         Ok(()) => Ok(true),
         Err(first) => {
-            attempt(false).map_err(|e| anyhow!("cannot draw {}: {e} (first try with text: {first})", path.display()))?;
+            attempt(false).map_err(|e| {
+                anyhow!(
+                    "cannot draw {}: {e} (first try with text: {first})",
+                    path.display()
+                )
+            })?;
             Ok(false)
         }
     }
@@ -151,30 +200,51 @@ fn draw<DB: DrawingBackend>(
         let mut builder = ChartBuilder::on(area);
         builder.margin(12);
         if text {
-            builder.caption(&panel.task, ("sans-serif", 20)).x_label_area_size(40).y_label_area_size(50);
+            builder
+                .caption(&panel.task, ("sans-serif", 20))
+                .x_label_area_size(40)
+                .y_label_area_size(50);
         }
-        let mut chart = builder.build_cartesian_2d(0.0..xmax, 0.0..1.0).map_err(err)?;
+        let mut chart = builder
+            .build_cartesian_2d(0.0..xmax, 0.0..1.0)
+            .map_err(err)?;
         let mut mesh = chart.configure_mesh();
         if text {
-            mesh.x_desc("samples received").y_desc("mean Dice at the last step");
+            mesh.x_desc("samples received")
+                .y_desc("mean Dice at the last step");
         } else {
             mesh.x_labels(0).y_labels(0);
         }
         mesh.draw().map_err(err)?;
         if let Some(t) = threshold {
-            chart.draw_series(std::iter::once(PathElement::new(vec![(0.0, t), (xmax, t)], RED.stroke_width(2)))).map_err(err)?;
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(0.0, t), (xmax, t)],
+                    RED.stroke_width(2),
+                )))
+                .map_err(err)?;
         }
         for (i, curve) in panel.curves.iter().enumerate() {
             let color = COLORS[i % COLORS.len()].to_rgba();
             let series = chart
-                .draw_series(LineSeries::new(curve.points.iter().copied(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    curve.points.iter().copied(),
+                    color.stroke_width(2),
+                ))
                 .map_err(err)?;
             if text {
                 let name = display_name(&curve.method);
-                series.label(name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                series.label(name).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
             }
             if let Some(x) = curve.nos_x {
-                chart.draw_series(std::iter::once(PathElement::new(vec![(x, 0.0), (x, 1.0)], color.stroke_width(1)))).map_err(err)?;
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(x, 0.0), (x, 1.0)],
+                        color.stroke_width(1),
+                    )))
+                    .map_err(err)?;
             }
         }
         if text {

@@ -7,12 +7,30 @@ use anyhow::{Context, bail};
 use polars::prelude::{DataFrame, DataType, ParquetReader, SerReader, Series};
 
 /// The per-case metric columns of `cases.parquet` that are averaged and ranked (higher is better).
-pub const CASE_METRICS: [&str; 6] =
-    ["dice_init", "dice_final", "dice_nauc", "nsd_init", "nsd_final", "nsd_nauc"];
+pub const CASE_METRICS: [&str; 6] = [
+    "dice_init",
+    "dice_final",
+    "dice_nauc",
+    "nsd_init",
+    "nsd_final",
+    "nsd_nauc",
+];
 
 const CASE_COLUMNS: [&str; 14] = [
-    "task", "method", "run", "episode", "n_seen", "case_id", "dice_init", "dice_final", "dice_nauc",
-    "nsd_init", "nsd_final", "nsd_nauc", "noi", "failed",
+    "task",
+    "method",
+    "run",
+    "episode",
+    "n_seen",
+    "case_id",
+    "dice_init",
+    "dice_final",
+    "dice_nauc",
+    "nsd_init",
+    "nsd_final",
+    "nsd_nauc",
+    "noi",
+    "failed",
 ];
 
 const TRAJECTORY_COLUMNS: [&str; 6] = ["task", "method", "metric", "position", "value", "nos"];
@@ -52,8 +70,12 @@ pub struct TrajectoryRow {
     pub nos: Option<f64>,
 }
 
-fn read_frame(path: &Path, required: &[&str]) -> anyhow::Result<(DataFrame, Option<serde_json::Value>)> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+fn read_frame(
+    path: &Path,
+    required: &[&str],
+) -> anyhow::Result<(DataFrame, Option<serde_json::Value>)> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut reader = ParquetReader::new(file);
     let settings = reader
         .get_metadata()
@@ -62,14 +84,28 @@ fn read_frame(path: &Path, required: &[&str]) -> anyhow::Result<(DataFrame, Opti
         .and_then(|kv| kv.into_iter().find(|k| k.key == "clopa.settings"))
         .and_then(|k| k.value)
         .and_then(|v| serde_json::from_str(&v).ok());
-    let df = reader.finish().with_context(|| format!("cannot read {} as Parquet", path.display()))?;
-    let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
-    let missing: Vec<&str> = required.iter().copied().filter(|c| !names.iter().any(|n| n == c)).collect();
+    let df = reader
+        .finish()
+        .with_context(|| format!("cannot read {} as Parquet", path.display()))?;
+    let names: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let missing: Vec<&str> = required
+        .iter()
+        .copied()
+        .filter(|c| !names.iter().any(|n| n == c))
+        .collect();
     if !missing.is_empty() {
         bail!(
             "{} lacks the column(s) {} (it has: {})",
             path.display(),
-            missing.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", "),
+            missing
+                .iter()
+                .map(|m| format!("\"{m}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
             names.join(", ")
         );
     }
@@ -81,42 +117,61 @@ fn series(df: &DataFrame, path: &Path, name: &str, dtype: &DataType) -> anyhow::
         .with_context(|| format!("{}: no column \"{name}\"", path.display()))?
         .as_materialized_series()
         .cast(dtype)
-        .with_context(|| format!("{}: column \"{name}\" cannot be read as {dtype}", path.display()))
+        .with_context(|| {
+            format!(
+                "{}: column \"{name}\" cannot be read as {dtype}",
+                path.display()
+            )
+        })
 }
 
 fn strings(df: &DataFrame, path: &Path, name: &str) -> anyhow::Result<Vec<String>> {
     let s = series(df, path, name, &DataType::String)?;
-    let ca = s.str().with_context(|| format!("{}: column \"{name}\"", path.display()))?;
+    let ca = s
+        .str()
+        .with_context(|| format!("{}: column \"{name}\"", path.display()))?;
     ca.iter()
         .enumerate()
         .map(|(i, v)| {
-            v.map(str::to_string)
-                .with_context(|| format!("{}: column \"{name}\" is null in row {i}", path.display()))
+            v.map(str::to_string).with_context(|| {
+                format!("{}: column \"{name}\" is null in row {i}", path.display())
+            })
         })
         .collect()
 }
 
 fn opt_u32(df: &DataFrame, path: &Path, name: &str) -> anyhow::Result<Vec<Option<u32>>> {
     let s = series(df, path, name, &DataType::UInt32)?;
-    Ok(s.u32().with_context(|| format!("{}: column \"{name}\"", path.display()))?.iter().collect())
+    Ok(s.u32()
+        .with_context(|| format!("{}: column \"{name}\"", path.display()))?
+        .iter()
+        .collect())
 }
 
 fn req_u32(df: &DataFrame, path: &Path, name: &str) -> anyhow::Result<Vec<u32>> {
     opt_u32(df, path, name)?
         .iter()
         .enumerate()
-        .map(|(i, v)| v.with_context(|| format!("{}: column \"{name}\" is null in row {i}", path.display())))
+        .map(|(i, v)| {
+            v.with_context(|| format!("{}: column \"{name}\" is null in row {i}", path.display()))
+        })
         .collect()
 }
 
 fn opt_f64(df: &DataFrame, path: &Path, name: &str) -> anyhow::Result<Vec<Option<f64>>> {
     let s = series(df, path, name, &DataType::Float64)?;
-    Ok(s.f64().with_context(|| format!("{}: column \"{name}\"", path.display()))?.iter().collect())
+    Ok(s.f64()
+        .with_context(|| format!("{}: column \"{name}\"", path.display()))?
+        .iter()
+        .collect())
 }
 
 fn req_f64(df: &DataFrame, path: &Path, name: &str) -> anyhow::Result<Vec<f64>> {
     // A null metric is treated as NaN: the tests then report NaN and nobody wins on it.
-    Ok(opt_f64(df, path, name)?.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+    Ok(opt_f64(df, path, name)?
+        .into_iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect())
 }
 
 /// Reads `cases.parquet`; every column of the DESIGN.md schema must be present.
@@ -128,8 +183,10 @@ pub fn read_cases(path: &Path) -> anyhow::Result<(Vec<CaseRow>, EvalSettings)> {
     let run = opt_u32(&df, path, "run")?;
     let episode = req_u32(&df, path, "episode")?;
     let n_seen = req_u32(&df, path, "n_seen")?;
-    let metrics: Vec<Vec<f64>> =
-        CASE_METRICS.iter().map(|m| req_f64(&df, path, m)).collect::<anyhow::Result<_>>()?;
+    let metrics: Vec<Vec<f64>> = CASE_METRICS
+        .iter()
+        .map(|m| req_f64(&df, path, m))
+        .collect::<anyhow::Result<_>>()?;
     let noi = req_f64(&df, path, "noi")?;
     let failed_s = series(&df, path, "failed", &DataType::Boolean)?;
     let failed: Vec<bool> = failed_s
@@ -137,7 +194,9 @@ pub fn read_cases(path: &Path) -> anyhow::Result<(Vec<CaseRow>, EvalSettings)> {
         .with_context(|| format!("{}: column \"failed\"", path.display()))?
         .iter()
         .enumerate()
-        .map(|(i, v)| v.with_context(|| format!("{}: column \"failed\" is null in row {i}", path.display())))
+        .map(|(i, v)| {
+            v.with_context(|| format!("{}: column \"failed\" is null in row {i}", path.display()))
+        })
         .collect::<anyhow::Result<_>>()?;
     let rows = (0..df.height())
         .map(|i| CaseRow {
@@ -154,7 +213,10 @@ pub fn read_cases(path: &Path) -> anyhow::Result<(Vec<CaseRow>, EvalSettings)> {
         .collect();
     let settings = EvalSettings {
         threshold: settings.as_ref().and_then(|s| s["threshold"].as_f64()),
-        n_steps: settings.as_ref().and_then(|s| s["n_steps"].as_u64()).map(|n| n as usize),
+        n_steps: settings
+            .as_ref()
+            .and_then(|s| s["n_steps"].as_u64())
+            .map(|n| n as usize),
     };
     Ok((rows, settings))
 }
@@ -204,8 +266,13 @@ pub fn final_cases(rows: &[CaseRow]) -> FinalCases {
     }
     // Sums over runs: 6 metrics, NoI, failures, count.
     let mut sums: BTreeMap<(&str, &str, &str), ([f64; 8], f64)> = BTreeMap::new();
-    for r in rows.iter().filter(|r| last.get(&(r.task.as_str(), r.method.as_str(), r.run)) == Some(&r.episode)) {
-        let e = sums.entry((&r.task, &r.method, &r.case_id)).or_insert(([0.0; 8], 0.0));
+    for r in rows
+        .iter()
+        .filter(|r| last.get(&(r.task.as_str(), r.method.as_str(), r.run)) == Some(&r.episode))
+    {
+        let e = sums
+            .entry((&r.task, &r.method, &r.case_id))
+            .or_insert(([0.0; 8], 0.0));
         for (m, v) in r.values.iter().enumerate() {
             e.0[m] += v;
         }
@@ -215,14 +282,18 @@ pub fn final_cases(rows: &[CaseRow]) -> FinalCases {
     }
     let mut out = FinalCases::new();
     for ((task, method, case), (s, n)) in sums {
-        out.entry(task.to_string()).or_default().entry(method.to_string()).or_default().insert(
-            case.to_string(),
-            FinalCase {
-                values: std::array::from_fn(|m| s[m] / n),
-                noi: s[6] / n,
-                failed: s[7] / n > 0.5,
-            },
-        );
+        out.entry(task.to_string())
+            .or_default()
+            .entry(method.to_string())
+            .or_default()
+            .insert(
+                case.to_string(),
+                FinalCase {
+                    values: std::array::from_fn(|m| s[m] / n),
+                    noi: s[6] / n,
+                    failed: s[7] / n > 0.5,
+                },
+            );
     }
     out
 }
@@ -231,7 +302,14 @@ pub fn final_cases(rows: &[CaseRow]) -> FinalCases {
 mod tests {
     use super::*;
 
-    fn row(method: &str, run: Option<u32>, episode: u32, case: &str, dice: f64, failed: bool) -> CaseRow {
+    fn row(
+        method: &str,
+        run: Option<u32>,
+        episode: u32,
+        case: &str,
+        dice: f64,
+        failed: bool,
+    ) -> CaseRow {
         CaseRow {
             task: "t".into(),
             method: method.into(),
@@ -265,7 +343,10 @@ mod tests {
 
     #[test]
     fn a_tie_of_failures_is_not_a_failure() {
-        let rows = vec![row("in", Some(0), 1, "c1", 0.1, true), row("in", Some(1), 1, "c1", 0.1, false)];
+        let rows = vec![
+            row("in", Some(0), 1, "c1", 0.1, true),
+            row("in", Some(1), 1, "c1", 0.1, false),
+        ];
         assert!(!final_cases(&rows)["t"]["in"]["c1"].failed);
     }
 }

@@ -88,7 +88,11 @@ struct Args {
 
 fn parse_alpha(s: &str) -> Result<f64, String> {
     let a: f64 = s.parse().map_err(|_| format!("\"{s}\" is not a number"))?;
-    if a > 0.0 && a < 1.0 { Ok(a) } else { Err(format!("alpha must lie in (0, 1), got {a}")) }
+    if a > 0.0 && a < 1.0 {
+        Ok(a)
+    } else {
+        Err(format!("alpha must lie in (0, 1), got {a}"))
+    }
 }
 
 fn main() -> ExitCode {
@@ -102,11 +106,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Mode::Challenger => RankMode::ChallengeR,
     };
     let (cases, settings) = input::read_cases(&args.cases)?;
-    let trajectory = args.trajectory.as_deref().map(input::read_trajectory).transpose()?;
+    let trajectory = args
+        .trajectory
+        .as_deref()
+        .map(input::read_trajectory)
+        .transpose()?;
     let final_cases = input::final_cases(&cases);
     let (final_results, dropped) = report::rank_final(&final_cases, mode, args.alpha)?;
     for (task, n) in dropped.iter().filter(|(_, n)| **n > 0) {
-        tracing::warn!("task {task}: {n} case(s) are missing for some method and were left out of the tests");
+        tracing::warn!(
+            "task {task}: {n} case(s) are missing for some method and were left out of the tests"
+        );
     }
     for (task, methods) in &final_cases {
         if methods.len() < 2 {
@@ -118,11 +128,22 @@ fn run(args: &Args) -> anyhow::Result<()> {
         None => Vec::new(),
     };
 
-    let iter_label = settings.n_steps.map_or("Iter. N".to_string(), |n| format!("Iter. {}", n.saturating_sub(1)));
+    let iter_label = settings.n_steps.map_or("Iter. N".to_string(), |n| {
+        format!("Iter. {}", n.saturating_sub(1))
+    });
     let table2 = report::markdown(
         "Table 2. Final-episode performance. Means over cases (after averaging training runs); nNoI = 100·mean(NoI)/101, NoF = % of failed cases. Bold: rank 1 per metric and task.",
         &final_results,
-        &["dice_init", "dice_final", "dice_nauc", "nsd_init", "nsd_final", "nsd_nauc", "noi", "failed"],
+        &[
+            "dice_init",
+            "dice_final",
+            "dice_nauc",
+            "nsd_init",
+            "nsd_final",
+            "nsd_nauc",
+            "noi",
+            "failed",
+        ],
         &iter_label,
     );
     let table3 = report::markdown(
@@ -152,7 +173,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     };
 
     let out = &args.output;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create the folder {}", out.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create the folder {}", out.display()))?;
     write_parquet(&out.join("pairs.parquet"), &mut pairs, &settings_json)?;
     write_parquet(&out.join("ranking.parquet"), &mut ranking, &settings_json)?;
     write_text(&out.join("table2.md"), &table2)?;
@@ -165,7 +187,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
             Ok(())
         })?;
         if !with_text {
-            tracing::warn!("{}: no font could be loaded, drawn without text", path.display());
+            tracing::warn!(
+                "{}: no font could be loaded, drawn without text",
+                path.display()
+            );
         }
     }
     tracing::info!(
@@ -186,55 +211,136 @@ fn write_text(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn pairs_frame(results: &[&MetricRanking]) -> anyhow::Result<DataFrame> {
-    let rows: Vec<(&MetricRanking, &clopa_stats::PairResult)> =
-        results.iter().flat_map(|r| r.pairs.iter().map(move |p| (*r, p))).collect();
+    let rows: Vec<(&MetricRanking, &clopa_stats::PairResult)> = results
+        .iter()
+        .flat_map(|r| r.pairs.iter().map(move |p| (*r, p)))
+        .collect();
     let n = rows.len();
     Ok(DataFrame::new(
         n,
         vec![
-            Column::new("task".into(), rows.iter().map(|(r, _)| r.task.as_str()).collect::<Vec<_>>()),
-            Column::new("table".into(), rows.iter().map(|(r, _)| r.table.name()).collect::<Vec<_>>()),
-            Column::new("metric".into(), rows.iter().map(|(r, _)| r.metric.as_str()).collect::<Vec<_>>()),
-            Column::new("method".into(), rows.iter().map(|(_, p)| p.method.as_str()).collect::<Vec<_>>()),
-            Column::new("opponent".into(), rows.iter().map(|(_, p)| p.opponent.as_str()).collect::<Vec<_>>()),
-            Column::new("test".into(), rows.iter().map(|(_, p)| p.test.to_string()).collect::<Vec<_>>()),
-            Column::new("p_value".into(), rows.iter().map(|(_, p)| p.p_value).collect::<Vec<f64>>()),
-            Column::new("method_mean".into(), rows.iter().map(|(_, p)| p.method_mean).collect::<Vec<f64>>()),
-            Column::new("opponent_mean".into(), rows.iter().map(|(_, p)| p.opponent_mean).collect::<Vec<f64>>()),
-            Column::new("win".into(), rows.iter().map(|(_, p)| p.win).collect::<Vec<bool>>()),
+            Column::new(
+                "task".into(),
+                rows.iter()
+                    .map(|(r, _)| r.task.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "table".into(),
+                rows.iter().map(|(r, _)| r.table.name()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "metric".into(),
+                rows.iter()
+                    .map(|(r, _)| r.metric.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "method".into(),
+                rows.iter()
+                    .map(|(_, p)| p.method.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "opponent".into(),
+                rows.iter()
+                    .map(|(_, p)| p.opponent.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "test".into(),
+                rows.iter()
+                    .map(|(_, p)| p.test.to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "p_value".into(),
+                rows.iter().map(|(_, p)| p.p_value).collect::<Vec<f64>>(),
+            ),
+            Column::new(
+                "method_mean".into(),
+                rows.iter()
+                    .map(|(_, p)| p.method_mean)
+                    .collect::<Vec<f64>>(),
+            ),
+            Column::new(
+                "opponent_mean".into(),
+                rows.iter()
+                    .map(|(_, p)| p.opponent_mean)
+                    .collect::<Vec<f64>>(),
+            ),
+            Column::new(
+                "win".into(),
+                rows.iter().map(|(_, p)| p.win).collect::<Vec<bool>>(),
+            ),
         ],
     )?)
 }
 
 fn ranking_frame(results: &[&MetricRanking]) -> anyhow::Result<DataFrame> {
     type RankRow<'a> = (&'a MetricRanking, &'a (String, f64, u32, u32));
-    let rows: Vec<RankRow> =
-        results.iter().flat_map(|r| r.ranks.iter().map(move |m| (*r, m))).collect();
+    let rows: Vec<RankRow> = results
+        .iter()
+        .flat_map(|r| r.ranks.iter().map(move |m| (*r, m)))
+        .collect();
     let n = rows.len();
     Ok(DataFrame::new(
         n,
         vec![
-            Column::new("task".into(), rows.iter().map(|(r, _)| r.task.as_str()).collect::<Vec<_>>()),
-            Column::new("table".into(), rows.iter().map(|(r, _)| r.table.name()).collect::<Vec<_>>()),
-            Column::new("metric".into(), rows.iter().map(|(r, _)| r.metric.as_str()).collect::<Vec<_>>()),
-            Column::new("method".into(), rows.iter().map(|(_, m)| m.0.as_str()).collect::<Vec<_>>()),
-            Column::new("mean".into(), rows.iter().map(|(_, m)| m.1).collect::<Vec<f64>>()),
-            Column::new("wins".into(), rows.iter().map(|(_, m)| m.2).collect::<Vec<u32>>()),
-            Column::new("rank".into(), rows.iter().map(|(_, m)| m.3).collect::<Vec<u32>>()),
+            Column::new(
+                "task".into(),
+                rows.iter()
+                    .map(|(r, _)| r.task.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "table".into(),
+                rows.iter().map(|(r, _)| r.table.name()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "metric".into(),
+                rows.iter()
+                    .map(|(r, _)| r.metric.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "method".into(),
+                rows.iter().map(|(_, m)| m.0.as_str()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "mean".into(),
+                rows.iter().map(|(_, m)| m.1).collect::<Vec<f64>>(),
+            ),
+            Column::new(
+                "wins".into(),
+                rows.iter().map(|(_, m)| m.2).collect::<Vec<u32>>(),
+            ),
+            Column::new(
+                "rank".into(),
+                rows.iter().map(|(_, m)| m.3).collect::<Vec<u32>>(),
+            ),
         ],
     )?)
 }
 
 /// Writes `df` atomically with `clopa.tool`, `clopa.version` and `clopa.settings` in the Parquet
 /// key-value metadata.
-fn write_parquet(path: &Path, df: &mut DataFrame, settings: &serde_json::Value) -> anyhow::Result<()> {
+fn write_parquet(
+    path: &Path,
+    df: &mut DataFrame,
+    settings: &serde_json::Value,
+) -> anyhow::Result<()> {
     let meta = KeyValueMetadata::from_static(vec![
         ("clopa.tool".to_string(), "clopa-rank".to_string()),
-        ("clopa.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        (
+            "clopa.version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
         ("clopa.settings".to_string(), settings.to_string()),
     ]);
     clopa_cli::write_atomic_path(path, |tmp| {
-        let file = std::fs::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file = std::fs::File::create(tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
         ParquetWriter::new(file)
             .with_key_value_metadata(Some(meta))
             .finish(df)

@@ -9,7 +9,14 @@ use crate::input::{CASE_METRICS, FinalCases, TrajectoryRow};
 
 /// The trajectory metrics of `trajectory.parquet`, in table order.
 pub const TRAJECTORY_METRICS: [&str; 8] = [
-    "dice_init", "dice_final", "dice_nauc", "nsd_init", "nsd_final", "nsd_nauc", "nnoi_pct", "nof_pct",
+    "dice_init",
+    "dice_final",
+    "dice_nauc",
+    "nsd_init",
+    "nsd_final",
+    "nsd_nauc",
+    "nnoi_pct",
+    "nof_pct",
 ];
 
 /// Which table a result belongs to (`table` column).
@@ -45,7 +52,12 @@ pub struct MetricRanking {
 pub fn method_order<'a>(methods: impl IntoIterator<Item = &'a String>) -> Vec<String> {
     let known = ["base", "in", "cn"];
     let mut v: Vec<String> = methods.into_iter().cloned().collect();
-    v.sort_by_key(|m| (known.iter().position(|k| k == m).unwrap_or(known.len()), m.clone()));
+    v.sort_by_key(|m| {
+        (
+            known.iter().position(|k| k == m).unwrap_or(known.len()),
+            m.clone(),
+        )
+    });
     v.dedup();
     v
 }
@@ -61,7 +73,12 @@ pub fn display_name(method: &str) -> String {
 }
 
 fn options(direction: Direction, test: PairTest, mode: RankMode, alpha: f64) -> RankOptions {
-    RankOptions { direction, test, mode, alpha }
+    RankOptions {
+        direction,
+        test,
+        mode,
+        alpha,
+    }
 }
 
 /// Ranks the final-episode metrics of every task (Table 2). Cases are paired by `case_id`; only
@@ -76,8 +93,11 @@ pub fn rank_final(
     for (task, per_method) in cases {
         let methods = method_order(per_method.keys());
         let all: BTreeSet<&String> = per_method.values().flat_map(|c| c.keys()).collect();
-        let common: Vec<&String> =
-            all.iter().copied().filter(|c| per_method.values().all(|m| m.contains_key(*c))).collect();
+        let common: Vec<&String> = all
+            .iter()
+            .copied()
+            .filter(|c| per_method.values().all(|m| m.contains_key(*c)))
+            .collect();
         dropped.insert(task.clone(), all.len() - common.len());
         let metrics: Vec<(&str, Direction, PairTest)> = CASE_METRICS
             .iter()
@@ -111,12 +131,20 @@ pub fn rank_final(
                 "failed" => 100.0,
                 _ => 1.0,
             };
-            let display = r.ranks.iter().map(|m| (m.method.clone(), m.mean * scale)).collect();
+            let display = r
+                .ranks
+                .iter()
+                .map(|m| (m.method.clone(), m.mean * scale))
+                .collect();
             out.push(MetricRanking {
                 task: task.clone(),
                 table: Table::Final,
                 metric: metric.to_string(),
-                ranks: r.ranks.iter().map(|m| (m.method.clone(), m.mean, m.wins, m.rank)).collect(),
+                ranks: r
+                    .ranks
+                    .iter()
+                    .map(|m| (m.method.clone(), m.mean, m.wins, m.rank))
+                    .collect(),
                 pairs: r.pairs,
                 display,
             });
@@ -130,7 +158,11 @@ pub fn rank_final(
 /// trajectory AUC (the row with a null position). NoF is tested with the Wilcoxon test on the
 /// per-position NoF % values, since McNemar needs per-case failures that a trajectory does not
 /// have.
-pub fn rank_trajectory(rows: &[TrajectoryRow], mode: RankMode, alpha: f64) -> anyhow::Result<Vec<MetricRanking>> {
+pub fn rank_trajectory(
+    rows: &[TrajectoryRow],
+    mode: RankMode,
+    alpha: f64,
+) -> anyhow::Result<Vec<MetricRanking>> {
     // task → metric → method → (position → value, auc)
     type PerMethod = BTreeMap<String, (BTreeMap<u32, f64>, Option<f64>)>;
     let mut by: BTreeMap<String, BTreeMap<String, PerMethod>> = BTreeMap::new();
@@ -152,14 +184,24 @@ pub fn rank_trajectory(rows: &[TrajectoryRow], mode: RankMode, alpha: f64) -> an
     let mut out = Vec::new();
     for (task, metrics) in &by {
         let mut names: Vec<&String> = metrics.keys().collect();
-        names.sort_by_key(|m| (TRAJECTORY_METRICS.iter().position(|k| k == m).unwrap_or(99), (*m).clone()));
+        names.sort_by_key(|m| {
+            (
+                TRAJECTORY_METRICS.iter().position(|k| k == m).unwrap_or(99),
+                (*m).clone(),
+            )
+        });
         for metric in names {
             let per_method = &metrics[metric];
             let methods = method_order(per_method.keys());
             let positions: Vec<u32> = per_method
                 .values()
                 .next()
-                .map(|(p, _)| p.keys().copied().filter(|k| per_method.values().all(|(q, _)| q.contains_key(k))).collect())
+                .map(|(p, _)| {
+                    p.keys()
+                        .copied()
+                        .filter(|k| per_method.values().all(|(q, _)| q.contains_key(k)))
+                        .collect()
+                })
                 .unwrap_or_default();
             let direction = if metric == "nnoi_pct" || metric == "nof_pct" {
                 Direction::LowerIsBetter
@@ -168,15 +210,30 @@ pub fn rank_trajectory(rows: &[TrajectoryRow], mode: RankMode, alpha: f64) -> an
             };
             let samples: Vec<(String, Vec<f64>)> = methods
                 .iter()
-                .map(|m| (m.clone(), positions.iter().map(|p| per_method[m].0[p]).collect()))
+                .map(|m| {
+                    (
+                        m.clone(),
+                        positions.iter().map(|p| per_method[m].0[p]).collect(),
+                    )
+                })
                 .collect();
-            let r = rank_methods(&samples, &options(direction, PairTest::Wilcoxon, mode, alpha))?;
-            let display = methods.iter().map(|m| (m.clone(), per_method[m].1.unwrap_or(f64::NAN))).collect();
+            let r = rank_methods(
+                &samples,
+                &options(direction, PairTest::Wilcoxon, mode, alpha),
+            )?;
+            let display = methods
+                .iter()
+                .map(|m| (m.clone(), per_method[m].1.unwrap_or(f64::NAN)))
+                .collect();
             out.push(MetricRanking {
                 task: task.clone(),
                 table: Table::Trajectory,
                 metric: metric.clone(),
-                ranks: r.ranks.iter().map(|m| (m.method.clone(), m.mean, m.wins, m.rank)).collect(),
+                ranks: r
+                    .ranks
+                    .iter()
+                    .map(|m| (m.method.clone(), m.mean, m.wins, m.rank))
+                    .collect(),
                 pairs: r.pairs,
                 display,
             });
@@ -200,12 +257,21 @@ fn format_value(metric: &str, v: f64) -> String {
     }
     let digits = 3 - 1 - v.abs().log10().floor() as i32;
     let s = format!("{:.*}", digits.max(0) as usize, v);
-    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 /// Table 2 or 3 as Markdown: per task, one row per method, bold = rank 1 (when there is more
 /// than one method to rank).
-pub fn markdown(title: &str, results: &[MetricRanking], metric_order: &[&str], iter_label: &str) -> String {
+pub fn markdown(
+    title: &str,
+    results: &[MetricRanking],
+    metric_order: &[&str],
+    iter_label: &str,
+) -> String {
     let mut s = String::new();
     s.push_str(&format!("{title}\n\n"));
     s.push_str(&format!(
@@ -230,7 +296,10 @@ pub fn markdown(title: &str, results: &[MetricRanking], metric_order: &[&str], i
                     Some(r) => {
                         let v = r.display.get(method).copied().unwrap_or(f64::NAN);
                         let text = format_value(metric, v);
-                        let rank1 = r.ranks.len() > 1 && r.ranks.iter().any(|(m, _, _, rank)| m == method && *rank == 1);
+                        let rank1 = r.ranks.len() > 1
+                            && r.ranks
+                                .iter()
+                                .any(|(m, _, _, rank)| m == method && *rank == 1);
                         if rank1 { format!("**{text}**") } else { text }
                     }
                     None => "–".to_string(),
@@ -260,7 +329,12 @@ mod tests {
 
     #[test]
     fn methods_are_ordered_and_named_as_in_the_paper() {
-        let m = ["zeta".to_string(), "cn".to_string(), "base".to_string(), "in".to_string()];
+        let m = [
+            "zeta".to_string(),
+            "cn".to_string(),
+            "base".to_string(),
+            "in".to_string(),
+        ];
         assert_eq!(method_order(m.iter()), vec!["base", "in", "cn", "zeta"]);
         assert_eq!(display_name("base"), "nnInteractive");
         assert_eq!(display_name("cn"), "CLoPA-C.N");

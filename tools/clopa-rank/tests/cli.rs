@@ -57,8 +57,23 @@ fn write_cases(path: &Path, adapted: &[&str], drop_column: Option<&str>) {
         Column::new("n_seen".into(), n_seen),
         Column::new("case_id".into(), case_id),
     ];
-    for (j, name) in ["dice_init", "dice_final", "dice_nauc", "nsd_init", "nsd_final", "nsd_nauc"].iter().enumerate() {
-        cols.push(Column::new((*name).into(), dice.iter().map(|d| d * (1.0 - 0.01 * j as f64)).collect::<Vec<f64>>()));
+    for (j, name) in [
+        "dice_init",
+        "dice_final",
+        "dice_nauc",
+        "nsd_init",
+        "nsd_final",
+        "nsd_nauc",
+    ]
+    .iter()
+    .enumerate()
+    {
+        cols.push(Column::new(
+            (*name).into(),
+            dice.iter()
+                .map(|d| d * (1.0 - 0.01 * j as f64))
+                .collect::<Vec<f64>>(),
+        ));
     }
     cols.push(Column::new("noi".into(), noi));
     cols.push(Column::new("failed".into(), failed));
@@ -66,14 +81,31 @@ fn write_cases(path: &Path, adapted: &[&str], drop_column: Option<&str>) {
         cols.retain(|col| col.name().as_str() != c);
     }
     let mut df = DataFrame::new(n, cols).expect("frame");
-    ParquetWriter::new(std::fs::File::create(path).expect("create")).finish(&mut df).expect("write");
+    ParquetWriter::new(std::fs::File::create(path).expect("create"))
+        .finish(&mut df)
+        .expect("write");
 }
 
 /// trajectory.parquet: 10 positions per method and metric, `in` on top, plus the AUC rows.
 fn write_trajectory(path: &Path, methods: &[&str]) {
-    let metrics = ["dice_init", "dice_final", "dice_nauc", "nsd_init", "nsd_final", "nsd_nauc", "nnoi_pct", "nof_pct"];
-    let (mut task, mut method, mut metric, mut position, mut value, mut nos) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let metrics = [
+        "dice_init",
+        "dice_final",
+        "dice_nauc",
+        "nsd_init",
+        "nsd_final",
+        "nsd_nauc",
+        "nnoi_pct",
+        "nof_pct",
+    ];
+    let (mut task, mut method, mut metric, mut position, mut value, mut nos) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for m in methods {
         for (j, name) in metrics.iter().enumerate() {
             let pct = name.ends_with("_pct");
@@ -114,11 +146,15 @@ fn write_trajectory(path: &Path, methods: &[&str]) {
         ],
     )
     .expect("frame");
-    ParquetWriter::new(std::fs::File::create(path).expect("create")).finish(&mut df).expect("write");
+    ParquetWriter::new(std::fs::File::create(path).expect("create"))
+        .finish(&mut df)
+        .expect("write");
 }
 
 fn read(path: &Path) -> DataFrame {
-    ParquetReader::new(std::fs::File::open(path).expect("open")).finish().expect("read")
+    ParquetReader::new(std::fs::File::open(path).expect("open"))
+        .finish()
+        .expect("read")
 }
 
 fn rank() -> Command {
@@ -142,22 +178,43 @@ fn writes_every_output_and_bolds_the_clear_winner() {
         .args(["--threshold", "0.8", "-q"])
         .assert()
         .success();
-    for f in ["pairs.parquet", "ranking.parquet", "table2.md", "table3.md", "fig2.png", "fig2.svg"] {
+    for f in [
+        "pairs.parquet",
+        "ranking.parquet",
+        "table2.md",
+        "table3.md",
+        "fig2.png",
+        "fig2.svg",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
 
     let table2 = std::fs::read_to_string(out.join("table2.md")).expect("table2");
-    let row = |name: &str| table2.lines().find(|l| l.contains(&format!("| {name} |"))).expect(name).to_string();
+    let row = |name: &str| {
+        table2
+            .lines()
+            .find(|l| l.contains(&format!("| {name} |")))
+            .expect(name)
+            .to_string()
+    };
     let in_row = row("CLoPA-I.N");
     let base_row = row("nnInteractive");
     // `in` (final episode ≈ 0.87 mean Dice) beats base (≈ 0.52) and cn (≈ 0.57) on every score.
     assert_eq!(in_row.matches("**").count(), 2 * 8, "{in_row}");
     assert!(!base_row.contains("**"), "{base_row}");
-    assert!(in_row.contains("**0.8"), "final episode values are shown: {in_row}");
+    assert!(
+        in_row.contains("**0.8"),
+        "final episode values are shown: {in_row}"
+    );
     assert!(table2.contains("| liver |"));
 
     let table3 = std::fs::read_to_string(out.join("table3.md")).expect("table3");
-    assert!(table3.lines().any(|l| l.contains("CLoPA-I.N") && l.contains("**")), "{table3}");
+    assert!(
+        table3
+            .lines()
+            .any(|l| l.contains("CLoPA-I.N") && l.contains("**")),
+        "{table3}"
+    );
 
     let pairs = read(&out.join("pairs.parquet"));
     // 3 methods → 6 ordered pairs, 8 metrics in Table 2 and 8 in Table 3.
@@ -186,8 +243,16 @@ fn writes_every_output_and_bolds_the_clear_winner() {
                     && table.get(j) == table.get(i)
             })
             .expect("both directions");
-        assert_eq!(p.get(i).map(f64::to_bits), p.get(back).map(f64::to_bits), "row {i}");
-        let want_test = if metric.get(i) == Some("failed") { "mcnemar" } else { "wilcoxon" };
+        assert_eq!(
+            p.get(i).map(f64::to_bits),
+            p.get(back).map(f64::to_bits),
+            "row {i}"
+        );
+        let want_test = if metric.get(i) == Some("failed") {
+            "mcnemar"
+        } else {
+            "wilcoxon"
+        };
         assert_eq!(test.get(i), Some(want_test));
     }
 
@@ -208,12 +273,22 @@ fn single_method_writes_tables_without_pairs() {
     let cases = dir.path().join("cases.parquet");
     write_cases(&cases, &[], None);
     let out = dir.path().join("report");
-    rank().arg(&cases).arg("-o").arg(&out).arg("-q").assert().success();
+    rank()
+        .arg(&cases)
+        .arg("-o")
+        .arg(&out)
+        .arg("-q")
+        .assert()
+        .success();
     assert_eq!(read(&out.join("pairs.parquet")).height(), 0);
     assert_eq!(read(&out.join("ranking.parquet")).height(), 8);
     let table2 = std::fs::read_to_string(out.join("table2.md")).expect("table2");
     assert!(table2.contains("nnInteractive") && !table2.contains("**"));
-    assert!(out.join("table3.md").is_file() && out.join("fig2.png").is_file() && out.join("fig2.svg").is_file());
+    assert!(
+        out.join("table3.md").is_file()
+            && out.join("fig2.png").is_file()
+            && out.join("fig2.svg").is_file()
+    );
 }
 
 #[test]
@@ -222,10 +297,24 @@ fn challenger_mode_ranks_the_winner_first() {
     let cases = dir.path().join("cases.parquet");
     write_cases(&cases, &["in", "cn"], None);
     let out = dir.path().join("report");
-    rank().arg(&cases).arg("-o").arg(&out).args(["--mode", "challenger", "-q"]).assert().success();
+    rank()
+        .arg(&cases)
+        .arg("-o")
+        .arg(&out)
+        .args(["--mode", "challenger", "-q"])
+        .assert()
+        .success();
     let ranking = read(&out.join("ranking.parquet"));
-    let m = ranking.column("method").expect("m").as_materialized_series().clone();
-    let r = ranking.column("rank").expect("r").as_materialized_series().clone();
+    let m = ranking
+        .column("method")
+        .expect("m")
+        .as_materialized_series()
+        .clone();
+    let r = ranking
+        .column("rank")
+        .expect("r")
+        .as_materialized_series()
+        .clone();
     let (m, r) = (m.str().expect("s"), r.u32().expect("u"));
     for i in 0..ranking.height() {
         if m.get(i) == Some("in") {
@@ -251,8 +340,15 @@ fn a_missing_column_is_named() {
 
 #[test]
 fn an_unknown_mode_is_a_usage_error() {
-    rank().args(["x.parquet", "-o", "out", "--mode", "borda"]).assert().code(2).stderr(contains("borda"));
-    rank().args(["x.parquet", "-o", "out", "--alpha", "1.5"]).assert().code(2);
+    rank()
+        .args(["x.parquet", "-o", "out", "--mode", "borda"])
+        .assert()
+        .code(2)
+        .stderr(contains("borda"));
+    rank()
+        .args(["x.parquet", "-o", "out", "--alpha", "1.5"])
+        .assert()
+        .code(2);
 }
 
 #[test]

@@ -14,7 +14,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use clopa_interact::{InferenceSession, Predictor, PredictorError, PromptConfig, SessionConfig, case_rng, edit_clicks_raw, initial_clicks_raw};
+use clopa_interact::{
+    InferenceSession, Predictor, PredictorError, PromptConfig, SessionConfig, case_rng,
+    edit_clicks_raw, initial_clicks_raw,
+};
 use clopa_nn::{Architecture, UNetSpec};
 use clopa_simulate::NetPredictor;
 
@@ -45,7 +48,13 @@ fn weights(spec: &UNetSpec) -> BTreeMap<String, Tensor> {
             } else if s.len() == 1 {
                 Tensor::zeros(s.as_slice(), candle_core::DType::F32, &Device::Cpu).unwrap()
             } else {
-                Tensor::randn(0f32, (2.0 / fan_in as f32).sqrt(), s.as_slice(), &Device::Cpu).unwrap()
+                Tensor::randn(
+                    0f32,
+                    (2.0 / fan_in as f32).sqrt(),
+                    s.as_slice(),
+                    &Device::Cpu,
+                )
+                .unwrap()
             };
             (n, t)
         })
@@ -67,15 +76,32 @@ fn main() {
     let autozoom = args.get(2).map(String::as_str) != Some("noautozoom");
     let edits: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(5);
     let (arch, patch, shape, radius) = match which {
-        "v1" => (Architecture::nninteractive_v1(), 192, [224, 224, 160], 40.0f32),
-        _ => (Architecture::resenc(&[8, 16, 32], &[1, 1, 1]), 48, [64, 64, 64], 12.0),
+        "v1" => (
+            Architecture::nninteractive_v1(),
+            192,
+            [224, 224, 160],
+            40.0f32,
+        ),
+        _ => (
+            Architecture::resenc(&[8, 16, 32], &[1, 1, 1]),
+            48,
+            [64, 64, 64],
+            12.0,
+        ),
     };
     let spec = UNetSpec::from_architecture(&arch, 8, 2).unwrap();
     let tensors = weights(&spec);
     let store = clopa_nn::ParamStore::new(tensors);
     let net = clopa_nn::ResidualEncoderUNet::new(&spec, &store.var_builder(&Device::Cpu)).unwrap();
-    let predictor = Counting { inner: NetPredictor::new(net, Device::Cpu), passes: 0, seconds: 0.0 };
-    let prompts = PromptConfig { patch_size: [patch; 3], ..PromptConfig::nninteractive_v1() };
+    let predictor = Counting {
+        inner: NetPredictor::new(net, Device::Cpu),
+        passes: 0,
+        seconds: 0.0,
+    };
+    let prompts = PromptConfig {
+        patch_size: [patch; 3],
+        ..PromptConfig::nninteractive_v1()
+    };
     let mut config = SessionConfig::new(prompts);
     config.autozoom = autozoom;
     let mut session = InferenceSession::new(predictor, config).unwrap();
@@ -86,7 +112,9 @@ fn main() {
     for x in 0..shape[0] {
         for y in 0..shape[1] {
             for z in 0..shape[2] {
-                let d2 = (x as f32 - c[0]).powi(2) + (y as f32 - c[1]).powi(2) + (z as f32 - c[2]).powi(2);
+                let d2 = (x as f32 - c[0]).powi(2)
+                    + (y as f32 - c[1]).powi(2)
+                    + (z as f32 - c[2]).powi(2);
                 let inside = d2 <= radius * radius;
                 reference.push(inside as u8);
                 image.push(if inside { 100.0 } else { 10.0 } + ((x * 7 + y * 3 + z) % 11) as f32);
@@ -96,9 +124,15 @@ fn main() {
     session.set_image(&image, shape).unwrap();
     let mut rng = case_rng(0, "bench", 0);
     let mut clicks = initial_clicks_raw(shape, &reference, &mut rng).unwrap();
-    println!("{which}: patch {patch}^3, image {shape:?}, autozoom {autozoom}, {} parameters", spec.num_parameters());
+    println!(
+        "{which}: patch {patch}^3, image {shape:?}, autozoom {autozoom}, {} parameters",
+        spec.num_parameters()
+    );
     for step in 0..=edits {
-        let (p0, s0) = (session.predictor_mut().passes, session.predictor_mut().seconds);
+        let (p0, s0) = (
+            session.predictor_mut().passes,
+            session.predictor_mut().seconds,
+        );
         let t = Instant::now();
         for k in &clicks {
             session.add_point(k.coords_f64(), k.positive).unwrap();

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
 use clopa_config::{Manifest, Profile};
-use clopa_interact::{InferenceSession, Predictor, PredictorError, PromptConfig, SessionConfig, case_rng, simulate_case};
+use clopa_interact::{
+    InferenceSession, Predictor, PredictorError, PromptConfig, SessionConfig, case_rng,
+    simulate_case,
+};
 use clopa_nn::ResidualEncoderUNet;
 use clopa_table::{Provenance, SplitKind, StepRow};
 
@@ -73,9 +76,12 @@ fn meta_u32(ck: &clopa_nn::EpisodeCheckpoint, key: &str) -> anyhow::Result<u32> 
         .metadata
         .get(key)
         .with_context(|| format!("checkpoint {} has no metadata `{key}`", ck.path.display()))?;
-    v.trim()
-        .parse()
-        .with_context(|| format!("checkpoint {}: metadata `{key}` = {v:?} is not a non-negative integer", ck.path.display()))
+    v.trim().parse().with_context(|| {
+        format!(
+            "checkpoint {}: metadata `{key}` = {v:?} is not a non-negative integer",
+            ck.path.display()
+        )
+    })
 }
 
 fn keys(req: &Request) -> anyhow::Result<Keys> {
@@ -93,20 +99,30 @@ fn keys(req: &Request) -> anyhow::Result<Keys> {
     let method = match (&req.method, group) {
         (Some(m), _) => m.clone(),
         (None, Some(g)) => g,
-        (None, None) => bail!("checkpoint {} has no metadata `clopa.group`; pass --method", last.display()),
+        (None, None) => bail!(
+            "checkpoint {} has no metadata `clopa.group`; pass --method",
+            last.display()
+        ),
     };
     let run = match req.run {
         Some(r) => Some(r),
         None => Some(meta_u32(&ck, "clopa.run")?),
     };
-    Ok(Keys { method, run, episode: meta_u32(&ck, "clopa.episode")?, n_seen: meta_u32(&ck, "clopa.n_seen")? })
+    Ok(Keys {
+        method,
+        run,
+        episode: meta_u32(&ck, "clopa.episode")?,
+        n_seen: meta_u32(&ck, "clopa.n_seen")?,
+    })
 }
 
 /// Runs the simulation and writes the table; nothing is written unless every input checks out.
 pub fn run(req: &Request) -> anyhow::Result<()> {
     // settings: profile (or the paper's defaults), then flags
     let mut profile = match &req.profile {
-        Some(p) => Profile::load(p).with_context(|| format!("cannot load the profile {}", p.display()))?,
+        Some(p) => {
+            Profile::load(p).with_context(|| format!("cannot load the profile {}", p.display()))?
+        }
         None => Profile::default(),
     };
     let manifest = Manifest::load(&req.manifest)?;
@@ -118,9 +134,16 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     model.apply_checkpoints(&req.checkpoints)?;
     let model_patch = match model.meta.patch_size.as_slice() {
         [a, b, c] => [*a, *b, *c],
-        other => bail!("{}: model.json patch_size {other:?} is not 3D", req.model.display()),
+        other => bail!(
+            "{}: model.json patch_size {other:?} is not 3D",
+            req.model.display()
+        ),
     };
-    let patch = req.patch.unwrap_or(if req.profile.is_some() { profile.patch } else { model_patch });
+    let patch = req.patch.unwrap_or(if req.profile.is_some() {
+        profile.patch
+    } else {
+        model_patch
+    });
     let stride = model.spec.total_stride();
     if patch.iter().any(|&p| p == 0 || p % stride != 0) {
         bail!("patch {patch:?} must be positive multiples of the network's total stride {stride}");
@@ -141,11 +164,21 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
 
     // cases: the split's holdout rows of this task, then the dataset
     let split = clopa_table::read_split(&req.split)?;
-    let holdout: Vec<_> = split.iter().filter(|r| r.split == SplitKind::Holdout).collect();
+    let holdout: Vec<_> = split
+        .iter()
+        .filter(|r| r.split == SplitKind::Holdout)
+        .collect();
     if holdout.is_empty() {
-        bail!("split {} has no holdout rows: nothing to simulate", req.split.display());
+        bail!(
+            "split {} has no holdout rows: nothing to simulate",
+            req.split.display()
+        );
     }
-    let mut ids: Vec<String> = holdout.iter().filter(|r| r.task == manifest.name).map(|r| r.case_id.clone()).collect();
+    let mut ids: Vec<String> = holdout
+        .iter()
+        .filter(|r| r.task == manifest.name)
+        .map(|r| r.case_id.clone())
+        .collect();
     if ids.is_empty() {
         bail!(
             "split {} has holdout rows only for task {:?}, not for the manifest's task {:?}",
@@ -159,7 +192,10 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     }
     let ds_dir = manifest.dataset_dir(&req.manifest, req.data_root.as_deref());
     let dataset = dataset::Dataset::open(&ds_dir)?;
-    let entries = ids.iter().map(|id| dataset.entry(id).map(|e| (id.clone(), e))).collect::<anyhow::Result<Vec<_>>>()?;
+    let entries = ids
+        .iter()
+        .map(|id| dataset.entry(id).map(|e| (id.clone(), e)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let prompts = PromptConfig {
         patch_size: patch,
@@ -182,12 +218,25 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         "edits": profile.edits, "infer_runs": profile.infer_runs, "patch": patch, "seed": profile.seed,
         "autozoom": !req.no_autozoom, "cases": ids, "profile": profile.to_json(),
     });
-    let prov = Provenance::new("clopa-simulate", env!("CARGO_PKG_VERSION"), settings, profile.seed);
+    let prov = Provenance::new(
+        "clopa-simulate",
+        env!("CARGO_PKG_VERSION"),
+        settings,
+        profile.seed,
+    );
 
-    let pb = clopa_cli::progress_bar((entries.len() * profile.infer_runs) as u64, "simulate", req.quiet);
+    let pb = clopa_cli::progress_bar(
+        (entries.len() * profile.infer_runs) as u64,
+        "simulate",
+        req.quiet,
+    );
     let mut rows = Vec::new();
     for (id, entry) in &entries {
-        let case = entry.load(manifest.channel, &manifest.labels, manifest.largest_component)?;
+        let case = entry.load(
+            manifest.channel,
+            &manifest.labels,
+            manifest.largest_component,
+        )?;
         for infer_run in 0..profile.infer_runs as u32 {
             pb.set_prefix(format!("{id} run {infer_run}"));
             let mut rng = case_rng(profile.seed, id, infer_run);
@@ -202,7 +251,11 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
                 &mut rng,
             )
             .with_context(|| format!("case {id}, inference run {infer_run}"))?;
-            let last = sim.steps.last().map(|s| (s.dice, s.nsd)).unwrap_or_default();
+            let last = sim
+                .steps
+                .last()
+                .map(|s| (s.dice, s.nsd))
+                .unwrap_or_default();
             tracing::debug!(case = %id, infer_run, dice = last.0, nsd = last.1, "simulated");
             if let Some(dir) = &req.save_masks {
                 save_mask(dir, id, infer_run, &case.mask, sim.segmentation)?;
@@ -231,11 +284,22 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     } else {
         clopa_table::write_steps(&req.output, &rows, &prov)?;
     }
-    tracing::info!(rows = rows.len(), cases = entries.len(), "wrote {}", req.output.display());
+    tracing::info!(
+        rows = rows.len(),
+        cases = entries.len(),
+        "wrote {}",
+        req.output.display()
+    );
     Ok(())
 }
 
-fn save_mask(dir: &Path, id: &str, infer_run: u32, like: &clopa_volume::Mask, seg: Vec<u8>) -> anyhow::Result<()> {
+fn save_mask(
+    dir: &Path,
+    id: &str,
+    infer_run: u32,
+    like: &clopa_volume::Mask,
+    seg: Vec<u8>,
+) -> anyhow::Result<()> {
     let vol = clopa_volume::Volume::new(like.shape, like.spacing, like.affine, seg)?;
     let path = dir.join(format!("{id}_infer{infer_run}.nii.gz"));
     clopa_cli::write_atomic_path(&path, |tmp| Ok(clopa_volume::write_nifti(tmp, &vol)?))

@@ -120,9 +120,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     clopa_cli::run_main("clopa-simulate", cli.verbose, cli.quiet, || {
         if let Some(n) = cli.threads {
-            rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()?;
         }
-        let data_root = cli.data_root.clone().or_else(|| std::env::var_os("CLOPA_DATA").map(PathBuf::from));
+        let data_root = cli
+            .data_root
+            .clone()
+            .or_else(|| std::env::var_os("CLOPA_DATA").map(PathBuf::from));
         clopa_simulate::run(&clopa_simulate::Request {
             model: cli.model.clone(),
             checkpoints: cli.checkpoints.clone(),

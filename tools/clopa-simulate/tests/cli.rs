@@ -29,16 +29,23 @@ impl Fixture {
         std::fs::create_dir_all(ds.join("labelsTr")).unwrap();
         let shape = [20, 20, 20];
         let mut training = Vec::new();
-        for (k, c) in [[10.0f32, 10.0, 10.0], [8.0, 11.0, 9.0], [12.0, 9.0, 10.0]].iter().enumerate() {
+        for (k, c) in [[10.0f32, 10.0, 10.0], [8.0, 11.0, 9.0], [12.0, 9.0, 10.0]]
+            .iter()
+            .enumerate()
+        {
             let mut img = Vec::new();
             let mut lab = Vec::new();
             for x in 0..20 {
                 for y in 0..20 {
                     for z in 0..20 {
-                        let d2 = (x as f32 - c[0]).powi(2) + (y as f32 - c[1]).powi(2) + (z as f32 - c[2]).powi(2);
+                        let d2 = (x as f32 - c[0]).powi(2)
+                            + (y as f32 - c[1]).powi(2)
+                            + (z as f32 - c[2]).powi(2);
                         let inside = d2 <= 16.0;
                         lab.push(inside as u16);
-                        img.push(if inside { 100.0 } else { 10.0 } + ((x * 7 + y * 3 + z) % 5) as f32);
+                        img.push(
+                            if inside { 100.0 } else { 10.0 } + ((x * 7 + y * 3 + z) % 5) as f32,
+                        );
                     }
                 }
             }
@@ -64,7 +71,11 @@ impl Fixture {
                 .map(|id| SplitRow {
                     task: "toy".into(),
                     case_id: (*id).into(),
-                    split: if holdout { SplitKind::Holdout } else { SplitKind::Train },
+                    split: if holdout {
+                        SplitKind::Holdout
+                    } else {
+                        SplitKind::Train
+                    },
                     run: (!holdout).then_some(0),
                     position: (!holdout).then_some(1),
                     episode: None,
@@ -106,7 +117,9 @@ impl Fixture {
             .enumerate()
             .map(|(i, (n, s))| {
                 let len: usize = s.iter().product();
-                let v: Vec<f32> = (0..len).map(|j| (((i * 7919 + j * 104729) % 1000) as f32 / 1000.0 - 0.5) * 0.6).collect();
+                let v: Vec<f32> = (0..len)
+                    .map(|j| (((i * 7919 + j * 104729) % 1000) as f32 / 1000.0 - 0.5) * 0.6)
+                    .collect();
                 (n, Tensor::from_vec(v, s, &Device::Cpu).unwrap())
             })
             .collect();
@@ -125,14 +138,26 @@ impl Fixture {
             .arg(self.path("split.parquet"))
             .arg("--data-root")
             .arg(self.path("data"))
-            .args(["--edits", "3", "--infer-runs", "2", "--seed", "5", "-q", "-o"])
+            .args([
+                "--edits",
+                "3",
+                "--infer-runs",
+                "2",
+                "--seed",
+                "5",
+                "-q",
+                "-o",
+            ])
             .arg(out);
         c
     }
 
     fn checkpoint(&self, name: &str, base: &str) -> PathBuf {
         let mut t = BTreeMap::new();
-        t.insert("encoder.stem.convs.0.norm.weight".to_string(), Tensor::new(&[1.5f32, 0.5, 1.0, 2.0], &Device::Cpu).unwrap());
+        t.insert(
+            "encoder.stem.convs.0.norm.weight".to_string(),
+            Tensor::new(&[1.5f32, 0.5, 1.0, 2.0], &Device::Cpu).unwrap(),
+        );
         let mut md = BTreeMap::new();
         md.insert(META_BASE_SHA256.to_string(), base.to_string());
         md.insert(META_GROUP.to_string(), "in".to_string());
@@ -146,29 +171,48 @@ impl Fixture {
 }
 
 fn without_seconds(rows: &[StepRow]) -> Vec<StepRow> {
-    rows.iter().cloned().map(|r| StepRow { seconds: 0.0, ..r }).collect()
+    rows.iter()
+        .cloned()
+        .map(|r| StepRow { seconds: 0.0, ..r })
+        .collect()
 }
 
 #[test]
 fn table_has_cases_x_runs_x_steps_rows_and_repeats_with_the_seed() {
     let f = Fixture::new();
     let out = f.path("out/steps.parquet");
-    f.cmd(&out).arg("--save-masks").arg(f.path("masks")).assert().success();
+    f.cmd(&out)
+        .arg("--save-masks")
+        .arg(f.path("masks"))
+        .assert()
+        .success();
     let rows = clopa_table::read_steps(&out).unwrap();
     assert_eq!(rows.len(), 2 * 2 * (3 + 1));
-    assert!(rows.iter().all(|r| r.task == "toy" && r.method == "base" && r.run.is_none() && r.episode == 0 && r.n_seen == 0));
+    assert!(rows.iter().all(|r| r.task == "toy"
+        && r.method == "base"
+        && r.run.is_none()
+        && r.episode == 0
+        && r.n_seen == 0));
     for r in rows.iter().filter(|r| r.step == 0) {
         assert_eq!((r.fg_clicks, r.bg_clicks), (1, 1), "{r:?}");
     }
-    assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r.dice) && (0.0..=1.0).contains(&r.nsd) && r.seconds >= 0.0));
-    let mut keys: Vec<_> = rows.iter().map(|r| (r.case_id.clone(), r.infer_run, r.step)).collect();
+    assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r.dice)
+        && (0.0..=1.0).contains(&r.nsd)
+        && r.seconds >= 0.0));
+    let mut keys: Vec<_> = rows
+        .iter()
+        .map(|r| (r.case_id.clone(), r.infer_run, r.step))
+        .collect();
     keys.dedup();
     assert_eq!(keys.len(), 16);
     assert!(f.path("masks/toy_000_infer1.nii.gz").exists());
 
     let again = f.path("again.parquet");
     f.cmd(&again).assert().success();
-    assert_eq!(without_seconds(&rows), without_seconds(&clopa_table::read_steps(&again).unwrap()));
+    assert_eq!(
+        without_seconds(&rows),
+        without_seconds(&clopa_table::read_steps(&again).unwrap())
+    );
     // another seed runs too (its clicks differ; with a random network the values may not)
     let other = f.path("other.parquet");
     f.cmd(&other).args(["--seed", "6"]).assert().success();
@@ -181,10 +225,18 @@ fn a_checkpoint_sets_method_run_episode_and_n_seen() {
     let sha = clopa_nn::sha256_file(&f.path("model/model.safetensors")).unwrap();
     let ck = f.checkpoint("ep2.safetensors", &sha);
     let out = f.path("ep2.steps.parquet");
-    f.cmd(&out).arg("--checkpoint").arg(&ck).args(["--edits", "1", "--infer-runs", "1"]).assert().success();
+    f.cmd(&out)
+        .arg("--checkpoint")
+        .arg(&ck)
+        .args(["--edits", "1", "--infer-runs", "1"])
+        .assert()
+        .success();
     let rows = clopa_table::read_steps(&out).unwrap();
     assert_eq!(rows.len(), 2 * 2);
-    assert!(rows.iter().all(|r| r.method == "in" && r.run == Some(1) && r.episode == 2 && r.n_seen == 10));
+    assert!(
+        rows.iter()
+            .all(|r| r.method == "in" && r.run == Some(1) && r.episode == 2 && r.n_seen == 10)
+    );
 }
 
 fn fails_with(mut cmd: Command, out: &Path, needle: &str) -> String {
@@ -239,7 +291,11 @@ fn bad_patch_is_a_usage_error() {
 
 #[test]
 fn help_explains_itself() {
-    let o = Command::cargo_bin("clopa-simulate").unwrap().arg("--help").output().unwrap();
+    let o = Command::cargo_bin("clopa-simulate")
+        .unwrap()
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(o.status.success());
     insta::assert_snapshot!(String::from_utf8_lossy(&o.stdout));
 }

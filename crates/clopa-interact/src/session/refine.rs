@@ -23,7 +23,11 @@ pub struct BorderThresholds {
 
 impl Default for BorderThresholds {
     fn default() -> Self {
-        BorderThresholds { abs_voxels: 1500, min_voxels: 100, rel_change: 0.2 }
+        BorderThresholds {
+            abs_voxels: 1500,
+            min_voxels: 100,
+            rel_change: 0.2,
+        }
     }
 }
 
@@ -78,7 +82,11 @@ pub fn pool(data: &mut [u8], shape: [usize; 3], r: usize, min: bool) {
                 }
                 for k in 0..n {
                     let w = &line[k.saturating_sub(r)..(k + r + 1).min(n)];
-                    data[at(k)] = if min { *w.iter().min().unwrap_or(&0) } else { *w.iter().max().unwrap_or(&0) };
+                    data[at(k)] = if min {
+                        *w.iter().min().unwrap_or(&0)
+                    } else {
+                        *w.iter().max().unwrap_or(&0)
+                    };
                 }
             }
         }
@@ -87,7 +95,12 @@ pub fn pool(data: &mut [u8], shape: [usize; 3], r: usize, min: bool) {
 
 /// The part of `b` inside an image of `shape`, `None` when empty.
 pub fn clip_box(b: Box3, shape: [usize; 3]) -> Option<[[usize; 2]; 3]> {
-    let c = [0, 1, 2].map(|d| [b[d][0].clamp(0, shape[d] as i64) as usize, b[d][1].clamp(0, shape[d] as i64) as usize]);
+    let c = [0, 1, 2].map(|d| {
+        [
+            b[d][0].clamp(0, shape[d] as i64) as usize,
+            b[d][1].clamp(0, shape[d] as i64) as usize,
+        ]
+    });
     c.iter().all(|[a, e]| e > a).then_some(c)
 }
 
@@ -97,7 +110,10 @@ fn count_in(data: &[u8], shape: [usize; 3], lo: [usize; 3], hi: [usize; 3]) -> u
     for x in lo[0]..hi[0] {
         for y in lo[1]..hi[1] {
             let row = (x * shape[1] + y) * shape[2];
-            n += data[row + lo[2]..row + hi[2]].iter().filter(|&&v| v != 0).count();
+            n += data[row + lo[2]..row + hi[2]]
+                .iter()
+                .filter(|&&v| v != 0)
+                .count();
         }
     }
     n
@@ -123,7 +139,11 @@ struct BoxGeom {
 impl BoxGeom {
     fn new(size: [usize; 3], margin: [usize; 3]) -> Self {
         let half = size.map(|s| (s / 2) as i64);
-        BoxGeom { half, end: [0, 1, 2].map(|d| size[d] as i64 - half[d]), margin: margin.map(|m| m as i64) }
+        BoxGeom {
+            half,
+            end: [0, 1, 2].map(|d| size[d] as i64 - half[d]),
+            margin: margin.map(|m| m as i64),
+        }
     }
 
     /// The box around centre `c`.
@@ -134,7 +154,9 @@ impl BoxGeom {
     /// The part of the box around `c` that counts as covered (box shrunk by the margin, clipped).
     fn covered(&self, c: [usize; 3], shape: [usize; 3]) -> ([usize; 3], [usize; 3]) {
         let lo = [0, 1, 2].map(|d| (c[d] as i64 - self.half[d] + self.margin[d]).max(0) as usize);
-        let hi = [0, 1, 2].map(|d| (c[d] as i64 + self.end[d] - self.margin[d]).clamp(0, shape[d] as i64) as usize);
+        let hi = [0, 1, 2].map(|d| {
+            (c[d] as i64 + self.end[d] - self.margin[d]).clamp(0, shape[d] as i64) as usize
+        });
         (lo, hi)
     }
 }
@@ -164,13 +186,17 @@ fn cover(
     max_depth: usize,
     depth: usize,
 ) -> Vec<Box3> {
-    let Some(bb) = nonzero_bbox(mask, shape) else { return Vec::new() };
+    let Some(bb) = nonzero_bbox(mask, shape) else {
+        return Vec::new();
+    };
     if depth > max_depth {
         return sample_cover(mask.to_vec(), shape, g, 25);
     }
     // inclusive [min, max] per axis
     let (mn, mx) = (bb.map(|b| b[0]), bb.map(|b| b[1] - 1));
-    let stride = stride.unwrap_or_else(|| [0, 1, 2].map(|d| round_half_even((mx[d] - mn[d]) as f64 / 4.0).max(1) as usize));
+    let stride = stride.unwrap_or_else(|| {
+        [0, 1, 2].map(|d| round_half_even((mx[d] - mn[d]) as f64 / 4.0).max(1) as usize)
+    });
     let idx = |c: [usize; 3]| (c[0] * shape[1] + c[1]) * shape[2] + c[2];
     let mut centers = Vec::new();
     for x in (mn[0]..=mx[0]).step_by(stride[0]) {
@@ -183,7 +209,14 @@ fn cover(
         }
     }
     if centers.is_empty() {
-        return cover(mask, shape, g, Some(stride.map(|s| (s / 2).max(1))), max_depth, depth + 1);
+        return cover(
+            mask,
+            shape,
+            g,
+            Some(stride.map(|s| (s / 2).max(1))),
+            max_depth,
+            depth + 1,
+        );
     }
     let mut uncovered = mask.to_vec();
     let mut boxes = Vec::new();
@@ -220,10 +253,21 @@ fn cover(
 /// The reference's `random_sampling_fallback` with `n` evenly spaced candidates instead of
 /// random ones.
 fn sample_cover(mut mask: Vec<u8>, shape: [usize; 3], g: BoxGeom, n: usize) -> Vec<Box3> {
-    let coords = |i: usize| [i / (shape[1] * shape[2]), (i / shape[2]) % shape[1], i % shape[2]];
+    let coords = |i: usize| {
+        [
+            i / (shape[1] * shape[2]),
+            (i / shape[2]) % shape[1],
+            i % shape[2],
+        ]
+    };
     let mut boxes = Vec::new();
     loop {
-        let on: Vec<usize> = mask.iter().enumerate().filter(|(_, v)| **v != 0).map(|(i, _)| i).collect();
+        let on: Vec<usize> = mask
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v != 0)
+            .map(|(i, _)| i)
+            .collect();
         if on.is_empty() {
             return boxes;
         }
@@ -263,14 +307,31 @@ mod tests {
         assert!(border_changed(&pred, &prev, patch, &t));
         // 100 is not more than 100; the x = 0 face interior voxels are also on y/z faces
         // only partially, so use thresholds that isolate the rule
-        let strict = BorderThresholds { abs_voxels: 1500, min_voxels: 101, rel_change: 0.2 };
+        let strict = BorderThresholds {
+            abs_voxels: 1500,
+            min_voxels: 101,
+            rel_change: 0.2,
+        };
         assert!(!border_changed(&pred, &prev, patch, &strict));
-        let abs = BorderThresholds { abs_voxels: 100, min_voxels: 1000, rel_change: 0.2 };
+        let abs = BorderThresholds {
+            abs_voxels: 100,
+            min_voxels: 1000,
+            rel_change: 0.2,
+        };
         assert!(border_changed(&pred, &prev, patch, &abs));
         // interior changes never count
         let mut inner = vec![0u8; 4 * 144];
         inner[(12 + 5) * 12 + 5] = 1; // (x, y, z) = (1, 5, 5)
-        assert!(!border_changed(&inner, &prev, patch, &BorderThresholds { abs_voxels: 0, min_voxels: 0, rel_change: 0.0 }));
+        assert!(!border_changed(
+            &inner,
+            &prev,
+            patch,
+            &BorderThresholds {
+                abs_voxels: 0,
+                min_voxels: 0,
+                rel_change: 0.0
+            }
+        ));
     }
 
     #[test]
@@ -282,13 +343,23 @@ mod tests {
         for v in pred.iter_mut().take(120) {
             *v = 0;
         }
-        assert!(border_changed(&pred, &prev, patch, &BorderThresholds::default()));
+        assert!(border_changed(
+            &pred,
+            &prev,
+            patch,
+            &BorderThresholds::default()
+        ));
         // 60 lost: below min_voxels on x faces; the y/z faces lose at most 60 too
         let mut pred = vec![1u8; 800];
         for v in pred.iter_mut().take(60) {
             *v = 0;
         }
-        assert!(!border_changed(&pred, &prev, patch, &BorderThresholds::default()));
+        assert!(!border_changed(
+            &pred,
+            &prev,
+            patch,
+            &BorderThresholds::default()
+        ));
     }
 
     #[test]
@@ -308,7 +379,14 @@ mod tests {
         pool(&mut d, shape, 2, true);
         pool(&mut d, shape, 2, false);
         assert_eq!(d[idx(1, 1, 1)], 0);
-        assert_eq!(d, before.iter().enumerate().map(|(i, &v)| if i == idx(1, 1, 1) { 0 } else { v }).collect::<Vec<_>>());
+        assert_eq!(
+            d,
+            before
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| if i == idx(1, 1, 1) { 0 } else { v })
+                .collect::<Vec<_>>()
+        );
         // replicate border: a block touching the border survives opening
         let mut e = vec![0u8; 1728];
         for x in 0..3 {
@@ -354,11 +432,17 @@ mod tests {
             }
             let p = [i / 600, (i / 20) % 30, i % 20].map(|c| c as i64);
             assert!(
-                boxes.iter().any(|b| (0..3).all(|d| p[d] >= b[d][0] + 2 && p[d] < b[d][1] - 2)),
+                boxes
+                    .iter()
+                    .any(|b| (0..3).all(|d| p[d] >= b[d][0] + 2 && p[d] < b[d][1] - 2)),
                 "voxel {p:?} uncovered"
             );
         }
-        assert_eq!(boxes, generate_bounding_boxes(&m, shape, size, margin, 3), "deterministic");
+        assert_eq!(
+            boxes,
+            generate_bounding_boxes(&m, shape, size, margin, 3),
+            "deterministic"
+        );
         assert!(generate_bounding_boxes(&[0u8; 24], [2, 3, 4], size, margin, 3).is_empty());
     }
 
@@ -381,7 +465,10 @@ mod tests {
 
     #[test]
     fn clip_box_clips_and_rejects_outside() {
-        assert_eq!(clip_box([[-3, 4], [2, 50], [0, 1]], [10, 10, 10]), Some([[0, 4], [2, 10], [0, 1]]));
+        assert_eq!(
+            clip_box([[-3, 4], [2, 50], [0, 1]], [10, 10, 10]),
+            Some([[0, 4], [2, 10], [0, 1]])
+        );
         assert_eq!(clip_box([[10, 14], [2, 5], [0, 1]], [10, 10, 10]), None);
     }
 }
