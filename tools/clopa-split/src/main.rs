@@ -2,10 +2,8 @@
 //! run's stream order and episode schedule (`split.parquet`).
 //!
 //! What is where: `main.rs` parses the arguments and runs the steps (resolve settings, check the
-//! dataset, split, write); `dataset.rs` reads `dataset.json` and checks each case. The split and
-//! the schedule themselves live in `clopa-schedule`, the table in `clopa-table`.
-
-mod dataset;
+//! dataset, split, write). `dataset.json` and the per-case checks live in `clopa-dataset`, the
+//! split and the schedule in `clopa-schedule`, the table in `clopa-table`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,6 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Parser;
 use clopa_config::{Manifest, Profile};
+use clopa_dataset::Dataset;
 use clopa_schedule::{SplitSettings, format_schedule, schedule, split, stream_of};
 use clopa_table::{Provenance, write_split, write_split_to};
 use rayon::prelude::*;
@@ -88,8 +87,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
 
     let dir = manifest.dataset_dir(&args.manifest, args.data_root.as_deref());
-    let ds = dataset::load(&dir)?;
-    dataset::check_manifest_labels(&ds, &manifest, &args.manifest)?;
+    let ds = Dataset::open(&dir)?;
+    ds.check_labels(&manifest.labels, &args.manifest)?;
     check_cases(&ds, &manifest, args.quiet)?;
 
     let settings = SplitSettings {
@@ -141,14 +140,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 /// Checks every case in parallel and reports all bad cases at once.
-fn check_cases(ds: &dataset::Dataset, manifest: &Manifest, quiet: bool) -> anyhow::Result<()> {
+fn check_cases(ds: &Dataset, manifest: &Manifest, quiet: bool) -> anyhow::Result<()> {
     let pb = clopa_cli::progress_bar(ds.cases.len() as u64, "checking cases", quiet);
     let mut failures: Vec<(usize, String)> = ds
         .cases
         .par_iter()
         .enumerate()
         .filter_map(|(i, case)| {
-            let r = dataset::check_case(case, ds, manifest);
+            let r = case.check(ds, manifest);
             pb.inc(1);
             r.err().map(|e| (i, format!("case {}: {e}", case.id)))
         })
