@@ -11,10 +11,9 @@
 //! ```
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Sets up logging to stderr (`-v` for debug, `-q` for errors only, `RUST_LOG` overrides),
@@ -86,32 +85,12 @@ pub fn progress_bar(len: u64, message: &str, quiet: bool) -> ProgressBar {
 /// Writes a file atomically: `write` fills a temporary file in the target's folder, which is
 /// renamed over `path` only when `write` succeeds. An interrupted or failed run therefore never
 /// leaves a half-written output, and a rerun can trust that an existing output is complete.
+/// (The mechanics live in `clopa-fs`, shared with the libraries.)
 pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut std::fs::File) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let dir = parent_dir(path);
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create the folder {}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".clopa-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    write(tmp.as_file_mut())?;
-    // tempfile creates files readable by the owner only (0600); an output is an ordinary file.
-    set_ordinary_permissions(tmp.as_file())
-        .with_context(|| format!("cannot set the permissions of {}", path.display()))?;
-    tmp.as_file_mut()
-        .sync_all()
-        .with_context(|| format!("cannot flush {}", path.display()))?;
-    tmp.persist(path).with_context(|| {
-        format!(
-            "cannot move the finished output into place at {}",
-            path.display()
-        )
-    })?;
-    Ok(())
+    clopa_fs::write_atomic(path, write)
 }
 
 /// Like [`write_atomic`] for a writer that wants a path (e.g. a NIfTI or Parquet writer that
@@ -121,46 +100,7 @@ pub fn write_atomic_path(
     path: &Path,
     write: impl FnOnce(&Path) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let dir = parent_dir(path);
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create the folder {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".into());
-    // Keep the full extension (".nii.gz") so writers that pick a format by extension still work.
-    let tmp: PathBuf = dir.join(format!(".clopa-{}-{}", std::process::id(), name));
-    let result = write(&tmp);
-    match result {
-        Ok(()) => std::fs::rename(&tmp, path).with_context(|| {
-            format!(
-                "cannot move the finished output into place at {}",
-                path.display()
-            )
-        }),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
-}
-
-#[cfg(unix)]
-fn set_ordinary_permissions(file: &std::fs::File) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(std::fs::Permissions::from_mode(0o644))
-}
-
-#[cfg(not(unix))]
-fn set_ordinary_permissions(_file: &std::fs::File) -> std::io::Result<()> {
-    Ok(())
-}
-
-fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
+    clopa_fs::write_atomic_path(path, write)
 }
 
 /// `-o -` means standard output.

@@ -5,7 +5,6 @@
 //! the same settings just fills in what is missing.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clopa_volume::write_nifti;
@@ -163,29 +162,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PhantomError + '_ {
 }
 
 fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), PhantomError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Named by hand rather than with `tempfile` (mode 0600) so the output gets the usual permissions.
-    let tmp = dir.join(format!(".clopa-{}-{name}.tmp", std::process::id()));
     let mut text = serde_json::to_string_pretty(value).map_err(|source| PhantomError::Json {
         path: path.to_path_buf(),
         source,
     })?;
     text.push('\n');
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(text.as_bytes())?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(io_err(path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    clopa_fs::write_bytes(path, text.as_bytes()).map_err(|e| PhantomError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Makes sure `dir` is empty, missing, or a previous output with the same settings.

@@ -67,28 +67,11 @@ pub fn write_batches(
     batches: &[RecordBatch],
     prov: &Provenance,
 ) -> Result<(), TableError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".clopa-")
-        .suffix(".parquet.tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| io_err(path, e))?;
-    let file = tmp.as_file().try_clone().map_err(|e| io_err(path, e))?;
-    let file = write_batches_to(file, path, schema, batches, prov)?;
-    file.sync_all().map_err(|e| io_err(path, e))?;
-    // tempfile creates 0600; a table is an ordinary output that others read.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| io_err(path, e))?;
-    }
-    tmp.persist(path).map_err(|e| io_err(path, e.error))?;
-    Ok(())
+    clopa_fs::write_atomic(path, |file| {
+        let file = file.try_clone().map_err(|e| io_err(path, e))?;
+        write_batches_to(file, path, schema, batches, prov)?;
+        Ok(())
+    })
 }
 
 fn open(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, TableError> {

@@ -67,6 +67,15 @@ pub const KEY_VERSION: &str = "clopa.version";
 pub const KEY_SETTINGS: &str = "clopa.settings";
 pub const KEY_SEED: &str = "clopa.seed";
 
+impl From<clopa_fs::IoError> for TableError {
+    fn from(e: clopa_fs::IoError) -> TableError {
+        TableError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// Everything that can go wrong reading or writing a table; each variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {

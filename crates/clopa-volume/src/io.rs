@@ -4,8 +4,7 @@
 //! fastest, so every read ends with one cache-blocked transpose. Writing needs no copy: the
 //! writer accepts an (x, y, z)-shaped array in any memory layout.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use nalgebra::Matrix4;
 use ndarray::ArrayView3;
@@ -396,37 +395,14 @@ pub fn write_nifti<T: NiftiWritable>(path: &Path, vol: &Volume<T>) -> Result<(),
     let _ = header.set_description_str("clopa");
 
     let view = ArrayView3::from_shape(vol.shape, &vol.data).map_err(|e| geometry(e.to_string()))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let io_err = |e: std::io::Error| VolumeError::Write {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    };
-    std::fs::create_dir_all(&dir).map_err(io_err)?;
-    let gz = path.to_string_lossy().to_lowercase().ends_with(".gz");
-    // The nifti writer picks compression from the name, so the temporary keeps the extension.
-    // It is named here rather than by `tempfile`, whose files are created mode 0600: the writer
-    // creates it with the usual permissions, so the renamed output is readable as usual.
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".clopa-{}-{}{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        if gz { ".nii.gz" } else { ".nii" }
-    ));
-    let opts = WriterOptions::new(&tmp).reference_header(&header);
-    let written = T::write_view(&opts, &view)
-        .map_err(|e| VolumeError::Write {
+    // The nifti writer picks compression from the name; clopa-fs's temporary keeps the extension.
+    clopa_fs::write_atomic_path(path, |tmp| {
+        let opts = WriterOptions::new(tmp).reference_header(&header);
+        T::write_view(&opts, &view).map_err(|e| VolumeError::Write {
             path: path.to_path_buf(),
             detail: e.to_string(),
         })
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(io_err));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    })
 }
 
 #[cfg(test)]

@@ -150,6 +150,15 @@ impl<T> Volume<T> {
 }
 
 /// Errors of volume I/O. Every variant names the file (or says "in memory") and the problem.
+impl From<clopa_fs::IoError> for VolumeError {
+    fn from(e: clopa_fs::IoError) -> VolumeError {
+        VolumeError::Write {
+            detail: format!("cannot {}: {}", e.action, e.source),
+            path: e.path,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     #[error("{}: file not found", path.display())]

@@ -1,0 +1,178 @@
+//! Atomic file output for every clopa crate and tool.
+//!
+//! Every output of the pipeline (tables, checkpoints, NIfTI masks, dataset files) is written to a
+//! temporary file in the target's folder and renamed over the target only when the writer
+//! succeeded. An interrupted or failed run therefore never leaves a half-written file, and a rerun
+//! can trust that an existing output is complete — which is how the tools skip finished work.
+//!
+//! The temporary keeps the target's full name as a suffix (`.clopa-<pid>-<n>-mask.nii.gz`), so
+//! writers that choose a format by extension still work, and it is created with the usual
+//! permissions (0644 under the default umask), not `tempfile`'s owner-only 0600.
+//!
+//! ```
+//! # fn main() -> Result<(), clopa_fs::IoError> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("out/table.txt");
+//! clopa_fs::write_bytes(&path, b"complete\n")?;
+//! clopa_fs::write_atomic(&path, |file| -> Result<(), clopa_fs::IoError> {
+//!     use std::io::Write;
+//!     file.write_all(b"replaced\n").map_err(|e| clopa_fs::IoError::new("write", &path, e))
+//! })?;
+//! assert_eq!(std::fs::read_to_string(&path).unwrap(), "replaced\n");
+//! # Ok(()) }
+//! ```
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A failure of the file-system side of an atomic write (creating the folder or the temporary,
+/// flushing, renaming); the caller's own writer reports its errors in its own type.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}: {source}", path.display())]
+pub struct IoError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    pub fn new(action: &'static str, path: &Path, source: std::io::Error) -> IoError {
+        IoError {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The folder a relative file name without a folder lives in.
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A temporary path beside `path`, unique within this process (threads may write outputs with
+/// the same name into one folder at once) and across processes.
+fn temp_path(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    parent_dir(path).join(format!(
+        ".clopa-{}-{}-{name}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Atomic output for writers that open the file themselves (a NIfTI or Parquet writer taking a
+/// path): `write` receives a temporary path beside `path` with the same extension(s); the file
+/// there is renamed over `path` when `write` succeeds and removed when it fails.
+pub fn write_atomic_path<E: From<IoError>>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    let dir = parent_dir(path);
+    std::fs::create_dir_all(&dir).map_err(|e| IoError::new("create the folder", &dir, e))?;
+    let tmp = temp_path(path);
+    let result = write(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, path)
+            .map_err(|e| E::from(IoError::new("move the finished output to", path, e)))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Atomic output through an open file: `write` fills a new temporary file beside `path`, which is
+/// flushed to disk and renamed over `path` when `write` succeeds.
+pub fn write_atomic<E: From<IoError>>(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> Result<(), E>,
+) -> Result<(), E> {
+    write_atomic_path(path, |tmp| {
+        let mut file = File::create(tmp).map_err(|e| IoError::new("create", tmp, e))?;
+        write(&mut file)?;
+        file.sync_all()
+            .map_err(|e| E::from(IoError::new("flush", path, e)))
+    })
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    write_atomic(path, |file| {
+        use std::io::Write;
+        file.write_all(bytes)
+            .map_err(|e| IoError::new("write", path, e))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".clopa-"))
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_old_file_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.parquet");
+        write_bytes(&path, b"old").unwrap();
+        let r: Result<(), IoError> = write_atomic(&path, |f| {
+            use std::io::Write;
+            f.write_all(b"half").unwrap();
+            Err(IoError::new(
+                "write",
+                &path,
+                std::io::Error::other("disk full"),
+            ))
+        });
+        assert!(r.unwrap_err().to_string().contains("disk full"));
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert!(leftovers(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn the_temporary_keeps_the_extension_and_creates_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x/y/mask.nii.gz");
+        write_atomic_path(&path, |tmp| -> Result<(), IoError> {
+            assert!(tmp.to_string_lossy().ends_with("-mask.nii.gz"), "{tmp:?}");
+            assert_eq!(tmp.parent(), path.parent());
+            std::fs::write(tmp, b"gz").map_err(|e| IoError::new("write", tmp, e))
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"gz");
+        // Two temporaries for one name never coincide (threads writing the same output name).
+        assert_ne!(temp_path(&path), temp_path(&path));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn outputs_are_ordinary_files_not_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        write_bytes(&path, b"{}").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        // Whatever the umask leaves, group and others get what `File::create` gives every file;
+        // tempfile's 0600 would hide outputs from a shared group.
+        let expected = {
+            let probe = dir.path().join("probe");
+            File::create(&probe).unwrap();
+            std::fs::metadata(&probe).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode, expected);
+    }
+}
