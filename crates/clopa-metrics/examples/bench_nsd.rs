@@ -24,8 +24,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         times.push(t0.elapsed().as_secs_f64());
     }
     let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
     println!(
-        "{{\"impl\": \"clopa-metrics\", \"threads\": {}, \"nsd\": \"{value:?}\", \"seconds\": {times:?}, \"best_s\": {best}}}",
+        "{{\"impl\": \"clopa-metrics\", \"threads\": {}, \"nsd\": \"{value:?}\", \"seconds\": {times:?}, \"best_s\": {best}, \"median_s\": {median}}}",
         rayon::current_num_threads()
     );
     Ok(())

@@ -100,7 +100,8 @@ fn axis0_counts(features: &(impl Fn(usize) -> bool + Sync), shape: [usize; 3]) -
 /// Pass 1 (axis 1, stride n2) of one slab: reads the axis-0 counts, writes squared distances
 /// `(c·s0)² + (d1·s1)²` into `out` (the slab, n1*n2).
 ///
-/// Values above `cap` (squared mm; infinity for none) become infinity: see [`edt_squared_at`].
+/// Values above `cap` (squared mm; infinity for none) become infinity: see
+/// [`edt_squared_at_with`].
 fn slab_pass1(
     counts: &[u32],
     n1: usize,
@@ -256,7 +257,173 @@ pub(crate) fn edt_squared(features: &[u8], shape: [usize; 3], spacing: [f64; 3])
 /// component of a distance is at most the distance, and adding non-negative terms never makes
 /// a rounded sum smaller, so all results `<= cap` are still exact while whole columns and lines
 /// with nothing within reach are skipped. NSD at a tolerance only needs that.
-pub(crate) fn edt_squared_at(
+///
+/// With a finite cap small enough that the ellipsoid of reachable offsets times the number of
+/// queries is cheaper than a transform of the whole grid (NSD at a few mm on a large organ:
+/// ~20 offsets per surfel instead of ~10 M voxels), each query instead scans those offsets in
+/// increasing order of distance (see [`sparse_squared_at`]); results `<= cap` are the same to
+/// the bit, and the scan answers infinity for everything above the cap.
+/// `sparse_cost_factor` is the scan's budget in offset reads per voxel of the grid
+/// ([`SPARSE_COST_FACTOR`] normally; 0: never scan, `usize::MAX`: always scan when the cap is
+/// finite, so that tests can pin either path).
+pub(crate) fn edt_squared_at_with(
+    is_feature: &(impl Fn(usize) -> bool + Sync),
+    shape: [usize; 3],
+    spacing: [f64; 3],
+    queries: &[usize],
+    cap: f64,
+    sparse_cost_factor: usize,
+) -> Vec<f64> {
+    let volume = shape.iter().product::<usize>();
+    if queries.is_empty() || volume == 0 {
+        return vec![f64::INFINITY; queries.len()];
+    }
+    // Worst case of the scan: every query misses and reads every offset (random access within
+    // a few slabs); the dense transform touches each voxel a handful of times. The factor only
+    // picks the faster of two exact paths.
+    let budget = volume.saturating_mul(sparse_cost_factor) / queries.len();
+    if let Some(offsets) = Offsets::within(cap, shape, spacing, budget) {
+        return sparse_squared_at(is_feature, shape, &offsets, queries);
+    }
+    edt_squared_at_dense(is_feature, shape, spacing, queries, cap)
+}
+
+/// How many offset reads per voxel of the grid the sparse scan may spend before the dense
+/// transform is used instead.
+pub(crate) const SPARSE_COST_FACTOR: usize = 4;
+
+/// The offsets whose squared distance is `<= cap`, sorted by that distance.
+pub(crate) struct Offsets {
+    /// Per-axis reach (voxels) of the offsets.
+    reach: [usize; 3],
+    /// `(offset per axis, squared distance)` in increasing distance order.
+    list: Vec<([isize; 3], f64)>,
+}
+
+impl Offsets {
+    /// The offsets within `cap` (squared mm), or None when the cap is infinite or there would be
+    /// more than `max_len` of them. The squared distance of an offset is formed exactly as the
+    /// separable transform forms it, `((|o0|·s0)² + (o1·s1)²) + (o2·s2)²`, so that the minimum
+    /// over the offsets that hit a feature is the transform's value bit for bit.
+    pub(crate) fn within(
+        cap: f64,
+        shape: [usize; 3],
+        spacing: [f64; 3],
+        max_len: usize,
+    ) -> Option<Offsets> {
+        if !cap.is_finite() {
+            return None;
+        }
+        // Offsets longer than the grid never land inside it.
+        let reach: [usize; 3] =
+            std::array::from_fn(|k| window(cap, spacing[k]).min(shape[k].saturating_sub(1)));
+        let boxed = reach
+            .iter()
+            .try_fold(1usize, |acc, r| acc.checked_mul(2 * r + 1))?;
+        // About half the box lies in the ellipsoid; give up early on hopeless boxes.
+        if boxed / 2 > max_len {
+            return None;
+        }
+        let r = reach.map(|r| r as isize);
+        let mut list = Vec::new();
+        for o0 in -r[0]..=r[0] {
+            let d0 = o0.unsigned_abs() as f64 * spacing[0];
+            let f0 = d0 * d0;
+            if f0 > cap {
+                continue;
+            }
+            for o1 in -r[1]..=r[1] {
+                let d1 = o1 as f64 * spacing[1];
+                let f1 = f0 + d1 * d1;
+                if f1 > cap {
+                    continue;
+                }
+                for o2 in -r[2]..=r[2] {
+                    let d2 = o2 as f64 * spacing[2];
+                    let v = f1 + d2 * d2;
+                    if v <= cap {
+                        list.push(([o0, o1, o2], v));
+                    }
+                }
+            }
+        }
+        if list.len() > max_len {
+            return None;
+        }
+        list.sort_by(|a, b| a.1.total_cmp(&b.1));
+        Some(Offsets { reach, list })
+    }
+}
+
+/// Squared distances from `queries` (flat indices, any order) to the nearest feature among the
+/// `offsets`, infinity when none is within them: the first offset (in increasing distance) that
+/// hits a feature gives the minimum. Queries farther than the reach from every border skip the
+/// bounds checks.
+pub(crate) fn sparse_squared_at(
+    is_feature: &(impl Fn(usize) -> bool + Sync),
+    shape: [usize; 3],
+    offsets: &Offsets,
+    queries: &[usize],
+) -> Vec<f64> {
+    let [n0, n1, n2] = shape;
+    let (s0, s1) = ((n1 * n2) as isize, n2 as isize);
+    let flat: Vec<(isize, f64)> = offsets
+        .list
+        .iter()
+        .map(|(o, v)| (o[0] * s0 + o[1] * s1 + o[2], *v))
+        .collect();
+    let r = offsets.reach;
+    let mut out = vec![f64::INFINITY; queries.len()];
+    out.par_chunks_mut(4096)
+        .zip(queries.par_chunks(4096))
+        .for_each(|(o, qs)| {
+            // Surfels come sorted, a few per row: divide only when the row changes.
+            let (mut row_start, mut row_end, mut p01) = (1, 0, [0, 0]);
+            for (res, &q) in o.iter_mut().zip(qs) {
+                if q < row_start || q >= row_end {
+                    let row = q / n2;
+                    row_start = row * n2;
+                    row_end = row_start + n2;
+                    p01 = [row / n1, row % n1];
+                }
+                let p = [p01[0], p01[1], q - row_start];
+                let inner = (0..3).all(|k| p[k] >= r[k] && p[k] + r[k] < shape[k]);
+                if inner {
+                    let qi = q as isize;
+                    for &(d, v) in &flat {
+                        // In bounds: |o_k| <= r_k on every axis.
+                        if is_feature((qi + d) as usize) {
+                            *res = v;
+                            break;
+                        }
+                    }
+                } else {
+                    for (o, v) in &offsets.list {
+                        let c0 = p[0] as isize + o[0];
+                        let c1 = p[1] as isize + o[1];
+                        let c2 = p[2] as isize + o[2];
+                        if c0 < 0
+                            || c1 < 0
+                            || c2 < 0
+                            || c0 >= n0 as isize
+                            || c1 >= n1 as isize
+                            || c2 >= n2 as isize
+                        {
+                            continue;
+                        }
+                        if is_feature((c0 * s0 + c1 * s1 + c2) as usize) {
+                            *res = *v;
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// [`edt_squared_at_with`] by the separable transform (sorted queries).
+pub(crate) fn edt_squared_at_dense(
     is_feature: &(impl Fn(usize) -> bool + Sync),
     shape: [usize; 3],
     spacing: [f64; 3],
@@ -500,20 +667,96 @@ mod tests {
             let feats: Vec<u8> = (0..n).map(|_| u8::from(rng.random_bool(0.05))).collect();
             let queries: Vec<usize> = (0..n).filter(|_| rng.random_bool(0.3)).collect();
             let full = edt_squared(&feats, shape, sp);
-            let at = edt_squared_at(&|i| feats[i] != 0, shape, sp, &queries, f64::INFINITY);
             let want: Vec<f64> = queries.iter().map(|&q| full[q]).collect();
-            assert_eq!(at, want, "shape {shape:?}");
-            // Capped: exact up to the cap, infinity (never a smaller wrong value) above it.
-            let cap = rng.random_range(0.5..20.0);
-            let capped = edt_squared_at(&|i| feats[i] != 0, shape, sp, &queries, cap);
-            for (c, w) in capped.iter().zip(&want) {
-                if *w <= cap {
-                    assert_eq!(c, w);
-                } else {
-                    assert!(c.is_infinite() || c == w, "{c} vs {w} cap {cap}");
+            let is_f = |i: usize| feats[i] != 0;
+            for factor in [0, SPARSE_COST_FACTOR, usize::MAX] {
+                let at = edt_squared_at_with(&is_f, shape, sp, &queries, f64::INFINITY, factor);
+                assert_eq!(at, want, "shape {shape:?}");
+                // Capped: exact up to the cap, infinity (never a smaller wrong value) above it.
+                let cap = rng.random_range(0.5..20.0);
+                let capped = edt_squared_at_with(&is_f, shape, sp, &queries, cap, factor);
+                for (c, w) in capped.iter().zip(&want) {
+                    if *w <= cap {
+                        assert_eq!(c, w);
+                    } else {
+                        assert!(c.is_infinite() || c == w, "{c} vs {w} cap {cap}");
+                    }
                 }
             }
         }
+    }
+
+    /// The offset scan against the full transform: features and queries on the grid's border
+    /// and corners, caps from below one voxel to far beyond the grid, anisotropic spacing, no
+    /// features at all. Every value `<= cap` must be bit-identical, everything above infinity.
+    #[test]
+    fn sparse_scan_matches_full_map_with_borders_and_huge_caps() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for trial in 0..60 {
+            let shape = [
+                rng.random_range(1..10),
+                rng.random_range(1..10),
+                rng.random_range(1..10),
+            ];
+            let sp = [
+                rng.random_range(0.2..3.0),
+                rng.random_range(0.2..3.0),
+                rng.random_range(0.2..3.0),
+            ];
+            let n = shape.iter().product::<usize>();
+            let density = [0.0, 0.01, 0.05, 0.3][trial % 4];
+            let mut feats: Vec<u8> = (0..n).map(|_| u8::from(rng.random_bool(density))).collect();
+            if trial % 8 == 1 {
+                // Only the two opposite corners of the grid.
+                feats.fill(0);
+                feats[0] = 1;
+                feats[n - 1] = 1;
+            }
+            // Every voxel; backwards on odd trials (the scan must not rely on sorted queries).
+            let mut queries: Vec<usize> = (0..n).collect();
+            if trial % 2 == 1 {
+                queries.reverse();
+            }
+            let full = edt_squared(&feats, shape, sp);
+            // Exactly a distance that occurs (ties with the cap), tiny, moderate, beyond the grid.
+            let finite: Vec<f64> = full.iter().copied().filter(|v| v.is_finite()).collect();
+            let tie = finite
+                .get(trial % finite.len().max(1))
+                .copied()
+                .unwrap_or(1.0);
+            for cap in [tie, 0.01, rng.random_range(0.5..30.0), 1e6] {
+                let offsets = Offsets::within(cap, shape, sp, usize::MAX).unwrap();
+                let got = sparse_squared_at(&|i| feats[i] != 0, shape, &offsets, &queries);
+                for (g, &q) in got.iter().zip(&queries) {
+                    let w = &full[q];
+                    if *w <= cap {
+                        assert_eq!(g, w, "trial {trial} {shape:?} {sp:?} cap {cap} voxel {q}");
+                    } else {
+                        assert!(
+                            g.is_infinite(),
+                            "trial {trial} cap {cap} voxel {q}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn offsets_are_sorted_bounded_and_refused_when_too_many() {
+        let sp = [0.8, 0.8, 2.5];
+        let cap = 4.0;
+        let o = Offsets::within(cap, [100, 100, 100], sp, usize::MAX).unwrap();
+        assert!(o.list.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert!(o.list.iter().all(|(_, v)| *v <= cap));
+        // |o0|, |o1| <= 2 (0.8·2 = 1.6 <= 2 < 2.4), o2 = 0: the disc o0² + o1² <= 6.25.
+        assert_eq!(o.list.len(), 21);
+        assert_eq!(o.list[0], ([0, 0, 0], 0.0));
+        // The reach never exceeds the grid: on a 1×1×1 grid only the origin is left.
+        let one = Offsets::within(1e9, [1, 1, 1], sp, usize::MAX).unwrap();
+        assert_eq!(one.list.len(), 1);
+        assert!(Offsets::within(cap, [100, 100, 100], sp, 20).is_none());
+        assert!(Offsets::within(f64::INFINITY, [100, 100, 100], sp, usize::MAX).is_none());
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Surface distances exactly as DeepMind surface-distance 0.1 computes them
 //! (`compute_surface_distances`): surfels on the voxel-corner grid from 2×2×2 neighbour codes,
 //! weighted by their area in mm², after cropping both masks to the bounding box of their union;
-//! distances from an exact anisotropic EDT to the other mask's surfels.
+//! distances from an exact anisotropic EDT to the other mask's surfels. With a tolerance
+//! ([`SurfaceDistances::compute_within`], what NSD uses) each surfel instead scans the few
+//! offsets within the tolerance, nearest first; both give the same bits for every distance
+//! `<=` the tolerance.
 
 use rayon::prelude::*;
 
 use crate::MetricsError;
-use crate::edt::edt_squared_at;
+use crate::edt::edt_squared_at_with;
 use crate::normals_table::NEIGHBOUR_CODE_TO_NORMALS;
 
 /// Area (mm²) of the surfels of each of the 256 neighbour codes at this spacing
@@ -78,6 +81,26 @@ impl SurfaceDistances {
         spacing: [f64; 3],
         max_mm: f64,
     ) -> Result<Self, MetricsError> {
+        Self::compute_with(
+            pred,
+            reference,
+            shape,
+            spacing,
+            max_mm,
+            crate::edt::SPARSE_COST_FACTOR,
+        )
+    }
+
+    /// [`compute_within`](Self::compute_within) with the EDT's sparse-scan budget (see
+    /// `edt::edt_squared_at_with`), so that tests can pin either distance path.
+    pub(crate) fn compute_with(
+        pred: &[u8],
+        reference: &[u8],
+        shape: [usize; 3],
+        spacing: [f64; 3],
+        max_mm: f64,
+        sparse_cost_factor: usize,
+    ) -> Result<Self, MetricsError> {
         crate::check_len("pred", pred.len(), shape)?;
         crate::check_len("ref", reference.len(), shape)?;
         crate::check_spacing(spacing)?;
@@ -87,12 +110,11 @@ impl SurfaceDistances {
         // Corner grid of the crop: one more corner than voxels on each axis (the reference pads the
         // crop with one zero voxel on the high side and correlates with zeros outside).
         let cs = [hi[0] - lo[0] + 2, hi[1] - lo[1] + 2, hi[2] - lo[2] + 2];
-        let codes_ref = neighbour_codes(reference, shape, lo, hi, cs);
-        let codes_pred = neighbour_codes(pred, shape, lo, hi, cs);
+        let surf_ref = neighbour_codes(reference, shape, lo, hi, cs);
+        let surf_pred = neighbour_codes(pred, shape, lo, hi, cs);
         let areas = neighbour_code_areas(spacing);
-
-        let (ref_idx, ref_areas) = surfels(&codes_ref, &areas);
-        let (pred_idx, pred_areas) = surfels(&codes_pred, &areas);
+        let ref_areas = surf_ref.areas(&areas);
+        let pred_areas = surf_pred.areas(&areas);
 
         // A little above max_mm² so that rounding of the square cannot drop a distance equal to
         // max_mm.
@@ -101,8 +123,22 @@ impl SurfaceDistances {
         } else {
             f64::INFINITY
         };
-        let pred_to_ref = distances_at(&codes_ref, &ref_idx, &pred_idx, cs, spacing, cap);
-        let ref_to_pred = distances_at(&codes_pred, &pred_idx, &ref_idx, cs, spacing, cap);
+        let pred_to_ref = distances_at(
+            &surf_ref,
+            &surf_pred.idx,
+            cs,
+            spacing,
+            cap,
+            sparse_cost_factor,
+        );
+        let ref_to_pred = distances_at(
+            &surf_pred,
+            &surf_ref.idx,
+            cs,
+            spacing,
+            cap,
+            sparse_cost_factor,
+        );
         Ok(Self {
             ref_to_pred,
             ref_areas,
@@ -248,17 +284,26 @@ fn union_bbox(a: &[u8], b: &[u8], shape: [usize; 3]) -> Option<([usize; 3], [usi
                 let base = i0 * slab + i1 * n2;
                 let ra = &a[base..base + n2];
                 let rb = &b[base..base + n2];
-                let first = ra.iter().zip(rb).position(|(x, y)| *x != 0 || *y != 0);
-                if let Some(f) = first {
-                    let last = ra
-                        .iter()
-                        .zip(rb)
-                        .rposition(|(x, y)| *x != 0 || *y != 0)
-                        .unwrap_or(f);
-                    any = true;
-                    lo = [lo[0].min(i0), lo[1].min(i1), lo[2].min(f)];
-                    hi = [hi[0].max(i0), hi[1].max(i1), hi[2].max(last)];
+                // A branch-free OR over the row first (vectorised): most rows are empty.
+                let or = ra.iter().zip(rb).fold(0u8, |acc, (x, y)| acc | x | y);
+                if or == 0 {
+                    continue;
                 }
+                let hit = |(x, y): (&u8, &u8)| *x != 0 || *y != 0;
+                // Only a foreground voxel outside the box found so far can widen it on axis 2.
+                let head = lo[2].min(n2);
+                if let Some(f) = ra[..head].iter().zip(&rb[..head]).position(hit) {
+                    lo[2] = f;
+                }
+                let tail = if any { hi[2] + 1 } else { 0 };
+                if let Some(l) = ra[tail..].iter().zip(&rb[tail..]).rposition(hit) {
+                    hi[2] = tail + l;
+                }
+                any = true;
+                lo[0] = lo[0].min(i0);
+                lo[1] = lo[1].min(i1);
+                hi[0] = hi[0].max(i0);
+                hi[1] = hi[1].max(i1);
             }
             any.then_some((lo, hi))
         })
@@ -271,107 +316,187 @@ fn union_bbox(a: &[u8], b: &[u8], shape: [usize; 3]) -> Option<([usize; 3], [usi
     })
 }
 
-/// Neighbour code of every corner of the crop: `scipy.ndimage.correlate(crop, kernel)` with the
+/// Neighbour codes of the crop's corners: `scipy.ndimage.correlate(crop, kernel)` with the
 /// kernel `[[[128, 64], [32, 16]], [[8, 4], [2, 1]]]`, whose origin makes corner `p` see voxels
 /// `p - 1` (high bits) and `p` (low bits) on each axis.
+///
+/// Only surfels (codes other than 0 and 255) matter downstream, so only they are kept (see
+/// [`Surfels`]). The crop is first packed into bit rows along axis 2; a corner row then finds its
+/// surfels with a few word operations (a corner is a surfel exactly when its eight voxels are
+/// not all equal) and forms codes only there. No byte-per-corner grid is ever allocated.
 fn neighbour_codes(
     mask: &[u8],
     shape: [usize; 3],
     lo: [usize; 3],
     hi: [usize; 3],
     cs: [usize; 3],
-) -> Vec<u8> {
+) -> Surfels {
     let [_, n1, n2] = shape;
     let ext = [hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, hi[2] - lo[2] + 1];
-    let mut codes = vec![0u8; cs[0] * cs[1] * cs[2]];
-    // The crop row at crop coordinates (q0, q1) along axis 2, or None outside the crop (zeros)
-    // or when the row holds no foreground (it contributes nothing).
-    let row = |q0: isize, q1: isize| -> Option<&[u8]> {
+    // Words per bit row: bit k of a row is crop voxel k (k < ext[2]); the corner rows need one
+    // more bit (cs[2] = ext[2] + 1), which is always zero in a voxel row.
+    let nw = cs[2].div_ceil(64);
+    let mut bits = vec![0u64; ext[0] * ext[1] * nw];
+    let mut nonempty = vec![false; ext[0] * ext[1]];
+    bits.par_chunks_mut(ext[1] * nw)
+        .zip(nonempty.par_chunks_mut(ext[1]))
+        .enumerate()
+        .for_each(|(q0, (slab, flags))| {
+            for (q1, (out, flag)) in slab.chunks_mut(nw).zip(flags.iter_mut()).enumerate() {
+                let start = ((lo[0] + q0) * n1 + lo[1] + q1) * n2 + lo[2];
+                let r = &mask[start..start + ext[2]];
+                *flag = pack_row(r, out) != 0;
+            }
+        });
+    // The bit row of crop voxels (q0, q1), or None outside the crop or when it is empty.
+    let row = |q0: isize, q1: isize| -> Option<&[u64]> {
         if q0 < 0 || q1 < 0 || q0 as usize >= ext[0] || q1 as usize >= ext[1] {
             return None;
         }
-        let start = ((lo[0] + q0 as usize) * n1 + lo[1] + q1 as usize) * n2 + lo[2];
-        let r = &mask[start..start + ext[2]];
-        r.iter().any(|&v| v != 0).then_some(r)
+        let r = q0 as usize * ext[1] + q1 as usize;
+        nonempty[r].then(|| &bits[r * nw..(r + 1) * nw])
     };
-    codes
-        .par_chunks_mut(cs[1] * cs[2])
-        .enumerate()
-        .for_each_init(
-            || vec![0u8; cs[2]],
-            |cols, (p0, slab)| {
-                let p0 = p0 as isize;
-                for p1 in 0..cs[1] {
-                    let p1i = p1 as isize;
-                    // Bit k = 3 - (2a + b) of a column value holds the voxel at axis-0 offset a and
-                    // axis-1 offset b (offset 0 = corner - 1, offset 1 = corner).
-                    let rows = [
-                        row(p0, p1i),
-                        row(p0, p1i - 1),
-                        row(p0 - 1, p1i),
-                        row(p0 - 1, p1i - 1),
-                    ];
-                    if rows.iter().all(Option::is_none) {
-                        continue;
+    let slab_len = cs[1] * cs[2];
+    let per_slab: Vec<(Vec<usize>, Vec<u8>)> = (0..cs[0])
+        .into_par_iter()
+        .map(|p0u| {
+            let mut found = Vec::new();
+            let mut found_codes = Vec::new();
+            let p0 = p0u as isize;
+            for p1 in 0..cs[1] {
+                let p1i = p1 as isize;
+                // Index 2a + b: voxel row (p0 - 1 + a, p1 - 1 + b).
+                let rows = [
+                    row(p0 - 1, p1i - 1),
+                    row(p0 - 1, p1i),
+                    row(p0, p1i - 1),
+                    row(p0, p1i),
+                ];
+                if rows.iter().all(Option::is_none) {
+                    continue;
+                }
+                let word = |ab: usize, w: usize| rows[ab].map_or(0, |r| r[w]);
+                for w in 0..nw {
+                    // Per row: `high` has bit p2 = voxel p2, `low` has bit p2 = voxel p2 - 1.
+                    let mut high = [0u64; 4];
+                    let mut low = [0u64; 4];
+                    for ab in 0..4 {
+                        high[ab] = word(ab, w);
+                        let carry = if w > 0 { word(ab, w - 1) >> 63 } else { 0 };
+                        low[ab] = (high[ab] << 1) | carry;
                     }
-                    cols.fill(0);
-                    for (bit, r) in rows.iter().enumerate() {
-                        if let Some(r) = r {
-                            for (c, &v) in cols.iter_mut().zip(r.iter()) {
-                                *c |= u8::from(v != 0) << bit;
-                            }
+                    let or = high.iter().chain(&low).fold(0, |acc, x| acc | x);
+                    let and = high.iter().chain(&low).fold(u64::MAX, |acc, x| acc & x);
+                    let mut surf = or & !and;
+                    while surf != 0 {
+                        let j = surf.trailing_zeros() as usize;
+                        surf &= surf - 1;
+                        let mut code = 0u8;
+                        for ab in 0..4 {
+                            // Kernel weight of voxel (a, b, c) is 2^(7 - (4a + 2b + c)).
+                            let shift = 7 - 2 * ab as u32;
+                            code |= (((low[ab] >> j) & 1) as u8) << shift;
+                            code |= (((high[ab] >> j) & 1) as u8) << (shift - 1);
                         }
-                    }
-                    let out = &mut slab[p1 * cs[2]..(p1 + 1) * cs[2]];
-                    // Slide along axis 2: corner p2 sees voxel p2 - 1 (kernel offset c = 0, odd
-                    // bits) and voxel p2 (c = 1, even bits).
-                    let mut prev = 0u8;
-                    for (code, &cur) in out.iter_mut().zip(cols.iter()) {
-                        *code = (spread(prev) << 1) | spread(cur);
-                        prev = cur;
+                        found.push(p0u * slab_len + p1 * cs[2] + w * 64 + j);
+                        found_codes.push(code);
                     }
                 }
-            },
-        );
-    codes
-}
-
-/// Maps a 4-bit column value `(ab)` to bit positions 2·(3 - (2a + b))... i.e. places bit k of
-/// `col` at bit 2k of the result.
-#[inline]
-fn spread(col: u8) -> u8 {
-    (col & 1) | ((col & 2) << 1) | ((col & 4) << 2) | ((col & 8) << 3)
-}
-
-fn surfels(codes: &[u8], areas: &[f64; 256]) -> (Vec<usize>, Vec<f64>) {
-    let idx: Vec<usize> = codes
-        .par_iter()
-        .enumerate()
-        .filter(|(_, c)| **c != 0 && **c != 255)
-        .map(|(i, _)| i)
+            }
+            (found, found_codes)
+        })
         .collect();
-    let a = idx.iter().map(|&i| areas[codes[i] as usize]).collect();
-    (idx, a)
+    let n = per_slab.iter().map(|(i, _)| i.len()).sum();
+    let mut idx = Vec::with_capacity(n);
+    let mut codes = Vec::with_capacity(n);
+    for (i, c) in per_slab {
+        idx.extend_from_slice(&i);
+        codes.extend_from_slice(&c);
+    }
+    // Surfels are a thin shell: setting their bits one by one is cheap, and unlike slab-parallel
+    // writes it needs no care for words shared by two slabs.
+    let mut bits = vec![0u64; (cs[0] * slab_len).div_ceil(64)];
+    for &i in &idx {
+        bits[i / 64] |= 1 << (i % 64);
+    }
+    Surfels { idx, codes, bits }
 }
 
-/// Distances from the surfels at `query` to the nearest surfel of the mask whose codes are
-/// `codes` (its surfels are `feature_idx`): infinity when that mask has no surfel.
+/// The surfels of one mask on the crop's corner grid.
+struct Surfels {
+    /// Flat corner indices, increasing.
+    idx: Vec<usize>,
+    /// Neighbour code of each surfel.
+    codes: Vec<u8>,
+    /// One bit per corner (flat index), set at surfels: the EDT's feature set, 1/8 of a byte grid
+    /// so that the distance lookups stay in cache.
+    bits: Vec<u64>,
+}
+
+impl Surfels {
+    fn areas(&self, table: &[f64; 256]) -> Vec<f64> {
+        self.codes.iter().map(|&c| table[c as usize]).collect()
+    }
+
+    #[inline]
+    fn contains(&self, i: usize) -> bool {
+        (self.bits[i / 64] >> (i % 64)) & 1 == 1
+    }
+}
+
+/// Packs a mask row into bits (bit k of word w = `row[64 w + k] != 0`), eight bytes at a time;
+/// returns the OR of the words.
+fn pack_row(row: &[u8], out: &mut [u64]) -> u64 {
+    let mut any = 0u64;
+    for (w, chunk) in out.iter_mut().zip(row.chunks(64)) {
+        let mut x = 0u64;
+        let mut eights = chunk.chunks_exact(8);
+        for (k, c8) in eights.by_ref().enumerate() {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(c8);
+            x |= nonzero_bytes(u64::from_le_bytes(bytes)) << (8 * k);
+        }
+        let rest = eights.remainder();
+        let done = chunk.len() - rest.len();
+        for (j, &v) in rest.iter().enumerate() {
+            x |= u64::from(v != 0) << (done + j);
+        }
+        *w = x;
+        any |= x;
+    }
+    any
+}
+
+/// Bit i of the result is set when byte i (little endian) of `w` is non-zero.
+#[inline]
+fn nonzero_bytes(w: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    // Per byte: the high bit ends up set iff the byte is non-zero ((b & 0x7f) + 0x7f cannot
+    // carry into the next byte).
+    let high = (((w & LOW7) + LOW7) | w) & !LOW7;
+    // Bit 8i + 7 → bit i: the multiplier's terms 2^(7k), k = 1..=8, move byte i's bit to
+    // 56 + i without two terms ever landing on the same bit (so no carries).
+    ((high >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
+}
+
+/// Distances from the surfels at `query` to the nearest surfel of `features`: infinity when that
+/// mask has no surfel.
 fn distances_at(
-    codes: &[u8],
-    feature_idx: &[usize],
+    features: &Surfels,
     query: &[usize],
     cs: [usize; 3],
     spacing: [f64; 3],
     cap: f64,
+    sparse_cost_factor: usize,
 ) -> Vec<f64> {
     if query.is_empty() {
         return Vec::new();
     }
-    if feature_idx.is_empty() {
+    if features.idx.is_empty() {
         return vec![f64::INFINITY; query.len()];
     }
-    let is_feature = |i: usize| codes[i] != 0 && codes[i] != 255;
-    let sq = edt_squared_at(&is_feature, cs, spacing, query, cap);
+    let is_feature = |i: usize| features.contains(i);
+    let sq = edt_squared_at_with(&is_feature, cs, spacing, query, cap, sparse_cost_factor);
     sq.into_iter().map(f64::sqrt).collect()
 }
 
@@ -391,23 +516,12 @@ mod tests {
         assert!((t[15] - 1.0).abs() < 1e-15);
     }
 
-    #[test]
-    fn spread_places_bits() {
-        assert_eq!(spread(0b1111), 0b0101_0101);
-        assert_eq!(spread(0b1000), 0b0100_0000);
-    }
-
-    /// Brute-force neighbour codes straight from the kernel definition.
-    #[test]
+    /// Neighbour codes straight from the kernel definition (the crop padded with zeros).
     #[allow(clippy::needless_range_loop)]
-    fn codes_match_direct_correlation() {
-        let shape = [3, 4, 2];
-        let mask: Vec<u8> = (0..24).map(|i| u8::from((i * 7 + 3) % 5 < 2)).collect();
-        let lo = [0, 0, 0];
-        let hi = [2, 3, 1];
-        let cs = [4, 5, 3];
-        let codes = neighbour_codes(&mask, shape, lo, hi, cs);
+    fn direct_codes(mask: &[u8], shape: [usize; 3], lo: [usize; 3], cs: [usize; 3]) -> Vec<u8> {
+        let ext = [cs[0] - 1, cs[1] - 1, cs[2] - 1];
         let kernel = [[[128u32, 64], [32, 16]], [[8, 4], [2, 1]]];
+        let mut out = vec![0u8; cs[0] * cs[1] * cs[2]];
         for p0 in 0..cs[0] {
             for p1 in 0..cs[1] {
                 for p2 in 0..cs[2] {
@@ -415,23 +529,161 @@ mod tests {
                     for a in 0..2 {
                         for b in 0..2 {
                             for c in 0..2 {
-                                let (q0, q1, q2) = (p0 + a, p1 + b, p2 + c);
-                                // crop index = q - 1
-                                if q0 >= 1 && q1 >= 1 && q2 >= 1 && q0 <= 3 && q1 <= 4 && q2 <= 2 {
-                                    let i = ((q0 - 1) * 4 + q1 - 1) * 2 + q2 - 1;
-                                    code += kernel[a][b][c] * u32::from(mask[i]);
+                                // Crop index = corner + offset - 1.
+                                let q = [p0 + a, p1 + b, p2 + c];
+                                if (0..3).all(|k| q[k] >= 1 && q[k] <= ext[k]) {
+                                    let i = ((lo[0] + q[0] - 1) * shape[1] + lo[1] + q[1] - 1)
+                                        * shape[2]
+                                        + lo[2]
+                                        + q[2]
+                                        - 1;
+                                    code += kernel[a][b][c] * u32::from(mask[i] != 0);
                                 }
                             }
                         }
                     }
-                    assert_eq!(
-                        codes[(p0 * cs[1] + p1) * cs[2] + p2] as u32,
-                        code,
-                        "{p0} {p1} {p2}"
-                    );
+                    out[(p0 * cs[1] + p1) * cs[2] + p2] = code as u8;
                 }
             }
         }
+        out
+    }
+
+    /// The bit-row codes against the kernel definition, on random masks whose axis 2 spans one,
+    /// two and three 64-bit words (carries between words), cropped to their bounding box.
+    #[test]
+    fn codes_match_direct_correlation() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for trial in 0..30 {
+            let shape = [
+                rng.random_range(1..6),
+                rng.random_range(1..6),
+                [1, 2, 63, 64, 65, 127, 128, 130][trial % 8],
+            ];
+            let density = [0.05, 0.3, 0.7, 0.97][trial % 4];
+            let n = shape.iter().product::<usize>();
+            let mask: Vec<u8> = (0..n)
+                .map(|_| {
+                    if rng.random_bool(density) {
+                        1 + rng.random_range(0..3)
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let Some((lo, hi)) = union_bbox(&mask, &mask, shape) else {
+                continue;
+            };
+            let cs = [hi[0] - lo[0] + 2, hi[1] - lo[1] + 2, hi[2] - lo[2] + 2];
+            let got = neighbour_codes(&mask, shape, lo, hi, cs);
+            let want = direct_codes(&mask, shape, lo, cs);
+            let surfel = |c: u8| c != 0 && c != 255;
+            let want_idx: Vec<usize> = (0..want.len()).filter(|&i| surfel(want[i])).collect();
+            assert_eq!(got.idx, want_idx, "trial {trial} shape {shape:?}");
+            let want_codes: Vec<u8> = want_idx.iter().map(|&i| want[i]).collect();
+            assert_eq!(got.codes, want_codes, "trial {trial} shape {shape:?}");
+            for (i, &w) in want.iter().enumerate() {
+                assert_eq!(got.contains(i), surfel(w), "trial {trial} corner {i}");
+            }
+        }
+    }
+
+    /// NSD's capped distances by the offset scan and by the dense transform against the uncapped
+    /// distances: masks filling the volume up to its border, one or both empty, tolerances from
+    /// zero to far beyond the volume. Distances within the tolerance and the surface Dice must be
+    /// bit-identical; the scan answers infinity beyond the tolerance.
+    #[test]
+    fn capped_paths_match_uncapped_distances() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for trial in 0..40 {
+            let shape = [
+                rng.random_range(1..9),
+                rng.random_range(1..9),
+                rng.random_range(1..9),
+            ];
+            let sp = [
+                rng.random_range(0.3..3.0),
+                rng.random_range(0.3..3.0),
+                rng.random_range(0.3..3.0),
+            ];
+            let n = shape.iter().product::<usize>();
+            let mut pred: Vec<u8> = (0..n).map(|_| u8::from(rng.random_bool(0.4))).collect();
+            let mut reference: Vec<u8> = (0..n).map(|_| u8::from(rng.random_bool(0.6))).collect();
+            match trial % 5 {
+                0 => reference.fill(1), // the whole volume: surface on all six borders
+                1 => pred.fill(0),
+                2 => {
+                    pred.fill(0);
+                    reference.fill(0);
+                }
+                _ => {}
+            }
+            let full = SurfaceDistances::compute(&pred, &reference, shape, sp).unwrap();
+            for tol in [0.0, sp[0], rng.random_range(0.1..4.0), 1e4] {
+                let dense =
+                    SurfaceDistances::compute_with(&pred, &reference, shape, sp, tol, 0).unwrap();
+                let sparse =
+                    SurfaceDistances::compute_with(&pred, &reference, shape, sp, tol, usize::MAX)
+                        .unwrap();
+                for got in [&dense, &sparse] {
+                    assert_eq!(got.ref_areas, full.ref_areas);
+                    assert_eq!(got.pred_areas, full.pred_areas);
+                    let pairs = got
+                        .ref_to_pred
+                        .iter()
+                        .zip(&full.ref_to_pred)
+                        .chain(got.pred_to_ref.iter().zip(&full.pred_to_ref));
+                    for (g, w) in pairs {
+                        if *w <= tol {
+                            assert_eq!(g, w, "trial {trial} tol {tol}");
+                        } else {
+                            assert!(*g > tol, "trial {trial} tol {tol}: {g} vs {w}");
+                        }
+                    }
+                    let (a, b) = (got.surface_dice(tol), full.surface_dice(tol));
+                    assert!(
+                        a.to_bits() == b.to_bits(),
+                        "trial {trial} tol {tol}: {a} vs {b}"
+                    );
+                }
+                for d in sparse.ref_to_pred.iter().chain(&sparse.pred_to_ref) {
+                    assert!(*d <= tol || d.is_infinite(), "trial {trial}: {d} > {tol}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nonzero_bytes_gathers_one_bit_per_byte() {
+        assert_eq!(nonzero_bytes(0), 0);
+        assert_eq!(nonzero_bytes(u64::MAX), 0xff);
+        assert_eq!(nonzero_bytes(0x0100_0000_0000_0080), 0b1000_0001);
+        assert_eq!(nonzero_bytes(0x00ff_0001_7f00_0200), 0b0101_1010);
+        let mut out = [0u64; 2];
+        let row: Vec<u8> = (0..70)
+            .map(|i| u8::from(i % 3 == 0) * (i as u8 | 1))
+            .collect();
+        pack_row(&row, &mut out);
+        for (i, &v) in row.iter().enumerate() {
+            assert_eq!((out[i / 64] >> (i % 64)) & 1 == 1, v != 0, "byte {i}");
+        }
+    }
+
+    #[test]
+    fn union_bbox_of_scattered_voxels() {
+        let shape = [4, 5, 70];
+        let mut a = vec![0u8; 4 * 5 * 70];
+        let mut b = a.clone();
+        let at = |i0: usize, i1: usize, i2: usize| (i0 * 5 + i1) * 70 + i2;
+        assert_eq!(union_bbox(&a, &b, shape), None);
+        a[at(1, 3, 40)] = 1;
+        assert_eq!(union_bbox(&a, &b, shape), Some(([1, 3, 40], [1, 3, 40])));
+        b[at(2, 1, 65)] = 7;
+        a[at(3, 4, 2)] = 1;
+        b[at(3, 2, 50)] = 1;
+        assert_eq!(union_bbox(&a, &b, shape), Some(([1, 1, 2], [3, 4, 65])));
     }
 
     #[test]
