@@ -59,5 +59,51 @@ fn main() -> Result<(), clopa_interact::InteractError> {
             t.elapsed().as_secs_f64() * 1e3
         );
     }
+    // the kernels of the zoomed assembly, one at a time (zoom 1.5 and 4)
+    for zoom in [1.5, 4.0] {
+        let scaled = [192, 192, 192].map(|p: usize| (p as f64 * zoom).round() as usize);
+        let window = clopa_interact::window_around(center, scaled);
+        let origin = window.map(|[lo, _]| lo);
+        let part = [0, 1, 2].map(|d| {
+            [
+                window[d][0].clamp(0, shape[d] as i64) as usize,
+                window[d][1].clamp(0, shape[d] as i64) as usize,
+            ]
+        });
+        let view = |data| clopa_interact::resample::VolumeView {
+            data,
+            shape,
+            part,
+            origin,
+            full: scaled,
+        };
+        let t = Instant::now();
+        let _ = clopa_interact::resample::area_f16_view(
+            &view(it.channel(clopa_interact::PREV_SEG)),
+            [192; 3],
+        );
+        let a = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let _ = clopa_interact::resample::nearest_view(
+            &view(it.channel(clopa_interact::PREV_SEG)),
+            [192; 3],
+        );
+        let b = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let _ = clopa_interact::resample::trilinear_view(
+            &clopa_interact::resample::VolumeView {
+                data: &norm,
+                shape,
+                part,
+                origin,
+                full: scaled,
+            },
+            [192; 3],
+        );
+        let c = t.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "zoom {zoom}: area(prev_seg) {a:.1} ms, nearest(prev_seg) {b:.1} ms, trilinear(image) {c:.1} ms"
+        );
+    }
     Ok(())
 }

@@ -7,7 +7,11 @@ use crate::interactions::{
     BBOX_POS, Interactions, MAX_ZOOM, NUM_INTERACTION_CHANNELS, POINT_NEG, POINT_POS, PREV_SEG,
     SCRIBBLE_NEG, SCRIBBLE_POS, round_half_even,
 };
-use crate::resample::{Region, area_f16, max_pool, nearest, round_to_nearest_odd, trilinear};
+use rayon::prelude::*;
+
+use crate::resample::{
+    Region, VolumeView, area_f16_view, max_pool, nearest_view, round_to_nearest_odd, trilinear_view,
+};
 
 /// Channels of the network input: image + the 7 interaction channels.
 pub const NUM_INPUT_CHANNELS: usize = 1 + NUM_INTERACTION_CHANNELS;
@@ -140,53 +144,84 @@ pub fn build_network_input(
         })
     };
     let has_image = valid.iter().all(|[a, b]| b > a);
-    let previous_prediction;
 
+    let origin = window.map(|[lo, _]| lo);
+    let view = |c: usize| -> Option<VolumeView<'_, f16>> {
+        Some(VolumeView {
+            data: interactions.channel(c),
+            shape,
+            part: part(c)?,
+            origin,
+            full: scaled,
+        })
+    };
+    let (img, rest) = data.split_at_mut(n);
+    let previous_prediction;
     if scaled == patch {
-        let (img, rest) = data.split_at_mut(n);
         if has_image {
             copy_rows(image, shape, valid, window, img, patch, |v| v);
         }
-        for (c, dst) in rest.chunks_exact_mut(n).enumerate() {
-            if let Some(r) = part(c) {
-                let table = if c == PREV_SEG { &raw } else { &normed };
-                copy_rows(interactions.channel(c), shape, r, window, dst, patch, |v| {
-                    table[v.to_bits() as usize]
-                });
-            }
-        }
+        rest.par_chunks_exact_mut(n)
+            .enumerate()
+            .for_each(|(c, dst)| {
+                if let Some(r) = part(c) {
+                    let table = if c == PREV_SEG { &raw } else { &normed };
+                    copy_rows(interactions.channel(c), shape, r, window, dst, patch, |v| {
+                        table[v.to_bits() as usize]
+                    });
+                }
+            });
         previous_prediction = rest[PREV_SEG * n..(PREV_SEG + 1) * n].to_vec();
     } else {
         let ks = round_to_nearest_odd(2.0 * zoom - 1.0);
         let r = (ks - 1) / 2;
-        let (img, rest) = data.split_at_mut(n);
-        for (c, dst) in rest.chunks_exact_mut(n).enumerate() {
-            let Some(mut reg) = crop(c) else { continue };
-            if r > 0 && [POINT_POS, POINT_NEG, SCRIBBLE_POS, SCRIBBLE_NEG].contains(&c) {
-                reg = max_pool(&reg, r);
-            }
-            let pooled: Vec<f16> = area_f16(&reg, patch);
-            let table = if c == PREV_SEG { &raw } else { &normed };
-            for (dst, &v) in dst.iter_mut().zip(&pooled) {
-                *dst = table[v.to_bits() as usize];
-            }
-        }
-        previous_prediction = match crop(PREV_SEG) {
-            Some(reg) => nearest(&reg, patch),
+        // Channels are independent; each kernel is parallel inside too, so this mostly
+        // overlaps the small pooled channels with the big ones.
+        rest.par_chunks_exact_mut(n).enumerate().try_for_each(
+            |(c, dst)| -> Result<(), InteractError> {
+                let pooled =
+                    r > 0 && [POINT_POS, POINT_NEG, SCRIBBLE_POS, SCRIBBLE_NEG].contains(&c);
+                let values: Vec<f16> = if pooled {
+                    let Some(reg) = crop(c) else { return Ok(()) };
+                    let reg = max_pool(&reg, r);
+                    // the pooled values are maxima of f16 values (or 0): exact in f16
+                    let h: Vec<f16> = reg.data.iter().map(|&v| f16::from_f32(v)).collect();
+                    area_f16_view(
+                        &VolumeView {
+                            data: &h,
+                            shape: reg.shape,
+                            part: reg.shape.map(|s| [0, s]),
+                            origin: reg.lo.map(|l| -(l as i64)),
+                            full: reg.full,
+                        },
+                        patch,
+                    )
+                } else {
+                    let Some(v) = view(c) else { return Ok(()) };
+                    area_f16_view(&v, patch)
+                };
+                let table = if c == PREV_SEG { &raw } else { &normed };
+                for (dst, &v) in dst.iter_mut().zip(&values) {
+                    *dst = table[v.to_bits() as usize];
+                }
+                Ok(())
+            },
+        )?;
+        previous_prediction = match view(PREV_SEG) {
+            Some(v) => nearest_view(&v, patch)
+                .iter()
+                .map(|&v| raw[v.to_bits() as usize])
+                .collect(),
             None => vec![0.0; n],
         };
         if has_image {
-            let shape_v = valid.map(|[a, b]| b - a);
-            let lo = [0, 1, 2].map(|d| (valid[d][0] as i64 - window[d][0]) as usize);
-            let mut d = vec![0f32; shape_v.iter().product()];
-            let local = [0, 1, 2].map(|k| [valid[k][0] as i64, 0]);
-            copy_rows(image, shape, valid, local, &mut d, shape_v, |v| v);
-            img.copy_from_slice(&trilinear(
-                &Region {
+            img.copy_from_slice(&trilinear_view(
+                &VolumeView {
+                    data: image,
+                    shape,
+                    part: valid,
+                    origin,
                     full: scaled,
-                    lo,
-                    shape: shape_v,
-                    data: d,
                 },
                 patch,
             ));

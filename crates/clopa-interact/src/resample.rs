@@ -337,6 +337,199 @@ pub fn trilinear<T: Copy + Into<f64> + Sync>(src: &Region<T>, out: [usize; 3]) -
     c.data
 }
 
+/// A box of a C-order image volume seen through a zero-padded window: what [`Region`] describes
+/// after copying, without the copy. `part` (image coordinates, clipped to the image) holds the
+/// values that may be non-zero; window coordinate `w` is image coordinate `w + origin`.
+#[derive(Debug, Clone, Copy)]
+pub struct VolumeView<'a, T> {
+    /// The whole image, C order.
+    pub data: &'a [T],
+    /// Its shape.
+    pub shape: [usize; 3],
+    /// The in-image box that is read (zero outside it).
+    pub part: [[usize; 2]; 3],
+    /// Image coordinate of the window's first voxel.
+    pub origin: [i64; 3],
+    /// Size of the (padded) window.
+    pub full: [usize; 3],
+}
+
+impl<T> VolumeView<'_, T> {
+    /// The window-coordinate range `[s, e)` along `d`, clipped to `part`, in image coordinates.
+    fn clip(&self, d: usize, s: usize, e: usize) -> (usize, usize) {
+        let lo = (s as i64 + self.origin[d]).max(self.part[d][0] as i64);
+        let hi = (e as i64 + self.origin[d]).min(self.part[d][1] as i64);
+        if hi > lo {
+            (lo as usize, hi as usize)
+        } else {
+            (0, 0)
+        }
+    }
+}
+
+/// [`area_f16`] of the window `view` (f16 values, so no copy to f32 is needed), bit for bit:
+/// the same f16 accumulation in x, y, z order; zeros, which leave an f16 sum unchanged, are
+/// skipped instead of counted first. Parallel over output planes.
+pub fn area_f16_view(view: &VolumeView<'_, half::f16>, out: [usize; 3]) -> Vec<half::f16> {
+    use half::f16;
+    // per axis and output index: the clipped source range and the divisor
+    let win = [0, 1, 2].map(|d| {
+        (0..out[d])
+            .map(|o| {
+                let (s, e) = area_window(o, view.full[d], out[d]);
+                (view.clip(d, s, e), e - s)
+            })
+            .collect::<Vec<_>>()
+    });
+    let [_, s1, s2] = view.shape;
+    let [px, py, pz] = view.part;
+    // which source rows (x, y) of the part hold a non-zero value: whole output rows whose
+    // windows meet none of them are skipped (prev_seg is mostly zero over its bounds)
+    let ny = py[1] - py[0];
+    let mut row_nz = vec![false; (px[1] - px[0]) * ny];
+    row_nz
+        .par_chunks_mut(ny.max(1))
+        .enumerate()
+        .for_each(|(i, flags)| {
+            for (j, f) in flags.iter_mut().enumerate() {
+                let row = ((px[0] + i) * s1 + py[0] + j) * s2;
+                *f = view.data[row + pz[0]..row + pz[1]]
+                    .iter()
+                    .any(|v| v.to_bits() & 0x7fff != 0);
+            }
+        });
+    let plane = out[1] * out[2];
+    let mut res = vec![f16::ZERO; out.iter().product()];
+    res.par_chunks_mut(plane).enumerate().for_each(|(x, dst)| {
+        let ((ax, bx), kx) = win[0][x];
+        if bx == ax {
+            return;
+        }
+        for (y, row_out) in dst.chunks_mut(out[2]).enumerate() {
+            let ((ay, by), ky) = win[1][y];
+            if by == ay || !(ax..bx).any(|i| (ay..by).any(|j| row_nz[(i - px[0]) * ny + j - py[0]]))
+            {
+                continue;
+            }
+            for (z, d) in row_out.iter_mut().enumerate() {
+                let ((az, bz), kz) = win[2][z];
+                let mut sum = f16::ZERO;
+                let mut any = false;
+                for i in ax..bx {
+                    for j in ay..by {
+                        let row = (i * s1 + j) * s2;
+                        for &v in &view.data[row + az..row + bz] {
+                            if v.to_bits() & 0x7fff != 0 {
+                                sum = f16::from_f32(sum.to_f32() + v.to_f32());
+                                any = true;
+                            }
+                        }
+                    }
+                }
+                if any {
+                    let mut r = sum;
+                    for k in [kx, ky, kz] {
+                        r = f16::from_f32(r.to_f32() / k as f32);
+                    }
+                    *d = r;
+                }
+            }
+        }
+    });
+    res
+}
+
+/// [`trilinear`] of the window `view` to `out`, bit for bit (the same taps, the same f64
+/// accumulation, axis 0 then 1 then 2), computed one output plane at a time in parallel, so
+/// neither the window nor an intermediate volume is ever materialised.
+pub fn trilinear_view(view: &VolumeView<'_, f32>, out: [usize; 3]) -> Vec<f32> {
+    // taps per axis in image coordinates, kept only where they hit `part` (as `local` does)
+    let taps = [0, 1, 2].map(|d| {
+        (0..out[d])
+            .map(|o| {
+                let (i0, i1, l0, l1) = linear_source(o, view.full[d], out[d]);
+                [(i0, l0 as f64), (i1, l1 as f64)]
+                    .into_iter()
+                    .filter_map(|(i, w)| {
+                        let g = i as i64 + view.origin[d];
+                        (g >= view.part[d][0] as i64 && g < view.part[d][1] as i64)
+                            .then_some((g as usize, w))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    });
+    let [_, s1, s2] = view.shape;
+    let (y0, ny) = (view.part[1][0], view.part[1][1] - view.part[1][0]);
+    let (z0, nz) = (view.part[2][0], view.part[2][1] - view.part[2][0]);
+    let plane = out[1] * out[2];
+    let mut res = vec![0f32; out.iter().product()];
+    res.par_chunks_mut(plane).enumerate().for_each(|(x, dst)| {
+        // axis 0: the part's (y, z) plane for this output x
+        let mut t0 = vec![0f64; ny * nz];
+        for y in 0..ny {
+            let acc = &mut t0[y * nz..(y + 1) * nz];
+            for &(i, w) in &taps[0][x] {
+                let row = (i * s1 + y0 + y) * s2 + z0;
+                acc.iter_mut()
+                    .zip(&view.data[row..row + nz])
+                    .for_each(|(a, &v)| *a += w * f64::from(v));
+            }
+        }
+        // axis 1: (out y, part z)
+        let mut t1 = vec![0f64; out[1] * nz];
+        for (b, acc) in t1.chunks_mut(nz.max(1)).enumerate().take(out[1]) {
+            for &(i, w) in &taps[1][b] {
+                let src = &t0[(i - y0) * nz..(i - y0 + 1) * nz];
+                acc.iter_mut().zip(src).for_each(|(a, &v)| *a += w * v);
+            }
+        }
+        // axis 2
+        for (b, row) in dst.chunks_mut(out[2]).enumerate() {
+            let src = &t1[b * nz..(b + 1) * nz];
+            for (c, d) in row.iter_mut().enumerate() {
+                let mut a = 0f64;
+                for &(i, w) in &taps[2][c] {
+                    a += w * src[i - z0];
+                }
+                *d = a as f32;
+            }
+        }
+    });
+    res
+}
+
+/// [`nearest`] of the window `view` to `out`.
+pub fn nearest_view<T: Copy + Default + Send + Sync>(
+    view: &VolumeView<'_, T>,
+    out: [usize; 3],
+) -> Vec<T> {
+    let idx = [0, 1, 2].map(|d| {
+        (0..out[d])
+            .map(|o| {
+                let g = nearest_source(o, view.full[d], out[d]) as i64 + view.origin[d];
+                (g >= view.part[d][0] as i64 && g < view.part[d][1] as i64).then_some(g as usize)
+            })
+            .collect::<Vec<_>>()
+    });
+    let [_, s1, s2] = view.shape;
+    let plane = out[1] * out[2];
+    let mut res = vec![T::default(); out.iter().product()];
+    res.par_chunks_mut(plane).enumerate().for_each(|(x, dst)| {
+        let Some(ix) = idx[0][x] else { return };
+        for (y, row) in dst.chunks_mut(out[2]).enumerate() {
+            let Some(iy) = idx[1][y] else { continue };
+            let src = (ix * s1 + iy) * s2;
+            for (z, d) in row.iter_mut().enumerate() {
+                if let Some(iz) = idx[2][z] {
+                    *d = view.data[src + iz];
+                }
+            }
+        }
+    });
+    res
+}
+
 /// Legacy `F.interpolate(mode='nearest')` of the padded volume to `out`.
 pub fn nearest<T: Copy + Default>(src: &Region<T>, out: [usize; 3]) -> Vec<T> {
     let idx = [0, 1, 2].map(|d| {
@@ -589,5 +782,94 @@ mod tests {
             nearest(&reg, [8, 1, 1]),
             vec![0.0, 0.0, 0.0, 0.0, 5.0, 5.0, 6.0, 6.0]
         );
+    }
+
+    /// The copy-free kernels must equal the Region kernels bit for bit (the network-input
+    /// goldens depend on it), also for windows that leave the image on both sides.
+    #[test]
+    fn view_kernels_equal_the_region_kernels_bit_for_bit() {
+        use half::f16;
+        let shape = [9, 11, 7];
+        let n: usize = shape.iter().product();
+        // awkward f16 values, with zeros, so accumulation order matters
+        let h: Vec<f16> = (0..n)
+            .map(|i| {
+                let v = ((i * 7919) % 23) as f32 / 7.0;
+                f16::from_f32(if i % 5 == 0 { 0.0 } else { v * 0.37 })
+            })
+            .collect();
+        let f: Vec<f32> = (0..n)
+            .map(|i| ((i * 104729) % 97) as f32 / 13.0 - 3.0)
+            .collect();
+        for (origin, full, out, part) in [
+            (
+                [-3i64, 2, -1],
+                [14usize, 8, 10],
+                [6usize, 5, 4],
+                [[0usize, 9], [2, 10], [0, 7]],
+            ),
+            (
+                [1, -2, 0],
+                [6, 15, 7],
+                [4, 10, 5],
+                [[2, 7], [0, 11], [1, 6]],
+            ),
+            ([0, 0, 0], [9, 11, 7], [5, 6, 4], [[0, 9], [0, 11], [0, 7]]),
+        ] {
+            let region = |data: &[f32]| {
+                let sh = part.map(|[a, b]| b - a);
+                let mut d = Vec::new();
+                for x in part[0][0]..part[0][1] {
+                    for y in part[1][0]..part[1][1] {
+                        let row = (x * shape[1] + y) * shape[2];
+                        d.extend_from_slice(&data[row + part[2][0]..row + part[2][1]]);
+                    }
+                }
+                Region {
+                    full,
+                    lo: [0, 1, 2].map(|k| (part[k][0] as i64 - origin[k]) as usize),
+                    shape: sh,
+                    data: d,
+                }
+            };
+            let hf: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+            let vh = VolumeView {
+                data: &h,
+                shape,
+                part,
+                origin,
+                full,
+            };
+            let vf = VolumeView {
+                data: &f,
+                shape,
+                part,
+                origin,
+                full,
+            };
+            let a: Vec<u16> = area_f16(&region(&hf), out)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            let b: Vec<u16> = area_f16_view(&vh, out)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            assert_eq!(a, b, "area {origin:?}");
+            let a: Vec<u32> = trilinear(&region(&f), out)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            let b: Vec<u32> = trilinear_view(&vf, out)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            assert_eq!(a, b, "trilinear {origin:?}");
+            assert_eq!(
+                nearest(&region(&f), out),
+                nearest_view(&vf, out),
+                "nearest {origin:?}"
+            );
+        }
     }
 }

@@ -19,10 +19,34 @@
 //!    earlier boxes' results already in place; only the boxes are written back. Nothing outside
 //!    the predicted windows ever changes.
 //!
-//! Deviations from the reference, both for reproducibility or because they cannot matter: the
-//! refinement's fallback candidates are evenly spaced instead of random ([`refine`]), and the
-//! refinement context outside the image stays zero (the reference briefly keeps predicted
-//! values in its out-of-image cache padding between overlapping boxes).
+//! Compared line by line with nnInteractive 2.6.0's `inference_session.py` (`_predict`,
+//! `_build_network_input`, `_detect_change_at_border`, `_plan_refinement_bboxes`,
+//! `_compute_local_diff_map`, `_refine_coarse_with_local_cache`). Same: only the last queued
+//! centre is used; initial zoom 1 for points, ×1.5 steps capped at 4, the loop stops at the cap;
+//! the face statistics and thresholds; zoom 1 pastes the whole (clipped) window; the coarse mask
+//! is injected as prev_seg context only inside the image and only the refined boxes are
+//! committed, so coarse values never persist between boxes; boxes see earlier boxes' results;
+//! the fallback box is patch-sized at the last centre. Behavioural differences, none of which
+//! changes a point-only simulation beyond rounding-level ties:
+//!
+//! - the refinement's fallback candidates are evenly spaced instead of random ([`refine`]), so
+//!   a run is reproducible;
+//! - the refinement margin is `round(24 · p / 192)` (the reference uses 24 for any patch; equal
+//!   at 192³);
+//! - outside the image the refinement context stays zero: the reference's local cache keeps a
+//!   refined box's out-of-image prediction in its padding, which a later overlapping box that
+//!   also leaves the image then sees as prev_seg (its own comment says that padding should look
+//!   as the coarse pass saw it, i.e. zero);
+//! - the coarse mask is upsampled with f64 separable trilinear weights; PyTorch's f32 kernel
+//!   agrees to ~1e-7 but the `>= 0.5` threshold can flip voxels at exact ties (checked with
+//!   torch on random 0/1 masks, 16³ → 36³ / 54³: a few voxels; no f32 summation order we tried
+//!   reproduced PyTorch bit for bit), which only moves the refinement plan / context there;
+//! - on CUDA the reference runs the network under fp16 autocast; here the forward is f32;
+//! - not implemented (unused by the simulation): `force_full_refine`, undo, and the changed-region
+//!   hull the reference returns (we report the boxes, [`PredictReport::written`]).
+//!
+//! v1.0.1's session (the one of the paper's time) differs more: it pastes the whole upsampled
+//! coarse mask into the segmentation before refining; we follow 2.6 (reference/nninteractive.md §5).
 
 pub mod refine;
 
@@ -706,6 +730,40 @@ mod tests {
         // both balls are segmented
         assert_eq!(before[(14 * 40 + 20) * 40 + 20], 1);
         assert_eq!(before[(48 * 40 + 20) * 40 + 20], 1);
+    }
+
+    #[test]
+    fn an_autozoomed_prediction_changes_only_voxels_inside_its_refined_boxes() {
+        // A big object so every prediction zooms out; a second click after a first segmentation
+        // must leave every voxel outside its refinement boxes as it was (also where the coarse
+        // mask differs from the old segmentation).
+        let shape = [80, 72, 72];
+        let mut s = InferenceSession::new(fake(0.0, 20.0), config(16)).unwrap();
+        s.set_image(&ball_image(shape, [40.0, 36.0, 36.0], 60.0), shape)
+            .unwrap();
+        s.add_point([20.0, 36.0, 36.0], true).unwrap();
+        let first = s.predict().unwrap().unwrap();
+        assert!(first.zoom > 1.0, "{first:?}");
+        let before = s.segmentation().unwrap().to_vec();
+        assert!(before.contains(&1));
+        s.add_point([60.0, 30.0, 40.0], true).unwrap();
+        let r = s.predict().unwrap().unwrap();
+        assert!(r.zoom > 1.0 && !r.refine_boxes.is_empty(), "{r:?}");
+        let after = s.segmentation().unwrap();
+        let mut changed = 0;
+        for (i, (a, b)) in before.iter().zip(after).enumerate() {
+            if a != b {
+                changed += 1;
+                let p = coords(i, shape);
+                assert!(
+                    r.written().iter().any(|w| inside(p, w)),
+                    "{p:?} changed outside the refined boxes"
+                );
+            }
+        }
+        assert!(changed > 0, "the second click changed nothing");
+        let prev = s.interactions().unwrap().channel(PREV_SEG);
+        assert!(prev.iter().zip(after).all(|(p, &v)| p.to_f32() == v as f32));
     }
 
     #[test]

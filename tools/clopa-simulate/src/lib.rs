@@ -4,9 +4,10 @@
 //! Where things are: `main.rs` parses the arguments; [`run`] resolves the settings, checks every
 //! input before anything is computed, loops over cases × inference runs with
 //! [`clopa_interact::simulate_case`] and writes the table atomically; [`NetPredictor`] wraps the
-//! candle `ResidualEncoderUNet` as a [`clopa_interact::Predictor`]; [`dataset`] reads the cases.
-
-pub mod dataset;
+//! candle `ResidualEncoderUNet` as a [`clopa_interact::Predictor`]; the cases come from
+//! [`clopa_dataset`]. A finished `steps.parquet` whose provenance (tool, version, resolved
+//! settings including the weights' sha256, seed) and row count match the request is kept as it is
+//! ([`Outcome::Skipped`]) unless [`Request::force`] is set.
 
 use std::path::{Path, PathBuf};
 
@@ -59,7 +60,71 @@ pub struct Request {
     pub data_root: Option<PathBuf>,
     pub save_masks: Option<PathBuf>,
     pub no_autozoom: bool,
+    /// `cpu`, `cuda` or `cuda:N` [default: the profile's `device`, else `cpu`].
+    pub device: Option<String>,
+    /// Recompute even when the output is already complete.
+    pub force: bool,
     pub quiet: bool,
+}
+
+/// What [`run`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The table was computed and written.
+    Written,
+    /// The output already held this exact request's table; nothing was computed.
+    Skipped,
+}
+
+/// The candle device for `name` (`cpu`, `cuda`, `cuda:N`).
+pub fn resolve_device(name: &str) -> anyhow::Result<Device> {
+    let cuda_index = if name == "cuda" {
+        Some(0)
+    } else {
+        name.strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+    };
+    match (name, cuda_index) {
+        ("cpu", _) => Ok(Device::Cpu),
+        (_, Some(_)) => bail!(
+            "device {name:?}: this clopa-simulate was built without CUDA support \
+             (clopa-nn has no `cuda` feature yet); use --device cpu"
+        ),
+        _ => bail!("device {name:?} is not one of cpu, cuda, cuda:N"),
+    }
+}
+
+/// True when `path` holds a readable table with exactly this provenance and `rows` rows.
+fn is_complete(path: &Path, prov: &Provenance, rows: usize) -> bool {
+    match clopa_table::read_provenance(path) {
+        Ok(old) if old == *prov => {}
+        Ok(_) => {
+            tracing::info!("{} exists with other settings; recomputing", path.display());
+            return false;
+        }
+        Err(e) => {
+            tracing::info!(
+                "{} exists but is not usable ({e}); recomputing",
+                path.display()
+            );
+            return false;
+        }
+    }
+    match clopa_table::read_steps(path) {
+        Ok(r) if r.len() == rows => true,
+        Ok(r) => {
+            tracing::info!(
+                "{} has {} rows, expected {rows}; recomputing",
+                path.display(),
+                r.len()
+            );
+            false
+        }
+        Err(e) => {
+            tracing::info!("{} is not readable ({e}); recomputing", path.display());
+            false
+        }
+    }
 }
 
 /// The checkpoint's keys for the table.
@@ -117,7 +182,8 @@ fn keys(req: &Request) -> anyhow::Result<Keys> {
 }
 
 /// Runs the simulation and writes the table; nothing is written unless every input checks out.
-pub fn run(req: &Request) -> anyhow::Result<()> {
+/// An output that already holds this request's complete table is skipped unless `req.force`.
+pub fn run(req: &Request) -> anyhow::Result<Outcome> {
     // settings: profile (or the paper's defaults), then flags
     let mut profile = match &req.profile {
         Some(p) => {
@@ -161,6 +227,15 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     if profile.infer_runs == 0 {
         bail!("--infer-runs must be at least 1");
     }
+    if let Some(d) = &req.device {
+        profile.device = d.clone();
+    }
+    let device = resolve_device(&profile.device)?;
+    let checkpoint_sha = req
+        .checkpoints
+        .iter()
+        .map(|p| clopa_nn::sha256_file(p).with_context(|| format!("cannot read {}", p.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     // cases: the split's holdout rows of this task, then the dataset
     let split = clopa_table::read_split(&req.split)?;
@@ -190,12 +265,12 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     if let Some(m) = profile.max_holdout {
         ids.truncate(m);
     }
-    let ds_dir = manifest.dataset_dir(&req.manifest, req.data_root.as_deref());
-    let dataset = dataset::Dataset::open(&ds_dir)?;
+    let dataset =
+        clopa_dataset::Dataset::for_manifest(&manifest, &req.manifest, req.data_root.as_deref())?;
     let entries = ids
         .iter()
-        .map(|id| dataset.entry(id).map(|e| (id.clone(), e)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|id| dataset.case(id).map(|e| (id.clone(), e.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let prompts = PromptConfig {
         patch_size: patch,
@@ -208,15 +283,14 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     };
     let mut config = SessionConfig::new(prompts);
     config.autozoom = !req.no_autozoom;
-    let device = Device::Cpu;
-    let net = model.network(&device)?;
-    let mut session = InferenceSession::new(NetPredictor::new(net, device), config)?;
 
     let settings = serde_json::json!({
-        "model": req.model, "checkpoints": req.checkpoints, "manifest": req.manifest, "split": req.split,
+        "model": req.model, "model_sha256": model.weights_sha256, "checkpoints": req.checkpoints,
+        "checkpoints_sha256": checkpoint_sha, "manifest": req.manifest, "split": req.split,
         "method": keys.method, "run": keys.run, "episode": keys.episode, "n_seen": keys.n_seen,
         "edits": profile.edits, "infer_runs": profile.infer_runs, "patch": patch, "seed": profile.seed,
-        "autozoom": !req.no_autozoom, "cases": ids, "profile": profile.to_json(),
+        "autozoom": !req.no_autozoom, "device": profile.device, "cases": ids,
+        "profile": profile.to_json(),
     });
     let prov = Provenance::new(
         "clopa-simulate",
@@ -224,6 +298,21 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         settings,
         profile.seed,
     );
+    let expected_rows = entries.len() * profile.infer_runs * (profile.edits + 1);
+    if !req.force
+        && !clopa_cli::is_stdout(&req.output)
+        && req.output.exists()
+        && is_complete(&req.output, &prov, expected_rows)
+    {
+        tracing::info!(
+            "{} is already complete with these settings; skipped (--force recomputes)",
+            req.output.display()
+        );
+        return Ok(Outcome::Skipped);
+    }
+
+    let net = model.network(&device)?;
+    let mut session = InferenceSession::new(NetPredictor::new(net, device), config)?;
 
     let pb = clopa_cli::progress_bar(
         (entries.len() * profile.infer_runs) as u64,
@@ -232,11 +321,7 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     );
     let mut rows = Vec::new();
     for (id, entry) in &entries {
-        let case = entry.load(
-            manifest.channel,
-            &manifest.labels,
-            manifest.largest_component,
-        )?;
+        let case = entry.load(&manifest)?;
         for infer_run in 0..profile.infer_runs as u32 {
             pb.set_prefix(format!("{id} run {infer_run}"));
             let mut rng = case_rng(profile.seed, id, infer_run);
@@ -290,7 +375,7 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         "wrote {}",
         req.output.display()
     );
-    Ok(())
+    Ok(Outcome::Written)
 }
 
 fn save_mask(

@@ -20,7 +20,10 @@ Per holdout case and inference run: one initial click pair (background, then for
 --edits steps of one click in the false positives and one in the false negatives, added to one
 persistent session; each prediction is centred on the last click, with AutoZoom. Dice and NSD
 (the manifest's tolerance, native spacing) are recorded after every step; after Dice 1 the
-remaining steps repeat the final values. Clicks are seeded per (seed, case, inference run).";
+remaining steps repeat the final values. Clicks are seeded per (seed, case, inference run).
+
+Rerunning with the same inputs and settings skips an output that is already complete (its
+provenance metadata records them); --force recomputes. `-o -` writes the Parquet table to stdout.";
 
 /// Simulate interactive segmentation of a task's holdout cases and record Dice/NSD per step.
 ///
@@ -95,6 +98,14 @@ struct Cli {
     #[arg(long)]
     no_autozoom: bool,
 
+    /// Device: cpu, cuda or cuda:N [default: the profile's `device`, else cpu].
+    #[arg(long, value_name = "DEV", value_parser = parse_device)]
+    device: Option<String>,
+
+    /// Recompute even when the output already holds a complete table with the same settings.
+    #[arg(long)]
+    force: bool,
+
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -113,6 +124,18 @@ fn parse_patch(s: &str) -> Result<[usize; 3], String> {
         [p] => Ok([*p; 3]),
         [a, b, c] => Ok([*a, *b, *c]),
         _ => Err(format!("expected P or X,Y,Z, got {s:?}")),
+    }
+}
+
+fn parse_device(s: &str) -> Result<String, String> {
+    let ok = s == "cpu"
+        || s == "cuda"
+        || s.strip_prefix("cuda:")
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("expected cpu, cuda or cuda:N, got {s:?}"))
     }
 }
 
@@ -144,7 +167,10 @@ fn main() -> ExitCode {
             data_root,
             save_masks: cli.save_masks.clone(),
             no_autozoom: cli.no_autozoom,
+            device: cli.device.clone(),
+            force: cli.force,
             quiet: cli.quiet,
         })
+        .map(|_| ())
     })
 }

@@ -128,6 +128,11 @@ impl Fixture {
     }
 
     fn cmd(&self, out: &Path) -> Command {
+        self.cmd_with(out, true)
+    }
+
+    /// The command with `-q` unless `quiet` is false (then info messages reach stderr).
+    fn cmd_with(&self, out: &Path, quiet: bool) -> Command {
         let mut c = Command::cargo_bin("clopa-simulate").unwrap();
         c.env_remove("CLOPA_DATA")
             .arg("--model")
@@ -138,16 +143,9 @@ impl Fixture {
             .arg(self.path("split.parquet"))
             .arg("--data-root")
             .arg(self.path("data"))
-            .args([
-                "--edits",
-                "3",
-                "--infer-runs",
-                "2",
-                "--seed",
-                "5",
-                "-q",
-                "-o",
-            ])
+            .args(["--edits", "3", "--infer-runs", "2", "--seed", "5"])
+            .args(quiet.then_some("-q"))
+            .arg("-o")
             .arg(out);
         c
     }
@@ -274,7 +272,123 @@ fn a_missing_dataset_is_refused() {
     let mut c = f.cmd(&out);
     c.arg("--data-root").arg(f.path("nowhere"));
     let err = fails_with(c, &out, "does not exist");
-    insta::assert_snapshot!(err.replace(f.dir.path().to_str().unwrap(), "[TMP]"), @"clopa-simulate: error: dataset folder [TMP]/nowhere/toy does not exist (set --data-root or $CLOPA_DATA)");
+    insta::assert_snapshot!(err.replace(f.dir.path().to_str().unwrap(), "[TMP]"), @"clopa-simulate: error: the dataset folder [TMP]/nowhere/toy does not exist (set --data-root or $CLOPA_DATA, or make the manifest's `dataset` absolute)");
+}
+
+/// Rewrites case `toy_001`'s image with `f` applied to its volume.
+fn corrupt_image(f: &Fixture, change: impl FnOnce(&mut clopa_volume::Volume<f32>)) -> PathBuf {
+    let p = f.path("data/toy/imagesTr/toy_001.nii.gz");
+    let mut v = clopa_volume::read_image(&p, 0).unwrap();
+    change(&mut v);
+    clopa_volume::write_nifti(&p, &v).unwrap();
+    p
+}
+
+#[test]
+fn a_nan_image_is_refused_naming_the_file() {
+    let f = Fixture::new();
+    corrupt_image(&f, |v| v.data[123] = f32::NAN);
+    let out = f.path("steps.parquet");
+    let err = fails_with(f.cmd(&out), &out, "imagesTr/toy_001.nii.gz");
+    assert!(err.contains("NaN"), "{err}");
+}
+
+#[test]
+fn an_image_on_another_grid_is_refused_naming_the_file() {
+    let f = Fixture::new();
+    corrupt_image(&f, |v| {
+        *v = clopa_volume::Volume::from_shape(
+            [20, 20, 19],
+            v.spacing,
+            v.data[..20 * 20 * 19].to_vec(),
+        )
+        .unwrap()
+    });
+    let out = f.path("steps.parquet");
+    fails_with(f.cmd(&out), &out, "toy_001.nii.gz");
+}
+
+fn mtime(p: &Path) -> std::time::SystemTime {
+    std::fs::metadata(p).unwrap().modified().unwrap()
+}
+
+#[test]
+fn a_complete_output_is_skipped_unless_forced_or_the_settings_differ() {
+    let f = Fixture::new();
+    let out = f.path("steps.parquet");
+    f.cmd(&out).assert().success();
+    let first = clopa_table::read_steps(&out).unwrap();
+    // make a rewrite visible even on file systems with coarse timestamps
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&out)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+
+    let o = f.cmd_with(&out, false).output().unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("already complete"), "{err}");
+    assert_eq!(mtime(&out), old, "a complete output is not rewritten");
+
+    f.cmd(&out).arg("--force").assert().success();
+    assert_ne!(mtime(&out), old, "--force recomputes");
+    assert_eq!(
+        without_seconds(&first),
+        without_seconds(&clopa_table::read_steps(&out).unwrap())
+    );
+
+    // other settings (one more edit) are recomputed, not skipped
+    let before = mtime(&out);
+    std::fs::File::options()
+        .write(true)
+        .open(&out)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    f.cmd(&out).args(["--edits", "4"]).assert().success();
+    assert_ne!(mtime(&out), old);
+    assert!(before != old);
+    assert_eq!(clopa_table::read_steps(&out).unwrap().len(), 2 * 2 * 5);
+
+    // a truncated (unreadable) output is recomputed
+    std::fs::write(&out, b"PAR1 not really").unwrap();
+    f.cmd(&out).args(["--edits", "4"]).assert().success();
+    assert_eq!(clopa_table::read_steps(&out).unwrap().len(), 2 * 2 * 5);
+}
+
+#[test]
+fn dash_writes_parquet_to_stdout() {
+    let f = Fixture::new();
+    let file = f.path("steps.parquet");
+    f.cmd(&file).assert().success();
+    let o = f.cmd(Path::new("-")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stdout.starts_with(b"PAR1") && o.stdout.ends_with(b"PAR1"));
+    let piped = f.path("piped.parquet");
+    std::fs::write(&piped, &o.stdout).unwrap();
+    assert_eq!(
+        without_seconds(&clopa_table::read_steps(&file).unwrap()),
+        without_seconds(&clopa_table::read_steps(&piped).unwrap())
+    );
+    assert!(!f.path("-").exists());
+}
+
+#[test]
+fn cuda_without_the_feature_is_a_clear_error_and_bad_devices_are_usage_errors() {
+    let f = Fixture::new();
+    let out = f.path("steps.parquet");
+    let mut c = f.cmd(&out);
+    c.args(["--device", "cuda"]);
+    fails_with(c, &out, "built without CUDA support");
+    let mut c = f.cmd(&out);
+    c.args(["--device", "gpu"]);
+    c.assert().code(2);
+    let mut c = f.cmd(&out);
+    c.args(["--device", "cpu"]);
+    c.assert().success();
 }
 
 #[test]
