@@ -34,14 +34,29 @@ pub struct ConvNormAct {
 impl ConvNormAct {
     /// Forward: `(B, Cin, D, H, W)` → `(B, Cout, D/stride, H/stride, W/stride)`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = ops::conv3d(
-            x,
-            &self.weight,
-            self.bias.as_ref(),
-            self.stride,
-            self.padding,
-        )?;
-        ops::instance_norm3d(&y, &self.gamma, &self.beta, self.eps, self.slope)
+        ops::conv_norm_act(x, &self.params(), self.slope, None)
+    }
+
+    /// `LeakyReLU(norm(conv(x)) + residual)` with the block's slope (this layer's own is unused).
+    fn forward_residual(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        slope: f64,
+    ) -> candle_core::Result<Tensor> {
+        ops::conv_norm_act(x, &self.params(), Some(slope), Some(residual))
+    }
+
+    fn params(&self) -> ops::ConvNorm<'_> {
+        ops::ConvNorm {
+            weight: &self.weight,
+            bias: self.bias.as_ref(),
+            stride: self.stride,
+            padding: self.padding,
+            gamma: &self.gamma,
+            beta: &self.beta,
+            eps: self.eps,
+        }
     }
 }
 
@@ -139,7 +154,7 @@ impl BasicBlockD {
 
     /// Forward: `LReLU(IN2(conv2(LReLU(IN1(conv1(x))))) + skip(x))`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.conv2.forward(&self.conv1.forward(x)?)?;
+        let h = self.conv1.forward(x)?;
         let mut s = match self.pool {
             Some(k) => ops::avg_pool3d(x, k)?,
             None => x.clone(),
@@ -147,7 +162,8 @@ impl BasicBlockD {
         if let Some(p) = &self.projection {
             s = p.forward(&s)?;
         }
-        ops::add_leaky_relu(&h, &s, self.slope)
+        // conv2 has no nonlinearity of its own: the block's follows the residual add.
+        self.conv2.forward_residual(&h, &s, self.slope)
     }
 }
 
@@ -358,7 +374,7 @@ impl ResidualEncoderUNet {
                 st.transp.bias.as_ref(),
                 st.transp_stride,
             )?;
-            let mut y = Tensor::cat(&[&up, &skips[n - 2 - i]], 1)?;
+            let mut y = ops::cat_channels(&up, &skips[n - 2 - i])?;
             for c in &st.convs {
                 y = c.forward(&y)?;
             }

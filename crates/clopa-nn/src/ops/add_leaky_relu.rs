@@ -1,11 +1,11 @@
 //! `add_leaky_relu`: LeakyReLU(a + b) fused in one parallel pass (the residual block's tail),
 //! saving the full-size temporary and the single-threaded add candle would otherwise run.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::leaky_relu::{lrelu, lrelu_grad};
-use super::{ELEMWISE_CHUNK, f32_slice, invalid};
+use super::{ELEMWISE_CHUNK, Kernel, Op, grad_if, invalid, zeroed};
 
 const NAME: &str = "add_leaky_relu";
 
@@ -14,19 +14,12 @@ struct AddLeakyRelu {
     slope: f32,
 }
 
-impl CustomOp2 for AddLeakyRelu {
+impl Kernel<2> for AddLeakyRelu {
+    const ARGS: [&'static str; 2] = ["a", "b"];
     fn name(&self) -> &'static str {
         NAME
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let a = f32_slice(NAME, "a", s1, l1)?;
-        let b = f32_slice(NAME, "b", s2, l2)?;
+    fn cpu(&self, [(a, l1), (b, l2)]: [(&[f32], &Layout); 2]) -> Result<(Vec<f32>, Shape)> {
         if l1.dims() != l2.dims() {
             return Err(invalid(
                 NAME,
@@ -35,7 +28,7 @@ impl CustomOp2 for AddLeakyRelu {
         }
         // A local copy: read through `&self` the slope may alias the output and blocks vectorising.
         let slope = self.slope;
-        let mut y = vec![0f32; a.len()];
+        let mut y = zeroed(a.len());
         y.par_chunks_mut(ELEMWISE_CHUNK)
             .zip(
                 a.par_chunks(ELEMWISE_CHUNK)
@@ -46,18 +39,20 @@ impl CustomOp2 for AddLeakyRelu {
                     *o = lrelu(u + v, slope);
                 }
             });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((y, l1.shape().clone()))
     }
-    fn bwd(
+    fn grads(
         &self,
-        a: &Tensor,
-        b: &Tensor,
+        [a, b]: [&Tensor; 2],
         _res: &Tensor,
         dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<[Option<Tensor>; 2]> {
+        if !a.track_op() && !b.track_op() {
+            return Ok([None, None]);
+        }
         // The mask is recomputed from a + b (not read off the result), which is exact for any slope.
-        let d = a.apply_op3_no_bwd(b, &dy.contiguous()?, &AddLeakyReluBwd { slope: self.slope })?;
-        Ok((Some(d.clone()), Some(d)))
+        let d = a.apply_op3_no_bwd(b, dy, &Op(AddLeakyReluBwd { slope: self.slope }))?;
+        Ok([grad_if(a, || Ok(d.clone()))?, grad_if(b, || Ok(d))?])
     }
 }
 
@@ -67,22 +62,15 @@ struct AddLeakyReluBwd {
     slope: f32,
 }
 
-impl CustomOp3 for AddLeakyReluBwd {
+impl Kernel<3> for AddLeakyReluBwd {
+    const ARGS: [&'static str; 3] = ["a", "b", "dy"];
     fn name(&self) -> &'static str {
         "add_leaky_relu-bwd"
     }
-    fn cpu_fwd(
+    fn cpu(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let a = f32_slice(NAME, "a", s1, l1)?;
-        let b = f32_slice(NAME, "b", s2, l2)?;
-        let dy = f32_slice(NAME, "dy", s3, l3)?;
+        [(a, l1), (b, _), (dy, l3)]: [(&[f32], &Layout); 3],
+    ) -> Result<(Vec<f32>, Shape)> {
         if a.len() != b.len() || a.len() != dy.len() {
             return Err(invalid(
                 NAME,
@@ -90,7 +78,7 @@ impl CustomOp3 for AddLeakyReluBwd {
             ));
         }
         let slope = self.slope;
-        let mut d = vec![0f32; a.len()];
+        let mut d = zeroed(a.len());
         d.par_chunks_mut(ELEMWISE_CHUNK)
             .zip(
                 a.par_chunks(ELEMWISE_CHUNK).zip(
@@ -103,7 +91,7 @@ impl CustomOp3 for AddLeakyReluBwd {
                     *o = g * lrelu_grad(u + v, slope);
                 }
             });
-        Ok((CpuStorage::F32(d), l1.shape().clone()))
+        Ok((d, l1.shape().clone()))
     }
 }
 
@@ -125,9 +113,9 @@ pub fn add_leaky_relu(a: &Tensor, b: &Tensor, negative_slope: f64) -> Result<Ten
     }
     a.contiguous()?.apply_op2(
         &b.contiguous()?,
-        AddLeakyRelu {
+        Op(AddLeakyRelu {
             slope: negative_slope as f32,
-        },
+        }),
     )
 }
 

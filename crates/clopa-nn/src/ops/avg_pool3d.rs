@@ -1,10 +1,10 @@
 //! `avg_pool3d` with kernel = stride (the residual skip path's downsampling), as a parallel
 //! candle custom op.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{check_layout, dims5, f32_slice, invalid};
+use super::{Kernel, Op, check_layout, dims5, invalid, zeroed};
 
 const NAME: &str = "avg_pool3d";
 
@@ -19,19 +19,19 @@ struct AvgPool3d {
     dims: [usize; 5],
 }
 
-impl CustomOp1 for AvgPool3d {
+impl Kernel<1> for AvgPool3d {
+    const ARGS: [&'static str; 1] = ["x"];
     fn name(&self) -> &'static str {
         NAME
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu(&self, [(x, l)]: [(&[f32], &Layout); 1]) -> Result<(Vec<f32>, Shape)> {
         check_layout(NAME, "x", l, &self.dims)?;
-        let x = f32_slice(NAME, "x", s, l)?;
         let [_, _, d, h, w] = self.dims;
         let od = out_dims(self.dims, self.k);
         let (pd, ph, pw) = (od[2], od[3], od[4]);
         let k = self.k;
         let scale = 1.0 / (k * k * k) as f32;
-        let mut y = vec![0f32; od.iter().product()];
+        let mut y = zeroed(od.iter().product());
         let (in_plane, out_plane) = (d * h * w, pd * ph * pw);
         if out_plane > 0 {
             y.par_chunks_mut(out_plane)
@@ -53,14 +53,14 @@ impl CustomOp1 for AvgPool3d {
                     }
                 });
         }
-        Ok((CpuStorage::F32(y), Shape::from(od.to_vec())))
+        Ok((y, Shape::from(od.to_vec())))
     }
-    fn bwd(&self, _x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let dx = dy.contiguous()?.apply_op1_no_bwd(&AvgPool3dBwd {
+    fn grads(&self, _x: [&Tensor; 1], _res: &Tensor, dy: &Tensor) -> Result<[Option<Tensor>; 1]> {
+        let dx = dy.apply_op1_no_bwd(&Op(AvgPool3dBwd {
             k: self.k,
             dims: self.dims,
-        })?;
-        Ok(Some(dx))
+        }))?;
+        Ok([Some(dx)])
     }
 }
 
@@ -71,19 +71,19 @@ struct AvgPool3dBwd {
     dims: [usize; 5],
 }
 
-impl CustomOp1 for AvgPool3dBwd {
+impl Kernel<1> for AvgPool3dBwd {
+    const ARGS: [&'static str; 1] = ["dy"];
     fn name(&self) -> &'static str {
         "avg_pool3d-bwd"
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu(&self, [(dy, l)]: [(&[f32], &Layout); 1]) -> Result<(Vec<f32>, Shape)> {
         let od = out_dims(self.dims, self.k);
         check_layout(NAME, "dy", l, &od)?;
-        let dy = f32_slice(NAME, "dy", s, l)?;
         let [_, _, d, h, w] = self.dims;
         let (pd, ph, pw) = (od[2], od[3], od[4]);
         let k = self.k;
         let scale = 1.0 / (k * k * k) as f32;
-        let mut dx = vec![0f32; self.dims.iter().product()];
+        let mut dx = zeroed(self.dims.iter().product());
         let (in_plane, out_plane) = (d * h * w, pd * ph * pw);
         if out_plane > 0 {
             dx.par_chunks_mut(in_plane)
@@ -105,7 +105,7 @@ impl CustomOp1 for AvgPool3dBwd {
                     }
                 });
         }
-        Ok((CpuStorage::F32(dx), Shape::from(self.dims.to_vec())))
+        Ok((dx, Shape::from(self.dims.to_vec())))
     }
 }
 
@@ -116,7 +116,7 @@ pub fn avg_pool3d(x: &Tensor, k: usize) -> Result<Tensor> {
     if k == 0 {
         return Err(invalid(NAME, "kernel must be at least 1"));
     }
-    x.contiguous()?.apply_op1(AvgPool3d { k, dims })
+    x.contiguous()?.apply_op1(Op(AvgPool3d { k, dims }))
 }
 
 #[cfg(test)]

@@ -11,11 +11,13 @@
 //! (even slabs, then odd slabs) so that concurrently running slabs never touch the same input voxel.
 //! The same three kernels implement the transposed convolution (`conv_transpose3d.rs`).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{SyncPtr, check_layout, check_vec, dims5, f32_slice, invalid, sum_f64};
+use super::{
+    Kernel, Op, SyncPtr, check_layout, check_vec, dims5, grad_if, invalid, sum_f64, zeroed,
+};
 
 /// Target size of one im2col tile in f32 elements (1 MiB): the L2 size per core on the machine
 /// this was tuned on (64 Ki .. 1 Mi floats tried: 1 MiB was fastest for 32 and 64 channels).
@@ -246,7 +248,7 @@ pub(crate) fn conv_fwd(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom
         return conv_fwd_s1(x, wt, bias, g);
     }
     let (pin, pout, kk) = (g.in_vol(), g.out_vol(), g.kk());
-    let mut y = vec![0f32; g.b * g.cout * pout];
+    let mut y = zeroed(g.b * g.cout * pout);
     let rows = g.od * g.oh;
     let rpt = g.rows_per_tile();
     let ntiles = rows.div_ceil(rpt);
@@ -328,7 +330,7 @@ fn conv_fwd_s1(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec
     let (pin, pout, kk) = (g.in_vol(), g.out_vol(), g.kk());
     let (k, wp) = (g.k, g.w + 2 * g.p);
     let kk9 = g.cin * k * k;
-    let mut y = vec![0f32; g.b * g.cout * pout];
+    let mut y = zeroed(g.b * g.cout * pout);
     let rows = g.od * g.oh;
     let rpt = (TILE_FLOATS / kk9 / wp).clamp(1, rows);
     let ntiles = rows.div_ceil(rpt);
@@ -413,7 +415,7 @@ pub(crate) fn conv_dx_scatter(
     g: &ConvGeom,
 ) -> Vec<f32> {
     let (pin, pout, kk) = (g.in_vol(), g.out_vol(), g.kk());
-    let mut dx = vec![0f32; g.b * g.cin * pin];
+    let mut dx = zeroed(g.b * g.cin * pin);
     if let Some(bias) = bias {
         dx.par_chunks_mut(pin)
             .enumerate()
@@ -564,7 +566,7 @@ pub(crate) fn channel_sum(dy: &[f32], b: usize, c: usize, n: usize) -> Vec<f32> 
         .collect()
 }
 
-/// The forward convolution op; with bias it is applied as a `CustomOp3` (x, w, b).
+/// The forward convolution op; with bias it is applied as a three-argument op (x, w, b).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Conv3dOp {
     pub g: ConvGeom,
@@ -573,100 +575,65 @@ pub(crate) struct Conv3dOp {
 const NAME: &str = "conv3d";
 
 impl Conv3dOp {
-    fn fwd(
+    /// Forward from (x, w, optional bias) data.
+    pub(crate) fn fwd(
         &self,
-        x: (&CpuStorage, &Layout),
-        w: (&CpuStorage, &Layout),
-        b: Option<(&CpuStorage, &Layout)>,
-    ) -> Result<(CpuStorage, Shape)> {
-        check_layout(NAME, "x", x.1, &self.g.in_dims())?;
-        check_layout(NAME, "w", w.1, &self.g.w_dims())?;
-        let xs = f32_slice(NAME, "x", x.0, x.1)?;
-        let ws = f32_slice(NAME, "w", w.0, w.1)?;
-        let bs = match b {
-            Some((s, l)) => {
-                check_layout(NAME, "bias", l, &[self.g.cout])?;
-                Some(f32_slice(NAME, "bias", s, l)?)
-            }
-            None => None,
-        };
-        let y = conv_fwd(xs, ws, bs, &self.g);
-        Ok((CpuStorage::F32(y), Shape::from(self.g.out_dims().to_vec())))
+        (xs, xl): (&[f32], &Layout),
+        (ws, wl): (&[f32], &Layout),
+        b: Option<(&[f32], &Layout)>,
+    ) -> Result<(Vec<f32>, Shape)> {
+        check_layout(NAME, "x", xl, &self.g.in_dims())?;
+        check_layout(NAME, "w", wl, &self.g.w_dims())?;
+        let y = conv_fwd(xs, ws, bias_data(NAME, b, self.g.cout)?, &self.g);
+        Ok((y, Shape::from(self.g.out_dims().to_vec())))
     }
 
-    fn grads(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-        let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(
-            w,
-            &ConvDxOp {
-                g: self.g,
-                name: "conv3d-dx",
-            },
-        )?;
-        let dw = x.apply_op2_no_bwd(
-            &dy,
-            &ConvDwOp {
-                g: self.g,
-                name: "conv3d-dw",
-            },
-        )?;
-        Ok((dx, dw))
+    /// Gradients of (x, w, b), each only where that argument is tracked (see [`grad_if`]).
+    fn grads(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, dy: &Tensor) -> Result<Grads3> {
+        let dx = grad_if(x, || {
+            dy.apply_op2_no_bwd(
+                w,
+                &Op(ConvDxOp {
+                    g: self.g,
+                    name: "conv3d-dx",
+                }),
+            )
+        })?;
+        let dw = grad_if(w, || {
+            x.apply_op2_no_bwd(
+                dy,
+                &Op(ConvDwOp {
+                    g: self.g,
+                    name: "conv3d-dw",
+                }),
+            )
+        })?;
+        Ok([dx, dw, bias_grad(b, dy)?])
     }
 }
 
-impl CustomOp2 for Conv3dOp {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.fwd((s1, l1), (s2, l2), None)
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.grads(x, w, dy)?;
-        Ok((Some(dx), Some(dw)))
+/// The bias data when there is a bias, after checking it has `n` elements.
+pub(crate) fn bias_data<'a>(
+    op: &'static str,
+    b: Option<(&'a [f32], &Layout)>,
+    n: usize,
+) -> Result<Option<&'a [f32]>> {
+    b.map(|(s, l)| check_layout(op, "bias", l, &[n]).map(|()| s))
+        .transpose()
+}
+
+/// Gradients of a three-argument op.
+pub(crate) type Grads3 = [Option<Tensor>; 3];
+
+/// The bias gradient (per-channel sum of `dy`) when there is a tracked bias.
+pub(crate) fn bias_grad(b: Option<&Tensor>, dy: &Tensor) -> Result<Option<Tensor>> {
+    match b {
+        Some(b) => grad_if(b, || dy.apply_op1_no_bwd(&Op(ChannelSumOp))),
+        None => Ok(None),
     }
 }
 
-impl CustomOp3 for Conv3dOp {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.grads(x, w, dy)?;
-        let db = dy.contiguous()?.apply_op1_no_bwd(&ChannelSumOp)?;
-        Ok((Some(dx), Some(dw), Some(db)))
-    }
-}
+kernel_with_optional_bias!(Conv3dOp, NAME);
 
 /// `conv_dx` as a no-backward op: (dy, w) → input-shaped gradient.
 #[derive(Clone, Copy, Debug)]
@@ -675,23 +642,16 @@ pub(crate) struct ConvDxOp {
     pub name: &'static str,
 }
 
-impl CustomOp2 for ConvDxOp {
+impl Kernel<2> for ConvDxOp {
+    const ARGS: [&'static str; 2] = ["dy", "w"];
     fn name(&self) -> &'static str {
         self.name
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu(&self, [(dy, l1), (w, l2)]: [(&[f32], &Layout); 2]) -> Result<(Vec<f32>, Shape)> {
         check_layout(self.name, "dy", l1, &self.g.out_dims())?;
         check_layout(self.name, "w", l2, &self.g.w_dims())?;
-        let dy = f32_slice(self.name, "dy", s1, l1)?;
-        let w = f32_slice(self.name, "w", s2, l2)?;
         let dx = conv_dx(dy, w, None, &self.g);
-        Ok((CpuStorage::F32(dx), Shape::from(self.g.in_dims().to_vec())))
+        Ok((dx, Shape::from(self.g.in_dims().to_vec())))
     }
 }
 
@@ -702,23 +662,16 @@ pub(crate) struct ConvDwOp {
     pub name: &'static str,
 }
 
-impl CustomOp2 for ConvDwOp {
+impl Kernel<2> for ConvDwOp {
+    const ARGS: [&'static str; 2] = ["x", "dy"];
     fn name(&self) -> &'static str {
         self.name
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu(&self, [(x, l1), (dy, l2)]: [(&[f32], &Layout); 2]) -> Result<(Vec<f32>, Shape)> {
         check_layout(self.name, "x", l1, &self.g.in_dims())?;
         check_layout(self.name, "dy", l2, &self.g.out_dims())?;
-        let x = f32_slice(self.name, "x", s1, l1)?;
-        let dy = f32_slice(self.name, "dy", s2, l2)?;
         let dw = conv_dw(x, dy, &self.g);
-        Ok((CpuStorage::F32(dw), Shape::from(self.g.w_dims().to_vec())))
+        Ok((dw, Shape::from(self.g.w_dims().to_vec())))
     }
 }
 
@@ -726,11 +679,12 @@ impl CustomOp2 for ConvDwOp {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ChannelSumOp;
 
-impl CustomOp1 for ChannelSumOp {
+impl Kernel<1> for ChannelSumOp {
+    const ARGS: [&'static str; 1] = ["dy"];
     fn name(&self) -> &'static str {
         "channel-sum"
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu(&self, [(v, l)]: [(&[f32], &Layout); 1]) -> Result<(Vec<f32>, Shape)> {
         let dims = l.dims();
         if dims.len() < 2 {
             return Err(invalid(
@@ -740,8 +694,7 @@ impl CustomOp1 for ChannelSumOp {
         }
         let (b, c) = (dims[0], dims[1]);
         let n: usize = dims[2..].iter().product();
-        let v = f32_slice("channel-sum", "dy", s, l)?;
-        Ok((CpuStorage::F32(channel_sum(v, b, c, n)), Shape::from(c)))
+        Ok((channel_sum(v, b, c, n), Shape::from(c)))
     }
 }
 
@@ -781,7 +734,7 @@ pub fn conv3d(
             ),
         )
     })?;
-    let op = Conv3dOp { g };
+    let op = Op(Conv3dOp { g });
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
         Some(b) => {
@@ -961,6 +914,61 @@ mod tests {
             &naive_conv(&f64v(&x), &f64v(&w), Some(&f64v(&b)), &g),
             1e-5,
         );
+    }
+
+    /// Gradients of `Σ conv(x, w, b)·r` with the chosen arguments trainable.
+    fn conv_grads(
+        g: &ConvGeom,
+        (x, w, b, r): (&[f32], &[f32], &[f32], &[f32]),
+        train: [bool; 3],
+    ) -> [Option<Vec<f32>>; 3] {
+        let arg = |v: &[f32], dims: &[usize], t: bool| {
+            if t {
+                let (var, t) = var(v, dims);
+                (Some(var), t)
+            } else {
+                (None, tensor(v, dims))
+            }
+        };
+        let (xv, xt) = arg(x, &g.in_dims(), train[0]);
+        let (wv, wt) = arg(w, &g.w_dims(), train[1]);
+        let (bv, bt) = arg(b, &[g.cout], train[2]);
+        let y = conv3d(&xt, &wt, Some(&bt), g.s, g.p).expect("conv3d");
+        if !y.track_op() {
+            return [None, None, None];
+        }
+        let grads = loss_grads(&y, r);
+        // Every frozen argument must be absent from the store, not merely zero.
+        for (v, t) in [(&xv, &xt), (&wv, &wt), (&bv, &bt)] {
+            assert_eq!(grads.get(t).is_some(), v.is_some());
+        }
+        [xv, wv, bv].map(|v| v.map(|v| grad_of(&grads, &v)))
+    }
+
+    #[test]
+    fn frozen_arguments_get_no_gradient_and_the_others_are_bit_identical() {
+        for s in [1, 2] {
+            let g = ConvGeom::new(1, 3, 4, (6, 5, 7), 3, s, 1).expect("geometry");
+            let mut rng = Lcg(41 + s as u64);
+            let x = rng.vec(g.b * g.cin * g.in_vol());
+            let w = rng.vec(g.cout * g.kk());
+            let b = rng.vec(g.cout);
+            let r = rng.vec(g.b * g.cout * g.out_vol());
+            let all = conv_grads(&g, (&x, &w, &b, &r), [true; 3]);
+            for mask in 0..7u8 {
+                let train = [mask & 1 != 0, mask & 2 != 0, mask & 4 != 0];
+                let some = conv_grads(&g, (&x, &w, &b, &r), train);
+                for i in 0..3 {
+                    match (&some[i], train[i]) {
+                        (Some(v), true) => {
+                            assert_eq!(Some(v), all[i].as_ref(), "arg {i} {train:?}")
+                        }
+                        (None, false) => {}
+                        (got, _) => panic!("arg {i} {train:?}: {}", got.is_some()),
+                    }
+                }
+            }
+        }
     }
 
     #[test]

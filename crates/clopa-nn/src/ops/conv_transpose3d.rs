@@ -6,10 +6,10 @@
 //! `(Cin, Cout, s, s, s)`, forward = `conv_dx`, dX = `conv_fwd`, dW = `conv_dw(dY, x)`.
 //! With kernel = stride the tiles never overlap, so the column scatter is a plain copy-add.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{Layout, Result, Shape, Tensor};
 
-use super::conv3d::{ChannelSumOp, Conv3dOp, ConvDwOp, ConvGeom, conv_dx};
-use super::{check_layout, check_vec, dims5, f32_slice, invalid};
+use super::conv3d::{Conv3dOp, ConvDwOp, ConvGeom, Grads3, bias_data, bias_grad, conv_dx};
+use super::{Op, check_layout, check_vec, dims5, grad_if, invalid};
 
 const NAME: &str = "conv_transpose3d";
 
@@ -22,92 +22,33 @@ struct ConvTranspose3dOp {
 impl ConvTranspose3dOp {
     fn fwd(
         &self,
-        x: (&CpuStorage, &Layout),
-        w: (&CpuStorage, &Layout),
-        b: Option<(&CpuStorage, &Layout)>,
-    ) -> Result<(CpuStorage, Shape)> {
-        check_layout(NAME, "x", x.1, &self.g.out_dims())?;
-        check_layout(NAME, "w", w.1, &self.g.w_dims())?;
-        let xs = f32_slice(NAME, "x", x.0, x.1)?;
-        let ws = f32_slice(NAME, "w", w.0, w.1)?;
-        let bs = match b {
-            Some((s, l)) => {
-                check_layout(NAME, "bias", l, &[self.g.cin])?;
-                Some(f32_slice(NAME, "bias", s, l)?)
-            }
-            None => None,
-        };
-        let y = conv_dx(xs, ws, bs, &self.g);
-        Ok((CpuStorage::F32(y), Shape::from(self.g.in_dims().to_vec())))
+        (xs, xl): (&[f32], &Layout),
+        (ws, wl): (&[f32], &Layout),
+        b: Option<(&[f32], &Layout)>,
+    ) -> Result<(Vec<f32>, Shape)> {
+        check_layout(NAME, "x", xl, &self.g.out_dims())?;
+        check_layout(NAME, "w", wl, &self.g.w_dims())?;
+        let y = conv_dx(xs, ws, bias_data(NAME, b, self.g.cin)?, &self.g);
+        Ok((y, Shape::from(self.g.in_dims().to_vec())))
     }
 
-    fn grads(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-        let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &Conv3dOp { g: self.g })?;
-        let dw = dy.apply_op2_no_bwd(
-            x,
-            &ConvDwOp {
-                g: self.g,
-                name: "conv_transpose3d-dw",
-            },
-        )?;
-        Ok((dx, dw))
+    /// Gradients of (x, w, b), each only where that argument is tracked.
+    fn grads(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, dy: &Tensor) -> Result<Grads3> {
+        let dx = grad_if(x, || dy.apply_op2_no_bwd(w, &Op(Conv3dOp { g: self.g })))?;
+        let dw = grad_if(w, || {
+            dy.apply_op2_no_bwd(
+                x,
+                &Op(ConvDwOp {
+                    g: self.g,
+                    name: "conv_transpose3d-dw",
+                }),
+            )
+        })?;
+        Ok([dx, dw, bias_grad(b, dy)?])
     }
 }
 
-impl CustomOp2 for ConvTranspose3dOp {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.fwd((s1, l1), (s2, l2), None)
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.grads(x, w, dy)?;
-        Ok((Some(dx), Some(dw)))
-    }
-}
-
-impl CustomOp3 for ConvTranspose3dOp {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.grads(x, w, dy)?;
-        let db = dy.contiguous()?.apply_op1_no_bwd(&ChannelSumOp)?;
-        Ok((Some(dx), Some(dw), Some(db)))
-    }
-}
+kernel_with_optional_bias!(ConvTranspose3dOp, NAME);
 
 /// Transposed 3D convolution with kernel = stride = `stride`, no padding, like PyTorch's
 /// `ConvTranspose3d(Cin, Cout, kernel_size=s, stride=s)`: `x` (B, Cin, D, H, W),
@@ -142,7 +83,7 @@ pub fn conv_transpose3d(
         0,
     )
     .ok_or_else(|| invalid(NAME, format!("empty input {:?}", x.dims())))?;
-    let op = ConvTranspose3dOp { g };
+    let op = Op(ConvTranspose3dOp { g });
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
         Some(b) => {

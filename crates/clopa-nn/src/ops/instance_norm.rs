@@ -7,10 +7,11 @@
 //! first. The LeakyReLU mask is read off the forward result (y > 0 ⇔ pre-activation > 0 for a
 //! non-negative slope), so the backward needs neither beta nor the pre-activation.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{check_layout, check_vec, dims5, f32_slice, invalid};
+use super::leaky_relu::lrelu;
+use super::{Kernel, Op, check_layout, check_vec, dims5, f32_slice, grad_if, invalid, zeroed};
 
 const NAME: &str = "instance_norm3d";
 
@@ -44,6 +45,20 @@ fn plane_stats(x: &[f32]) -> (f64, f64) {
     (shift + md, (s2 / n - md * md).max(0.0))
 }
 
+/// `(mean, gamma·rstd, beta)` of a plane: its normalised value is `(v − mean)·a + beta`.
+fn plane_affine(x: &[f32], gamma: f32, beta: f32, eps: f64) -> (f32, f32, f32) {
+    let (mean, var) = plane_stats(x);
+    let rstd = 1.0 / (var + eps).sqrt();
+    (mean as f32, (gamma as f64 * rstd) as f32, beta)
+}
+
+/// Normalised value followed by LeakyReLU with slope `s`.
+#[inline]
+fn norm_act(v: f32, (m, a, bt): (f32, f32, f32), s: f32) -> f32 {
+    let z = (v - m) * a + bt;
+    if z > 0.0 { z } else { z * s }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct InstanceNorm {
     eps: f64,
@@ -51,41 +66,31 @@ struct InstanceNorm {
     dims: [usize; 5],
 }
 
-impl CustomOp3 for InstanceNorm {
+impl Kernel<3> for InstanceNorm {
+    const ARGS: [&'static str; 3] = ["x", "gamma", "beta"];
     fn name(&self) -> &'static str {
         NAME
     }
-    fn cpu_fwd(
+    fn cpu(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+        [(x, l1), (gamma, l2), (beta, l3)]: [(&[f32], &Layout); 3],
+    ) -> Result<(Vec<f32>, Shape)> {
         let [_, c, d, h, w] = self.dims;
         check_layout(NAME, "x", l1, &self.dims)?;
         check_layout(NAME, "gamma", l2, &[c])?;
         check_layout(NAME, "beta", l3, &[c])?;
-        let x = f32_slice(NAME, "x", s1, l1)?;
-        let gamma = f32_slice(NAME, "gamma", s2, l2)?;
-        let beta = f32_slice(NAME, "beta", s3, l3)?;
         let n = d * h * w;
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeroed(x.len());
         if n > 0 {
             y.par_chunks_mut(n)
                 .zip(x.par_chunks(n))
                 .enumerate()
                 .for_each(|(pi, (y, x))| {
                     let ch = pi % c;
-                    let (mean, var) = plane_stats(x);
-                    let rstd = 1.0 / (var + self.eps).sqrt();
-                    let (m, a, bt) = (mean as f32, (gamma[ch] as f64 * rstd) as f32, beta[ch]);
+                    let (m, a, bt) = plane_affine(x, gamma[ch], beta[ch], self.eps);
                     match self.slope {
                         Some(s) => y.iter_mut().zip(x).for_each(|(o, &v)| {
-                            let z = (v - m) * a + bt;
-                            *o = if z > 0.0 { z } else { z * s };
+                            *o = norm_act(v, (m, a, bt), s);
                         }),
                         None => y
                             .iter_mut()
@@ -94,67 +99,75 @@ impl CustomOp3 for InstanceNorm {
                     }
                 });
         }
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((y, l1.shape().clone()))
     }
 
-    fn bwd(
+    fn grads(
         &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
+        [x, gamma, beta]: [&Tensor; 3],
         res: &Tensor,
         dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<[Option<Tensor>; 3]> {
         let [_, c, ..] = self.dims;
         let total: usize = self.dims.iter().product();
+        // Without a tracked x (the first conv's output when neither the conv nor the network
+        // input trains) only the affine gradients are wanted: pass 2 is skipped.
+        let need_dx = x.track_op();
+        if !need_dx && !gamma.track_op() && !beta.track_op() {
+            return Ok([None, None, None]);
+        }
         let op = InstanceNormBwd {
             eps: self.eps,
             slope: self.slope,
             dims: self.dims,
             gamma: gamma.to_vec1::<f32>()?,
+            need_dx,
         };
-        let packed = x.apply_op3_no_bwd(res, &dy.contiguous()?, &op)?;
-        let dx = packed.narrow(0, 0, total)?.reshape(self.dims.to_vec())?;
-        let dgamma = packed.narrow(0, total, c)?;
-        let dbeta = packed.narrow(0, total + c, c)?;
-        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+        let packed = x.apply_op3_no_bwd(res, dy, &Op(op))?;
+        let nx = if need_dx { total } else { 0 };
+        let dx = grad_if(x, || {
+            packed.narrow(0, 0, total)?.reshape(self.dims.to_vec())
+        })?;
+        let dgamma = grad_if(gamma, || packed.narrow(0, nx, c))?;
+        let dbeta = grad_if(beta, || packed.narrow(0, nx + c, c))?;
+        Ok([dx, dgamma, dbeta])
     }
 }
 
-/// (x, y, dy) → `[dx (flattened), dgamma (C), dbeta (C)]` in one tensor, since a custom op has
-/// one output; the caller splits it with `narrow` (views, no copies).
+/// (x, y, dy) → `[dx (flattened, only if need_dx), dgamma (C), dbeta (C)]` in one tensor, since a
+/// custom op has one output; the caller splits it with `narrow` (views, no copies).
 #[derive(Clone, Debug)]
 struct InstanceNormBwd {
     eps: f64,
     slope: Option<f32>,
     dims: [usize; 5],
     gamma: Vec<f32>,
+    need_dx: bool,
 }
 
-impl CustomOp3 for InstanceNormBwd {
+impl Kernel<3> for InstanceNormBwd {
+    const ARGS: [&'static str; 3] = ["x", "y", "dy"];
     fn name(&self) -> &'static str {
         "instance_norm3d-bwd"
     }
-    fn cpu_fwd(
+    fn cpu(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+        [(x, l1), (y, l2), (dy, l3)]: [(&[f32], &Layout); 3],
+    ) -> Result<(Vec<f32>, Shape)> {
         let [b, c, d, h, w] = self.dims;
         check_layout(NAME, "x", l1, &self.dims)?;
         check_layout(NAME, "y", l2, &self.dims)?;
         check_layout(NAME, "dy", l3, &self.dims)?;
-        let x = f32_slice(NAME, "x", s1, l1)?;
-        let y = f32_slice(NAME, "y", s2, l2)?;
-        let dy = f32_slice(NAME, "dy", s3, l3)?;
         let n = d * h * w;
-        let total = x.len();
-        let mut out = vec![0f32; total + 2 * c];
+        let total = if self.need_dx { x.len() } else { 0 };
+        let mut out = zeroed(total + 2 * c);
         let (dxs, tail) = out.split_at_mut(total);
+        // Without dX each plane still needs a chunk to zip with: an empty one.
+        let dx_planes: Vec<&mut [f32]> = if self.need_dx {
+            dxs.chunks_mut(n.max(1)).collect()
+        } else {
+            (0..b * c).map(|_| Default::default()).collect()
+        };
         let slope = self.slope;
         let mask = |yv: f32| match slope {
             Some(s) if yv <= 0.0 => s,
@@ -163,7 +176,8 @@ impl CustomOp3 for InstanceNormBwd {
         let sums: Vec<(f64, f64)> = if n == 0 {
             vec![(0.0, 0.0); b * c]
         } else {
-            dxs.par_chunks_mut(n)
+            dx_planes
+                .into_par_iter()
                 .zip(x.par_chunks(n).zip(y.par_chunks(n).zip(dy.par_chunks(n))))
                 .enumerate()
                 .map(|(pi, (dx, (x, (y, dy))))| {
@@ -207,6 +221,7 @@ impl CustomOp3 for InstanceNormBwd {
                     let coef = (self.gamma[ch] as f64 * rstd) as f32;
                     let (m, r) = ((shift + md) as f32, rstd as f32);
                     let (mg, mh) = ((g1 / nf) as f32, (gxh / nf) as f32);
+                    // (dx is empty without need_dx, so this loop is then skipped.)
                     for (((o, &xv), &yv), &g) in dx.iter_mut().zip(x).zip(y).zip(dy) {
                         let dz = g * mask(yv);
                         *o = coef * (dz - mg - (xv - m) * r * mh);
@@ -224,7 +239,7 @@ impl CustomOp3 for InstanceNormBwd {
             tail[ch] = dg as f32;
             tail[c + ch] = db as f32;
         }
-        Ok((CpuStorage::F32(out), Shape::from(total + 2 * c)))
+        Ok((out, Shape::from(total + 2 * c)))
     }
 }
 
@@ -239,28 +254,155 @@ pub fn instance_norm3d(
     eps: f64,
     negative_slope: Option<f64>,
 ) -> Result<Tensor> {
-    let dims = dims5(NAME, "x", x)?;
-    check_vec(NAME, "gamma", gamma, dims[1])?;
-    check_vec(NAME, "beta", beta, dims[1])?;
-    if eps.is_nan() || eps < 0.0 {
-        return Err(invalid(NAME, format!("eps must be >= 0, got {eps}")));
-    }
-    if let Some(s) = negative_slope
-        && (s.is_nan() || s < 0.0)
-    {
-        // The backward reads the LeakyReLU mask off the output, which needs a slope >= 0.
-        return Err(invalid(
-            NAME,
-            format!("negative_slope must be >= 0, got {s}"),
-        ));
-    }
-    let op = InstanceNorm {
-        eps,
-        slope: negative_slope.map(|s| s as f32),
-        dims,
-    };
+    let op = InstanceNorm::new(x, gamma, beta, eps, negative_slope)?;
     x.contiguous()?
-        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, Op(op))
+}
+
+impl InstanceNorm {
+    /// The op for these arguments, after checking them.
+    fn new(
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+        negative_slope: Option<f64>,
+    ) -> Result<Self> {
+        let dims = dims5(NAME, "x", x)?;
+        check_vec(NAME, "gamma", gamma, dims[1])?;
+        check_vec(NAME, "beta", beta, dims[1])?;
+        if eps.is_nan() || eps < 0.0 {
+            return Err(invalid(NAME, format!("eps must be >= 0, got {eps}")));
+        }
+        if let Some(s) = negative_slope
+            && (s.is_nan() || s < 0.0)
+        {
+            // The backward reads the LeakyReLU mask off the output, which needs a slope >= 0.
+            return Err(invalid(
+                NAME,
+                format!("negative_slope must be >= 0, got {s}"),
+            ));
+        }
+        Ok(InstanceNorm {
+            eps,
+            slope: negative_slope.map(|s| s as f32),
+            dims,
+        })
+    }
+}
+
+/// Instance norm applied in place, optionally adding a residual before the LeakyReLU; for
+/// inference only (no backward), where the input is a temporary nobody else holds.
+#[derive(Clone, Debug)]
+struct InstanceNormInplace {
+    op: InstanceNorm,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+impl InstanceNormInplace {
+    fn run(&self, s: &mut CpuStorage, l: &Layout, residual: Option<&[f32]>) -> Result<()> {
+        let name = "instance_norm3d-inplace";
+        check_layout(name, "x", l, &self.op.dims)?;
+        let x = match s {
+            CpuStorage::F32(v) if l.is_contiguous() && l.start_offset() == 0 => v.as_mut_slice(),
+            _ => return Err(invalid(name, "x must be a contiguous f32 tensor")),
+        };
+        let [_, c, d, h, w] = self.op.dims;
+        let n = d * h * w;
+        if n == 0 {
+            return Ok(());
+        }
+        let (gamma, beta, eps, slope) = (&self.gamma, &self.beta, self.op.eps, self.op.slope);
+        let planes = x[..self.op.dims.iter().product()].par_chunks_mut(n);
+        match residual {
+            None => planes.enumerate().for_each(|(pi, x)| {
+                let ch = pi % c;
+                let ab = plane_affine(x, gamma[ch], beta[ch], eps);
+                match slope {
+                    Some(s) => x.iter_mut().for_each(|v| *v = norm_act(*v, ab, s)),
+                    None => x.iter_mut().for_each(|v| *v = (*v - ab.0) * ab.1 + ab.2),
+                }
+            }),
+            Some(r) => {
+                planes
+                    .zip(r.par_chunks(n))
+                    .enumerate()
+                    .for_each(|(pi, (x, r))| {
+                        let ch = pi % c;
+                        let (m, a, bt) = plane_affine(x, gamma[ch], beta[ch], eps);
+                        // Rounded like instance_norm3d (no act) followed by add_leaky_relu.
+                        for (v, &rv) in x.iter_mut().zip(r) {
+                            let z = (*v - m) * a + bt;
+                            *v = match slope {
+                                Some(s) => lrelu(z + rv, s),
+                                None => z + rv,
+                            };
+                        }
+                    })
+            }
+        }
+        Ok(())
+    }
+}
+
+impl InplaceOp1 for InstanceNormInplace {
+    fn name(&self) -> &'static str {
+        "instance_norm3d-inplace"
+    }
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        self.run(s, l, None)
+    }
+}
+
+impl InplaceOp2 for InstanceNormInplace {
+    fn name(&self) -> &'static str {
+        "instance_norm3d-inplace"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        check_layout(NAME, "residual", l2, &self.op.dims)?;
+        let r = f32_slice(NAME, "residual", s2, l2)?;
+        self.run(s1, l1, Some(r))
+    }
+}
+
+/// `LeakyReLU(instance_norm3d(y) [+ residual])` computed *in place* in `y`, which must be a
+/// fresh temporary that no one else holds and that tracks no gradient (the caller guarantees
+/// both; see `conv_norm.rs`). Without a slope there is no activation. Bit-identical to
+/// `instance_norm3d(y, .., negative_slope)` or, with a residual, to `instance_norm3d(y, .., None)`
+/// followed by `add_leaky_relu` (or `+`).
+pub(crate) fn instance_norm3d_inplace(
+    y: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    negative_slope: Option<f64>,
+    residual: Option<&Tensor>,
+) -> Result<()> {
+    let op = InstanceNorm::new(y, gamma, beta, eps, negative_slope)?;
+    let op = InstanceNormInplace {
+        op,
+        gamma: gamma.to_vec1::<f32>()?,
+        beta: beta.to_vec1::<f32>()?,
+    };
+    match residual {
+        Some(r) => {
+            if r.dims() != y.dims() || r.dtype() != y.dtype() {
+                return Err(invalid(
+                    NAME,
+                    format!("residual has shape {:?}, x {:?}", r.dims(), y.dims()),
+                ));
+            }
+            y.inplace_op2(&r.contiguous()?, &op)
+        }
+        None => y.inplace_op1(&op),
+    }
 }
 
 #[cfg(test)]
@@ -451,6 +593,52 @@ mod tests {
             assert!(err <= 1e-5 * scale, "{name}: {:.3e} relative", err / scale);
         }
         assert!(ef <= 1e-5, "forward {ef:.3e}");
+    }
+
+    #[test]
+    fn frozen_arguments_get_no_gradient_and_the_others_are_bit_identical() {
+        let dims = [2, 3, 3, 4, 5];
+        let c = dims[1];
+        let total: usize = dims.iter().product();
+        let mut rng = Lcg(27);
+        let (x, g, bt, r) = (rng.vec(total), rng.vec(c), rng.vec(c), rng.vec(total));
+        let run = |train: [bool; 3]| -> [Option<Vec<f32>>; 3] {
+            let arg = |v: &[f32], d: &[usize], t: bool| {
+                if t {
+                    let (var, t) = var(v, d);
+                    (Some(var), t)
+                } else {
+                    (None, tensor(v, d))
+                }
+            };
+            let args = [
+                arg(&x, &dims, train[0]),
+                arg(&g, &[c], train[1]),
+                arg(&bt, &[c], train[2]),
+            ];
+            let y = instance_norm3d(&args[0].1, &args[1].1, &args[2].1, 1e-5, Some(0.01))
+                .expect("instance_norm3d");
+            let grads = loss_grads(&y, &r);
+            for (v, t) in &args {
+                assert_eq!(grads.get(t).is_some(), v.is_some());
+            }
+            args.map(|(v, _)| v.map(|v| grad_of(&grads, &v)))
+        };
+        let all = run([true; 3]);
+        for train in [
+            [false, true, true],
+            [false, true, false],
+            [true, false, false],
+            [true, false, true],
+        ] {
+            let some = run(train);
+            for i in 0..3 {
+                assert_eq!(some[i].is_some(), train[i]);
+                if let Some(v) = &some[i] {
+                    assert_eq!(Some(v), all[i].as_ref(), "arg {i} {train:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! `leaky_relu` as a parallel candle custom op (candle's own element-wise ops run on one thread).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{ELEMWISE_CHUNK, f32_slice, invalid};
+use super::{ELEMWISE_CHUNK, Kernel, Op, invalid, zeroed};
 
 const NAME: &str = "leaky_relu";
 
@@ -24,15 +24,15 @@ struct LeakyRelu {
     slope: f32,
 }
 
-impl CustomOp1 for LeakyRelu {
+impl Kernel<1> for LeakyRelu {
+    const ARGS: [&'static str; 1] = ["x"];
     fn name(&self) -> &'static str {
         NAME
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(NAME, "x", s, l)?;
+    fn cpu(&self, [(x, l)]: [(&[f32], &Layout); 1]) -> Result<(Vec<f32>, Shape)> {
         // A local copy: read through `&self` the slope may alias the output and blocks vectorising.
         let slope = self.slope;
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeroed(x.len());
         y.par_chunks_mut(ELEMWISE_CHUNK)
             .zip(x.par_chunks(ELEMWISE_CHUNK))
             .for_each(move |(y, x)| {
@@ -40,11 +40,11 @@ impl CustomOp1 for LeakyRelu {
                     *o = lrelu(v, slope);
                 }
             });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((y, l.shape().clone()))
     }
-    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let dx = x.apply_op2_no_bwd(&dy.contiguous()?, &LeakyReluBwd { slope: self.slope })?;
-        Ok(Some(dx))
+    fn grads(&self, [x]: [&Tensor; 1], _res: &Tensor, dy: &Tensor) -> Result<[Option<Tensor>; 1]> {
+        let dx = x.apply_op2_no_bwd(dy, &Op(LeakyReluBwd { slope: self.slope }))?;
+        Ok([Some(dx)])
     }
 }
 
@@ -54,19 +54,12 @@ struct LeakyReluBwd {
     slope: f32,
 }
 
-impl CustomOp2 for LeakyReluBwd {
+impl Kernel<2> for LeakyReluBwd {
+    const ARGS: [&'static str; 2] = ["x", "dy"];
     fn name(&self) -> &'static str {
         "leaky_relu-bwd"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(NAME, "x", s1, l1)?;
-        let dy = f32_slice(NAME, "dy", s2, l2)?;
+    fn cpu(&self, [(x, l1), (dy, l2)]: [(&[f32], &Layout); 2]) -> Result<(Vec<f32>, Shape)> {
         if x.len() != dy.len() {
             return Err(invalid(
                 NAME,
@@ -74,7 +67,7 @@ impl CustomOp2 for LeakyReluBwd {
             ));
         }
         let slope = self.slope;
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = zeroed(x.len());
         dx.par_chunks_mut(ELEMWISE_CHUNK)
             .zip(
                 x.par_chunks(ELEMWISE_CHUNK)
@@ -85,7 +78,7 @@ impl CustomOp2 for LeakyReluBwd {
                     *o = g * lrelu_grad(v, slope);
                 }
             });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        Ok((dx, l1.shape().clone()))
     }
 }
 
@@ -95,9 +88,9 @@ pub fn leaky_relu(x: &Tensor, negative_slope: f64) -> Result<Tensor> {
     if x.dtype() != candle_core::DType::F32 {
         return Err(invalid(NAME, format!("x must be f32, got {:?}", x.dtype())));
     }
-    x.contiguous()?.apply_op1(LeakyRelu {
+    x.contiguous()?.apply_op1(Op(LeakyRelu {
         slope: negative_slope as f32,
-    })
+    }))
 }
 
 #[cfg(test)]
