@@ -1,0 +1,277 @@
+//! `clopa-train-episode` (protocol step 3): one CLoPA training episode of one training run, from
+//! the base model (or the previous episode's checkpoint) to an episode checkpoint holding only
+//! the tuned group's tensors, plus the epoch log.
+//!
+//! Where things are: `main.rs` parses the arguments; [`run`] resolves the settings (profile, then
+//! flags), checks every input (split, model, checkpoint chain, cases) before training, calls
+//! [`clopa_adapt::train_episode`] and writes the log and then the checkpoint atomically (an
+//! existing checkpoint with its log means the episode is done, and a rerun skips it).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use candle_core::Device;
+use clopa_adapt::{AugmentConfig, EpisodeConfig, Progress, TrainCase, log_path, train_episode};
+use clopa_config::{Manifest, Profile};
+use clopa_dataset::Dataset;
+use clopa_nn::model_folder::{META_BASE_SHA256, META_GROUP};
+use clopa_nn::{ParamGroup, load_model_folder, read_episode_checkpoint, write_episode_checkpoint};
+use clopa_table::Provenance;
+
+/// Everything the tool was asked to do (flags as given; `None` = not given).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub model: PathBuf,
+    pub manifest: PathBuf,
+    pub split: PathBuf,
+    pub run: u32,
+    pub episode: u32,
+    pub group: String,
+    pub output: PathBuf,
+    pub init: Vec<PathBuf>,
+    pub profile: Option<PathBuf>,
+    pub epochs: Option<usize>,
+    pub steps_per_epoch: Option<usize>,
+    pub patch: Option<[usize; 3]>,
+    pub batch: Option<usize>,
+    pub lr: Option<f64>,
+    pub edits: Option<usize>,
+    pub no_prompts: bool,
+    pub no_augment: bool,
+    pub seed: Option<u64>,
+    pub data_root: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+/// Profile (or the paper's defaults), then the flags.
+pub fn resolve(req: &Request) -> anyhow::Result<(Profile, EpisodeConfig)> {
+    let mut p = match &req.profile {
+        Some(path) => Profile::load(path)?,
+        None => Profile::default(),
+    };
+    if let Some(v) = req.epochs {
+        p.epochs = v;
+    }
+    if let Some(v) = req.steps_per_epoch {
+        p.steps_per_epoch = v;
+    }
+    if let Some(v) = req.patch {
+        p.patch = v;
+    }
+    if let Some(v) = req.batch {
+        p.batch = v;
+    }
+    if let Some(v) = req.lr {
+        p.lr = v;
+    }
+    if let Some(v) = req.edits {
+        p.train_edits = v;
+    }
+    if let Some(v) = req.seed {
+        p.seed = v;
+    }
+    let cfg = EpisodeConfig {
+        patch: p.patch,
+        batch: p.batch,
+        lr: p.lr,
+        weight_decay: p.weight_decay,
+        epochs: p.epochs,
+        steps_per_epoch: p.steps_per_epoch,
+        edits: p.train_edits,
+        fg_probability: p.fg_probability,
+        val_patches: p.val_patches,
+        ema: p.ema,
+        // Each (run, episode) gets its own stream so episodes of one run do not replay clicks.
+        seed: p
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(u64::from(req.run) * 1_000 + u64::from(req.episode)),
+        prompts: !req.no_prompts,
+        augment: if req.no_augment {
+            AugmentConfig::none()
+        } else {
+            AugmentConfig::intended()
+        },
+    };
+    Ok((p, cfg))
+}
+
+/// Runs one episode and writes `req.output` and its log.
+pub fn run(req: &Request) -> anyhow::Result<()> {
+    let log = log_path(&req.output);
+    if req.output.is_file() && log.is_file() {
+        tracing::info!(
+            "{} and {} exist: episode done, skipping",
+            req.output.display(),
+            log.display()
+        );
+        return Ok(());
+    }
+    let group: ParamGroup = req
+        .group
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--group {:?}: {e}", req.group))?;
+    let (profile, cfg) = resolve(req)?;
+    let manifest = Manifest::load(&req.manifest)?;
+
+    // --- the cache of this episode
+    let rows = clopa_table::read_split(&req.split)?;
+    let (train_ids, val_ids) = clopa_schedule::cache_at(&rows, req.run, req.episode);
+    let exists = rows
+        .iter()
+        .any(|r| r.run == Some(req.run) && r.episode == Some(req.episode));
+    if !exists || train_ids.is_empty() {
+        let mut eps: Vec<u32> = rows
+            .iter()
+            .filter(|r| r.run == Some(req.run))
+            .filter_map(|r| r.episode)
+            .collect();
+        eps.sort_unstable();
+        eps.dedup();
+        bail!(
+            "{}: run {} has no episode {} (its episodes: {:?})",
+            req.split.display(),
+            req.run,
+            req.episode,
+            eps
+        );
+    }
+    let n_seen = train_ids.len() + val_ids.len();
+
+    // --- the incoming model: base + checkpoint chain
+    let mut model = load_model_folder(&req.model)
+        .with_context(|| format!("cannot load the model folder {}", req.model.display()))?;
+    let base_sha = model.weights_sha256.clone();
+    if req.episode > 1 && req.init.is_empty() {
+        bail!(
+            "episode {} warm-starts from episode {}'s checkpoint: pass it with --init",
+            req.episode,
+            req.episode - 1
+        );
+    }
+    for ck in &req.init {
+        let c = read_episode_checkpoint(ck)
+            .with_context(|| format!("cannot read the checkpoint {}", ck.display()))?;
+        if let Some(g) = c.metadata.get(META_GROUP)
+            && g != group.name()
+        {
+            bail!(
+                "--init {} was trained with group `{g}`, not `{}`",
+                ck.display(),
+                group.name()
+            );
+        }
+    }
+    model
+        .apply_checkpoints(&req.init)
+        .context("cannot apply the --init checkpoint(s)")?;
+    cfg.validate(&model.spec)?;
+
+    // --- cases
+    let ds = Dataset::for_manifest(&manifest, &req.manifest, req.data_root.as_deref())?;
+    let load = |ids: &[&str]| -> anyhow::Result<Vec<TrainCase>> {
+        ids.iter()
+            .map(|id| {
+                let case = ds.case(id)?.load(&manifest)?;
+                Ok(TrainCase::new(id, &case.image, &case.mask)?)
+            })
+            .collect()
+    };
+    let train = load(&train_ids)?;
+    let val = load(&val_ids)?;
+    tracing::info!(
+        "run {} episode {}: {} train + {} val cases, group `{}`, {} x {} steps, patch {:?}",
+        req.run,
+        req.episode,
+        train.len(),
+        val.len(),
+        group.name(),
+        cfg.epochs,
+        cfg.steps_per_epoch,
+        cfg.patch
+    );
+    if profile.device != "cpu" {
+        tracing::warn!(
+            "device `{}` is not built in; training on the CPU",
+            profile.device
+        );
+    }
+
+    // --- train
+    let mut params = model.param_store();
+    params.make_trainable(group.names(&model.spec))?;
+    let prompt = clopa_adapt::prompt_config(&model.meta);
+    let pb = clopa_cli::progress_bar(
+        (cfg.epochs * cfg.steps_per_epoch) as u64,
+        &format!("episode {}", req.episode),
+        req.quiet,
+    );
+    let out = train_episode(
+        &model.spec,
+        &mut params,
+        &prompt,
+        &train,
+        &val,
+        &cfg,
+        &Device::Cpu,
+        &mut |p| match p {
+            Progress::Step { loss, .. } => {
+                pb.inc(1);
+                pb.set_prefix(format!("loss {loss:.4}"));
+            }
+            Progress::Validated { epoch, score, ema } => {
+                tracing::debug!("epoch {epoch}: validation {score:.4} (smoothed {ema:.4})");
+            }
+        },
+    )?;
+    pb.finish_and_clear();
+    tracing::info!(
+        "selected epoch {} (0 = the incoming model)",
+        out.selected_epoch
+    );
+
+    // --- outputs: the log first, the checkpoint last (its presence means done)
+    let settings = serde_json::json!({
+        "group": group.name(),
+        "run": req.run,
+        "episode": req.episode,
+        "n_seen": n_seen,
+        "init": req.init.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "train": cfg,
+    });
+    let prov = Provenance::new(
+        "clopa-train-episode",
+        env!("CARGO_PKG_VERSION"),
+        settings.clone(),
+        cfg.seed,
+    );
+    clopa_adapt::write_epoch_log(&log, &out.log, &prov)?;
+    let mut meta = BTreeMap::new();
+    meta.insert(META_BASE_SHA256.to_string(), base_sha);
+    meta.insert(META_GROUP.to_string(), group.name().to_string());
+    meta.insert("clopa.run".to_string(), req.run.to_string());
+    meta.insert("clopa.episode".to_string(), req.episode.to_string());
+    meta.insert("clopa.n_seen".to_string(), n_seen.to_string());
+    meta.insert("clopa.config".to_string(), settings.to_string());
+    meta.insert(
+        "clopa.selected_epoch".to_string(),
+        out.selected_epoch.to_string(),
+    );
+    write_episode_checkpoint(&req.output, &out.selected, &meta)
+        .with_context(|| format!("cannot write {}", req.output.display()))?;
+    Ok(())
+}
+
+/// `--patch` parser: one number or X,Y,Z.
+pub fn parse_patch(s: &str) -> Result<[usize; 3], String> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("{p:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        [p] => Ok([*p; 3]),
+        [a, b, c] => Ok([*a, *b, *c]),
+        _ => Err(format!("expected P or X,Y,Z, got {s:?}")),
+    }
+}

@@ -1,0 +1,158 @@
+//! `clopa-train-episode`: argument parsing; the work is in `lib.rs` (`clopa_train_episode::run`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+const AFTER_HELP: &str = "\
+Examples:
+  # episode 1 of training run 0, CLoPA-I.N, quick profile
+  clopa-train-episode --model models/clopa-tiny --manifest data-manifests/synth-organ.toml \\
+      --split runs/q/organ/split.parquet --run 0 --episode 1 --group in \\
+      --profile pipelines/quick.toml -o runs/q/organ/in-run0/ep1.safetensors
+
+  # episode 2 warm-starts from episode 1
+  clopa-train-episode ... --episode 2 --init runs/q/organ/in-run0/ep1.safetensors \\
+      -o runs/q/organ/in-run0/ep2.safetensors
+
+Writes CKPT (safetensors: only the group's tensors, metadata clopa.base_sha256, clopa.group,
+clopa.run, clopa.episode, clopa.n_seen, clopa.config) and CKPT's stem + .log.parquet (per epoch:
+train_loss, val_score, val_ema, selected, seconds). An existing CKPT with its log is skipped.";
+
+/// Train one CLoPA episode: tune one parameter group on the cache's cases with simulated clicks.
+///
+/// Each gradient step draws --batch cache cases, cuts one augmented patch from each (centred on
+/// foreground or background), and runs an initialisation pass plus --edits edit passes of
+/// simulated clicks, backpropagating (1 - soft Dice + CE) / passes at every pass; Adam (coupled
+/// L2 weight decay) steps once per gradient step. The incoming model and every epoch are scored
+/// on seeded validation patches (mean normalised Dice-AUC, smoothed); the best is kept, and the
+/// incoming model is returned unchanged when no epoch beats it.
+#[derive(Parser, Debug)]
+#[command(name = "clopa-train-episode", version, after_help = AFTER_HELP, args_override_self = true)]
+struct Cli {
+    /// The base clopa model folder (model.json + model.safetensors).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+
+    /// The task manifest (data-manifests/*.toml).
+    #[arg(long, value_name = "M")]
+    manifest: PathBuf,
+
+    /// split.parquet (clopa-split); the cache of --run at --episode is trained on.
+    #[arg(long, value_name = "S")]
+    split: PathBuf,
+
+    /// Training run (0-based).
+    #[arg(long, value_name = "R")]
+    run: u32,
+
+    /// Episode (1-based).
+    #[arg(long, value_name = "E")]
+    episode: u32,
+
+    /// Parameter group to tune: in (instance norms), cn (in + stem conv + seg head), all.
+    #[arg(long, value_name = "G", value_parser = ["in", "cn", "all"])]
+    group: String,
+
+    /// Output episode checkpoint (.safetensors).
+    #[arg(short, long, value_name = "CKPT")]
+    output: PathBuf,
+
+    /// Checkpoint(s) of the previous episode(s) to start from, applied in order (needed for E > 1).
+    #[arg(long, value_name = "CKPT")]
+    init: Vec<PathBuf>,
+
+    /// Pipeline profile supplying defaults (pipelines/*.toml) [default: the paper's settings].
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+
+    /// Epochs [default: the profile's].
+    #[arg(long, value_name = "N")]
+    epochs: Option<usize>,
+
+    /// Gradient steps per epoch [default: the profile's].
+    #[arg(long, value_name = "N")]
+    steps_per_epoch: Option<usize>,
+
+    /// Patch size, one number or X,Y,Z [default: the profile's].
+    #[arg(long, value_name = "P", value_parser = clopa_train_episode::parse_patch)]
+    patch: Option<[usize; 3]>,
+
+    /// Patches (cases) per gradient step [default: the profile's].
+    #[arg(long, value_name = "N")]
+    batch: Option<usize>,
+
+    /// Adam learning rate [default: the profile's].
+    #[arg(long, value_name = "LR")]
+    lr: Option<f64>,
+
+    /// Edit passes after the initialisation pass [default: the profile's train_edits].
+    #[arg(long, value_name = "N")]
+    edits: Option<usize>,
+
+    /// Train without prompts (one pass, prompt channels zero): specialist models.
+    #[arg(long)]
+    no_prompts: bool,
+
+    /// Train without augmentation.
+    #[arg(long)]
+    no_augment: bool,
+
+    /// Seed of patches, augmentation and clicks [default: the profile's].
+    #[arg(long)]
+    seed: Option<u64>,
+
+    /// Root for relative dataset folders [default: $CLOPA_DATA, else the manifest's folder].
+    #[arg(long, value_name = "DIR")]
+    data_root: Option<PathBuf>,
+
+    /// Worker threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+
+    /// More logging (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    clopa_cli::run_main("clopa-train-episode", cli.verbose, cli.quiet, || {
+        if let Some(n) = cli.threads {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()?;
+        }
+        let data_root = cli
+            .data_root
+            .clone()
+            .or_else(|| std::env::var_os("CLOPA_DATA").map(PathBuf::from));
+        clopa_train_episode::run(&clopa_train_episode::Request {
+            model: cli.model.clone(),
+            manifest: cli.manifest.clone(),
+            split: cli.split.clone(),
+            run: cli.run,
+            episode: cli.episode,
+            group: cli.group.clone(),
+            output: cli.output.clone(),
+            init: cli.init.clone(),
+            profile: cli.profile.clone(),
+            epochs: cli.epochs,
+            steps_per_epoch: cli.steps_per_epoch,
+            patch: cli.patch,
+            batch: cli.batch,
+            lr: cli.lr,
+            edits: cli.edits,
+            no_prompts: cli.no_prompts,
+            no_augment: cli.no_augment,
+            seed: cli.seed,
+            data_root,
+            quiet: cli.quiet,
+        })
+    })
+}

@@ -1,0 +1,306 @@
+//! End-to-end tests of `clopa-train-episode` on tiny ball cases with a tiny random model.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use candle_core::{Device, Tensor};
+use clopa_nn::model_folder::{META_BASE_SHA256, META_GROUP, MODEL_FORMAT};
+use clopa_nn::{Architecture, DecayScheme, ModelJson, ParamGroup};
+use clopa_table::{Provenance, Role, SplitKind, SplitRow};
+use rand::{Rng, SeedableRng};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Six 20³ ball cases, a manifest, a split whose run 0 has episode 1 (4 train + 1 val) and
+    /// episode 2 (one more train case), and a 3-stage model (features 4-8-16).
+    fn new() -> Fixture {
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let ds = f.path("data/toy");
+        std::fs::create_dir_all(ds.join("imagesTr")).unwrap();
+        std::fs::create_dir_all(ds.join("labelsTr")).unwrap();
+        let mut training = Vec::new();
+        for k in 0..6usize {
+            let c = [
+                8.0 + (k % 3) as f32 * 2.0,
+                10.0 - (k % 2) as f32 * 2.0,
+                9.0 + (k % 4) as f32,
+            ];
+            let (mut img, mut lab) = (Vec::new(), Vec::new());
+            for x in 0..20 {
+                for y in 0..20 {
+                    for z in 0..20 {
+                        let d2 = (x as f32 - c[0]).powi(2)
+                            + (y as f32 - c[1]).powi(2)
+                            + (z as f32 - c[2]).powi(2);
+                        let inside = d2 <= 16.0;
+                        lab.push(inside as u16);
+                        img.push(
+                            if inside { 100.0 } else { 10.0 } + ((x * 7 + y * 3 + z) % 5) as f32,
+                        );
+                    }
+                }
+            }
+            let id = format!("toy_{k:03}");
+            let iv = clopa_volume::Volume::from_shape([20; 3], [1.0, 1.0, 2.0], img).unwrap();
+            let lv = clopa_volume::Volume::from_shape([20; 3], [1.0, 1.0, 2.0], lab).unwrap();
+            clopa_volume::write_nifti(&ds.join(format!("imagesTr/{id}.nii.gz")), &iv).unwrap();
+            clopa_volume::write_nifti(&ds.join(format!("labelsTr/{id}.nii.gz")), &lv).unwrap();
+            training.push(serde_json::json!({"image": format!("./imagesTr/{id}.nii.gz"), "label": format!("./labelsTr/{id}.nii.gz")}));
+        }
+        let dj = serde_json::json!({"name": "toy", "labels": {"0": "background", "1": "ball"},
+            "channel_names": {"0": "CT"}, "numTraining": 6, "training": training});
+        std::fs::write(ds.join("dataset.json"), dj.to_string()).unwrap();
+        std::fs::write(
+            f.path("toy.toml"),
+            "name = \"toy\"\ndataset = \"toy\"\nchannel = 0\nlabels = [1]\nlargest_component = false\n\
+             nsd_tolerance_mm = 2.0\nexpert_dice = 0.9\n",
+        )
+        .unwrap();
+        let row = |k: usize, episode: Option<u32>, role: Option<Role>| SplitRow {
+            task: "toy".into(),
+            case_id: format!("toy_{k:03}"),
+            split: SplitKind::Train,
+            run: Some(0),
+            position: Some(k as u32 + 1),
+            episode,
+            role,
+        };
+        let mut rows: Vec<SplitRow> = (0..4).map(|k| row(k, Some(1), Some(Role::Train))).collect();
+        rows.push(row(4, Some(1), Some(Role::Val)));
+        rows.push(row(5, Some(2), Some(Role::Train)));
+        let prov = Provenance::new("test", "0", serde_json::json!({}), 0);
+        clopa_table::write_split(&f.path("split.parquet"), &rows, &prov).unwrap();
+
+        let meta = ModelJson {
+            format: MODEL_FORMAT.into(),
+            architecture: Architecture::resenc(&[4, 8, 16], &[1, 1, 1]),
+            input_channels: 8,
+            num_classes: 2,
+            patch_size: vec![16, 16, 16],
+            point_radius: 4,
+            interaction_decay: 0.9,
+            interaction_decay_origin: "file".into(),
+            decay_scheme: DecayScheme::PerType,
+            source: serde_json::Value::Null,
+        };
+        let spec = meta.spec().unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let tensors: BTreeMap<String, Tensor> = spec
+            .parameter_shapes()
+            .into_iter()
+            .map(|(n, s)| {
+                let len: usize = s.iter().product();
+                let fan_in = s.iter().skip(1).product::<usize>().max(1) as f32;
+                let v: Vec<f32> = if n.contains("norm.weight") {
+                    vec![1.0; len]
+                } else {
+                    let a = (3.0 / fan_in).sqrt();
+                    (0..len).map(|_| rng.random_range(-a..a)).collect()
+                };
+                (n, Tensor::from_vec(v, s, &Device::Cpu).unwrap())
+            })
+            .collect();
+        clopa_nn::write_model_folder(&f.path("model"), &meta, &tensors).unwrap();
+        f
+    }
+
+    fn cmd(&self, episode: u32, group: &str, out: &Path) -> Command {
+        let mut c = Command::cargo_bin("clopa-train-episode").unwrap();
+        c.env_remove("CLOPA_DATA")
+            .arg("--model")
+            .arg(self.path("model"))
+            .arg("--manifest")
+            .arg(self.path("toy.toml"))
+            .arg("--split")
+            .arg(self.path("split.parquet"))
+            .arg("--data-root")
+            .arg(self.path("data"))
+            .args([
+                "--run",
+                "0",
+                "--episode",
+                &episode.to_string(),
+                "--group",
+                group,
+            ])
+            .args([
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                "2",
+                "--patch",
+                "16",
+                "--edits",
+                "2",
+            ])
+            .args(["--profile"])
+            .arg(self.profile())
+            .arg("-o")
+            .arg(out);
+        c
+    }
+
+    fn profile(&self) -> PathBuf {
+        let p = self.path("profile.toml");
+        if !p.exists() {
+            let prof = clopa_config::Profile {
+                val_patches: 2,
+                ..Default::default()
+            };
+            std::fs::write(&p, prof.to_toml_string().unwrap()).unwrap();
+        }
+        p
+    }
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+fn spec() -> clopa_nn::UNetSpec {
+    clopa_nn::UNetSpec::from_architecture(&Architecture::resenc(&[4, 8, 16], &[1, 1, 1]), 8, 2)
+        .unwrap()
+}
+
+#[test]
+fn help_explains_itself_with_an_example() {
+    let out = Command::cargo_bin("clopa-train-episode")
+        .unwrap()
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    insta::assert_snapshot!("help", text);
+}
+
+#[test]
+fn trains_an_in_episode_writes_checkpoint_and_log_and_skips_a_rerun() {
+    let f = Fixture::new();
+    let ck = f.path("out/ep1.safetensors");
+    f.cmd(1, "in", &ck).assert().success();
+    let c = clopa_nn::read_episode_checkpoint(&ck).unwrap();
+    let names: BTreeSet<String> = ParamGroup::In.names(&spec()).into_iter().collect();
+    assert_eq!(c.tensors.keys().cloned().collect::<BTreeSet<_>>(), names);
+    let sha = clopa_nn::sha256_file(&f.path("model/model.safetensors")).unwrap();
+    assert_eq!(c.metadata[META_BASE_SHA256], sha);
+    assert_eq!(c.metadata[META_GROUP], "in");
+    assert_eq!(c.metadata["clopa.run"], "0");
+    assert_eq!(c.metadata["clopa.episode"], "1");
+    assert_eq!(c.metadata["clopa.n_seen"], "5");
+    let cfg: serde_json::Value = serde_json::from_str(&c.metadata["clopa.config"]).unwrap();
+    assert_eq!(cfg["train"]["patch"], serde_json::json!([16, 16, 16]));
+    let log = clopa_adapt::read_epoch_log(&f.path("out/ep1.log.parquet")).unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log.iter().filter(|r| r.selected).count(), 1);
+    assert!(log[1].train_loss.unwrap().is_finite() && log[0].val_score.is_some());
+
+    // a rerun finds the complete output and leaves it alone
+    let before = std::fs::metadata(&ck).unwrap().modified().unwrap();
+    f.cmd(1, "in", &ck).assert().success();
+    assert_eq!(std::fs::metadata(&ck).unwrap().modified().unwrap(), before);
+
+    // the same seed gives bit-identical tensors and metadata (the file bytes are not compared:
+    // safetensors writes its metadata map in HashMap order)
+    let again = f.path("out/again.safetensors");
+    f.cmd(1, "in", &again).assert().success();
+    let a = clopa_nn::read_episode_checkpoint(&again).unwrap();
+    assert_eq!(a.metadata, c.metadata);
+    for (n, t) in &c.tensors {
+        assert!(bits(t) == bits(&a.tensors[n]), "{n} differs");
+    }
+
+    // episode 2 warm-starts from episode 1
+    let ck2 = f.path("out/ep2.safetensors");
+    f.cmd(2, "in", &ck2)
+        .arg("--init")
+        .arg(&ck)
+        .assert()
+        .success();
+    let c2 = clopa_nn::read_episode_checkpoint(&ck2).unwrap();
+    assert_eq!(c2.metadata["clopa.n_seen"], "6");
+}
+
+#[test]
+fn a_cn_checkpoint_holds_the_cn_tensors() {
+    let f = Fixture::new();
+    let ck = f.path("cn.safetensors");
+    f.cmd(1, "cn", &ck)
+        .args(["--no-augment"])
+        .assert()
+        .success();
+    let c = clopa_nn::read_episode_checkpoint(&ck).unwrap();
+    let names: BTreeSet<String> = ParamGroup::Cn.names(&spec()).into_iter().collect();
+    assert_eq!(c.tensors.keys().cloned().collect::<BTreeSet<_>>(), names);
+    assert!(names.contains("encoder.stem.convs.0.conv.weight"));
+}
+
+#[test]
+fn an_episode_missing_from_the_split_is_refused() {
+    let f = Fixture::new();
+    let out = f.cmd(7, "in", &f.path("x.safetensors")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("split.parquet") && err.contains("no episode 7"),
+        "{err}"
+    );
+    assert!(err.contains("[1, 2]"), "{err}");
+    assert!(!f.path("x.safetensors").exists());
+}
+
+#[test]
+fn a_checkpoint_for_another_base_is_refused() {
+    let f = Fixture::new();
+    let bad = f.path("other.safetensors");
+    let mut t = BTreeMap::new();
+    t.insert(
+        "encoder.stem.convs.0.norm.weight".to_string(),
+        Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    let mut md = BTreeMap::new();
+    md.insert(META_BASE_SHA256.to_string(), "0".repeat(64));
+    md.insert(META_GROUP.to_string(), "in".to_string());
+    clopa_nn::write_episode_checkpoint(&bad, &t, &md).unwrap();
+    let out = f
+        .cmd(2, "in", &f.path("x.safetensors"))
+        .arg("--init")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("other.safetensors"), "{err}");
+    // episode 2 without --init
+    let out = f.cmd(2, "in", &f.path("x.safetensors")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--init"));
+    assert!(!f.path("x.safetensors").exists());
+}
+
+#[test]
+fn a_bad_group_is_a_usage_error() {
+    let f = Fixture::new();
+    let out = f
+        .cmd(1, "everything", &f.path("x.safetensors"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
