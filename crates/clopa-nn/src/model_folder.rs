@@ -216,8 +216,40 @@ pub(crate) fn safetensors_bytes(
             ))
         })
         .collect::<Result<Vec<(String, Tensor)>>>()?;
-    safetensors::serialize(prepared, metadata)
-        .map_err(|e| NnError::checkpoint(path, format!("cannot serialise safetensors: {e}")))
+    let mut bytes = safetensors::serialize(prepared, metadata)
+        .map_err(|e| NnError::checkpoint(path, format!("cannot serialise safetensors: {e}")))?;
+    sort_header_metadata(&mut bytes, path)?;
+    Ok(bytes)
+}
+
+/// safetensors serialises `__metadata__` from a `HashMap`, so two writes of the same tensors and
+/// metadata would order its keys differently and get different bytes (and sha256, which is how
+/// checkpoint chains name their base). Rewrites the header with the metadata keys sorted: the same
+/// entries permuted, so the header keeps its length and every data offset stays valid.
+fn sort_header_metadata(bytes: &mut [u8], path: &Path) -> Result<()> {
+    let bad =
+        |what: String| NnError::checkpoint(path, format!("cannot canonicalise the header: {what}"));
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        .filter(|&n| 8 + n <= bytes.len())
+        .ok_or_else(|| bad("no header".into()))?;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).map_err(|e| bad(e.to_string()))?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(header.trim_end()).map_err(|e| bad(e.to_string()))?;
+    if let Some(serde_json::Value::Object(meta)) = value.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, serde_json::Value> =
+            std::mem::take(meta).into_iter().collect();
+        *meta = sorted.into_iter().collect();
+    }
+    let text = serde_json::to_string(&value).map_err(|e| bad(e.to_string()))?;
+    if text.len() > n {
+        return Err(bad(format!("{} bytes instead of {n}", text.len())));
+    }
+    // safetensors pads the header with spaces to keep the data aligned.
+    bytes[8..8 + text.len()].copy_from_slice(text.as_bytes());
+    bytes[8 + text.len()..8 + n].fill(b' ');
+    Ok(())
 }
 
 /// Tensors, metadata and sha256 (hex) of a safetensors file.
@@ -444,5 +476,31 @@ mod tests {
             err.to_string().contains("decoder.transpconvs.0.bias"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn same_tensors_and_metadata_give_the_same_bytes() {
+        let t = Tensor::arange(0f32, 6.0, &Device::Cpu)
+            .and_then(|t| t.reshape((2, 3)))
+            .expect("tensor");
+        let tensors = BTreeMap::from([("a.weight".to_string(), t.clone()), ("b".to_string(), t)]);
+        // Each HashMap has its own random hash keys, so the two iterate in different orders.
+        let meta = || {
+            (0..16)
+                .map(|i| (format!("clopa.key{i}"), format!("value {i}")))
+                .collect::<HashMap<_, _>>()
+        };
+        let path = Path::new("x.safetensors");
+        let first = safetensors_bytes(&tensors, Some(meta()), path).expect("bytes");
+        for _ in 0..4 {
+            assert_eq!(
+                first,
+                safetensors_bytes(&tensors, Some(meta()), path).expect("bytes")
+            );
+        }
+        let (_, read) = safetensors::SafeTensors::read_metadata(&first).expect("valid file");
+        assert_eq!(read.metadata().as_ref().map(|m| m.len()), Some(16));
+        let loaded = safetensors::SafeTensors::deserialize(&first).expect("valid file");
+        assert_eq!(loaded.tensor("b").expect("b").shape(), &[2, 3]);
     }
 }

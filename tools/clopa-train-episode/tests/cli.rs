@@ -217,8 +217,7 @@ fn trains_an_in_episode_writes_checkpoint_and_log_and_skips_a_rerun() {
     f.cmd(1, "in", &ck).assert().success();
     assert_eq!(std::fs::metadata(&ck).unwrap().modified().unwrap(), before);
 
-    // the same seed gives bit-identical tensors and metadata (the file bytes are not compared:
-    // safetensors writes its metadata map in HashMap order)
+    // the same seed gives a bit-identical checkpoint: tensors, metadata and the file's bytes
     let again = f.path("out/again.safetensors");
     f.cmd(1, "in", &again).assert().success();
     let a = clopa_nn::read_episode_checkpoint(&again).unwrap();
@@ -226,6 +225,7 @@ fn trains_an_in_episode_writes_checkpoint_and_log_and_skips_a_rerun() {
     for (n, t) in &c.tensors {
         assert!(bits(t) == bits(&a.tensors[n]), "{n} differs");
     }
+    assert!(std::fs::read(&again).unwrap() == std::fs::read(&ck).unwrap());
 
     // episode 2 warm-starts from episode 1
     let ck2 = f.path("out/ep2.safetensors");
