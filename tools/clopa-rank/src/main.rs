@@ -112,7 +112,12 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .map(input::read_trajectory)
         .transpose()?;
     let final_cases = input::final_cases(&cases);
-    let (final_results, dropped) = report::rank_final(&final_cases, mode, args.alpha)?;
+    let (final_results, dropped) = report::rank_final(
+        &final_cases,
+        settings.n_steps.unwrap_or(101),
+        mode,
+        args.alpha,
+    )?;
     for (task, n) in dropped.iter().filter(|(_, n)| **n > 0) {
         tracing::warn!(
             "task {task}: {n} case(s) are missing for some method and were left out of the tests"
@@ -132,7 +137,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         format!("Iter. {}", n.saturating_sub(1))
     });
     let table2 = report::markdown(
-        "Table 2. Final-episode performance. Means over cases (after averaging training runs); nNoI = 100·mean(NoI)/101, NoF = % of failed cases. Bold: rank 1 per metric and task.",
+        "Table 2. Final-episode performance. Means over cases (after averaging training runs); nNoI = 100·mean(NoI)/N with N the steps per curve (101 in the paper), NoF = % of failed cases. Bold: rank 1 per metric and task.",
         &final_results,
         &[
             "dice_init",

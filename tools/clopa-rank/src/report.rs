@@ -85,6 +85,7 @@ fn options(direction: Direction, test: PairTest, mode: RankMode, alpha: f64) -> 
 /// cases present for every method of the task are used (`dropped` counts the others per task).
 pub fn rank_final(
     cases: &FinalCases,
+    n_steps: usize,
     mode: RankMode,
     alpha: f64,
 ) -> anyhow::Result<(Vec<MetricRanking>, BTreeMap<String, usize>)> {
@@ -125,9 +126,10 @@ pub fn rank_final(
                 })
                 .collect();
             let r = rank_methods(&samples, &options(direction, test, mode, alpha))?;
-            // Shown as in the paper: nNoI % = 100·mean(NoI)/101, NoF % = 100·failures/n.
+            // Shown as in the paper: nNoI % = 100·mean(NoI)/N with N the curve length (101 in
+            // the paper, where NoI of a failed case is 101), NoF % = 100·failures/n.
             let scale = match metric {
-                "noi" => 100.0 / 101.0,
+                "noi" => 100.0 / n_steps as f64,
                 "failed" => 100.0,
                 _ => 1.0,
             };
@@ -325,6 +327,31 @@ mod tests {
         assert_eq!(format_value("failed", 0.0), "0");
         assert_eq!(format_value("nof_pct", 97.71), "97.7");
         assert_eq!(format_value("dice_final", f64::NAN), "–");
+    }
+
+    #[test]
+    fn nnoi_is_normalised_by_the_curve_length() {
+        // Every case fails with 5 edits (curves of 6 steps): NoI = 6 everywhere, so nNoI is 100 %,
+        // whatever the paper's 101-step normalisation would say (5.94 %).
+        let case = crate::input::FinalCase {
+            values: [0.1; 6],
+            noi: 6.0,
+            failed: true,
+        };
+        let cases: FinalCases = BTreeMap::from([(
+            "t".to_string(),
+            BTreeMap::from([(
+                "base".to_string(),
+                (0..4).map(|i| (format!("c{i}"), case.clone())).collect(),
+            )]),
+        )]);
+        let (ranks, _) = rank_final(&cases, 6, RankMode::IsValidate, 0.05).unwrap();
+        let noi = ranks.iter().find(|r| r.metric == "noi").unwrap();
+        assert!(
+            (noi.display["base"] - 100.0).abs() < 1e-12,
+            "{:?}",
+            noi.display
+        );
     }
 
     #[test]
