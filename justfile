@@ -25,27 +25,61 @@ bench:
     RAYON_NUM_THREADS=2 ./target/release/examples/bench_prompts
     RAYON_NUM_THREADS=2 ./target/release/examples/bench_session tiny autozoom 5
 
-# Generate the synthetic datasets of a profile under $CLOPA_DATA/synth/.
-synth profile="quick":
+# Generate the quick profile's synthetic datasets under $CLOPA_DATA/synth/ (clopa-reproduce does
+# this itself; the settings must match pipelines/quick.toml's [synth] table or clopa-synth refuses).
+synth:
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --release -p clopa-synth
     for kind in vessels organ small lesion; do
-      ./target/release/clopa-synth --task "$kind" --cases 40 --seed 0 -o "$CLOPA_DATA/synth/$kind"
+      ./target/release/clopa-synth --task "$kind" --cases 40 --seed 0 --size 64,64,64 -o "$CLOPA_DATA/synth/$kind"
     done
 
-# The whole protocol: synth -> split -> simulate (base) -> train episodes (in, cn) -> simulate -> eval -> rank.
-# Not complete yet: simulation and training land with their issues (see README "Status").
+# The whole protocol for a profile: synth -> split -> simulate (base) -> train episodes (in, cn)
+# -> simulate -> eval -> rank, into runs/<profile>/ (table2.md, table3.md, fig2.png, ...).
+# Finished steps are skipped, so an interrupted run resumes. The synthetic profiles write their
+# datasets into $CLOPA_DATA/synth/: give tiny its own folder (CLOPA_DATA=data/tiny), its sizes differ.
 reproduce profile="quick":
     #!/usr/bin/env bash
     set -euo pipefail
-    out="runs/{{profile}}"
+    cargo build --release -p clopa-reproduce -p clopa-synth -p clopa-split -p clopa-simulate \
+        -p clopa-train-episode -p clopa-eval -p clopa-rank
+    ./target/release/clopa-reproduce --profile pipelines/{{profile}}.toml -o runs/{{profile}}
+
+# Pretrain the embedded base model models/clopa-tiny (pipelines/pretrain.toml: every parameter of a
+# random tiny ResidualEncoderUNet on the `generic` synthetic family, about 10 minutes on 2 cores),
+# then print its zero-shot scores (`just zero-shot`).
+pretrain:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release -p clopa-synth -p clopa-split -p clopa-model -p clopa-train-episode
+    b=./target/release; out=runs/pretrain; p=pipelines/pretrain.toml
+    m=data-manifests/synth-generic.toml
     mkdir -p "$out"
-    cargo build --release --workspace
-    just synth {{profile}}
-    for m in data-manifests/synth-vessels.toml data-manifests/synth-organ.toml data-manifests/synth-small.toml data-manifests/synth-lesion.toml; do
-      task=$(basename "$m" .toml)
-      ./target/release/clopa-split "$m" --profile pipelines/{{profile}}.toml -o "$out/$task/split.parquet"
+    $b/clopa-synth --task generic --cases 50 --seed 0 --size 64,64,64 -o "$CLOPA_DATA/synth/generic"
+    [ -f "$out/init/model.json" ] || $b/clopa-model init --arch tiny --patch 48 --seed 0 -o "$out/init"
+    $b/clopa-split "$m" --profile "$p" -o "$out/split.parquet"
+    /usr/bin/time -v $b/clopa-train-episode --model "$out/init" --manifest "$m" --split "$out/split.parquet" \
+        --run 0 --episode 1 --group all --profile "$p" -o "$out/ep1.safetensors"
+    $b/clopa-model bake "$out/init" --checkpoint "$out/ep1.safetensors" -o models/clopa-tiny
+    just zero-shot
+
+# Zero-shot scores of models/clopa-tiny (no adaptation) on every synthetic family: the generic
+# holdout of pretraining and the quick profile's holdout of the four task families.
+zero-shot:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release -p clopa-synth -p clopa-split -p clopa-simulate -p clopa-eval -p clopa-rank
+    b=./target/release; out=runs/zero-shot
+    just synth
+    for kind in generic vessels organ small lesion; do
+      m=data-manifests/synth-$kind.toml
+      p=pipelines/quick.toml; split="$out/synth-$kind/split.parquet"
+      if [ "$kind" = generic ]; then p=pipelines/pretrain.toml; fi
+      $b/clopa-split "$m" --profile "$p" -o "$split" -q
+      $b/clopa-simulate --model models/clopa-tiny --manifest "$m" --split "$split" \
+          --profile pipelines/quick.toml -o "$out/synth-$kind/steps.parquet" -q
+      $b/clopa-eval "$out/synth-$kind/steps.parquet" --manifest "$m" -o "$out/synth-$kind/eval" -q
+      $b/clopa-rank "$out/synth-$kind/eval/cases.parquet" -o "$out/synth-$kind/rank" -q
+      sed -n '/^| synth/p' "$out/synth-$kind/rank/table2.md"
     done
-    echo "reproduce: split done; simulation, training and ranking are not wired yet (issues 5, 6, 8)" >&2
-    exit 1

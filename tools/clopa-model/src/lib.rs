@@ -1,5 +1,15 @@
-//! The work behind `clopa-model` (info, forward) and `clopa-import`; the binaries only parse
-//! arguments and call these functions.
+//! The work behind `clopa-model` (info, forward, init, bake) and `clopa-import`; the binaries
+//! only parse arguments and call these functions. [`init::init`] writes a model folder with
+//! fresh weights, [`init::bake`] folds episode checkpoints into a new model folder.
+//!
+//! ```no_run
+//! use clopa_model::init::{ArchPreset, InitOptions, init};
+//! let opts = InitOptions { arch: ArchPreset::Tiny, stages: None, features: None, blocks: None, patch: 48, seed: 0 };
+//! init(&opts, std::path::Path::new("models/random-tiny"))?;
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+pub mod init;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -1,7 +1,8 @@
 //! `clopa-model`: inspect a model folder and run the network on a tensor.
 //!
 //! `info` counts parameters per group of a clopa model folder or an nnInteractive / nnU-Net
-//! model folder; `forward` runs a clopa model folder on a safetensors input. The work is in
+//! model folder; `forward` runs a clopa model folder on a safetensors input; `init` writes a
+//! model folder with fresh weights; `bake` folds episode checkpoints into a new model folder. The work is in
 //! `lib.rs`.
 
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "clopa-model",
     version,
-    after_help = "Examples:\n  clopa-import nnInteractive_v1.0 -o models/nninteractive_v1\n  clopa-model info models/nninteractive_v1 --json\n  clopa-model forward models/nninteractive_v1 --input patch.safetensors -o logits.safetensors"
+    after_help = "Examples:\n  clopa-import nnInteractive_v1.0 -o models/nninteractive_v1\n  clopa-model info models/nninteractive_v1 --json\n  clopa-model forward models/nninteractive_v1 --input patch.safetensors -o logits.safetensors\n  clopa-model init --arch tiny --patch 48 --seed 0 -o models/random-tiny\n  clopa-model bake models/random-tiny --checkpoint ep1.safetensors -o models/clopa-tiny"
 )]
 struct Cli {
     /// More logging (-v debug, -vv trace).
@@ -63,6 +64,61 @@ enum Command {
         #[arg(long = "checkpoint")]
         checkpoints: Vec<PathBuf>,
     },
+    /// A model folder with freshly initialised weights (He init, as dynamic-network-architectures).
+    ///
+    /// An interactive ResidualEncoderUNet with 8 input channels (image + 7 prompt channels) and 2
+    /// classes. The same arguments and seed always give the same model.safetensors.
+    #[command(
+        after_help = "Examples:\n  clopa-model init --arch tiny --patch 48 --seed 0 -o models/random-tiny\n  clopa-model init --arch tiny --features 8,16,32,64,128 --blocks 1,2,2,2,2 --patch 64 -o m5"
+    )]
+    Init {
+        /// Architecture family supplying the defaults.
+        #[arg(long, value_enum, default_value = "tiny")]
+        arch: Arch,
+        /// Number of stages [default: the family's].
+        #[arg(long)]
+        stages: Option<usize>,
+        /// Features per stage, comma-separated [default: the family's].
+        #[arg(long, value_delimiter = ',')]
+        features: Option<Vec<usize>>,
+        /// Residual blocks per stage, comma-separated [default: the family's].
+        #[arg(long, value_delimiter = ',')]
+        blocks: Option<Vec<usize>>,
+        /// Cubic patch size recorded in model.json (a multiple of the total stride).
+        #[arg(long)]
+        patch: usize,
+        /// Seed of the weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output model folder.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Fold a chain of episode checkpoints into a new model folder.
+    ///
+    /// The checkpoints are applied in order (each must name DIR's model.safetensors as its base);
+    /// NEWDIR gets new weights (a new sha256) and a model.json recording the base and checkpoints.
+    #[command(
+        after_help = "Example:\n  clopa-model bake models/random-tiny --checkpoint pretrain/ep1.safetensors -o models/clopa-tiny"
+    )]
+    Bake {
+        /// The base model folder.
+        dir: PathBuf,
+        /// Episode checkpoint(s) to apply, in order.
+        #[arg(long = "checkpoint", required = true)]
+        checkpoints: Vec<PathBuf>,
+        /// Output model folder.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Arch {
+    /// 4 stages, features 8-16-32-64, blocks 1-2-2-2.
+    Tiny,
+    /// nnInteractive v1.0: 6 stages, features 32-64-128-256-320-320, blocks 1-3-4-6-6-6.
+    V1,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +134,33 @@ fn main() -> ExitCode {
                 output,
                 checkpoints,
             } => clopa_model::forward(&dir, &checkpoints, &input, &output),
+            Command::Init {
+                arch,
+                stages,
+                features,
+                blocks,
+                patch,
+                seed,
+                output,
+            } => {
+                let opts = clopa_model::init::InitOptions {
+                    arch: match arch {
+                        Arch::Tiny => clopa_model::init::ArchPreset::Tiny,
+                        Arch::V1 => clopa_model::init::ArchPreset::V1,
+                    },
+                    stages,
+                    features,
+                    blocks,
+                    patch,
+                    seed,
+                };
+                clopa_model::init::init(&opts, &output)
+            }
+            Command::Bake {
+                dir,
+                checkpoints,
+                output,
+            } => clopa_model::init::bake(&dir, &checkpoints, &output),
         }
     })
 }

@@ -250,3 +250,149 @@ fn help_texts() {
         insta::assert_snapshot!(name, text);
     }
 }
+
+fn sha(path: &Path) -> String {
+    clopa_nn::model_folder::sha256_file(path).unwrap()
+}
+
+#[test]
+fn init_is_seeded_and_loads_with_the_requested_architecture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let init = |seed: &str, dir: &str| {
+        model_cmd()
+            .current_dir(tmp.path())
+            .args([
+                "init", "--arch", "tiny", "--patch", "48", "--seed", seed, "-o", dir,
+            ])
+            .output()
+            .unwrap()
+    };
+    for (seed, dir) in [("0", "a"), ("0", "b"), ("1", "c")] {
+        let out = init(seed, dir);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    }
+    let w = |d: &str| sha(&tmp.path().join(d).join("model.safetensors"));
+    assert_eq!(w("a"), w("b"));
+    assert_ne!(w("a"), w("c"));
+    let m = clopa_nn::load_model_folder(&tmp.path().join("a")).unwrap();
+    assert_eq!(m.spec.features, vec![8, 16, 32, 64]);
+    assert_eq!(m.spec.n_blocks, vec![1, 2, 2, 2]);
+    assert_eq!(m.spec.input_channels, 8);
+    assert_eq!(m.spec.num_classes, 2);
+    assert_eq!(m.meta.patch_size, vec![48, 48, 48]);
+    // The network runs on it and gives finite logits of the right shape.
+    let x = Tensor::randn(0f32, 1., (1, 8, 16, 16, 16), &Device::Cpu).unwrap();
+    let y = m.network(&Device::Cpu).unwrap().forward(&x).unwrap();
+    assert_eq!(y.dims(), &[1, 2, 16, 16, 16]);
+    let s: f32 = y.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+    assert!(s.is_finite() && s > 0.0);
+
+    let out = model_cmd()
+        .current_dir(tmp.path())
+        .args(["init", "--features", "4,8,16", "--patch", "16", "-o", "d"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let m = clopa_nn::load_model_folder(&tmp.path().join("d")).unwrap();
+    assert_eq!(m.spec.features, vec![4, 8, 16]);
+
+    // A patch the network cannot take: exit 1 naming the value.
+    let out = init("0", "e");
+    assert!(out.status.success());
+    let out = model_cmd()
+        .current_dir(tmp.path())
+        .args(["init", "--arch", "tiny", "--patch", "44", "-o", "f"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("--patch 44"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!tmp.path().join("f").exists());
+}
+
+#[test]
+fn bake_folds_checkpoints_into_a_new_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    let out = model_cmd()
+        .args(["init", "--features", "4,8", "--patch", "8", "-o"])
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let base_sha = sha(&base.join("model.safetensors"));
+    let write_ck = |name: &str, value: f32, base_sha: &str| {
+        let mut t = std::collections::BTreeMap::new();
+        t.insert(
+            "encoder.stem.convs.0.norm.weight".to_string(),
+            Tensor::full(value, 4, &Device::Cpu).unwrap(),
+        );
+        let mut md = std::collections::BTreeMap::new();
+        md.insert("clopa.base_sha256".to_string(), base_sha.to_string());
+        md.insert("clopa.group".to_string(), "in".to_string());
+        let p = tmp.path().join(name);
+        clopa_nn::model_folder::write_episode_checkpoint(&p, &t, &md).unwrap();
+        p
+    };
+    let ep1 = write_ck("ep1.safetensors", 2.0, &base_sha);
+    let ep2 = write_ck("ep2.safetensors", 3.0, &base_sha);
+    let baked = tmp.path().join("baked");
+    let out = model_cmd()
+        .arg("bake")
+        .arg(&base)
+        .arg("--checkpoint")
+        .arg(&ep1)
+        .arg("--checkpoint")
+        .arg(&ep2)
+        .arg("-o")
+        .arg(&baked)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let m = clopa_nn::load_model_folder(&baked).unwrap();
+    assert_ne!(m.weights_sha256, base_sha);
+    // The later checkpoint wins; everything else is the base's.
+    let w: Vec<f32> = m.tensors["encoder.stem.convs.0.norm.weight"]
+        .to_vec1()
+        .unwrap();
+    assert_eq!(w, vec![3.0; 4]);
+    let b = clopa_nn::load_model_folder(&base).unwrap();
+    let name = "decoder.seg_layers.0.weight";
+    let flat = |m: &clopa_nn::ModelFolder| -> Vec<f32> {
+        m.tensors[name].flatten_all().unwrap().to_vec1().unwrap()
+    };
+    assert_eq!(flat(&m), flat(&b));
+    assert_eq!(m.meta.source["base"]["sha256"], base_sha);
+    assert_eq!(m.meta.source["checkpoints"].as_array().unwrap().len(), 2);
+
+    // A checkpoint of the baked model does not apply to the base: exit 1 naming it.
+    let foreign = write_ck("foreign.safetensors", 4.0, &m.weights_sha256);
+    let out = model_cmd()
+        .arg("bake")
+        .arg(&base)
+        .arg("--checkpoint")
+        .arg(&foreign)
+        .arg("-o")
+        .arg(tmp.path().join("x"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("foreign.safetensors"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!tmp.path().join("x").exists());
+    // No checkpoint at all is a usage error.
+    let out = model_cmd()
+        .arg("bake")
+        .arg(&base)
+        .arg("-o")
+        .arg(tmp.path().join("y"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,226 @@
+//! End to end: `clopa-reproduce` with `pipelines/tiny.toml` on a randomly initialised tiny model
+//! runs synth → split → simulate → train episodes → simulate → eval → rank, writes every output,
+//! and a rerun skips every step and leaves every file byte-identical.
+//!
+//! The tools are other packages' binaries, which cargo does not expose to this crate; they are
+//! looked up in the target folder this test runs from (`target/<profile>/`). `cargo test
+//! --workspace` builds them; with `cargo test -p clopa-e2e` build them first (the failure message
+//! says how).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use arrow::array::{Array, StringArray};
+use arrow::datatypes::DataType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+const TOOLS: [&str; 8] = [
+    "clopa-reproduce",
+    "clopa-model",
+    "clopa-synth",
+    "clopa-split",
+    "clopa-simulate",
+    "clopa-train-episode",
+    "clopa-eval",
+    "clopa-rank",
+];
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `target/<profile>/`: the test binary lives in its `deps/`.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn tool(name: &str) -> PathBuf {
+    let dir = bin_dir();
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .copied()
+        .filter(|t| {
+            !dir.join(format!("{t}{}", std::env::consts::EXE_SUFFIX))
+                .is_file()
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the end-to-end test needs the tools in {}; missing: {}.\nBuild them first: cargo build -p {}",
+        dir.display(),
+        missing.join(", "),
+        TOOLS.join(" -p ")
+    );
+    dir.join(name)
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{cmd:?} failed:\n{stderr}");
+    stderr
+}
+
+/// Every file under `dir` (relative path -> bytes).
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The values of a string column (any of Arrow's string encodings).
+fn strings(path: &Path, column: &str) -> Vec<String> {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b.unwrap();
+        let col = b
+            .column_by_name(column)
+            .unwrap_or_else(|| panic!("{} has no column {column}", path.display()));
+        let col = arrow::compute::cast(col, &DataType::Utf8).unwrap();
+        let col = col.as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..col.len() {
+            out.push(if col.is_null(i) {
+                "<null>".to_string()
+            } else {
+                col.value(i).to_string()
+            });
+        }
+    }
+    out
+}
+
+fn count(v: &[String], x: &str) -> usize {
+    v.iter().filter(|s| *s == x).count()
+}
+
+#[test]
+fn tiny_profile_end_to_end_then_rerun_skips_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    let data = tmp.path().join("data");
+    let out = tmp.path().join("run");
+    // A random tiny network is enough to exercise the chain (speed, not quality, matters here).
+    run(Command::new(tool("clopa-model"))
+        .args([
+            "init",
+            "--arch",
+            "tiny",
+            "--features",
+            "4,8,16,32",
+            "--patch",
+            "32",
+            "--seed",
+            "1",
+            "-o",
+        ])
+        .arg(&model));
+
+    let reproduce = || {
+        let mut c = Command::new(tool("clopa-reproduce"));
+        c.current_dir(repo_root())
+            .args(["--profile", "pipelines/tiny.toml", "-o"])
+            .arg(&out)
+            .arg("--data-root")
+            .arg(&data)
+            .arg("--model")
+            .arg(&model)
+            .env_remove("CLOPA_DATA")
+            .env("RAYON_NUM_THREADS", "2");
+        c
+    };
+    let first = run(&mut reproduce());
+    assert!(first.contains("skipped"), "{first}");
+
+    for name in [
+        "profile.toml",
+        "table2.md",
+        "table3.md",
+        "fig2.png",
+        "fig2.svg",
+        "cases.parquet",
+        "episodes.parquet",
+        "trajectory.parquet",
+        "pairs.parquet",
+        "ranking.parquet",
+        "synth-vessels/split.parquet",
+        "synth-vessels/base/steps.parquet",
+    ] {
+        assert!(out.join(name).is_file(), "{name} is missing");
+    }
+    // tiny.toml: one training run, episodes at stream positions 5 and 10, methods in and cn.
+    for m in ["in", "cn"] {
+        for e in [1, 2] {
+            for ext in ["safetensors", "log.parquet", "steps.parquet"] {
+                let p = out.join(format!("synth-vessels/{m}/run0/ep{e}.{ext}"));
+                assert!(p.is_file(), "{} is missing", p.display());
+            }
+        }
+    }
+    assert!(!out.join("synth-vessels/in/run0/ep3.safetensors").exists());
+
+    // 3 evaluated holdout cases x (base + 2 methods x 2 episodes).
+    let methods = strings(&out.join("cases.parquet"), "method");
+    assert_eq!(methods.len(), 15, "{methods:?}");
+    assert_eq!(count(&methods, "base"), 3);
+    assert_eq!(count(&methods, "in"), 6);
+    assert_eq!(count(&methods, "cn"), 6);
+    let methods = strings(&out.join("episodes.parquet"), "method");
+    assert_eq!(methods.len(), 5, "{methods:?}");
+    let tasks = strings(&out.join("ranking.parquet"), "task");
+    assert!(
+        !tasks.is_empty() && tasks.iter().all(|t| t == "synth-vessels"),
+        "{tasks:?}"
+    );
+    let ranked = strings(&out.join("ranking.parquet"), "method");
+    for m in ["base", "in", "cn"] {
+        assert!(ranked.iter().any(|r| r == m), "{m} not ranked: {ranked:?}");
+    }
+    let table2 = std::fs::read_to_string(out.join("table2.md")).unwrap();
+    assert!(table2.contains("synth-vessels"), "{table2}");
+
+    // A rerun finds everything done and changes nothing.
+    let before = snapshot(&out);
+    let second = run(&mut reproduce());
+    assert!(second.contains(" 0 steps ran"), "{second}");
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        snapshot(&out).keys().collect::<Vec<_>>()
+    );
+    assert!(before == snapshot(&out), "a rerun changed some output");
+
+    // Another profile into the same folder is refused: its outputs would mix settings.
+    let out3 = Command::new(tool("clopa-reproduce"))
+        .current_dir(repo_root())
+        .args(["--profile", "pipelines/tiny.toml", "--set", "edits=3", "-o"])
+        .arg(&out)
+        .arg("--data-root")
+        .arg(&data)
+        .arg("--model")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert_eq!(out3.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out3.stderr).contains("profile.toml"));
+}

@@ -1,0 +1,766 @@
+//! The work behind `clopa-reproduce`: the whole CLoPA protocol for a pipeline profile, as a chain
+//! of the sibling tools run as subprocesses, with every finished step skipped on a rerun.
+//!
+//! [`reproduce`] resolves the profile ([`Options`]), writes it to `OUT/profile.toml`, then runs
+//! `clopa-synth` (the profile's `[synth]` datasets), `clopa-split`, the base `clopa-simulate`, and
+//! for each training run, scheduled episode and method `clopa-train-episode` (warm-started from the
+//! previous episode) followed by `clopa-simulate` with the checkpoint chain; then `clopa-eval` per
+//! task, [`merge_tables`] into one `cases.parquet` / `episodes.parquet` / `trajectory.parquet`, and
+//! `clopa-rank`. Each step is a [`Step`]: a command and the files it writes. The tools write
+//! atomically, so a step whose outputs all exist is complete and is skipped.
+//!
+//! Layout of `OUT` (see [`layout`]): `<task>/split.parquet`, `<task>/base/steps.parquet`,
+//! `<task>/<method>/run<r>/ep<e>.safetensors` (+ `.log.parquet`, `.steps.parquet`),
+//! `<task>/eval/*.parquet`, and at the top `profile.toml`, the merged tables and the rank outputs.
+//!
+//! ```no_run
+//! use clopa_reproduce::{Options, reproduce};
+//! let opts = Options {
+//!     profile: Some("pipelines/tiny.toml".into()),
+//!     sets: vec![],
+//!     seed: None,
+//!     out: "runs/tiny".into(),
+//!     data_root: "data".into(),
+//!     model: None,
+//!     bin_dir: "target/release".into(),
+//!     child_verbosity: None,
+//! };
+//! let summary = reproduce(&opts, &mut |_step, _done, _total| {})?;
+//! println!("{} steps ran, {} skipped", summary.ran, summary.skipped);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
+use clopa_config::{Manifest, Profile};
+use clopa_table::{Provenance, SplitRow};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// Everything `reproduce` needs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Pipeline profile; `None` = the embedded quick profile.
+    pub profile: Option<PathBuf>,
+    /// Overrides of single profile keys (`Profile::set`), applied in order.
+    pub sets: Vec<(String, String)>,
+    /// Overrides the profile's `seed`.
+    pub seed: Option<u64>,
+    /// Output folder (`runs/NAME`).
+    pub out: PathBuf,
+    /// Folder that manifests' relative `dataset` paths (and `[synth]` datasets) start from.
+    pub data_root: PathBuf,
+    /// Base model folder; `None` = the profile's `model`.
+    pub model: Option<PathBuf>,
+    /// Folder holding the sibling binaries (`clopa-split`, ...).
+    pub bin_dir: PathBuf,
+    /// Flag passed to every child: `None` = `-q`, `Some(n)` = `-v` n times (0 = neither).
+    pub child_verbosity: Option<u8>,
+}
+
+/// One command of the chain and the files it leaves when complete.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// Short description, e.g. `train synth-vessels in run0 ep1`.
+    pub label: String,
+    /// Binary name (found in `Options::bin_dir`).
+    pub program: String,
+    /// Arguments.
+    pub args: Vec<OsString>,
+    /// Files the step writes; all present = done. Empty = always run (the tool skips itself).
+    pub outputs: Vec<PathBuf>,
+}
+
+impl Step {
+    fn new(label: String, program: &str, outputs: Vec<PathBuf>) -> Step {
+        Step {
+            label,
+            program: program.to_string(),
+            args: Vec::new(),
+            outputs,
+        }
+    }
+
+    fn arg(mut self, a: impl Into<OsString>) -> Step {
+        self.args.push(a.into());
+        self
+    }
+
+    fn args<I: IntoIterator<Item = A>, A: Into<OsString>>(mut self, it: I) -> Step {
+        self.args.extend(it.into_iter().map(Into::into));
+        self
+    }
+
+    /// Whether every output exists (the tools write atomically, so an existing file is complete).
+    pub fn is_done(&self) -> bool {
+        !self.outputs.is_empty() && self.outputs.iter().all(|p| p.is_file())
+    }
+
+    /// The command line, shell-quoted, for logs and error messages.
+    pub fn command_line(&self, bin_dir: &Path) -> String {
+        let mut s = quote(&bin_dir.join(&self.program).to_string_lossy());
+        for a in &self.args {
+            s.push(' ');
+            s.push_str(&quote(&a.to_string_lossy()));
+        }
+        s
+    }
+}
+
+fn quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=,:+".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Steps whose command ran.
+    pub ran: usize,
+    /// Steps skipped because their outputs existed.
+    pub skipped: usize,
+    /// Steps that always run because the tool checks and skips by itself (clopa-synth).
+    pub checked: usize,
+}
+
+/// Paths of a run folder.
+pub mod layout {
+    use std::path::{Path, PathBuf};
+
+    /// The resolved profile.
+    pub fn profile(out: &Path) -> PathBuf {
+        out.join("profile.toml")
+    }
+    /// A task's split.
+    pub fn split(out: &Path, task: &str) -> PathBuf {
+        out.join(task).join("split.parquet")
+    }
+    /// The base model's steps table.
+    pub fn base_steps(out: &Path, task: &str) -> PathBuf {
+        out.join(task).join("base").join("steps.parquet")
+    }
+    /// Folder of one method and training run.
+    pub fn run_dir(out: &Path, task: &str, method: &str, run: u32) -> PathBuf {
+        out.join(task).join(method).join(format!("run{run}"))
+    }
+    /// An episode checkpoint.
+    pub fn checkpoint(out: &Path, task: &str, method: &str, run: u32, ep: u32) -> PathBuf {
+        run_dir(out, task, method, run).join(format!("ep{ep}.safetensors"))
+    }
+    /// The training log clopa-train-episode writes beside a checkpoint (`<stem>.log.parquet`).
+    pub fn train_log(out: &Path, task: &str, method: &str, run: u32, ep: u32) -> PathBuf {
+        run_dir(out, task, method, run).join(format!("ep{ep}.log.parquet"))
+    }
+    /// The steps table of an episode checkpoint.
+    pub fn episode_steps(out: &Path, task: &str, method: &str, run: u32, ep: u32) -> PathBuf {
+        run_dir(out, task, method, run).join(format!("ep{ep}.steps.parquet"))
+    }
+    /// A task's clopa-eval folder.
+    pub fn eval_dir(out: &Path, task: &str) -> PathBuf {
+        out.join(task).join("eval")
+    }
+    /// The tables clopa-eval writes (and the merged ones at the top).
+    pub const EVAL_TABLES: [&str; 3] = ["cases.parquet", "episodes.parquet", "trajectory.parquet"];
+    /// What clopa-rank writes.
+    pub const RANK_OUTPUTS: [&str; 6] = [
+        "pairs.parquet",
+        "ranking.parquet",
+        "table2.md",
+        "table3.md",
+        "fig2.png",
+        "fig2.svg",
+    ];
+}
+
+/// The profile after `--profile`, `--set` and `--seed`.
+pub fn resolve_profile(opts: &Options) -> anyhow::Result<Profile> {
+    let mut p = match &opts.profile {
+        Some(path) => Profile::load(path)
+            .with_context(|| format!("cannot load the profile {}", path.display()))?,
+        None => Profile::quick()?,
+    };
+    for (k, v) in &opts.sets {
+        p.set(k, v)?;
+    }
+    if let Some(s) = opts.seed {
+        p.set("seed", &s.to_string())?;
+    }
+    if let Some(m) = &opts.model {
+        p.set("model", &toml_string(&m.to_string_lossy()))?;
+    }
+    Ok(p)
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Scheduled episodes of each training run in a split table: run -> sorted episode numbers.
+pub fn episodes_per_run(rows: &[SplitRow]) -> BTreeMap<u32, Vec<u32>> {
+    let mut out: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    for r in rows {
+        if let Some(run) = r.run {
+            let set = out.entry(run).or_default();
+            if let Some(e) = r.episode {
+                set.insert(e);
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(r, s)| (r, s.into_iter().collect()))
+        .collect()
+}
+
+/// A task of the profile.
+#[derive(Clone, Debug)]
+struct Task {
+    name: String,
+    manifest_path: PathBuf,
+}
+
+fn load_tasks(profile: &Profile) -> anyhow::Result<Vec<Task>> {
+    let mut tasks = Vec::new();
+    let mut seen = BTreeSet::new();
+    for t in &profile.tasks {
+        let path = PathBuf::from(t);
+        let m = Manifest::load(&path).with_context(|| {
+            format!("cannot load the task manifest {t} (paths are relative to the current folder, normally the repository root)")
+        })?;
+        if !seen.insert(m.name.clone()) {
+            bail!("two task manifests are named `{}` ({t})", m.name);
+        }
+        tasks.push(Task {
+            name: m.name,
+            manifest_path: path,
+        });
+    }
+    Ok(tasks)
+}
+
+struct Ctx<'a> {
+    opts: &'a Options,
+    profile_file: PathBuf,
+    model: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn common(&self, step: Step) -> Step {
+        let step = match self.opts.child_verbosity {
+            None => step.arg("-q"),
+            Some(0) => step,
+            Some(n) => step.arg(format!("-{}", "v".repeat(n.into()))),
+        };
+        step.arg("--profile").arg(&self.profile_file)
+    }
+
+    fn data(&self, step: Step) -> Step {
+        step.arg("--data-root").arg(&self.opts.data_root)
+    }
+}
+
+/// Steps before the splits exist: synthetic datasets and splits.
+fn plan_prepare(ctx: &Ctx, profile: &Profile, tasks: &[Task]) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if let Some(synth) = &profile.synth {
+        for (folder, kind) in &synth.datasets {
+            let [x, y, z] = synth.size;
+            // No outputs: clopa-synth itself skips complete cases and refuses a folder written
+            // with other settings, which a plain existence check could not notice.
+            let step = Step::new(format!("synth {folder}"), "clopa-synth", vec![])
+                .args(["--task", kind.as_str(), "--cases"])
+                .arg(synth.cases.to_string())
+                .arg("--seed")
+                .arg(synth.seed.to_string())
+                .arg("--size")
+                .arg(format!("{x},{y},{z}"))
+                .arg("-o")
+                .arg(ctx.opts.data_root.join(folder))
+                .arg(if ctx.opts.child_verbosity.is_none() {
+                    "-q"
+                } else {
+                    "-v"
+                });
+            steps.push(step);
+        }
+    }
+    for t in tasks {
+        let out = layout::split(&ctx.opts.out, &t.name);
+        let step = Step::new(
+            format!("split {}", t.name),
+            "clopa-split",
+            vec![out.clone()],
+        )
+        .arg(&t.manifest_path)
+        .arg("-o")
+        .arg(&out);
+        steps.push(ctx.data(ctx.common(step)));
+    }
+    steps
+}
+
+/// Everything after the splits.
+fn plan_rest(
+    ctx: &Ctx,
+    profile: &Profile,
+    tasks: &[Task],
+    splits: &BTreeMap<String, Vec<SplitRow>>,
+) -> Vec<Step> {
+    let out = &ctx.opts.out;
+    let mut steps = Vec::new();
+    for t in tasks {
+        let split = layout::split(out, &t.name);
+        let simulate = |label: String, dest: PathBuf| {
+            let s = Step::new(label, "clopa-simulate", vec![dest.clone()])
+                .arg("--model")
+                .arg(&ctx.model)
+                .arg("--manifest")
+                .arg(&t.manifest_path)
+                .arg("--split")
+                .arg(&split)
+                .arg("-o")
+                .arg(dest);
+            ctx.data(ctx.common(s))
+        };
+        let base = layout::base_steps(out, &t.name);
+        steps.push(simulate(format!("simulate {} base", t.name), base.clone()));
+        let mut all_steps = vec![base];
+        let episodes = splits
+            .get(&t.name)
+            .map(|rows| episodes_per_run(rows))
+            .unwrap_or_default();
+        for (&run, eps) in &episodes {
+            for method in &profile.methods {
+                let mut chain: Vec<PathBuf> = Vec::new();
+                for &ep in eps {
+                    let ckpt = layout::checkpoint(out, &t.name, method, run, ep);
+                    let log = layout::train_log(out, &t.name, method, run, ep);
+                    let mut train = Step::new(
+                        format!("train {} {method} run{run} ep{ep}", t.name),
+                        "clopa-train-episode",
+                        vec![ckpt.clone(), log],
+                    )
+                    .arg("--model")
+                    .arg(&ctx.model)
+                    .arg("--manifest")
+                    .arg(&t.manifest_path)
+                    .arg("--split")
+                    .arg(&split)
+                    .arg("--run")
+                    .arg(run.to_string())
+                    .arg("--episode")
+                    .arg(ep.to_string())
+                    .arg("--group")
+                    .arg(method)
+                    .arg("-o")
+                    .arg(&ckpt);
+                    // Warm start: the previous episodes' checkpoints, applied in order.
+                    for prev in &chain {
+                        train = train.arg("--init").arg(prev);
+                    }
+                    steps.push(ctx.data(ctx.common(train)));
+                    chain.push(ckpt);
+                    let dest = layout::episode_steps(out, &t.name, method, run, ep);
+                    let mut sim = simulate(
+                        format!("simulate {} {method} run{run} ep{ep}", t.name),
+                        dest.clone(),
+                    );
+                    for c in &chain {
+                        sim = sim.arg("--checkpoint").arg(c);
+                    }
+                    sim = sim
+                        .arg("--method")
+                        .arg(method)
+                        .arg("--run")
+                        .arg(run.to_string());
+                    steps.push(sim);
+                    all_steps.push(dest);
+                }
+            }
+        }
+        let eval_dir = layout::eval_dir(out, &t.name);
+        let outputs = layout::EVAL_TABLES
+            .iter()
+            .map(|n| eval_dir.join(n))
+            .collect();
+        let mut eval = Step::new(format!("eval {}", t.name), "clopa-eval", outputs)
+            .args(all_steps)
+            .arg("--manifest")
+            .arg(&t.manifest_path)
+            .arg("--split")
+            .arg(&split)
+            .arg("-o")
+            .arg(&eval_dir);
+        eval = match ctx.opts.child_verbosity {
+            None => eval.arg("-q"),
+            Some(0) => eval,
+            Some(_) => eval.arg("-v"),
+        };
+        steps.push(eval);
+    }
+    steps
+}
+
+fn rank_step(ctx: &Ctx) -> Step {
+    let out = &ctx.opts.out;
+    let outputs = layout::RANK_OUTPUTS.iter().map(|n| out.join(n)).collect();
+    let s = Step::new("rank".into(), "clopa-rank", outputs)
+        .arg(out.join("cases.parquet"))
+        .arg("--trajectory")
+        .arg(out.join("trajectory.parquet"))
+        .arg("-o")
+        .arg(out);
+    match ctx.opts.child_verbosity {
+        None => s.arg("-q"),
+        Some(0) => s,
+        Some(_) => s.arg("-v"),
+    }
+}
+
+fn run_step(step: &Step, bin_dir: &Path) -> anyhow::Result<()> {
+    let program = bin_dir.join(&step.program);
+    tracing::debug!("$ {}", step.command_line(bin_dir));
+    let status = std::process::Command::new(&program)
+        .args(&step.args)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("cannot start {}", program.display()))?;
+    if !status.success() {
+        bail!(
+            "step `{}` failed ({status}); command:\n  {}",
+            step.label,
+            step.command_line(bin_dir)
+        );
+    }
+    Ok(())
+}
+
+/// Binaries the profile needs that `bin_dir` lacks.
+pub fn missing_binaries(profile: &Profile, bin_dir: &Path) -> Vec<String> {
+    let mut need = vec!["clopa-split", "clopa-simulate", "clopa-eval", "clopa-rank"];
+    if profile.synth.is_some() {
+        need.push("clopa-synth");
+    }
+    if !profile.methods.is_empty() {
+        need.push("clopa-train-episode");
+    }
+    need.into_iter()
+        .filter(|b| {
+            !bin_dir
+                .join(format!("{b}{}", std::env::consts::EXE_SUFFIX))
+                .is_file()
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// Runs the whole chain. `progress(step, index, total)` is called before each step (the total
+/// grows once the splits are known).
+pub fn reproduce(
+    opts: &Options,
+    progress: &mut dyn FnMut(&Step, usize, usize),
+) -> anyhow::Result<Summary> {
+    let profile = resolve_profile(opts)?;
+    let missing = missing_binaries(&profile, &opts.bin_dir);
+    if !missing.is_empty() {
+        bail!(
+            "{} lacks {}; build them first, e.g. `cargo build --release -p {}`",
+            opts.bin_dir.display(),
+            missing.join(", "),
+            missing.join(" -p ")
+        );
+    }
+    let tasks = load_tasks(&profile)?;
+    let model = PathBuf::from(&profile.model);
+    if !model.join("model.json").is_file() {
+        bail!(
+            "the base model folder {} has no model.json (run `just pretrain`, or give --model)",
+            model.display()
+        );
+    }
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create the output folder {}", opts.out.display()))?;
+    let profile_file = layout::profile(&opts.out);
+    let text = profile.to_toml_string()?;
+    match std::fs::read_to_string(&profile_file) {
+        Ok(old) if old == text => {}
+        Ok(_) => bail!(
+            "{} holds another profile than this run's: its outputs would mix settings; \
+             choose another -o or remove that folder",
+            profile_file.display()
+        ),
+        Err(_) => clopa_cli::write_atomic(&profile_file, |f| {
+            use std::io::Write;
+            Ok(f.write_all(text.as_bytes())?)
+        })?,
+    }
+    let ctx = Ctx {
+        opts,
+        profile_file,
+        model,
+    };
+    let mut summary = Summary::default();
+    let prepare = plan_prepare(&ctx, &profile, &tasks);
+    // A rough total until the splits tell how many episodes there are.
+    let mut total = prepare.len() + tasks.len() * 2 + 2;
+    for (i, step) in prepare.iter().enumerate() {
+        exec(step, i, total, &mut summary, progress, &opts.bin_dir)?;
+    }
+    let mut splits = BTreeMap::new();
+    for t in &tasks {
+        let path = layout::split(&opts.out, &t.name);
+        let rows = clopa_table::read_split(&path)?;
+        splits.insert(t.name.clone(), rows);
+    }
+    let rest = plan_rest(&ctx, &profile, &tasks, &splits);
+    let merge_outputs: Vec<PathBuf> = layout::EVAL_TABLES
+        .iter()
+        .map(|n| opts.out.join(n))
+        .collect();
+    let rank = rank_step(&ctx);
+    total = prepare.len() + rest.len() + 2;
+    let mut i = prepare.len();
+    for step in &rest {
+        exec(step, i, total, &mut summary, progress, &opts.bin_dir)?;
+        i += 1;
+    }
+    let merge = Step::new("merge the task tables".into(), "", merge_outputs.clone());
+    progress(&merge, i, total);
+    if merge.is_done() {
+        summary.skipped += 1;
+    } else {
+        tracing::info!("[{}/{}] {}", i + 1, total, merge.label);
+        for name in layout::EVAL_TABLES {
+            let inputs: Vec<PathBuf> = tasks
+                .iter()
+                .map(|t| layout::eval_dir(&opts.out, &t.name).join(name))
+                .collect();
+            merge_tables(&inputs, &opts.out.join(name))?;
+        }
+        summary.ran += 1;
+    }
+    i += 1;
+    exec(&rank, i, total, &mut summary, progress, &opts.bin_dir)?;
+    Ok(summary)
+}
+
+/// Reports, then runs a step unless it is done.
+fn exec(
+    step: &Step,
+    i: usize,
+    total: usize,
+    summary: &mut Summary,
+    progress: &mut dyn FnMut(&Step, usize, usize),
+    bin_dir: &Path,
+) -> anyhow::Result<()> {
+    progress(step, i, total);
+    if step.is_done() {
+        tracing::debug!("skip {} (done)", step.label);
+        summary.skipped += 1;
+        return Ok(());
+    }
+    if step.outputs.is_empty() {
+        tracing::debug!(
+            "[{}/{}] {} (the tool skips what is done)",
+            i + 1,
+            total,
+            step.label
+        );
+        run_step(step, bin_dir)?;
+        summary.checked += 1;
+        return Ok(());
+    }
+    tracing::info!("[{}/{}] {}", i + 1, total, step.label);
+    run_step(step, bin_dir)?;
+    summary.ran += 1;
+    Ok(())
+}
+
+/// Concatenates Parquet tables of one schema (clopa-eval's per-task outputs) into `out`,
+/// atomically. The key-value metadata is the first input's, except `clopa.settings`: the first
+/// input's settings with `threshold` kept only when every input agrees (else null), plus
+/// `thresholds` (one per input) and `sources` (the input paths).
+pub fn merge_tables(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    let Some(first) = inputs.first() else {
+        bail!("nothing to merge into {}", out.display());
+    };
+    let mut schema: Option<Arc<Schema>> = None;
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    let mut settings_list = Vec::new();
+    for path in inputs {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .with_context(|| format!("{} is not a Parquet file", path.display()))?;
+        let kv = builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .cloned()
+            .unwrap_or_default();
+        let settings = kv
+            .iter()
+            .find(|k| k.key == "clopa.settings")
+            .and_then(|k| k.value.as_deref())
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+            .unwrap_or(serde_json::Value::Null);
+        settings_list.push(settings);
+        let this = builder.schema().clone();
+        // Arrow schemas carry the file's metadata; compare the fields only.
+        match &schema {
+            None => schema = Some(Arc::new(Schema::new(this.fields().clone()))),
+            Some(s) if s.fields() != this.fields() => bail!(
+                "{} has other columns than {}: cannot merge them into {}",
+                path.display(),
+                first.display(),
+                out.display()
+            ),
+            Some(_) => {}
+        }
+        let reader = builder
+            .build()
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        for b in reader {
+            let b = b.with_context(|| format!("cannot read {}", path.display()))?;
+            let s = schema.clone().unwrap_or_else(|| b.schema());
+            batches.push(
+                RecordBatch::try_new(s, b.columns().to_vec())
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            );
+        }
+    }
+    let schema = schema.unwrap_or_else(|| Arc::new(Schema::empty()));
+    let thresholds: Vec<serde_json::Value> = settings_list
+        .iter()
+        .map(|s| s["threshold"].clone())
+        .collect();
+    let mut settings = match settings_list.first() {
+        Some(serde_json::Value::Object(m)) => serde_json::Value::Object(m.clone()),
+        _ => serde_json::json!({}),
+    };
+    let common = thresholds.windows(2).all(|w| w[0] == w[1]);
+    settings["threshold"] = if common {
+        thresholds
+            .first()
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    } else {
+        serde_json::Value::Null
+    };
+    settings["thresholds"] = serde_json::Value::Array(thresholds);
+    settings["sources"] = serde_json::Value::Array(
+        inputs
+            .iter()
+            .map(|p| serde_json::Value::String(p.display().to_string()))
+            .collect(),
+    );
+    let prov = Provenance::new("clopa-reproduce", env!("CARGO_PKG_VERSION"), settings, 0);
+    clopa_table::write_batches(out, schema, &batches, &prov)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clopa_table::{Role, SplitKind};
+
+    fn row(run: Option<u32>, episode: Option<u32>) -> SplitRow {
+        SplitRow {
+            task: "t".into(),
+            case_id: "c".into(),
+            split: if run.is_some() {
+                SplitKind::Train
+            } else {
+                SplitKind::Holdout
+            },
+            run,
+            position: run.map(|_| 1),
+            episode,
+            role: episode.map(|_| Role::Train),
+        }
+    }
+
+    #[test]
+    fn episodes_are_collected_per_run_sorted() {
+        let rows = vec![
+            row(None, None),
+            row(Some(1), Some(2)),
+            row(Some(0), Some(2)),
+            row(Some(0), Some(1)),
+            row(Some(0), None),
+            row(Some(1), Some(1)),
+            row(Some(1), Some(2)),
+        ];
+        let e = episodes_per_run(&rows);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[&0], vec![1, 2]);
+        assert_eq!(e[&1], vec![1, 2]);
+    }
+
+    #[test]
+    fn quoting_and_done() {
+        assert_eq!(quote("a/b-c.parquet"), "a/b-c.parquet");
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), "'it'\\''s'");
+        let dir = tempfile::tempdir().expect("tmp");
+        let a = dir.path().join("a");
+        let s = Step::new("x".into(), "p", vec![a.clone(), dir.path().join("b")]);
+        assert!(!s.is_done());
+        std::fs::write(&a, "1").expect("write");
+        assert!(!s.is_done());
+        std::fs::write(dir.path().join("b"), "1").expect("write");
+        assert!(s.is_done());
+        assert!(!Step::new("y".into(), "p", vec![]).is_done());
+    }
+
+    #[test]
+    fn merge_concatenates_and_reconciles_thresholds() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut paths = Vec::new();
+        for (i, thr) in [0.8, 0.9].iter().enumerate() {
+            let rows = vec![SplitRow {
+                task: format!("t{i}"),
+                ..row(None, None)
+            }];
+            let p = dir.path().join(format!("s{i}.parquet"));
+            let prov = Provenance::new(
+                "x",
+                "0",
+                serde_json::json!({"threshold": thr, "n_steps": 21}),
+                0,
+            );
+            clopa_table::write_split(&p, &rows, &prov)?;
+            paths.push(p);
+        }
+        let out = dir.path().join("merged.parquet");
+        merge_tables(&paths, &out)?;
+        let rows = clopa_table::read_split(&out)?;
+        assert_eq!(
+            rows.iter().map(|r| r.task.as_str()).collect::<Vec<_>>(),
+            ["t0", "t1"]
+        );
+        let prov = clopa_table::read_provenance(&out)?;
+        assert_eq!(prov.tool, "clopa-reproduce");
+        assert!(prov.settings["threshold"].is_null());
+        assert_eq!(prov.settings["n_steps"], 21);
+        assert_eq!(prov.settings["thresholds"], serde_json::json!([0.8, 0.9]));
+        // Equal thresholds are kept.
+        merge_tables(&paths[..1], &out)?;
+        assert_eq!(
+            clopa_table::read_provenance(&out)?.settings["threshold"],
+            0.8
+        );
+        Ok(())
+    }
+}
