@@ -103,6 +103,31 @@ pub fn write_atomic_path(
     clopa_fs::write_atomic_path(path, write)
 }
 
+/// Parses a patch size given as one number (a cube) or `X,Y,Z` — the `--patch` option of the
+/// tools that cut patches (clap `value_parser`).
+pub fn parse_patch(s: &str) -> Result<[usize; 3], String> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("{p:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        [p] if *p > 0 => Ok([*p; 3]),
+        [a, b, c] if *a > 0 && *b > 0 && *c > 0 => Ok([*a, *b, *c]),
+        _ => Err(format!("expected P or X,Y,Z (positive), got {s:?}")),
+    }
+}
+
+/// Sets the size of rayon's global thread pool (`--threads`); `None` keeps rayon's default
+/// (`RAYON_NUM_THREADS`, else one per core).
+pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    Ok(())
+}
+
 /// `-o -` means standard output.
 pub fn is_stdout(path: &Path) -> bool {
     path.as_os_str() == "-"
@@ -111,6 +136,15 @@ pub fn is_stdout(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patch_sizes_are_a_cube_or_three_axes() {
+        assert_eq!(parse_patch("48"), Ok([48; 3]));
+        assert_eq!(parse_patch("32, 48,64"), Ok([32, 48, 64]));
+        for bad in ["", "0", "1,2", "a", "8,8,0", "1,2,3,4"] {
+            assert!(parse_patch(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn atomic_write_leaves_nothing_on_failure() {

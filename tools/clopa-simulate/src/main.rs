@@ -63,7 +63,7 @@ struct Cli {
     infer_runs: Option<usize>,
 
     /// Patch size, one number or X,Y,Z [default: the model's, or the profile's].
-    #[arg(long, value_name = "P", value_parser = parse_patch)]
+    #[arg(long, value_name = "P", value_parser = clopa_cli::parse_patch)]
     patch: Option<[usize; 3]>,
 
     /// Seed of the simulated clicks [default: 0, or the profile's].
@@ -115,18 +115,6 @@ struct Cli {
     quiet: bool,
 }
 
-fn parse_patch(s: &str) -> Result<[usize; 3], String> {
-    let v: Vec<usize> = s
-        .split(',')
-        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("{p:?}: {e}")))
-        .collect::<Result<_, _>>()?;
-    match v.as_slice() {
-        [p] => Ok([*p; 3]),
-        [a, b, c] => Ok([*a, *b, *c]),
-        _ => Err(format!("expected P or X,Y,Z, got {s:?}")),
-    }
-}
-
 fn parse_device(s: &str) -> Result<String, String> {
     let ok = s == "cpu"
         || s == "cuda"
@@ -142,11 +130,7 @@ fn parse_device(s: &str) -> Result<String, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     clopa_cli::run_main("clopa-simulate", cli.verbose, cli.quiet, || {
-        if let Some(n) = cli.threads {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build_global()?;
-        }
+        clopa_cli::set_threads(cli.threads)?;
         let data_root = cli
             .data_root
             .clone()

@@ -262,16 +262,3 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", req.output.display()))?;
     Ok(())
 }
-
-/// `--patch` parser: one number or X,Y,Z.
-pub fn parse_patch(s: &str) -> Result<[usize; 3], String> {
-    let v: Vec<usize> = s
-        .split(',')
-        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("{p:?}: {e}")))
-        .collect::<Result<_, _>>()?;
-    match v.as_slice() {
-        [p] => Ok([*p; 3]),
-        [a, b, c] => Ok([*a, *b, *c]),
-        _ => Err(format!("expected P or X,Y,Z, got {s:?}")),
-    }
-}

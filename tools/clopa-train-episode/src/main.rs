@@ -76,7 +76,7 @@ struct Cli {
     steps_per_epoch: Option<usize>,
 
     /// Patch size, one number or X,Y,Z [default: the profile's].
-    #[arg(long, value_name = "P", value_parser = clopa_train_episode::parse_patch)]
+    #[arg(long, value_name = "P", value_parser = clopa_cli::parse_patch)]
     patch: Option<[usize; 3]>,
 
     /// Patches (cases) per gradient step [default: the profile's].
@@ -123,11 +123,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     clopa_cli::run_main("clopa-train-episode", cli.verbose, cli.quiet, || {
-        if let Some(n) = cli.threads {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build_global()?;
-        }
+        clopa_cli::set_threads(cli.threads)?;
         let data_root = cli
             .data_root
             .clone()
