@@ -59,9 +59,15 @@ pretrain:
     $b/clopa-synth --task generic --cases 50 --seed 0 --size 64,64,64 -o "$CLOPA_DATA/synth/generic"
     [ -f "$out/init/model.json" ] || $b/clopa-model init --arch tiny --patch 48 --seed 0 -o "$out/init"
     $b/clopa-split "$m" --profile "$p" -o "$out/split.parquet"
+    # Stage 1: the profile's 4 x 25 steps with 2 edit passes.
     /usr/bin/time -v $b/clopa-train-episode --model "$out/init" --manifest "$m" --split "$out/split.parquet" \
         --run 0 --episode 1 --group all --profile "$p" -o "$out/ep1.safetensors"
-    $b/clopa-model bake "$out/init" --checkpoint "$out/ep1.safetensors" -o models/clopa-tiny
+    $b/clopa-model bake "$out/init" --checkpoint "$out/ep1.safetensors" -o "$out/stage1"
+    # Stage 2: 6 x 30 more steps with 3 edit passes, warm-started from stage 1.
+    /usr/bin/time -v $b/clopa-train-episode --model "$out/stage1" --manifest "$m" --split "$out/split.parquet" \
+        --run 0 --episode 1 --group all --profile "$p" --epochs 6 --steps-per-epoch 30 --edits 3 \
+        -o "$out/stage2.safetensors"
+    $b/clopa-model bake "$out/stage1" --checkpoint "$out/stage2.safetensors" -o models/clopa-tiny
     just zero-shot
 
 # Zero-shot scores of models/clopa-tiny (no adaptation) on every synthetic family: the generic
