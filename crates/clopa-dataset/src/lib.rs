@@ -233,6 +233,12 @@ impl CaseFiles {
     /// reduced to the largest 26-connected component when it asks for that). Refuses images and
     /// labels on different grids and NaN or infinite intensities.
     pub fn load(&self, manifest: &Manifest) -> Result<Case, DatasetError> {
+        self.load_with_labels(manifest).map(|(case, _)| case)
+    }
+
+    /// [`CaseFiles::load`], also returning the raw label volume (for [`CaseFiles::check`], so the
+    /// label file is read once).
+    fn load_with_labels(&self, manifest: &Manifest) -> Result<(Case, Volume<u16>), DatasetError> {
         let (image_path, channel) = self.image_file(manifest.channel)?;
         let image = clopa_volume::read_image(&image_path, channel)?;
         let labels = clopa_volume::read_labels(&self.label)?;
@@ -252,19 +258,18 @@ impl CaseFiles {
         if manifest.largest_component {
             mask = clopa_volume::largest_component(&mask);
         }
-        Ok(Case {
+        let case = Case {
             id: self.id.clone(),
             image,
             mask,
-        })
+        };
+        Ok((case, labels))
     }
 
     /// Everything [`CaseFiles::load`] checks, plus: every label value is declared by the dataset and
     /// the reference foreground is not empty.
     pub fn check(&self, ds: &Dataset, manifest: &Manifest) -> Result<(), DatasetError> {
-        let case = self.load(manifest)?;
-        // Read again for the raw values: `load` keeps only the binary mask.
-        let labels = clopa_volume::read_labels(&self.label)?;
+        let (case, labels) = self.load_with_labels(manifest)?;
         let mut present = vec![false; usize::from(u16::MAX) + 1];
         for &v in &labels.data {
             present[usize::from(v)] = true;
