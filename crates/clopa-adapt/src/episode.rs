@@ -214,6 +214,8 @@ pub fn train_episode(
         prompt: prompt.clone(),
     };
     let net = ResidualEncoderUNet::new(spec, &params.var_builder(device))?;
+    // Validation scores the same (shared-storage) parameters without recording a backward graph.
+    let val_net = ResidualEncoderUNet::new(spec, &params.detached_var_builder(device))?;
     let mut adam = Adam::new(
         params.vars().clone(),
         AdamConfig {
@@ -243,7 +245,7 @@ pub fn train_episode(
     let t0 = Instant::now();
     let (mut val_score, mut val_ema) = (None, None);
     if !val_patches.is_empty() {
-        let s = validate(&net, &val_patches, &lcfg, cfg.batch, click_seed, device)?;
+        let s = validate(&val_net, &val_patches, &lcfg, cfg.batch, click_seed, device)?;
         progress(&Progress::Validated {
             epoch: 0,
             score: s,
@@ -302,7 +304,7 @@ pub fn train_episode(
             best = snapshot(params)?;
             best_epoch = epoch;
         } else {
-            let s = validate(&net, &val_patches, &lcfg, cfg.batch, click_seed, device)?;
+            let s = validate(&val_net, &val_patches, &lcfg, cfg.batch, click_seed, device)?;
             let p = prev_raw.unwrap_or(s);
             // p + w·(s − p) equals w·s + (1 − w)·p but is exactly p when s == p, so an
             // unchanged model never "improves" by rounding.

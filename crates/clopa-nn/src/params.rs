@@ -115,13 +115,25 @@ impl ParamStore {
     /// A candle-nn [`VarBuilder`] over this store: layers built from it get the `Var` tensors of
     /// trainable parameters and the plain tensors of the rest, shapes checked by name.
     pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
+        self.builder(device, false)
+    }
+
+    /// Like [`ParamStore::var_builder`], but every parameter is handed out detached: a network
+    /// built from it records no backward graph (validation, inference) while still seeing each
+    /// optimiser step, because a detached tensor shares the `Var`'s storage.
+    pub fn detached_var_builder(&self, device: &Device) -> VarBuilder<'static> {
+        self.builder(device, true)
+    }
+
+    fn builder(&self, device: &Device, detached: bool) -> VarBuilder<'static> {
         let mut map: HashMap<String, Tensor> = self
             .frozen
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (k, v) in &self.vars {
-            map.insert(k.clone(), v.as_tensor().clone());
+            let t = v.as_tensor();
+            map.insert(k.clone(), if detached { t.detach() } else { t.clone() });
         }
         VarBuilder::from_backend(Box::new(StoreBackend { map }), DType::F32, device.clone())
     }
@@ -208,6 +220,23 @@ mod tests {
         let err = vb.get(4, "b").expect_err("shape");
         assert!(err.to_string().contains("`b`"), "{err}");
         assert!(store.make_trainable(["nope"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn detached_builder_tracks_nothing_but_sees_updates() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut m = BTreeMap::new();
+        m.insert("a".to_string(), Tensor::zeros(3, DType::F32, &dev)?);
+        let mut store = ParamStore::new(m);
+        store.make_trainable(["a"])?;
+        let a = store.detached_var_builder(&dev).get(3, "a")?;
+        assert!(!a.is_variable());
+        store.vars()["a"].set(&Tensor::new(&[4f32, 5., 6.], &dev)?)?;
+        assert_eq!(a.to_vec1::<f32>()?, vec![4., 5., 6.]);
+        // no graph: a loss computed from it has no gradient path to the Var
+        let grads = (a.sqr()?.sum_all()?).backward()?;
+        assert!(grads.get(store.vars()["a"].as_tensor()).is_none());
         Ok(())
     }
 }
