@@ -38,13 +38,15 @@ synth:
 # The whole protocol for a profile: synth -> split -> simulate (base) -> train episodes (in, cn)
 # -> simulate -> eval -> rank, into runs/<profile>/ (table2.md, table3.md, fig2.png, ...).
 # Finished steps are skipped, so an interrupted run resumes. The synthetic profiles write their
-# datasets into $CLOPA_DATA/synth/: give tiny its own folder (CLOPA_DATA=data/tiny), its sizes differ.
+# datasets into $CLOPA_DATA/synth/ (tiny into $CLOPA_DATA/tiny/synth/, its images are smaller).
 reproduce profile="quick":
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --release -p clopa-reproduce -p clopa-synth -p clopa-split -p clopa-simulate \
         -p clopa-train-episode -p clopa-eval -p clopa-rank
-    ./target/release/clopa-reproduce --profile pipelines/{{profile}}.toml -o runs/{{profile}}
+    # tiny generates smaller images under the same dataset names as quick: keep them apart
+    root="$CLOPA_DATA"; if [ "{{profile}}" = tiny ]; then root="$CLOPA_DATA/tiny"; fi
+    ./target/release/clopa-reproduce --profile pipelines/{{profile}}.toml -o runs/{{profile}} --data-root "$root"
 
 # Pretrain the embedded base model models/clopa-tiny (pipelines/pretrain.toml: every parameter of a
 # random tiny ResidualEncoderUNet on the `generic` synthetic family, about 10 minutes on 2 cores),
@@ -69,6 +71,30 @@ pretrain:
         -o "$out/stage2.safetensors"
     $b/clopa-model bake "$out/stage1" --checkpoint "$out/stage2.safetensors" -o models/clopa-tiny
     just zero-shot
+
+# Expert thresholds of the synthetic tasks, derived as the paper derives its thresholds (the mean holdout
+# Dice of an automatic model trained on the task's training half): per task a specialist (every parameter,
+# no prompts, warm-started from models/clopa-tiny to spare CPU time) trained on run 0's whole stream, then
+# scored by prompt-free sliding-window prediction on every holdout case. Writes `expert_dice` into
+# data-manifests/synth-<kind>.toml.
+expert-thresholds epochs="10" steps="30":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release -p clopa-synth -p clopa-split -p clopa-simulate -p clopa-train-episode
+    b=./target/release; out=runs/experts; p=pipelines/quick.toml
+    just synth
+    for kind in vessels organ small lesion; do
+      m=data-manifests/synth-$kind.toml; d="$out/synth-$kind"; mkdir -p "$d"
+      $b/clopa-split "$m" --profile "$p" -o "$d/split.parquet" -q
+      $b/clopa-train-episode --model models/clopa-tiny --manifest "$m" --split "$d/split.parquet" \
+          --run 0 --episode last --group all --no-prompts --profile "$p" \
+          --epochs {{epochs}} --steps-per-epoch {{steps}} -o "$d/specialist.safetensors"
+      line=$($b/clopa-simulate --model models/clopa-tiny --checkpoint "$d/specialist.safetensors" \
+          --manifest "$m" --split "$d/split.parquet" --automatic --method expert -q -o "$d/holdout.parquet")
+      echo "$line"
+      dice=$(sed -E 's/.*mean Dice ([0-9.]+) over.*/\1/' <<<"$line")
+      sed -i -E "s/^expert_dice = [0-9.]+/expert_dice = $dice/" "$m"
+    done
 
 # Zero-shot scores of models/clopa-tiny (no adaptation) on every synthetic family: the generic
 # holdout of pretraining and the quick profile's holdout of the four task families.

@@ -12,6 +12,8 @@
 //! - [`initial_clicks`] / [`edit_clicks`] and [`case_rng`]: IS_Validate's click simulator.
 //! - [`InferenceSession`]: the persistent session (prediction around the last click, AutoZoom,
 //!   refinement boxes) over a network behind [`Predictor`]; [`simulate_case`]: one simulated case.
+//! - [`predict_automatic`]: prompt-free whole-image prediction by nnU-Net's Gaussian sliding
+//!   window (how a specialist is scored for a task's expert threshold).
 //!
 //! Volumes are C-contiguous `[x, y, z]` with z fastest, like [`clopa_volume::Volume`].
 //!
@@ -38,6 +40,7 @@ mod normalize;
 pub mod resample;
 pub mod session;
 mod simulate;
+mod sliding;
 mod stamp;
 
 pub use assemble::{NUM_INPUT_CHANNELS, NetworkInput, build_network_input, window_around};
@@ -56,4 +59,5 @@ pub use session::{
     SessionConfig, SessionError,
 };
 pub use simulate::{CaseSimulation, StepRecord, simulate_case};
+pub use sliding::{AutomaticError, gaussian_weights, predict_automatic, tile_starts};
 pub use stamp::PointStamp;

@@ -60,6 +60,8 @@ pub struct Request {
     pub data_root: Option<PathBuf>,
     pub save_masks: Option<PathBuf>,
     pub no_autozoom: bool,
+    /// No simulated user: one prompt-free sliding-window prediction per case (specialists).
+    pub automatic: bool,
     /// `cpu`, `cuda` or `cuda:N` [default: the profile's `device`, else `cpu`].
     pub device: Option<String>,
     /// Recompute even when the output is already complete.
@@ -220,6 +222,11 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
     if let Some(r) = req.infer_runs {
         profile.infer_runs = r;
     }
+    if req.automatic {
+        // one prediction per case, no clicks: a single step 0 of a single run
+        profile.edits = 0;
+        profile.infer_runs = 1;
+    }
     if let Some(s) = req.seed {
         profile.seed = s;
     }
@@ -289,7 +296,7 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
         "checkpoints_sha256": checkpoint_sha, "manifest": req.manifest, "split": req.split,
         "method": keys.method, "run": keys.run, "episode": keys.episode, "n_seen": keys.n_seen,
         "edits": profile.edits, "infer_runs": profile.infer_runs, "patch": patch, "seed": profile.seed,
-        "autozoom": !req.no_autozoom, "device": profile.device, "cases": ids,
+        "autozoom": !req.no_autozoom, "automatic": req.automatic, "device": profile.device, "cases": ids,
         "profile": profile.to_json(),
     });
     let prov = Provenance::new(
@@ -308,10 +315,26 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
             "{} is already complete with these settings; skipped (--force recomputes)",
             req.output.display()
         );
+        if req.automatic {
+            print_mean_dice(&manifest.name, &clopa_table::read_steps(&req.output)?);
+        }
         return Ok(Outcome::Skipped);
     }
 
     let net = model.network(&device)?;
+    if req.automatic {
+        let rows = automatic_rows(
+            NetPredictor::new(net, device),
+            &entries,
+            &manifest,
+            &keys,
+            patch,
+            req.quiet,
+        )?;
+        write_rows(&req.output, &rows, &prov)?;
+        print_mean_dice(&manifest.name, &rows);
+        return Ok(Outcome::Written);
+    }
     let mut session = InferenceSession::new(NetPredictor::new(net, device), config)?;
 
     let pb = clopa_cli::progress_bar(
@@ -364,18 +387,74 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
         }
     }
     pb.finish_and_clear();
-    if clopa_cli::is_stdout(&req.output) {
-        clopa_table::write_steps_to(std::io::stdout(), &rows, &prov)?;
-    } else {
-        clopa_table::write_steps(&req.output, &rows, &prov)?;
-    }
-    tracing::info!(
-        rows = rows.len(),
-        cases = entries.len(),
-        "wrote {}",
-        req.output.display()
-    );
+    write_rows(&req.output, &rows, &prov)?;
     Ok(Outcome::Written)
+}
+
+fn write_rows(output: &Path, rows: &[StepRow], prov: &Provenance) -> anyhow::Result<()> {
+    if clopa_cli::is_stdout(output) {
+        clopa_table::write_steps_to(std::io::stdout(), rows, prov)?;
+    } else {
+        clopa_table::write_steps(output, rows, prov)?;
+    }
+    tracing::info!(rows = rows.len(), "wrote {}", output.display());
+    Ok(())
+}
+
+/// `--automatic`: every case segmented once without prompts by nnU-Net's sliding window over
+/// the z-scored image (step 0, no clicks), scored like a simulated step.
+fn automatic_rows(
+    mut predictor: NetPredictor,
+    entries: &[(String, clopa_dataset::CaseFiles)],
+    manifest: &Manifest,
+    keys: &Keys,
+    patch: [usize; 3],
+    quiet: bool,
+) -> anyhow::Result<Vec<StepRow>> {
+    let pb = clopa_cli::progress_bar(entries.len() as u64, "automatic", quiet);
+    let mut rows = Vec::with_capacity(entries.len());
+    for (id, entry) in entries {
+        pb.set_prefix(id.clone());
+        let case = entry.load(manifest)?;
+        let t0 = std::time::Instant::now();
+        let (image, _) = clopa_interact::zscore(&case.image.data, case.image.shape)
+            .with_context(|| format!("case {id}: cannot normalise the image"))?;
+        let seg = clopa_interact::predict_automatic(&mut predictor, &image, case.mask.shape, patch)
+            .with_context(|| format!("case {id}: automatic prediction failed"))?;
+        let (dice, nsd) = clopa_metrics::is_validate::dice_nsd(
+            &seg,
+            &case.mask.data,
+            case.mask.shape,
+            case.mask.spacing,
+            manifest.nsd_tolerance_mm,
+        )
+        .with_context(|| format!("case {id}: cannot score the prediction"))?;
+        tracing::debug!(case = %id, dice, nsd, "automatic");
+        rows.push(StepRow {
+            task: manifest.name.clone(),
+            method: keys.method.clone(),
+            run: keys.run,
+            episode: keys.episode,
+            n_seen: keys.n_seen,
+            infer_run: 0,
+            case_id: id.clone(),
+            step: 0,
+            dice,
+            nsd,
+            fg_clicks: 0,
+            bg_clicks: 0,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(rows)
+}
+
+/// The expert-threshold line of `--automatic` (stdout, so a script can read it).
+fn print_mean_dice(task: &str, rows: &[StepRow]) {
+    let mean = rows.iter().map(|r| r.dice).sum::<f64>() / rows.len().max(1) as f64;
+    println!("{task}: mean Dice {mean:.4} over {} cases", rows.len());
 }
 
 fn save_mask(

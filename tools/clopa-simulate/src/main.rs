@@ -22,6 +22,9 @@ persistent session; each prediction is centred on the last click, with AutoZoom.
 (the manifest's tolerance, native spacing) are recorded after every step; after Dice 1 the
 remaining steps repeat the final values. Clicks are seeded per (seed, case, inference run).
 
+With --automatic there is no simulated user: each holdout case is segmented once, prompt-free, by
+sliding-window inference, and the mean Dice is printed (`just expert-thresholds`).
+
 Rerunning with the same inputs and settings skips an output that is already complete (its
 provenance metadata records them); --force recomputes. `-o -` writes the Parquet table to stdout.";
 
@@ -98,6 +101,12 @@ struct Cli {
     #[arg(long)]
     no_autozoom: bool,
 
+    /// No simulated user: segment each holdout case once without prompts (nnU-Net sliding window,
+    /// Gaussian-weighted, step ½ patch) and print the mean Dice. How a specialist trained with
+    /// `clopa-train-episode --no-prompts` is scored for a task's expert threshold.
+    #[arg(long, conflicts_with_all = ["edits", "infer_runs", "no_autozoom", "save_masks"])]
+    automatic: bool,
+
     /// Device: cpu, cuda or cuda:N [default: the profile's `device`, else cpu].
     #[arg(long, value_name = "DEV", value_parser = parse_device)]
     device: Option<String>,
@@ -151,6 +160,7 @@ fn main() -> ExitCode {
             data_root,
             save_masks: cli.save_masks.clone(),
             no_autozoom: cli.no_autozoom,
+            automatic: cli.automatic,
             device: cli.device.clone(),
             force: cli.force,
             quiet: cli.quiet,

@@ -413,3 +413,42 @@ fn help_explains_itself() {
     assert!(o.status.success());
     insta::assert_snapshot!(String::from_utf8_lossy(&o.stdout));
 }
+
+#[test]
+fn automatic_mode_scores_each_case_once_without_clicks_and_prints_the_mean() {
+    let f = Fixture::new();
+    let out = f.path("auto.parquet");
+    let run = || {
+        let mut c = Command::cargo_bin("clopa-simulate").unwrap();
+        c.env_remove("CLOPA_DATA")
+            .arg("--model")
+            .arg(f.path("model"))
+            .arg("--manifest")
+            .arg(f.path("toy.toml"))
+            .arg("--split")
+            .arg(f.path("split.parquet"))
+            .arg("--data-root")
+            .arg(f.path("data"))
+            .args(["--automatic", "--method", "expert", "-q", "-o"])
+            .arg(&out);
+        let o = c.assert().success().get_output().stdout.clone();
+        String::from_utf8(o).unwrap()
+    };
+    let printed = run();
+    let rows = clopa_table::read_steps(&out).unwrap();
+    assert_eq!(rows.len(), 2, "one row per holdout case");
+    assert!(rows.iter().all(|r| r.step == 0
+        && r.infer_run == 0
+        && (r.fg_clicks, r.bg_clicks) == (0, 0)
+        && r.method == "expert"));
+    let mean = rows.iter().map(|r| r.dice).sum::<f64>() / 2.0;
+    assert_eq!(
+        printed.trim(),
+        format!("toy: mean Dice {mean:.4} over 2 cases")
+    );
+    // a rerun skips the finished table and still prints the threshold
+    assert_eq!(run(), printed);
+    // the edit settings make no sense without a simulated user
+    let mut c = f.cmd(&f.path("x.parquet"));
+    c.arg("--automatic").assert().code(2);
+}

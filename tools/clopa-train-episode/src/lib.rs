@@ -97,8 +97,36 @@ pub fn resolve(req: &Request) -> anyhow::Result<(Profile, EpisodeConfig)> {
     Ok((p, cfg))
 }
 
+/// `Request::episode` meaning "the run's last episode" (`--episode last`).
+pub const LAST_EPISODE: u32 = u32::MAX;
+
 /// Runs one episode and writes `req.output` and its log.
 pub fn run(req: &Request) -> anyhow::Result<()> {
+    // `last` trains on the whole stream at once (specialists), not as a step of a chain
+    let whole_stream = req.episode == LAST_EPISODE;
+    let concrete;
+    let req = if whole_stream {
+        let rows = clopa_table::read_split(&req.split)?;
+        let last = rows
+            .iter()
+            .filter(|r| r.run == Some(req.run))
+            .filter_map(|r| r.episode)
+            .max()
+            .with_context(|| {
+                format!(
+                    "{}: run {} has no episodes, so it has no last one",
+                    req.split.display(),
+                    req.run
+                )
+            })?;
+        concrete = Request {
+            episode: last,
+            ..req.clone()
+        };
+        &concrete
+    } else {
+        req
+    };
     let log = log_path(&req.output);
     if req.output.is_file() && log.is_file() {
         tracing::info!(
@@ -143,7 +171,7 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     let mut model = load_model_folder(&req.model)
         .with_context(|| format!("cannot load the model folder {}", req.model.display()))?;
     let base_sha = model.weights_sha256.clone();
-    if req.episode > 1 && req.init.is_empty() {
+    if req.episode > 1 && req.init.is_empty() && !whole_stream {
         bail!(
             "episode {} warm-starts from episode {}'s checkpoint: pass it with --init",
             req.episode,

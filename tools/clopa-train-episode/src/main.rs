@@ -16,6 +16,9 @@ Examples:
   clopa-train-episode ... --episode 2 --init runs/q/organ/in-run0/ep1.safetensors \\
       -o runs/q/organ/in-run0/ep2.safetensors
 
+  # a specialist (expert threshold): every parameter, no prompts, the run's whole stream
+  clopa-train-episode ... --episode last --group all --no-prompts -o runs/experts/organ.safetensors
+
 Writes CKPT (safetensors: only the group's tensors, metadata clopa.base_sha256, clopa.group,
 clopa.run, clopa.episode, clopa.n_seen, clopa.config) and CKPT's stem + .log.parquet (per epoch:
 train_loss, val_score, val_ema, selected, seconds). An existing CKPT with its log is skipped.";
@@ -47,8 +50,8 @@ struct Cli {
     #[arg(long, value_name = "R")]
     run: u32,
 
-    /// Episode (1-based).
-    #[arg(long, value_name = "E")]
+    /// Episode (1-based), or `last`: the run's final cache, i.e. its whole stream (specialists).
+    #[arg(long, value_name = "E", value_parser = parse_episode)]
     episode: u32,
 
     /// Parameter group to tune: in (instance norms), cn (in + stem conv + seg head), all.
@@ -118,6 +121,18 @@ struct Cli {
     /// Only errors on stderr.
     #[arg(short, long)]
     quiet: bool,
+}
+
+fn parse_episode(s: &str) -> Result<u32, String> {
+    if s == "last" {
+        return Ok(clopa_train_episode::LAST_EPISODE);
+    }
+    match s.parse::<u32>() {
+        Ok(e) if e >= 1 && e != clopa_train_episode::LAST_EPISODE => Ok(e),
+        _ => Err(format!(
+            "expected an episode number >= 1 or `last`, got {s:?}"
+        )),
+    }
 }
 
 fn main() -> ExitCode {

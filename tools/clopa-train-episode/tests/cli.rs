@@ -304,3 +304,24 @@ fn a_bad_group_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn episode_last_trains_a_specialist_on_the_whole_stream_from_the_base() {
+    let f = Fixture::new();
+    let ck = f.path("expert.safetensors");
+    // the cmd's episode is overridden by the later `--episode last`
+    f.cmd(1, "all", &ck)
+        .args(["--episode", "last", "--no-prompts"])
+        .assert()
+        .success();
+    let c = clopa_nn::read_episode_checkpoint(&ck).unwrap();
+    assert_eq!(c.metadata["clopa.episode"], "2");
+    assert_eq!(c.metadata["clopa.n_seen"], "6");
+    assert_eq!(c.tensors.len(), spec().parameter_shapes().len());
+    let out = f
+        .cmd(1, "in", &f.path("x.safetensors"))
+        .args(["--episode", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
