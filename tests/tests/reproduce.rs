@@ -1,6 +1,7 @@
 //! End to end: `clopa-reproduce` with `pipelines/tiny.toml` on a randomly initialised tiny model
 //! runs synth → split → simulate → train episodes → simulate → eval → rank, writes every output,
-//! and a rerun skips every step and leaves every file byte-identical.
+//! and a rerun skips every step and leaves every file byte-identical; a run killed mid-episode and
+//! rerun ends with the same tables.
 //!
 //! The tools are other packages' binaries, which cargo does not expose to this crate; they are
 //! looked up in the target folder this test runs from (`target/<profile>/`). `cargo test
@@ -223,4 +224,76 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
         .unwrap();
     assert_eq!(out3.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out3.stderr).contains("profile.toml"));
+
+    // Killed in the middle of the first episode (the whole process group, so the running tool
+    // dies too), then rerun: the same tables as the uninterrupted run.
+    let out2 = tmp.path().join("run2");
+    let mut c = Command::new(tool("clopa-reproduce"));
+    c.current_dir(repo_root())
+        .args(["--profile", "pipelines/tiny.toml", "-q", "-o"])
+        .arg(&out2)
+        .arg("--data-root")
+        .arg(&data)
+        .arg("--model")
+        .arg(&model)
+        .env_remove("CLOPA_DATA")
+        .env("RAYON_NUM_THREADS", "2");
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
+    let mut child = c.spawn().unwrap();
+    let base = out2.join("synth-vessels/base/steps.parquet");
+    let t0 = std::time::Instant::now();
+    while !base.is_file() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        assert!(
+            t0.elapsed().as_secs() < 300,
+            "no base simulation after 300 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // the first training episode starts right after the base simulation
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // kill(2) on the negated pid: exactly the child's process group, nothing else
+    let pgid = libc::pid_t::try_from(child.id()).unwrap();
+    assert!(pgid > 1);
+    // SAFETY: plain syscall with integer arguments; the group is the child's own (process_group(0)).
+    let rc = unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill failed: {}", std::io::Error::last_os_error());
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the run was not interrupted");
+    assert!(!out2.join("table2.md").exists(), "killed after the end");
+    run(Command::new(tool("clopa-reproduce"))
+        .current_dir(repo_root())
+        .args(["--profile", "pipelines/tiny.toml", "-o"])
+        .arg(&out2)
+        .arg("--data-root")
+        .arg(&data)
+        .arg("--model")
+        .arg(&model)
+        .env_remove("CLOPA_DATA")
+        .env("RAYON_NUM_THREADS", "2"));
+    for name in ["table2.md", "table3.md"] {
+        assert_eq!(
+            std::fs::read_to_string(out.join(name)).unwrap(),
+            std::fs::read_to_string(out2.join(name)).unwrap(),
+            "{name} differs after an interrupted run"
+        );
+    }
+    for column in [
+        "case_id",
+        "method",
+        "episode",
+        "dice_init",
+        "dice_final",
+        "dice_nauc",
+        "noi",
+    ] {
+        assert_eq!(
+            strings(&out.join("cases.parquet"), column),
+            strings(&out2.join("cases.parquet"), column),
+            "cases.parquet column {column} differs after an interrupted run"
+        );
+    }
 }
