@@ -217,7 +217,15 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     }
     for (name, mut df) in frames {
         let path = out_dir.join(name);
-        output::write_parquet(&path, &mut df, &settings)?;
+        clopa_frame::write_parquet(
+            &path,
+            &mut df,
+            clopa_frame::Writer {
+                tool: "clopa-eval",
+                version: env!("CARGO_PKG_VERSION"),
+                settings: &settings,
+            },
+        )?;
         tracing::info!("wrote {} ({} rows)", path.display(), df.height());
     }
     Ok(())

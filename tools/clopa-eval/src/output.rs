@@ -1,9 +1,7 @@
-//! Building the output frames and writing them atomically with provenance metadata.
-
-use std::path::Path;
+//! Building the output frames (written by `clopa_frame::write_parquet`).
 
 use anyhow::Context;
-use polars::prelude::{Column, DataFrame, KeyValueMetadata, ParquetWriter};
+use polars::prelude::{Column, DataFrame};
 
 use crate::summary::{CASE_METRICS, CaseRow, EpisodeRow, TrajectoryRow};
 
@@ -141,30 +139,4 @@ pub fn trajectory_frame(rows: &[TrajectoryRow]) -> anyhow::Result<DataFrame> {
             Column::new("nos".into(), nos),
         ],
     )?)
-}
-
-/// Writes `df` to `path` through a temporary file, with `clopa.tool`, `clopa.version` and
-/// `clopa.settings` in the Parquet key-value metadata.
-pub fn write_parquet(
-    path: &Path,
-    df: &mut DataFrame,
-    settings: &serde_json::Value,
-) -> anyhow::Result<()> {
-    let meta = KeyValueMetadata::from_static(vec![
-        ("clopa.tool".to_string(), "clopa-eval".to_string()),
-        (
-            "clopa.version".to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        ),
-        ("clopa.settings".to_string(), settings.to_string()),
-    ]);
-    clopa_cli::write_atomic_path(path, |tmp| {
-        let file = std::fs::File::create(tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        ParquetWriter::new(file)
-            .with_key_value_metadata(Some(meta))
-            .finish(df)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
-    })
 }

@@ -28,7 +28,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use clopa_stats::RankMode;
-use polars::prelude::{Column, DataFrame, KeyValueMetadata, ParquetWriter};
+use polars::prelude::{Column, DataFrame};
 
 use report::MetricRanking;
 
@@ -180,8 +180,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let out = &args.output;
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create the folder {}", out.display()))?;
-    write_parquet(&out.join("pairs.parquet"), &mut pairs, &settings_json)?;
-    write_parquet(&out.join("ranking.parquet"), &mut ranking, &settings_json)?;
+    let by = clopa_frame::Writer {
+        tool: "clopa-rank",
+        version: env!("CARGO_PKG_VERSION"),
+        settings: &settings_json,
+    };
+    clopa_frame::write_parquet(&out.join("pairs.parquet"), &mut pairs, by)?;
+    clopa_frame::write_parquet(&out.join("ranking.parquet"), &mut ranking, by)?;
     write_text(&out.join("table2.md"), &table2)?;
     write_text(&out.join("table3.md"), &table3)?;
     for (name, svg) in [("fig2.png", false), ("fig2.svg", true)] {
@@ -326,30 +331,4 @@ fn ranking_frame(results: &[&MetricRanking]) -> anyhow::Result<DataFrame> {
             ),
         ],
     )?)
-}
-
-/// Writes `df` atomically with `clopa.tool`, `clopa.version` and `clopa.settings` in the Parquet
-/// key-value metadata.
-fn write_parquet(
-    path: &Path,
-    df: &mut DataFrame,
-    settings: &serde_json::Value,
-) -> anyhow::Result<()> {
-    let meta = KeyValueMetadata::from_static(vec![
-        ("clopa.tool".to_string(), "clopa-rank".to_string()),
-        (
-            "clopa.version".to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        ),
-        ("clopa.settings".to_string(), settings.to_string()),
-    ]);
-    clopa_cli::write_atomic_path(path, |tmp| {
-        let file = std::fs::File::create(tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        ParquetWriter::new(file)
-            .with_key_value_metadata(Some(meta))
-            .finish(df)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
-    })
 }
