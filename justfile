@@ -12,9 +12,10 @@ default:
 test:
     cargo test --workspace --locked
 
-# Build the tools in release mode.
+# Build every tool in release mode (the other recipes start with this, so they share one build:
+# building a subset of the tools would resolve features differently and rebuild shared crates).
 build:
-    cargo build --release --workspace
+    cargo build --release --workspace --bins
 
 # Benchmarks (numbers go to BENCHMARKS.md; see there for the PyTorch side).
 # Each example prints its usage; the PyTorch / surface-distance counterparts are in scripts/.
@@ -27,10 +28,9 @@ bench:
 
 # Generate the quick profile's synthetic datasets under $CLOPA_DATA/synth/ (clopa-reproduce does
 # this itself; the settings must match pipelines/quick.toml's [synth] table or clopa-synth refuses).
-synth:
+synth: build
     #!/usr/bin/env bash
     set -euo pipefail
-    cargo build --release -p clopa-synth
     for kind in vessels organ small lesion; do
       ./target/release/clopa-synth --task "$kind" --cases 40 --seed 0 --size 64,64,64 -o "$CLOPA_DATA/synth/$kind"
     done
@@ -39,22 +39,19 @@ synth:
 # -> simulate -> eval -> rank, into runs/<profile>/ (table2.md, table3.md, fig2.png, ...).
 # Finished steps are skipped, so an interrupted run resumes. The synthetic profiles write their
 # datasets into $CLOPA_DATA/synth/ (tiny into $CLOPA_DATA/tiny/synth/, its images are smaller).
-reproduce profile="quick":
+reproduce profile="quick": build
     #!/usr/bin/env bash
     set -euo pipefail
-    cargo build --release -p clopa-reproduce -p clopa-synth -p clopa-split -p clopa-simulate \
-        -p clopa-train-episode -p clopa-eval -p clopa-rank
     # tiny generates smaller images under the same dataset names as quick: keep them apart
     root="$CLOPA_DATA"; if [ "{{profile}}" = tiny ]; then root="$CLOPA_DATA/tiny"; fi
     ./target/release/clopa-reproduce --profile pipelines/{{profile}}.toml -o runs/{{profile}} --data-root "$root"
 
 # Pretrain the embedded base model models/clopa-tiny (pipelines/pretrain.toml: every parameter of a
-# random tiny ResidualEncoderUNet on the `generic` synthetic family, about 10 minutes on 2 cores),
+# random tiny ResidualEncoderUNet on the `generic` synthetic family in four stages, about 75 minutes on 2 cores),
 # then print its zero-shot scores (`just zero-shot`).
-pretrain:
+pretrain: build
     #!/usr/bin/env bash
     set -euo pipefail
-    cargo build --release -p clopa-synth -p clopa-split -p clopa-model -p clopa-train-episode
     b=./target/release; out=runs/pretrain; p=pipelines/pretrain.toml
     m=data-manifests/synth-generic.toml
     mkdir -p "$out"
@@ -69,25 +66,36 @@ pretrain:
     /usr/bin/time -v $b/clopa-train-episode --model "$out/stage1" --manifest "$m" --split "$out/split.parquet" \
         --run 0 --episode 1 --group all --profile "$p" --epochs 6 --steps-per-epoch 30 --edits 3 \
         -o "$out/stage2.safetensors"
-    $b/clopa-model bake "$out/stage1" --checkpoint "$out/stage2.safetensors" -o models/clopa-tiny
+    $b/clopa-model bake "$out/stage1" --checkpoint "$out/stage2.safetensors" -o "$out/stage2"
+    # Stages 3 and 4: 12 x 50 more steps each with 5 edit passes (as CLoPA episodes) on cheaper 32^3
+    # patches, new seeds.
+    prev=stage2
+    for stage in 3 4; do
+      /usr/bin/time -v $b/clopa-train-episode --model "$out/$prev" --manifest "$m" --split "$out/split.parquet" \
+          --run 0 --episode 1 --group all --profile "$p" --epochs 12 --steps-per-epoch 50 --edits 5 \
+          --patch 32 --seed $stage -o "$out/stage$stage.safetensors"
+      $b/clopa-model bake "$out/$prev" --checkpoint "$out/stage$stage.safetensors" -o "$out/stage$stage"
+      prev=stage$stage
+    done
+    cp "$out/stage4/model.json" "$out/stage4/model.safetensors" models/clopa-tiny/   # README.md stays
     just zero-shot
 
 # Expert thresholds of the synthetic tasks, derived as the paper derives its thresholds (the mean holdout
 # Dice of an automatic model trained on the task's training half): per task a specialist (every parameter,
-# no prompts, warm-started from models/clopa-tiny to spare CPU time) trained on run 0's whole stream, then
-# scored by prompt-free sliding-window prediction on every holdout case. Writes `expert_dice` into
+# no prompts, warm-started from models/clopa-tiny to spare CPU time) trained on run 0's final cache (the training half up to its last episode), then
+# scored by prompt-free sliding-window prediction on every holdout case (patch 48^3 as the model predicts). Writes `expert_dice` into
 # data-manifests/synth-<kind>.toml.
-expert-thresholds epochs="10" steps="30":
+expert-thresholds epochs="10" steps="30": build
     #!/usr/bin/env bash
     set -euo pipefail
-    cargo build --release -p clopa-synth -p clopa-split -p clopa-simulate -p clopa-train-episode
     b=./target/release; out=runs/experts; p=pipelines/quick.toml
     just synth
     for kind in vessels organ small lesion; do
       m=data-manifests/synth-$kind.toml; d="$out/synth-$kind"; mkdir -p "$d"
-      $b/clopa-split "$m" --profile "$p" -o "$d/split.parquet" -q
+      # every holdout case is scored (the profile evaluates only its first max_holdout)
+      $b/clopa-split "$m" --profile "$p" --set max_holdout=100000 -o "$d/split.parquet" -q
       $b/clopa-train-episode --model models/clopa-tiny --manifest "$m" --split "$d/split.parquet" \
-          --run 0 --episode last --group all --no-prompts --profile "$p" \
+          --run 0 --episode last --group all --no-prompts --profile "$p" --patch 48 \
           --epochs {{epochs}} --steps-per-epoch {{steps}} -o "$d/specialist.safetensors"
       line=$($b/clopa-simulate --model models/clopa-tiny --checkpoint "$d/specialist.safetensors" \
           --manifest "$m" --split "$d/split.parquet" --automatic --method expert -q -o "$d/holdout.parquet")
@@ -98,10 +106,9 @@ expert-thresholds epochs="10" steps="30":
 
 # Zero-shot scores of models/clopa-tiny (no adaptation) on every synthetic family: the generic
 # holdout of pretraining and the quick profile's holdout of the four task families.
-zero-shot:
+zero-shot: build
     #!/usr/bin/env bash
     set -euo pipefail
-    cargo build --release -p clopa-synth -p clopa-split -p clopa-simulate -p clopa-eval -p clopa-rank
     b=./target/release; out=runs/zero-shot
     just synth
     for kind in generic vessels organ small lesion; do
