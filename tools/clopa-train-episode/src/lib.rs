@@ -102,7 +102,7 @@ pub const LAST_EPISODE: u32 = u32::MAX;
 
 /// Runs one episode and writes `req.output` and its log.
 pub fn run(req: &Request) -> anyhow::Result<()> {
-    // `last` trains on the whole stream at once (specialists), not as a step of a chain
+    // `last` trains on the run's final cache at once (specialists), not as a step of a chain
     let whole_stream = req.episode == LAST_EPISODE;
     let concrete;
     let req = if whole_stream {

@@ -16,7 +16,7 @@ Examples:
   clopa-train-episode ... --episode 2 --init runs/q/organ/in-run0/ep1.safetensors \\
       -o runs/q/organ/in-run0/ep2.safetensors
 
-  # a specialist (expert threshold): every parameter, no prompts, the run's whole stream
+  # a specialist (expert threshold): every parameter, no prompts, the run's final cache
   clopa-train-episode ... --episode last --group all --no-prompts -o runs/experts/organ.safetensors
 
 Writes CKPT (safetensors: only the group's tensors, metadata clopa.base_sha256, clopa.group,
@@ -50,7 +50,7 @@ struct Cli {
     #[arg(long, value_name = "R")]
     run: u32,
 
-    /// Episode (1-based), or `last`: the run's final cache, i.e. its whole stream (specialists).
+    /// Episode (1-based), or `last`: the run's final cache, up to its last episode (specialists).
     #[arg(long, value_name = "E", value_parser = parse_episode)]
     episode: u32,
 
