@@ -271,7 +271,9 @@ fn show_schedule_prints_every_run() {
     let f = Fixture::new();
     let out = f
         .cmd()
-        .arg("--show-schedule")
+        // the default (quick) profile has one training run; two show that every run is printed
+        .args(["--show-schedule", "--set", "run_seeds=[341103, 55432]"])
+        .args(["--set", "train_runs=2"])
         .assert()
         .success()
         .get_output()
