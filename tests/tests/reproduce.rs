@@ -138,11 +138,11 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
         ])
         .arg(&model));
 
-    let reproduce = || {
+    let reproduce_into = |dir: &Path| {
         let mut c = Command::new(tool("clopa-reproduce"));
         c.current_dir(repo_root())
             .args(["--profile", "pipelines/tiny.toml", "-o"])
-            .arg(&out)
+            .arg(dir)
             .arg("--data-root")
             .arg(&data)
             .arg("--model")
@@ -151,6 +151,7 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
             .env("RAYON_NUM_THREADS", "2");
         c
     };
+    let reproduce = || reproduce_into(&out);
     let first = run(&mut reproduce());
     assert!(first.contains("skipped"), "{first}");
 
@@ -212,32 +213,15 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
     assert!(before == snapshot(&out), "a rerun changed some output");
 
     // Another profile into the same folder is refused: its outputs would mix settings.
-    let out3 = Command::new(tool("clopa-reproduce"))
-        .current_dir(repo_root())
-        .args(["--profile", "pipelines/tiny.toml", "--set", "edits=3", "-o"])
-        .arg(&out)
-        .arg("--data-root")
-        .arg(&data)
-        .arg("--model")
-        .arg(&model)
-        .output()
-        .unwrap();
+    let out3 = reproduce().args(["--set", "edits=3"]).output().unwrap();
     assert_eq!(out3.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out3.stderr).contains("profile.toml"));
 
     // Killed in the middle of the first episode (the whole process group, so the running tool
     // dies too), then rerun: the same tables as the uninterrupted run.
     let out2 = tmp.path().join("run2");
-    let mut c = Command::new(tool("clopa-reproduce"));
-    c.current_dir(repo_root())
-        .args(["--profile", "pipelines/tiny.toml", "-q", "-o"])
-        .arg(&out2)
-        .arg("--data-root")
-        .arg(&data)
-        .arg("--model")
-        .arg(&model)
-        .env_remove("CLOPA_DATA")
-        .env("RAYON_NUM_THREADS", "2");
+    let mut c = reproduce_into(&out2);
+    c.arg("-q");
     std::os::unix::process::CommandExt::process_group(&mut c, 0);
     let mut child = c.spawn().unwrap();
     let base = out2.join("synth-vessels/base/steps.parquet");
@@ -264,16 +248,7 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
     let status = child.wait().unwrap();
     assert!(!status.success(), "the run was not interrupted");
     assert!(!out2.join("table2.md").exists(), "killed after the end");
-    run(Command::new(tool("clopa-reproduce"))
-        .current_dir(repo_root())
-        .args(["--profile", "pipelines/tiny.toml", "-o"])
-        .arg(&out2)
-        .arg("--data-root")
-        .arg(&data)
-        .arg("--model")
-        .arg(&model)
-        .env_remove("CLOPA_DATA")
-        .env("RAYON_NUM_THREADS", "2"));
+    run(&mut reproduce_into(&out2));
     for name in ["table2.md", "table3.md"] {
         assert_eq!(
             std::fs::read_to_string(out.join(name)).unwrap(),

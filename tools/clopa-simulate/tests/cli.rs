@@ -133,6 +133,16 @@ impl Fixture {
 
     /// The command with `-q` unless `quiet` is false (then info messages reach stderr).
     fn cmd_with(&self, out: &Path, quiet: bool) -> Command {
+        let mut c = self.inputs();
+        c.args(["--edits", "3", "--infer-runs", "2", "--seed", "5"])
+            .args(quiet.then_some("-q"))
+            .arg("-o")
+            .arg(out);
+        c
+    }
+
+    /// The command with only the model, manifest, split and data root.
+    fn inputs(&self) -> Command {
         let mut c = Command::cargo_bin("clopa-simulate").unwrap();
         c.env_remove("CLOPA_DATA")
             .arg("--model")
@@ -142,11 +152,7 @@ impl Fixture {
             .arg("--split")
             .arg(self.path("split.parquet"))
             .arg("--data-root")
-            .arg(self.path("data"))
-            .args(["--edits", "3", "--infer-runs", "2", "--seed", "5"])
-            .args(quiet.then_some("-q"))
-            .arg("-o")
-            .arg(out);
+            .arg(self.path("data"));
         c
     }
 
@@ -419,17 +425,8 @@ fn automatic_mode_scores_each_case_once_without_clicks_and_prints_the_mean() {
     let f = Fixture::new();
     let out = f.path("auto.parquet");
     let run = || {
-        let mut c = Command::cargo_bin("clopa-simulate").unwrap();
-        c.env_remove("CLOPA_DATA")
-            .arg("--model")
-            .arg(f.path("model"))
-            .arg("--manifest")
-            .arg(f.path("toy.toml"))
-            .arg("--split")
-            .arg(f.path("split.parquet"))
-            .arg("--data-root")
-            .arg(f.path("data"))
-            .args(["--automatic", "--method", "expert", "-q", "-o"])
+        let mut c = f.inputs();
+        c.args(["--automatic", "--method", "expert", "-q", "-o"])
             .arg(&out);
         let o = c.assert().success().get_output().stdout.clone();
         String::from_utf8(o).unwrap()
