@@ -12,13 +12,15 @@ default:
 test:
     cargo test --workspace --locked
 
-# Build every tool in release mode (the other recipes start with this, so they share one build:
-# building a subset of the tools would resolve features differently and rebuild shared crates).
+# The other recipes start with this, so they share one build: building a subset of the tools would
+# resolve features differently and rebuild shared crates.
+# Build every tool in release mode.
 build:
     cargo build --release --workspace --bins
 
 # Benchmarks (numbers go to BENCHMARKS.md; see there for the PyTorch side).
 # Each example prints its usage; the PyTorch / surface-distance counterparts are in scripts/.
+# Benchmarks against the references (see BENCHMARKS.md for the commands of each side).
 bench:
     cargo build --release -p clopa-nn -p clopa-metrics -p clopa-interact -p clopa-simulate --examples
     RAYON_NUM_THREADS=2 ./target/release/examples/bench_ops
@@ -28,6 +30,7 @@ bench:
 
 # Generate the quick profile's synthetic datasets under $CLOPA_DATA/synth/ (clopa-reproduce does
 # this itself; the settings must match pipelines/quick.toml's [synth] table or clopa-synth refuses).
+# Generate the synthetic datasets under $CLOPA_DATA/synth/.
 synth: build
     #!/usr/bin/env bash
     set -euo pipefail
@@ -39,6 +42,7 @@ synth: build
 # -> simulate -> eval -> rank, into runs/<profile>/ (table2.md, table3.md, fig2.png, ...).
 # Finished steps are skipped, so an interrupted run resumes. The synthetic profiles write their
 # datasets into $CLOPA_DATA/synth/ (tiny into $CLOPA_DATA/tiny/synth/, its images are smaller).
+# Run the whole protocol of a profile into runs/<profile>/ (quick: about 10 min on 2 cores).
 reproduce profile="quick": build
     #!/usr/bin/env bash
     set -euo pipefail
@@ -49,6 +53,7 @@ reproduce profile="quick": build
 # Pretrain the embedded base model models/clopa-tiny (pipelines/pretrain.toml: every parameter of a
 # random tiny ResidualEncoderUNet on the `generic` synthetic family in four stages, about 75 minutes on 2 cores),
 # then print its zero-shot scores (`just zero-shot`).
+# Pretrain models/clopa-tiny from scratch (about 75 min on 2 cores).
 pretrain: build
     #!/usr/bin/env bash
     set -euo pipefail
@@ -85,6 +90,7 @@ pretrain: build
 # no prompts, warm-started from models/clopa-tiny to spare CPU time) trained on run 0's final cache (the training half up to its last episode), then
 # scored by prompt-free sliding-window prediction on every holdout case (patch 48^3 as the model predicts). Writes `expert_dice` into
 # data-manifests/synth-<kind>.toml.
+# Derive the synthetic tasks' expert thresholds from specialists (about 15 min on 2 cores).
 expert-thresholds epochs="10" steps="30": build
     #!/usr/bin/env bash
     set -euo pipefail
@@ -106,6 +112,7 @@ expert-thresholds epochs="10" steps="30": build
 
 # Zero-shot scores of models/clopa-tiny (no adaptation) on every synthetic family: the generic
 # holdout of pretraining and the quick profile's holdout of the four task families.
+# Zero-shot scores of models/clopa-tiny on every synthetic family.
 zero-shot: build
     #!/usr/bin/env bash
     set -euo pipefail
