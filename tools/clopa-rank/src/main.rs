@@ -225,66 +225,70 @@ fn pairs_frame(results: &[&MetricRanking]) -> anyhow::Result<DataFrame> {
         .iter()
         .flat_map(|r| r.pairs.iter().map(move |p| (*r, p)))
         .collect();
-    let n = rows.len();
-    Ok(DataFrame::new(
-        n,
-        vec![
-            Column::new(
-                "task".into(),
-                rows.iter()
-                    .map(|(r, _)| r.task.as_str())
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "table".into(),
-                rows.iter().map(|(r, _)| r.table.name()).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "metric".into(),
-                rows.iter()
-                    .map(|(r, _)| r.metric.as_str())
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "method".into(),
-                rows.iter()
-                    .map(|(_, p)| p.method.as_str())
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "opponent".into(),
-                rows.iter()
-                    .map(|(_, p)| p.opponent.as_str())
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "test".into(),
-                rows.iter()
-                    .map(|(_, p)| p.test.to_string())
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "p_value".into(),
-                rows.iter().map(|(_, p)| p.p_value).collect::<Vec<f64>>(),
-            ),
-            Column::new(
-                "method_mean".into(),
-                rows.iter()
-                    .map(|(_, p)| p.method_mean)
-                    .collect::<Vec<f64>>(),
-            ),
-            Column::new(
-                "opponent_mean".into(),
-                rows.iter()
-                    .map(|(_, p)| p.opponent_mean)
-                    .collect::<Vec<f64>>(),
-            ),
-            Column::new(
-                "win".into(),
-                rows.iter().map(|(_, p)| p.win).collect::<Vec<bool>>(),
-            ),
-        ],
-    )?)
+    let mut cols = key_columns(&rows);
+    cols.extend([
+        Column::new(
+            "method".into(),
+            rows.iter()
+                .map(|(_, p)| p.method.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "opponent".into(),
+            rows.iter()
+                .map(|(_, p)| p.opponent.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "test".into(),
+            rows.iter()
+                .map(|(_, p)| p.test.to_string())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "p_value".into(),
+            rows.iter().map(|(_, p)| p.p_value).collect::<Vec<f64>>(),
+        ),
+        Column::new(
+            "method_mean".into(),
+            rows.iter()
+                .map(|(_, p)| p.method_mean)
+                .collect::<Vec<f64>>(),
+        ),
+        Column::new(
+            "opponent_mean".into(),
+            rows.iter()
+                .map(|(_, p)| p.opponent_mean)
+                .collect::<Vec<f64>>(),
+        ),
+        Column::new(
+            "win".into(),
+            rows.iter().map(|(_, p)| p.win).collect::<Vec<bool>>(),
+        ),
+    ]);
+    Ok(DataFrame::new(rows.len(), cols)?)
+}
+
+/// The key columns every ranking table starts with: task, table (2 or 3) and metric.
+fn key_columns<T>(rows: &[(&MetricRanking, T)]) -> Vec<Column> {
+    vec![
+        Column::new(
+            "task".into(),
+            rows.iter()
+                .map(|(r, _)| r.task.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "table".into(),
+            rows.iter().map(|(r, _)| r.table.name()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "metric".into(),
+            rows.iter()
+                .map(|(r, _)| r.metric.as_str())
+                .collect::<Vec<_>>(),
+        ),
+    ]
 }
 
 fn ranking_frame(results: &[&MetricRanking]) -> anyhow::Result<DataFrame> {
@@ -293,42 +297,24 @@ fn ranking_frame(results: &[&MetricRanking]) -> anyhow::Result<DataFrame> {
         .iter()
         .flat_map(|r| r.ranks.iter().map(move |m| (*r, m)))
         .collect();
-    let n = rows.len();
-    Ok(DataFrame::new(
-        n,
-        vec![
-            Column::new(
-                "task".into(),
-                rows.iter()
-                    .map(|(r, _)| r.task.as_str())
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "table".into(),
-                rows.iter().map(|(r, _)| r.table.name()).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "metric".into(),
-                rows.iter()
-                    .map(|(r, _)| r.metric.as_str())
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "method".into(),
-                rows.iter().map(|(_, m)| m.0.as_str()).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "mean".into(),
-                rows.iter().map(|(_, m)| m.1).collect::<Vec<f64>>(),
-            ),
-            Column::new(
-                "wins".into(),
-                rows.iter().map(|(_, m)| m.2).collect::<Vec<u32>>(),
-            ),
-            Column::new(
-                "rank".into(),
-                rows.iter().map(|(_, m)| m.3).collect::<Vec<u32>>(),
-            ),
-        ],
-    )?)
+    let mut cols = key_columns(&rows);
+    cols.extend([
+        Column::new(
+            "method".into(),
+            rows.iter().map(|(_, m)| m.0.as_str()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "mean".into(),
+            rows.iter().map(|(_, m)| m.1).collect::<Vec<f64>>(),
+        ),
+        Column::new(
+            "wins".into(),
+            rows.iter().map(|(_, m)| m.2).collect::<Vec<u32>>(),
+        ),
+        Column::new(
+            "rank".into(),
+            rows.iter().map(|(_, m)| m.3).collect::<Vec<u32>>(),
+        ),
+    ]);
+    Ok(DataFrame::new(rows.len(), cols)?)
 }
