@@ -316,7 +316,8 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
             req.output.display()
         );
         if req.automatic {
-            print_mean_dice(&manifest.name, &clopa_table::read_steps(&req.output)?);
+            let rows = clopa_table::read_steps(&req.output)?;
+            print_mean_dice(&manifest.name, &rows, &req.output);
         }
         return Ok(Outcome::Skipped);
     }
@@ -332,7 +333,7 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
             req.quiet,
         )?;
         write_rows(&req.output, &rows, &prov)?;
-        print_mean_dice(&manifest.name, &rows);
+        print_mean_dice(&manifest.name, &rows, &req.output);
         return Ok(Outcome::Written);
     }
     let mut session = InferenceSession::new(NetPredictor::new(net, device), config)?;
@@ -451,10 +452,16 @@ fn automatic_rows(
     Ok(rows)
 }
 
-/// The expert-threshold line of `--automatic` (stdout, so a script can read it).
-fn print_mean_dice(task: &str, rows: &[StepRow]) {
+/// The expert-threshold line of `--automatic`: on stdout, so a script can read it, unless the
+/// table itself goes to stdout (`-o -`); then on stderr.
+fn print_mean_dice(task: &str, rows: &[StepRow], output: &Path) {
     let mean = rows.iter().map(|r| r.dice).sum::<f64>() / rows.len().max(1) as f64;
-    println!("{task}: mean Dice {mean:.4} over {} cases", rows.len());
+    let line = format!("{task}: mean Dice {mean:.4} over {} cases", rows.len());
+    if clopa_cli::is_stdout(output) {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
 }
 
 fn save_mask(

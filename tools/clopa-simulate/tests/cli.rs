@@ -445,6 +445,15 @@ fn automatic_mode_scores_each_case_once_without_clicks_and_prints_the_mean() {
     );
     // a rerun skips the finished table and still prints the threshold
     assert_eq!(run(), printed);
+    // with the table on stdout, the line goes to stderr and stdout stays pure Parquet
+    let o = f
+        .inputs()
+        .args(["--automatic", "--method", "expert", "-q", "-o", "-"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(o.stdout.starts_with(b"PAR1") && o.stdout.ends_with(b"PAR1"));
+    assert_eq!(String::from_utf8(o.stderr).unwrap(), printed);
     // the edit settings make no sense without a simulated user
     let mut c = f.cmd(&f.path("x.parquet"));
     c.arg("--automatic").assert().code(2);
