@@ -97,6 +97,18 @@ pub fn resolve(req: &Request) -> anyhow::Result<(Profile, EpisodeConfig)> {
     Ok((p, cfg))
 }
 
+/// The episodes of training run `run` in a split, ascending.
+fn run_episodes(rows: &[clopa_table::SplitRow], run: u32) -> Vec<u32> {
+    let mut eps: Vec<u32> = rows
+        .iter()
+        .filter(|r| r.run == Some(run))
+        .filter_map(|r| r.episode)
+        .collect();
+    eps.sort_unstable();
+    eps.dedup();
+    eps
+}
+
 /// `Request::episode` meaning "the run's last episode" (`--episode last`).
 pub const LAST_EPISODE: u32 = u32::MAX;
 
@@ -107,11 +119,9 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     let concrete;
     let req = if whole_stream {
         let rows = clopa_table::read_split(&req.split)?;
-        let last = rows
-            .iter()
-            .filter(|r| r.run == Some(req.run))
-            .filter_map(|r| r.episode)
-            .max()
+        let last = run_episodes(&rows, req.run)
+            .last()
+            .copied()
             .with_context(|| {
                 format!(
                     "{}: run {} has no episodes, so it has no last one",
@@ -150,19 +160,12 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         .iter()
         .any(|r| r.run == Some(req.run) && r.episode == Some(req.episode));
     if !exists || train_ids.is_empty() {
-        let mut eps: Vec<u32> = rows
-            .iter()
-            .filter(|r| r.run == Some(req.run))
-            .filter_map(|r| r.episode)
-            .collect();
-        eps.sort_unstable();
-        eps.dedup();
         bail!(
             "{}: run {} has no episode {} (its episodes: {:?})",
             req.split.display(),
             req.run,
             req.episode,
-            eps
+            run_episodes(&rows, req.run)
         );
     }
     let n_seen = train_ids.len() + val_ids.len();
