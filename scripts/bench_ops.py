@@ -17,6 +17,11 @@ CASES = []
 for c, size in [(32, 64), (64, 48)]:
     for k, s in [(3, 1), (3, 2), (1, 1)]:
         CASES.append((f"conv3d_k{k}s{s}_{c}x{size}", ("conv", c, size, c, k, s)))
+# The other stride-1 3^3 shapes of nnInteractive v1.0 at a 96^3 input (bench_ops.rs has the same).
+for c, size, cout in [(32, 96, 32), (128, 24, 128), (256, 12, 256), (320, 6, 320),
+                      (64, 96, 32), (512, 12, 256), (640, 6, 320)]:
+    to = "" if cout == c else f"to{cout}"
+    CASES.append((f"conv3d_k3s1_{c}x{size}{to}", ("conv", c, size, cout, 3, 1)))
 CASES.append(("convT_s2_64x32to32", ("convT", 64, 32, 32, 2, 2)))
 CASES.append(("convT_s2_320x8to320", ("convT", 320, 8, 320, 2, 2)))
 for c, size in [(32, 64), (64, 48)]:

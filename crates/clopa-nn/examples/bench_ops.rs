@@ -44,6 +44,31 @@ fn cases() -> Vec<Case> {
             });
         }
     }
+    // The other stride-1 3³ shapes of nnInteractive v1.0 at a 96³ input (encoder stages and the
+    // decoder's convolutions after the skip concatenation, Cin = 2·Cout).
+    for (c, size, cout) in [
+        (32, 96, 32),
+        (128, 24, 128),
+        (256, 12, 256),
+        (320, 6, 320),
+        (64, 96, 32),
+        (512, 12, 256),
+        (640, 6, 320),
+    ] {
+        let to = if cout == c {
+            String::new()
+        } else {
+            format!("to{cout}")
+        };
+        v.push(Case {
+            name: format!("conv3d_k3s1_{c}x{size}{to}"),
+            b: 1,
+            c,
+            size,
+            cout,
+            kind: Kind::Conv { k: 3, s: 1 },
+        });
+    }
     v.push(Case {
         name: "convT_s2_64x32to32".into(),
         b: 1,

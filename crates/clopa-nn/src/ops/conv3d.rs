@@ -15,13 +15,14 @@ use candle_core::{Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::conv3d_direct;
 use super::{
     Kernel, Op, SyncPtr, check_layout, check_vec, dims5, grad_if, invalid, sum_f64, zeroed,
 };
 
 /// Target size of one im2col tile in f32 elements (1 MiB): the L2 size per core on the machine
 /// this was tuned on (64 Ki .. 1 Mi floats tried: 1 MiB was fastest for 32 and 64 channels).
-const TILE_FLOATS: usize = 1 << 18;
+pub(super) const TILE_FLOATS: usize = 1 << 18;
 
 /// Geometry of a 3D convolution with a cubic kernel `k`, stride `s` and zero padding `p`.
 /// `(d, h, w)` is the input size, `(od, oh, ow)` the output size.
@@ -245,7 +246,8 @@ unsafe fn sgemm(
 /// (B, Cout, OD, OH, OW).
 pub(crate) fn conv_fwd(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     if g.s == 1 && g.k > 1 && g.p < g.k {
-        return conv_fwd_s1(x, wt, bias, g);
+        return conv3d_direct::conv_fwd_s1_direct(x, wt, bias, g)
+            .unwrap_or_else(|| conv_fwd_s1(x, wt, bias, g));
     }
     let (pin, pout, kk) = (g.in_vol(), g.out_vol(), g.kk());
     let mut y = zeroed(g.b * g.cout * pout);
@@ -295,29 +297,37 @@ pub(crate) fn conv_fwd(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom
 /// Fills `col` (`Cin·k² × t2`, `t2 = (r1 − r0)·wp`) with zero-padded input rows: row
 /// `(ci, kd, kh)`, segment `r − r0` holds input row `(od + kd − p, oh + kh − p)` padded to `wp`.
 fn im2row(x_b: &[f32], g: &ConvGeom, r0: usize, r1: usize, col: &mut [f32]) {
+    im2row_part(x_b, g, (r0, r1), (0, g.cin * g.k * g.k), col);
+}
+
+/// [`im2row`]'s rows `q0 .. q1` only (`q = (ci·k + kd)·k + kh`), written from `col[0]` on.
+pub(super) fn im2row_part(
+    x_b: &[f32],
+    g: &ConvGeom,
+    (r0, r1): (usize, usize),
+    (q0, q1): (usize, usize),
+    col: &mut [f32],
+) {
     let (k, p, wp) = (g.k, g.p, g.w + 2 * g.p);
     let t2 = (r1 - r0) * wp;
     let plane = g.h * g.w;
-    for ci in 0..g.cin {
+    for q in q0..q1 {
+        let (ci, kd, kh) = (q / (k * k), q / k % k, q % k);
         let xc = &x_b[ci * g.in_vol()..(ci + 1) * g.in_vol()];
-        for kd in 0..k {
-            for kh in 0..k {
-                let row = &mut col[((ci * k + kd) * k + kh) * t2..][..t2];
-                for r in r0..r1 {
-                    let (od, oh) = (r / g.oh, r % g.oh);
-                    let seg = &mut row[(r - r0) * wp..(r - r0 + 1) * wp];
-                    let id = (od + kd).wrapping_sub(p);
-                    let ih = (oh + kh).wrapping_sub(p);
-                    if id >= g.d || ih >= g.h {
-                        seg.fill(0.0);
-                        continue;
-                    }
-                    seg[..p].fill(0.0);
-                    seg[p..p + g.w]
-                        .copy_from_slice(&xc[id * plane + ih * g.w..id * plane + (ih + 1) * g.w]);
-                    seg[p + g.w..].fill(0.0);
-                }
+        let row = &mut col[(q - q0) * t2..][..t2];
+        for r in r0..r1 {
+            let (od, oh) = (r / g.oh, r % g.oh);
+            let seg = &mut row[(r - r0) * wp..(r - r0 + 1) * wp];
+            let id = (od + kd).wrapping_sub(p);
+            let ih = (oh + kh).wrapping_sub(p);
+            if id >= g.d || ih >= g.h {
+                seg.fill(0.0);
+                continue;
             }
+            seg[..p].fill(0.0);
+            seg[p..p + g.w]
+                .copy_from_slice(&xc[id * plane + ih * g.w..id * plane + (ih + 1) * g.w]);
+            seg[p + g.w..].fill(0.0);
         }
     }
 }
@@ -746,7 +756,7 @@ pub fn conv3d(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::testutil::*;
     use super::*;
 
@@ -899,7 +909,8 @@ mod tests {
 
     #[test]
     fn stride1_forward_with_many_tiles() {
-        // Wide input so conv_fwd_s1 splits the rows into many tiles (the last one partial).
+        // The gemm path (the one without AVX-512; `conv_fwd` prefers the direct kernel where it
+        // runs), with a wide input so the rows split into many tiles (the last one partial).
         let g = ConvGeom::new(1, 300, 3, (5, 7, 6), 3, 1, 1).expect("geometry");
         let mut rng = Lcg(17);
         let x = rng.vec(g.b * g.cin * g.in_vol());
@@ -907,7 +918,7 @@ mod tests {
         let b = rng.vec(g.cout);
         let rows = g.od * g.oh;
         assert!(rows.div_ceil((TILE_FLOATS / (g.cin * 9) / (g.w + 2)).max(1)) > 2);
-        let y = conv_fwd(&x, &w, Some(&b), &g);
+        let y = conv_fwd_s1(&x, &w, Some(&b), &g);
         assert_close(
             "forward",
             &y,

@@ -88,6 +88,7 @@ mod add_leaky_relu;
 mod avg_pool3d;
 mod cat_channels;
 mod conv3d;
+mod conv3d_direct;
 mod conv_norm;
 mod conv_transpose3d;
 mod instance_norm;
