@@ -59,25 +59,55 @@ pub(crate) fn conv_fwd_s1_direct(
     Some(forward(x, wt, bias, g))
 }
 
-/// Strip rows (`q`) per reduction chunk. The chunk's strip (`KC × t2`, ≤ 200 KiB) is built
-/// right before it is used and stays in L2, and one block's slice of it (`KC` rows × 4 cache
-/// lines, 16 KiB) stays in L1 while every output-channel block of the task reads it. Without
-/// the chunks, layers with many input channels (Cin·9 = 2880 rows at 320 channels) re-read each
-/// block's whole column from L2/L3 once per channel block.
-const KC: usize = 64;
+/// Kernel planes `(ci, kd)` per reduction chunk (3 strip rows `kh` each, 63 rows). The chunk's
+/// input rows are copied right before use and stay in L2, and one block's slice of them (63
+/// rows × 4 cache lines, 16 KiB) stays in L1 while every output-channel block of the task
+/// reads it. Without the chunks, layers with many input channels (Cin·9 = 2880 strip rows at
+/// 320 channels) re-read each block's whole column from L2/L3 once per channel block.
+const KP: usize = 21;
 
 /// Strip columns per row tile (16 blocks): whole rows of at least this many columns. Large
 /// enough that narrow deep layers (W = 6 .. 24) fill their 48-voxel blocks, small enough that a
 /// task's accumulators (`Cout × t2`) stay in L2.
 const TILE_COLS: usize = 16 * MB;
 
+/// How a row tile's strip rows are laid out in the task's buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strips {
+    /// Tiles stay inside one output depth plane, and each kernel plane `(ci, kd)` gets one
+    /// "slab": the `R + k − 1` zero-padded input rows that the tile's `R` output rows read.
+    /// Strip row `(ci, kd, kh)` is then the slab from its row `kh` on, so every input row is
+    /// copied `(R + 2)/R` times per tile rather than 3 times (`im2row`): ~8 % of the forward
+    /// went into those copies at 96³.
+    Slab,
+    /// Tiles run across depth planes and every strip row is copied (`im2row`): for planes
+    /// narrower than a few blocks (the 3³ and 6³ layers), where per-plane tiles would leave
+    /// most lanes of a block empty.
+    Rows,
+}
+
 fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     let (pin, pout) = (g.in_vol(), g.out_vol());
     let wp = g.w + 2 * g.p;
-    let nq = g.cin * K * K;
+    let npl = g.cin * K;
     let rows = g.od * g.oh;
-    let rpt = (TILE_COLS / wp).clamp(1, rows);
-    let ntiles = rows.div_ceil(rpt);
+    let layout = if g.oh * wp >= 4 * MB {
+        Strips::Slab
+    } else {
+        Strips::Rows
+    };
+    // Output rows per tile; with slabs, tiles split each depth plane's rows evenly.
+    let (rpt, ntiles) = match layout {
+        Strips::Slab => {
+            let per_plane = g.oh.div_ceil((TILE_COLS / wp).clamp(1, g.oh));
+            (g.oh.div_ceil(per_plane), g.od * per_plane)
+        }
+        Strips::Rows => {
+            let rpt = (TILE_COLS / wp).clamp(1, rows);
+            (rpt, rows.div_ceil(rpt))
+        }
+    };
+    let tiles_per_plane = g.oh.div_ceil(rpt);
     let ncb = g.cout.div_ceil(NC);
     // Small deep layers have fewer row tiles than threads: split the output channels too, so
     // that every thread gets work (each group rebuilds its tile's strip, a copy ~1/(3·Cout/G)
@@ -93,30 +123,56 @@ fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
     let mut y = zeroed(g.b * g.cout * pout);
     let yp = SyncPtr(y.as_mut_ptr());
     (0..g.b * ntiles * groups).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(col, acc): &mut (Vec<f32>, Vec<f32>), item| {
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(col, acc, offs): &mut (Vec<f32>, Vec<f32>, Vec<usize>), item| {
             let (b, rest) = (item / (ntiles * groups), item % (ntiles * groups));
             let (tile, grp) = (rest / groups, rest % groups);
             let (cb0, cb1) = (grp * per_group, ((grp + 1) * per_group).min(ncb));
             if cb0 >= cb1 {
                 return;
             }
-            let (r0, r1) = (tile * rpt, ((tile + 1) * rpt).min(rows));
+            // Output rows [r0, r1) (r = od·OH + oh), consecutive in y either way.
+            let (r0, r1) = match layout {
+                Strips::Slab => {
+                    let (od, t) = (tile / tiles_per_plane, tile % tiles_per_plane);
+                    let base = od * g.oh;
+                    (base + t * rpt, base + ((t + 1) * rpt).min(g.oh))
+                }
+                Strips::Rows => (tile * rpt, ((tile + 1) * rpt).min(rows)),
+            };
             let t2 = (r1 - r0) * wp;
             // Strip columns whose taps stay inside the strip; output column `w` of tile row `rr`
             // is strip column `rr·wp + w`, and `w < ow = wp − k + 1` keeps all its reads
             // inside row `rr`'s segment. The last block reads up to `MB + k` floats past the
-            // chunk's strip: slack, so those (discarded) lanes stay inside the buffer.
+            // last strip row: slack, so those (discarded) lanes stay inside the buffer.
             let n = t2 - (K - 1);
             let nblocks = n.div_ceil(MB);
-            col.resize(KC * t2 + MB + K, 0.0);
+            // Floats per kernel plane in the buffer.
+            let plane_floats = match layout {
+                Strips::Slab => (r1 - r0 + K - 1) * wp,
+                Strips::Rows => K * t2,
+            };
+            col.resize(KP * plane_floats + MB + K, 0.0);
             let x_b = &x[b * g.cin * pin..(b + 1) * g.cin * pin];
             // Accumulators of every (block, channel block) of the task, NC × MB floats each.
             let tile_floats = NC * MB;
             acc.resize(nblocks * (cb1 - cb0) * tile_floats, 0.0);
-            for q0 in (0..nq).step_by(KC) {
-                let kc = KC.min(nq - q0);
-                im2row_part(x_b, g, (r0, r1), (q0, q0 + kc), &mut col[..kc * t2]);
+            for pl0 in (0..npl).step_by(KP) {
+                let kp = KP.min(npl - pl0);
+                let (q0, kc) = (pl0 * K, kp * K);
+                offs.clear();
+                match layout {
+                    Strips::Slab => {
+                        slabs(x_b, g, (r0, r1), (pl0, pl0 + kp), col);
+                        for i in 0..kp {
+                            offs.extend((0..K).map(|kh| i * plane_floats + kh * wp));
+                        }
+                    }
+                    Strips::Rows => {
+                        im2row_part(x_b, g, (r0, r1), (q0, q0 + kc), &mut col[..kc * t2]);
+                        offs.extend((0..kc).map(|q| q * t2));
+                    }
+                }
                 for jb in 0..nblocks {
                     for cb in cb0..cb1 {
                         // The kernel rows of this block's channels from tap (q0, kw = 0) on; rows
@@ -127,15 +183,16 @@ fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
                         });
                         let at = (jb * (cb1 - cb0) + cb - cb0) * tile_floats;
                         // SAFETY: the CPU has AVX-512F (checked by `conv_fwd_s1_direct`); the
-                        // kernel reads col[q·t2 + jb·MB + kw + v] for q < kc, kw < 3, v < MB,
-                        // below KC·t2 + MB + K = col.len() since jb·MB < n ≤ t2; each kernel
-                        // row holds (q0 + kc)·3 ≤ Cin·27 taps; `acc` holds tile_floats from
-                        // `at`.
+                        // kernel reads col[offs[q] + jb·MB + kw + v] for q < kc, kw < 3,
+                        // v < MB: offs[q] + t2 ≤ kp·plane_floats (the strip row's end), so
+                        // with jb·MB < n ≤ t2 that is below KP·plane_floats + MB + K =
+                        // col.len(); each kernel row holds (q0 + kc)·3 ≤ Cin·27 taps; `acc`
+                        // holds tile_floats from `at`.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
                             block(
                                 col.as_ptr().add(jb * MB),
-                                t2,
+                                offs.as_ptr(),
                                 kc,
                                 wrows,
                                 acc.as_mut_ptr().add(at),
@@ -184,19 +241,55 @@ fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
     y
 }
 
-/// `out[c·MB + v] (+)= Σ_{q < nq, kw < 3} strip[q·t2 + kw + v] · w[c][q·3 + kw]` for
+/// Fills `col` with the slabs of kernel planes `[pl0, pl1)` (`pl = ci·k + kd`) for output rows
+/// `[r0, r1)` of one depth plane: slab `pl − pl0` holds input rows `oh0 − p .. oh1 + k − 1 − p`
+/// of input plane `od + kd − p`, each zero-padded to `wp` (zeros outside the input).
+fn slabs(
+    x_b: &[f32],
+    g: &ConvGeom,
+    (r0, r1): (usize, usize),
+    (pl0, pl1): (usize, usize),
+    col: &mut [f32],
+) {
+    let (p, wp) = (g.p, g.w + 2 * g.p);
+    let (od, oh0) = (r0 / g.oh, r0 % g.oh);
+    let nrows = r1 - r0 + K - 1;
+    let plane = g.h * g.w;
+    for pl in pl0..pl1 {
+        let (ci, kd) = (pl / K, pl % K);
+        let slab = &mut col[(pl - pl0) * nrows * wp..][..nrows * wp];
+        let id = (od + kd).wrapping_sub(p);
+        if id >= g.d {
+            slab.fill(0.0);
+            continue;
+        }
+        let xp = &x_b[ci * g.in_vol() + id * plane..][..plane];
+        for (i, seg) in slab.chunks_exact_mut(wp).enumerate() {
+            let ih = (oh0 + i).wrapping_sub(p);
+            if ih >= g.h {
+                seg.fill(0.0);
+                continue;
+            }
+            seg[..p].fill(0.0);
+            seg[p..p + g.w].copy_from_slice(&xp[ih * g.w..(ih + 1) * g.w]);
+            seg[p + g.w..].fill(0.0);
+        }
+    }
+}
+
+/// `out[c·MB + v] (+)= Σ_{q < nq, kw < 3} strip[offs[q] + kw + v] · w[c][q·3 + kw]` for
 /// `v < MB`, `c < NC`; `out`'s old values are added when `accumulate`. The kernel rows are read
 /// where they are (8 sequential streams): packing them into broadcast order cost as much as
 /// the convolution itself on the deep 6³ layers (11 MB of weights for 216 voxels).
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `strip` must be readable at every index above, each `w[c]`
-/// at `nq·3` floats and `out` readable and writable at `NC·MB` floats.
+/// The CPU must support AVX-512F; `offs` must hold `nq` offsets, `strip` must be readable at
+/// every index above, each `w[c]` at `nq·3` floats and `out` readable and writable at `NC·MB` floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn block(
     strip: *const f32,
-    t2: usize,
+    offs: *const usize,
     nq: usize,
     w: [*const f32; NC],
     out: *mut f32,
@@ -215,7 +308,7 @@ unsafe fn block(
             }
         }
         for q in 0..nq {
-            let row = strip.add(q * t2);
+            let row = strip.add(*offs.add(q));
             for kw in 0..K {
                 let mut xv = [_mm512_setzero_ps(); MV];
                 for (v, xv) in xv.iter_mut().enumerate() {
@@ -272,8 +365,14 @@ mod tests {
 
     #[test]
     fn row_tiles_reduction_chunks_and_channel_groups() {
-        // 120 rows of width 22: several row tiles, the last one partial.
+        // Slab layout (planes of ≥ 4 blocks): 40 rows of width 22 per plane, two tiles each.
         check(1, 2, 3, (3, 40, 20), 1);
+        // Slab layout with 150 kernel planes (8 chunks, the last partial), and with padding 0
+        // and batch 2.
+        check(1, 50, 4, (4, 9, 30), 1);
+        check(2, 3, 3, (5, 12, 40), 0);
+        // Row layout (narrow planes) across depth planes, several tiles.
+        check(1, 2, 3, (40, 6, 6), 1);
         // Cin·9 = 2700 strip rows: many reduction chunks, the last one partial.
         check(1, 300, 10, (5, 7, 6), 1);
         // One row tile and 5 channel blocks: split into channel groups, one of them empty.
