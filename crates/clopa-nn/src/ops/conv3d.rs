@@ -512,6 +512,11 @@ fn flip_transpose(wt: &[f32], g: &ConvGeom) -> Vec<f32> {
 
 /// Kernel gradient: `x` (B, Cin, D, H, W), `dy` (B, Cout, OD, OH, OW) → (Cout, Cin·k³).
 pub(crate) fn conv_dw(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
+    conv3d_direct::conv_dw_direct(x, dy, g).unwrap_or_else(|| conv_dw_gemm(x, dy, g))
+}
+
+/// [`conv_dw`] through im2col tiles and gemm: any geometry, any CPU.
+fn conv_dw_gemm(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
     let (pin, pout, kk) = (g.in_vol(), g.out_vol(), g.kk());
     let rows = g.od * g.oh;
     let rpt = g.rows_per_tile();
@@ -905,6 +910,9 @@ pub(super) mod tests {
         let dxs = conv_dx_scatter(&dy, &w, None, &g);
         assert_close("dx scatter vs flipped conv", &dxs, &f64v(&dx), 1e-6);
         assert!((dot(&f64v(&w), &f64v(&dw)) - lhs).abs() <= 1e-5 * lhs.abs().max(1.0));
+        // and the gemm dW path (the one without AVX-512) must agree with whichever ran
+        let dwg = conv_dw_gemm(&x, &dy, &g);
+        assert_close("dw gemm vs conv_dw", &dwg, &f64v(&dw), 1e-5);
     }
 
     #[test]

@@ -86,39 +86,122 @@ enum Strips {
     Rows,
 }
 
-fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
-    let (pin, pout) = (g.in_vol(), g.out_vol());
-    let wp = g.w + 2 * g.p;
-    let npl = g.cin * K;
-    let rows = g.od * g.oh;
-    let layout = if g.oh * wp >= 4 * MB {
-        Strips::Slab
-    } else {
-        Strips::Rows
-    };
-    // Output rows per tile; with slabs, tiles split each depth plane's rows evenly.
-    let (rpt, ntiles) = match layout {
-        Strips::Slab => {
-            let per_plane = g.oh.div_ceil((TILE_COLS / wp).clamp(1, g.oh));
-            (g.oh.div_ceil(per_plane), g.od * per_plane)
+/// How a convolution's output rows are cut into tiles and how a tile's strip rows are built.
+struct Plan {
+    strips: Strips,
+    /// Padded input width `W + 2p`.
+    wp: usize,
+    /// Output rows per tile (at most).
+    rpt: usize,
+    ntiles: usize,
+    tiles_per_plane: usize,
+}
+
+impl Plan {
+    fn new(g: &ConvGeom) -> Self {
+        let wp = g.w + 2 * g.p;
+        let rows = g.od * g.oh;
+        let strips = if g.oh * wp >= 4 * MB {
+            Strips::Slab
+        } else {
+            Strips::Rows
+        };
+        // Output rows per tile; with slabs, tiles split each depth plane's rows evenly.
+        let (rpt, ntiles) = match strips {
+            Strips::Slab => {
+                let per_plane = g.oh.div_ceil((TILE_COLS / wp).clamp(1, g.oh));
+                (g.oh.div_ceil(per_plane), g.od * per_plane)
+            }
+            Strips::Rows => {
+                let rpt = (TILE_COLS / wp).clamp(1, rows);
+                (rpt, rows.div_ceil(rpt))
+            }
+        };
+        Self {
+            strips,
+            wp,
+            rpt,
+            ntiles,
+            tiles_per_plane: g.oh.div_ceil(rpt),
         }
-        Strips::Rows => {
-            let rpt = (TILE_COLS / wp).clamp(1, rows);
-            (rpt, rows.div_ceil(rpt))
+    }
+
+    /// Output rows `[r0, r1)` (`r = od·OH + oh`) of a tile: consecutive in the output either way.
+    fn rows(&self, g: &ConvGeom, tile: usize) -> (usize, usize) {
+        match self.strips {
+            Strips::Slab => {
+                let (od, t) = (tile / self.tiles_per_plane, tile % self.tiles_per_plane);
+                let base = od * g.oh;
+                (base + t * self.rpt, base + ((t + 1) * self.rpt).min(g.oh))
+            }
+            Strips::Rows => (tile * self.rpt, ((tile + 1) * self.rpt).min(g.od * g.oh)),
         }
-    };
-    let tiles_per_plane = g.oh.div_ceil(rpt);
-    let ncb = g.cout.div_ceil(NC);
-    // Small deep layers have fewer row tiles than threads: split the output channels too, so
-    // that every thread gets work (each group rebuilds its tile's strip, a copy ~1/(3·Cout/G)
-    // of the group's FMAs).
+    }
+
+    /// Floats per kernel plane `(ci, kd)` in a chunk buffer for a tile of `nr` rows.
+    fn plane_floats(&self, nr: usize) -> usize {
+        match self.strips {
+            Strips::Slab => (nr + K - 1) * self.wp,
+            Strips::Rows => K * nr * self.wp,
+        }
+    }
+
+    /// Sizes `col` for a chunk of a tile of `nr` rows: `KP` kernel planes, plus the slack the
+    /// kernels' last (discarded) lanes read past the last strip row (`MB + k` floats).
+    fn chunk_buffer(&self, nr: usize, col: &mut Vec<f32>) {
+        col.resize(KP * self.plane_floats(nr) + MB + K, 0.0);
+    }
+
+    /// Builds the strip rows of kernel planes `[pl0, pl0 + kp)` for output rows `[r0, r1)` in
+    /// `col` and their offsets (one per strip row `q`, in order) in `offs`. Every offset plus
+    /// the strip length `(r1 − r0)·wp` stays within `kp·plane_floats`.
+    fn fill_chunk(
+        &self,
+        (x_b, g): (&[f32], &ConvGeom),
+        (r0, r1): (usize, usize),
+        (pl0, kp): (usize, usize),
+        col: &mut [f32],
+        offs: &mut Vec<usize>,
+    ) {
+        let pf = self.plane_floats(r1 - r0);
+        offs.clear();
+        match self.strips {
+            Strips::Slab => {
+                slabs(x_b, g, (r0, r1), (pl0, pl0 + kp), col);
+                for i in 0..kp {
+                    offs.extend((0..K).map(|kh| i * pf + kh * self.wp));
+                }
+            }
+            Strips::Rows => {
+                let t2 = (r1 - r0) * self.wp;
+                let (q0, kc) = (pl0 * K, kp * K);
+                im2row_part(x_b, g, (r0, r1), (q0, q0 + kc), &mut col[..kc * t2]);
+                offs.extend((0..kc).map(|q| q * t2));
+            }
+        }
+    }
+}
+
+/// Splits `ncb` output-channel blocks into groups when `items` (tiles) are fewer than two per
+/// thread, so that every thread gets work (each group rebuilds its tile's strips, a copy
+/// ~1/(3·Cout/G) of the group's FMAs). Returns (groups, blocks per group).
+fn channel_groups(items: usize, ncb: usize) -> (usize, usize) {
     let want = 2 * rayon::current_num_threads();
-    let groups = if g.b * ntiles >= want {
+    let groups = if items >= want {
         1
     } else {
-        want.div_ceil(g.b * ntiles).min(ncb)
+        want.div_ceil(items.max(1)).min(ncb).max(1)
     };
-    let per_group = ncb.div_ceil(groups);
+    (groups, ncb.div_ceil(groups))
+}
+
+fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    let (pin, pout) = (g.in_vol(), g.out_vol());
+    let plan = Plan::new(g);
+    let (wp, ntiles) = (plan.wp, plan.ntiles);
+    let npl = g.cin * K;
+    let ncb = g.cout.div_ceil(NC);
+    let (groups, per_group) = channel_groups(g.b * ntiles, ncb);
     let kk = g.kk();
     let mut y = zeroed(g.b * g.cout * pout);
     let yp = SyncPtr(y.as_mut_ptr());
@@ -131,28 +214,14 @@ fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
             if cb0 >= cb1 {
                 return;
             }
-            // Output rows [r0, r1) (r = od·OH + oh), consecutive in y either way.
-            let (r0, r1) = match layout {
-                Strips::Slab => {
-                    let (od, t) = (tile / tiles_per_plane, tile % tiles_per_plane);
-                    let base = od * g.oh;
-                    (base + t * rpt, base + ((t + 1) * rpt).min(g.oh))
-                }
-                Strips::Rows => (tile * rpt, ((tile + 1) * rpt).min(rows)),
-            };
+            let (r0, r1) = plan.rows(g, tile);
             let t2 = (r1 - r0) * wp;
             // Strip columns whose taps stay inside the strip; output column `w` of tile row `rr`
             // is strip column `rr·wp + w`, and `w < ow = wp − k + 1` keeps all its reads
-            // inside row `rr`'s segment. The last block reads up to `MB + k` floats past the
-            // last strip row: slack, so those (discarded) lanes stay inside the buffer.
+            // inside row `rr`'s segment.
             let n = t2 - (K - 1);
             let nblocks = n.div_ceil(MB);
-            // Floats per kernel plane in the buffer.
-            let plane_floats = match layout {
-                Strips::Slab => (r1 - r0 + K - 1) * wp,
-                Strips::Rows => K * t2,
-            };
-            col.resize(KP * plane_floats + MB + K, 0.0);
+            plan.chunk_buffer(r1 - r0, col);
             let x_b = &x[b * g.cin * pin..(b + 1) * g.cin * pin];
             // Accumulators of every (block, channel block) of the task, NC × MB floats each.
             let tile_floats = NC * MB;
@@ -160,19 +229,7 @@ fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
             for pl0 in (0..npl).step_by(KP) {
                 let kp = KP.min(npl - pl0);
                 let (q0, kc) = (pl0 * K, kp * K);
-                offs.clear();
-                match layout {
-                    Strips::Slab => {
-                        slabs(x_b, g, (r0, r1), (pl0, pl0 + kp), col);
-                        for i in 0..kp {
-                            offs.extend((0..K).map(|kh| i * plane_floats + kh * wp));
-                        }
-                    }
-                    Strips::Rows => {
-                        im2row_part(x_b, g, (r0, r1), (q0, q0 + kc), &mut col[..kc * t2]);
-                        offs.extend((0..kc).map(|q| q * t2));
-                    }
-                }
+                plan.fill_chunk((x_b, g), (r0, r1), (pl0, kp), col, offs);
                 for jb in 0..nblocks {
                     for cb in cb0..cb1 {
                         // The kernel rows of this block's channels from tap (q0, kw = 0) on; rows
@@ -184,9 +241,8 @@ fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
                         let at = (jb * (cb1 - cb0) + cb - cb0) * tile_floats;
                         // SAFETY: the CPU has AVX-512F (checked by `conv_fwd_s1_direct`); the
                         // kernel reads col[offs[q] + jb·MB + kw + v] for q < kc, kw < 3,
-                        // v < MB: offs[q] + t2 ≤ kp·plane_floats (the strip row's end), so
-                        // with jb·MB < n ≤ t2 that is below KP·plane_floats + MB + K =
-                        // col.len(); each kernel row holds (q0 + kc)·3 ≤ Cin·27 taps; `acc`
+                        // v < MB: offs[q] + t2 ≤ KP·plane_floats (`fill_chunk`), so with
+                        // jb·MB < n ≤ t2 that is below the buffer's end (`chunk_buffer`); each kernel row holds (q0 + kc)·3 ≤ Cin·27 taps; `acc`
                         // holds tile_floats from `at`.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
@@ -239,6 +295,161 @@ fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
         },
     );
     y
+}
+
+/// Stride-1 kernel gradient of a 3×3×3 convolution with padding `p < 3`: `x` (B, Cin, D, H, W),
+/// `dy` (B, Cout, OD, OH, OW) → (Cout, Cin·27); `None` when the geometry or the CPU is not the
+/// one this kernel is for (the caller then takes the gemm path).
+pub(crate) fn conv_dw_direct(x: &[f32], dy: &[f32], g: &ConvGeom) -> Option<Vec<f32>> {
+    if g.k != K || g.s != 1 || g.p >= K || !available() {
+        return None;
+    }
+    Some(kernel_grad(x, dy, g))
+}
+
+/// Output channels per dW block.
+const DC: usize = 4;
+/// Strip rows per dW block.
+const DQ: usize = 2;
+
+/// `dW[co][q·3 + kw] = Σ_j dY'[co][j] · strip[q][j + kw]`, where `dY'` is dY laid out on the
+/// tile's padded strip columns with zeros in the `k − 1` junk columns of each row: the same
+/// strips as the forward, reduced along the voxels instead of the reduction rows.
+///
+/// Work items are (range of tiles, group of channel blocks), each with its own accumulator
+/// (`Cout_group × Cin·27` f32, summed over its tiles through the kernel); the ranges are added in
+/// f64 at the end, like `conv3d::conv_dw`.
+fn kernel_grad(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (pin, pout, kk) = (g.in_vol(), g.out_vol(), g.kk());
+    let plan = Plan::new(g);
+    let (wp, ntiles) = (plan.wp, plan.ntiles);
+    let npl = g.cin * K;
+    let tiles = g.b * ntiles;
+    let ndb = g.cout.div_ceil(DC);
+    let (groups, per_group) = channel_groups(tiles, ndb);
+    // A few tile ranges per thread, so that a thread slowed by another process does not stall
+    // the whole reduction.
+    let nranges = (4 * rayon::current_num_threads()).clamp(1, tiles.max(1));
+    let per_range = tiles.div_ceil(nranges);
+    let partials: Vec<(usize, Vec<f32>)> = (0..nranges * groups)
+        .into_par_iter()
+        .map(|item| {
+            let (range, grp) = (item / groups, item % groups);
+            let (db0, db1) = (grp * per_group, ((grp + 1) * per_group).min(ndb));
+            let (co0, co1) = (db0 * DC, (db1 * DC).min(g.cout));
+            let mut acc = vec![0f32; co1.saturating_sub(co0) * kk];
+            if db0 >= db1 {
+                return (grp, acc);
+            }
+            let (mut col, mut offs, mut dpad) = (Vec::new(), Vec::new(), Vec::new());
+            for t in range * per_range..((range + 1) * per_range).min(tiles) {
+                let (b, tile) = (t / ntiles, t % ntiles);
+                let (r0, r1) = plan.rows(g, tile);
+                let t2 = (r1 - r0) * wp;
+                let n = t2 - (K - 1);
+                let nvec = n.div_ceil(LANES);
+                let dlen = nvec * LANES;
+                // dY' of the group's channels, padded to whole blocks of DC with zero rows.
+                dpad.clear();
+                dpad.resize((db1 - db0) * DC * dlen, 0.0);
+                for co in co0..co1 {
+                    let src = &dy[(b * g.cout + co) * pout + r0 * g.ow..][..(r1 - r0) * g.ow];
+                    let dst = &mut dpad[(co - co0) * dlen..][..dlen];
+                    for (rr, row) in src.chunks_exact(g.ow).enumerate() {
+                        dst[rr * wp..rr * wp + g.ow].copy_from_slice(row);
+                    }
+                }
+                plan.chunk_buffer(r1 - r0, &mut col);
+                let x_b = &x[b * g.cin * pin..(b + 1) * g.cin * pin];
+                for pl0 in (0..npl).step_by(KP) {
+                    let kp = KP.min(npl - pl0);
+                    let (q0, kc) = (pl0 * K, kp * K);
+                    plan.fill_chunk((x_b, g), (r0, r1), (pl0, kp), &mut col, &mut offs);
+                    for qb in (0..kc).step_by(DQ) {
+                        let nq = DQ.min(kc - qb);
+                        // A partial block repeats its last row; those sums are dropped.
+                        let rows: [*const f32; DQ] =
+                            std::array::from_fn(|i| col[offs[qb + i.min(nq - 1)]..].as_ptr());
+                        for db in db0..db1 {
+                            let drows: [*const f32; DC] = std::array::from_fn(|c| {
+                                dpad[((db - db0) * DC + c) * dlen..].as_ptr()
+                            });
+                            let mut sums = [0f32; DC * DQ * K];
+                            // SAFETY: the CPU has AVX-512F (checked by `conv_dw_direct`); each
+                            // dY' row holds nvec·16 floats; each strip row is read at
+                            // [0, nvec·16 + 2) ⊂ [0, t2 + 16 + 2), inside the buffer by
+                            // `fill_chunk` / `chunk_buffer` (offs[q] + t2 ≤ KP·plane_floats,
+                            // slack MB + K ≥ 16 + 2).
+                            #[cfg(target_arch = "x86_64")]
+                            unsafe {
+                                dw_block(drows, rows, nvec, &mut sums)
+                            };
+                            for c in 0..DC {
+                                let co = db * DC + c;
+                                if co >= co1 {
+                                    break;
+                                }
+                                let dst = &mut acc[(co - co0) * kk + (q0 + qb) * K..];
+                                for i in 0..nq {
+                                    for kw in 0..K {
+                                        dst[i * K + kw] += sums[(c * DQ + i) * K + kw];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            (grp, acc)
+        })
+        .collect();
+    let mut dw = vec![0f64; g.cout * kk];
+    for (grp, acc) in &partials {
+        let co0 = (grp * per_group * DC).min(g.cout);
+        for (d, &v) in dw[co0 * kk..].iter_mut().zip(acc) {
+            *d += v as f64;
+        }
+    }
+    dw.into_iter().map(|v| v as f32).collect()
+}
+
+/// `sums[(c·DQ + i)·3 + kw] = Σ_{j < 16·nvec} d[c][j] · s[i][j + kw]`.
+///
+/// # Safety
+/// The CPU must support AVX-512F; each `d[c]` must be readable at `16·nvec` floats and each
+/// `s[i]` at `16·nvec + 2`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dw_block(
+    d: [*const f32; DC],
+    s: [*const f32; DQ],
+    nvec: usize,
+    sums: &mut [f32; DC * DQ * K],
+) {
+    use std::arch::x86_64::_mm512_setzero_ps;
+    use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps};
+    let mut acc: [__m512; DC * DQ * K] = [_mm512_setzero_ps(); DC * DQ * K];
+    // SAFETY: every pointer offset stays inside the extents the caller guarantees.
+    unsafe {
+        for v in 0..nvec {
+            let mut dv = [_mm512_setzero_ps(); DC];
+            for (c, dv) in dv.iter_mut().enumerate() {
+                *dv = _mm512_loadu_ps(d[c].add(v * LANES));
+            }
+            for i in 0..DQ {
+                for kw in 0..K {
+                    let sv = _mm512_loadu_ps(s[i].add(v * LANES + kw));
+                    for c in 0..DC {
+                        let a = &mut acc[(c * DQ + i) * K + kw];
+                        *a = _mm512_fmadd_ps(dv[c], sv, *a);
+                    }
+                }
+            }
+        }
+    }
+    for (o, a) in sums.iter_mut().zip(acc) {
+        *o = _mm512_reduce_add_ps(a);
+    }
 }
 
 /// Fills `col` with the slabs of kernel planes `[pl0, pl1)` (`pl = ci·k + kd`) for output rows
@@ -377,6 +588,74 @@ mod tests {
         check(1, 300, 10, (5, 7, 6), 1);
         // One row tile and 5 channel blocks: split into channel groups, one of them empty.
         check(1, 2, 40, (3, 4, 5), 1);
+    }
+
+    /// Naive f64 kernel gradient of a cubic convolution: Σ dy[b][co][o] · x[b][ci][o·s + k − p].
+    fn naive_dw(x: &[f64], dy: &[f64], g: &ConvGeom) -> Vec<f64> {
+        let k = g.k;
+        let mut dw = vec![0f64; g.cout * g.kk()];
+        for b in 0..g.b {
+            for co in 0..g.cout {
+                for ci in 0..g.cin {
+                    for (kd, kh, kw) in (0..k * k * k).map(|t| (t / (k * k), t / k % k, t % k)) {
+                        let mut acc = 0.0;
+                        for od in 0..g.od {
+                            let Some(id) = (od + kd).checked_sub(g.p).filter(|&i| i < g.d) else {
+                                continue;
+                            };
+                            for oh in 0..g.oh {
+                                let Some(ih) = (oh + kh).checked_sub(g.p).filter(|&i| i < g.h)
+                                else {
+                                    continue;
+                                };
+                                for ow in 0..g.ow {
+                                    let Some(iw) = (ow + kw).checked_sub(g.p).filter(|&i| i < g.w)
+                                    else {
+                                        continue;
+                                    };
+                                    acc += dy[((b * g.cout + co) * g.od + od) * g.oh * g.ow
+                                        + oh * g.ow
+                                        + ow]
+                                        * x[((b * g.cin + ci) * g.d + id) * g.h * g.w
+                                            + ih * g.w
+                                            + iw];
+                                }
+                            }
+                        }
+                        dw[(co * g.cin + ci) * k * k * k + (kd * k + kh) * k + kw] += acc;
+                    }
+                }
+            }
+        }
+        dw
+    }
+
+    fn check_dw(bn: usize, cin: usize, cout: usize, dhw: (usize, usize, usize), p: usize) {
+        let g = ConvGeom::new(bn, cin, cout, dhw, 3, 1, p).expect("geometry");
+        let mut rng = Lcg(5 + (cin * 3 + cout) as u64);
+        let x = rng.vec(g.b * g.cin * g.in_vol());
+        let dy = rng.vec(g.b * g.cout * g.out_vol());
+        let Some(dw) = conv_dw_direct(&x, &dy, &g) else {
+            assert!(!available(), "kernel available but refused {g:?}");
+            eprintln!("no AVX-512F on this CPU: direct dW not tested");
+            return;
+        };
+        let want = naive_dw(&f64v(&x), &f64v(&dy), &g);
+        assert_close(&format!("direct dW {g:?}"), &dw, &want, 1e-5);
+    }
+
+    #[test]
+    fn kernel_gradient_matches_the_naive_sum() {
+        // Slab and row layouts, channel counts that are not multiples of the 4-channel block,
+        // strip-row blocks split across chunks (63 rows per chunk, 2 per block), batch 2,
+        // padding 0 and 1, several tiles and channel groups.
+        check_dw(1, 3, 5, (4, 5, 6), 1);
+        check_dw(2, 2, 9, (3, 4, 1), 1);
+        check_dw(1, 2, 3, (3, 40, 20), 1);
+        check_dw(1, 25, 6, (4, 9, 30), 1);
+        check_dw(2, 3, 3, (5, 12, 40), 0);
+        check_dw(1, 2, 3, (40, 6, 6), 1);
+        check_dw(1, 2, 17, (3, 4, 5), 1);
     }
 
     #[test]
