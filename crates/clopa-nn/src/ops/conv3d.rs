@@ -10,6 +10,10 @@
 //! otherwise `dX = col2im(Wᵀ · dY_tile)` over slabs of output depth planes processed in two phases
 //! (even slabs, then odd slabs) so that concurrently running slabs never touch the same input voxel.
 //! The same three kernels implement the transposed convolution (`conv_transpose3d.rs`).
+//!
+//! On CPUs with AVX-512F the stride-1 3×3×3 forward (and with it dX) and dW go through the
+//! direct microkernels of `conv3d_direct.rs` instead; the gemm paths here stay for every other
+//! geometry and CPU, and are tested on their own.
 
 use candle_core::{Layout, Result, Shape, Tensor};
 use gemm::Parallelism;

@@ -113,8 +113,10 @@ impl Plan {
                 (g.oh.div_ceil(per_plane), g.od * per_plane)
             }
             Strips::Rows => {
-                let rpt = (TILE_COLS / wp).clamp(1, rows);
-                (rpt, rows.div_ceil(rpt))
+                // Equal tiles: with few of them (the 12³ layers have 3) one short tile leaves a
+                // thread idle for the rest of the layer.
+                let ntiles = rows.div_ceil((TILE_COLS / wp).clamp(1, rows));
+                (rows.div_ceil(ntiles), ntiles)
             }
         };
         Self {

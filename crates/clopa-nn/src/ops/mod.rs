@@ -9,7 +9,9 @@
 //! All tensors are f32 with shape `(B, C, D, H, W)`; every function returns
 //! `candle_core::Result<Tensor>` and is differentiable through `Var`/`backward()`.
 //!
-//! * [`conv3d`]: cubic kernel, stride, zero padding, optional bias (tiled im2col + `gemm`).
+//! * [`conv3d`]: cubic kernel, stride, zero padding, optional bias. Stride-1 3×3×3 forward and
+//!   kernel gradient run a direct AVX-512 microkernel where the CPU has it (`conv3d_direct.rs`),
+//!   everything else tiled im2col + `gemm`.
 //! * [`conv_transpose3d`]: kernel = stride (the U-Net's upsampling), optional bias.
 //! * [`avg_pool3d`]: kernel = stride, floor like PyTorch.
 //! * [`instance_norm3d`]: per (sample, channel) normalisation with affine and optional fused
