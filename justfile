@@ -42,7 +42,7 @@ synth: build
 # -> simulate -> eval -> rank, into runs/<profile>/ (table2.md, table3.md, fig2.png, ...).
 # Finished steps are skipped, so an interrupted run resumes. The synthetic profiles write their
 # datasets into $CLOPA_DATA/synth/ (tiny into $CLOPA_DATA/tiny/synth/, its images are smaller).
-# Run the whole protocol of a profile into runs/<profile>/ (quick: about 10 min on 2 cores).
+# Run the whole protocol of a profile into runs/<profile>/ (quick: about 8 min on 2 cores).
 reproduce profile="quick": build
     #!/usr/bin/env bash
     set -euo pipefail
