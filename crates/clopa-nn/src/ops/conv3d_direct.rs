@@ -53,7 +53,7 @@ pub(crate) fn conv_fwd_s1_direct(
     bias: Option<&[f32]>,
     g: &ConvGeom,
 ) -> Option<Vec<f32>> {
-    if g.k != K || g.s != 1 || g.p >= K || !available() {
+    if g.k != K || g.s != 1 || g.p >= K || g.cin * g.cout == 0 || !available() {
         return None;
     }
     Some(forward(x, wt, bias, g))
@@ -303,7 +303,7 @@ fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
 /// `dy` (B, Cout, OD, OH, OW) → (Cout, Cin·27); `None` when the geometry or the CPU is not the
 /// one this kernel is for (the caller then takes the gemm path).
 pub(crate) fn conv_dw_direct(x: &[f32], dy: &[f32], g: &ConvGeom) -> Option<Vec<f32>> {
-    if g.k != K || g.s != 1 || g.p >= K || !available() {
+    if g.k != K || g.s != 1 || g.p >= K || g.cin * g.cout == 0 || !available() {
         return None;
     }
     Some(kernel_grad(x, dy, g))
@@ -564,32 +564,35 @@ mod tests {
         assert_close(&format!("direct conv {g:?}"), &y, &yref, 1e-5);
     }
 
-    #[test]
-    fn matches_the_naive_convolution() {
-        // Output widths below, at and above one 48-voxel block, channel counts that are not
-        // multiples of 8, batch 2, padding 0 and 1.
-        check(1, 3, 5, (4, 5, 6), 1);
-        check(2, 2, 9, (3, 4, 1), 1);
-        check(1, 4, 8, (5, 3, 50), 1);
-        check(1, 2, 17, (6, 7, 97), 1);
-        check(2, 3, 3, (5, 6, 7), 0);
-        check(1, 1, 1, (3, 3, 3), 0);
-    }
+    /// Geometries (batch, Cin, Cout, (D, H, W), padding) that reach every path of the tiling.
+    const GEOMETRIES: [(usize, usize, usize, (usize, usize, usize), usize); 12] = [
+        // Output widths below, at and above one 48-voxel block; channel counts that are not
+        // multiples of the channel blocks (8 forward, 4 dW); batch 2; padding 0 and 1.
+        (1, 3, 5, (4, 5, 6), 1),
+        (2, 2, 9, (3, 4, 1), 1),
+        (1, 4, 8, (5, 3, 50), 1),
+        (1, 2, 17, (6, 7, 97), 1),
+        (2, 3, 3, (5, 6, 7), 0),
+        (1, 1, 1, (3, 3, 3), 0),
+        // Slab layout (planes of ≥ 4 blocks): 40 rows of width 22 per plane, two tiles each.
+        (1, 2, 3, (3, 40, 20), 1),
+        // Slab layout with 150 kernel planes (8 chunks, the last partial), then with padding 0
+        // and batch 2.
+        (1, 50, 4, (4, 9, 30), 1),
+        (2, 3, 3, (5, 12, 40), 0),
+        // Row layout (narrow planes) across depth planes, several tiles.
+        (1, 2, 3, (40, 6, 6), 1),
+        // Cin·9 = 2700 strip rows: many reduction chunks, the last one partial.
+        (1, 300, 10, (5, 7, 6), 1),
+        // One row tile and 5 (forward) / 10 (dW) channel blocks: split into channel groups.
+        (1, 2, 40, (3, 4, 5), 1),
+    ];
 
     #[test]
-    fn row_tiles_reduction_chunks_and_channel_groups() {
-        // Slab layout (planes of ≥ 4 blocks): 40 rows of width 22 per plane, two tiles each.
-        check(1, 2, 3, (3, 40, 20), 1);
-        // Slab layout with 150 kernel planes (8 chunks, the last partial), and with padding 0
-        // and batch 2.
-        check(1, 50, 4, (4, 9, 30), 1);
-        check(2, 3, 3, (5, 12, 40), 0);
-        // Row layout (narrow planes) across depth planes, several tiles.
-        check(1, 2, 3, (40, 6, 6), 1);
-        // Cin·9 = 2700 strip rows: many reduction chunks, the last one partial.
-        check(1, 300, 10, (5, 7, 6), 1);
-        // One row tile and 5 channel blocks: split into channel groups, one of them empty.
-        check(1, 2, 40, (3, 4, 5), 1);
+    fn forward_matches_the_naive_convolution() {
+        for (b, cin, cout, dhw, p) in GEOMETRIES {
+            check(b, cin, cout, dhw, p);
+        }
     }
 
     /// Naive f64 kernel gradient of a cubic convolution: Σ dy[b][co][o] · x[b][ci][o·s + k − p].
@@ -648,28 +651,23 @@ mod tests {
 
     #[test]
     fn kernel_gradient_matches_the_naive_sum() {
-        // Slab and row layouts, channel counts that are not multiples of the 4-channel block,
-        // strip-row blocks split across chunks (63 rows per chunk, 2 per block), batch 2,
-        // padding 0 and 1, several tiles and channel groups.
-        check_dw(1, 3, 5, (4, 5, 6), 1);
-        check_dw(2, 2, 9, (3, 4, 1), 1);
-        check_dw(1, 2, 3, (3, 40, 20), 1);
-        check_dw(1, 25, 6, (4, 9, 30), 1);
-        check_dw(2, 3, 3, (5, 12, 40), 0);
-        check_dw(1, 2, 3, (40, 6, 6), 1);
-        check_dw(1, 2, 17, (3, 4, 5), 1);
+        for (b, cin, cout, dhw, p) in GEOMETRIES {
+            check_dw(b, cin, cout, dhw, p);
+        }
     }
 
     #[test]
     fn refuses_other_geometries() {
         let x = vec![0f32; 64];
-        for (k, s, p) in [(1, 1, 0), (3, 2, 1), (5, 1, 2)] {
-            let g = ConvGeom::new(1, 1, 1, (4, 4, 4), k, s, p).expect("geometry");
+        for (k, s, p, cout) in [(1, 1, 0, 1), (3, 2, 1, 1), (5, 1, 2, 1), (3, 1, 1, 0)] {
+            let g = ConvGeom::new(1, 1, cout, (4, 4, 4), k, s, p).expect("geometry");
             let w = vec![0f32; g.kk()];
             assert!(
                 conv_fwd_s1_direct(&x, &w, None, &g).is_none(),
-                "{k} {s} {p}"
+                "{k} {s} {p} {cout}"
             );
+            let dy = vec![0f32; g.cout * g.out_vol()];
+            assert!(conv_dw_direct(&x, &dy, &g).is_none(), "{k} {s} {p} {cout}");
         }
     }
 }
