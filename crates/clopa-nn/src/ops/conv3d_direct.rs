@@ -564,8 +564,11 @@ mod tests {
         assert_close(&format!("direct conv {g:?}"), &y, &yref, 1e-5);
     }
 
-    /// Geometries (batch, Cin, Cout, (D, H, W), padding) that reach every path of the tiling.
-    const GEOMETRIES: [(usize, usize, usize, (usize, usize, usize), usize); 12] = [
+    /// (batch, Cin, Cout, (D, H, W), padding).
+    type Geometry = (usize, usize, usize, (usize, usize, usize), usize);
+
+    /// Geometries that reach every path of the tiling.
+    const GEOMETRIES: [Geometry; 12] = [
         // Output widths below, at and above one 48-voxel block; channel counts that are not
         // multiples of the channel blocks (8 forward, 4 dW); batch 2; padding 0 and 1.
         (1, 3, 5, (4, 5, 6), 1),
