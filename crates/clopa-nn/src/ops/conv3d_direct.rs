@@ -5,7 +5,8 @@
 //! the U-Net forward went into gemm's packing, plus a copy of its padded-width result into the
 //! output (profile in BENCHMARKS.md). The strip is already contiguous along W, which is exactly
 //! the layout a microkernel wants for its vector loads: output voxels `j .. j + 48` of tap `kw`
-//! read `strip[q][j + kw ..]`. So nothing is packed but the (small) kernel, once per call.
+//! read `strip[q][j + kw ..]`, and the kernel taps are broadcast from the weight rows where they
+//! lie. So nothing is packed at all.
 //!
 //! Block: 48 output voxels (3 × 16 lanes) × 8 output channels = 24 zmm accumulators; one step of
 //! the reduction (one strip row `q`, one tap `kw`) loads 3 vectors and broadcasts 8 weights for
@@ -13,7 +14,8 @@
 //! padded strip (rows back to back), so narrow deep layers (W = 6, 12, 24) waste only the `k − 1`
 //! padding columns per row; their junk results are never stored.
 //!
-//! Machines without AVX-512 take the gemm path (`conv3d::conv_fwd_s1`).
+//! The kernel gradient (`conv_dw_direct`) runs over the same strips, reducing along the voxels.
+//! Machines without AVX-512 take the gemm paths (`conv3d::conv_fwd_s1`, `conv3d::conv_dw`).
 
 use rayon::prelude::*;
 
@@ -94,6 +96,7 @@ struct Plan {
     /// Output rows per tile (at most).
     rpt: usize,
     ntiles: usize,
+    /// Tiles per output depth plane (slab layout only).
     tiles_per_plane: usize,
 }
 
@@ -106,17 +109,28 @@ impl Plan {
         } else {
             Strips::Rows
         };
-        // Output rows per tile; with slabs, tiles split each depth plane's rows evenly.
-        let (rpt, ntiles) = match strips {
+        // Equal tiles of at most TILE_COLS columns: `n` tiles of `ceil(len / n)` rows cover
+        // `len` rows in exactly `n` tiles (the last one possibly shorter). With slabs the tiles
+        // split each depth plane's rows; otherwise all rows at once, evenly, since with few
+        // tiles (the 12³ layers have 3) one short tile leaves a thread idle.
+        let split = |len: usize| {
+            let n = len.div_ceil((TILE_COLS / wp).clamp(1, len.max(1)));
+            let rpt = len.div_ceil(n.max(1));
+            debug_assert_eq!(
+                len.div_ceil(rpt.max(1)),
+                n,
+                "tiles of {rpt} rows over {len}"
+            );
+            (rpt, n)
+        };
+        let (rpt, ntiles, tiles_per_plane) = match strips {
             Strips::Slab => {
-                let per_plane = g.oh.div_ceil((TILE_COLS / wp).clamp(1, g.oh));
-                (g.oh.div_ceil(per_plane), g.od * per_plane)
+                let (rpt, per_plane) = split(g.oh);
+                (rpt, g.od * per_plane, per_plane)
             }
             Strips::Rows => {
-                // Equal tiles: with few of them (the 12³ layers have 3) one short tile leaves a
-                // thread idle for the rest of the layer.
-                let ntiles = rows.div_ceil((TILE_COLS / wp).clamp(1, rows));
-                (rows.div_ceil(ntiles), ntiles)
+                let (rpt, n) = split(rows);
+                (rpt, n, 0)
             }
         };
         Self {
@@ -124,7 +138,7 @@ impl Plan {
             wp,
             rpt,
             ntiles,
-            tiles_per_plane: g.oh.div_ceil(rpt),
+            tiles_per_plane,
         }
     }
 
@@ -656,6 +670,39 @@ mod tests {
     fn kernel_gradient_matches_the_naive_sum() {
         for (b, cin, cout, dhw, p) in GEOMETRIES {
             check_dw(b, cin, cout, dhw, p);
+        }
+    }
+
+    #[test]
+    fn tiles_cover_every_output_row_once() {
+        // The kernels write output rows through a shared raw pointer: tiles must partition them.
+        for (d, h, w) in [
+            (1, 1, 1),
+            (3, 3, 3),
+            (6, 6, 6),
+            (12, 12, 12),
+            (5, 40, 20),
+            (2, 97, 300),
+        ] {
+            let g = ConvGeom::new(1, 1, 1, (d, h, w), 3, 1, 1).expect("geometry");
+            let plan = Plan::new(&g);
+            let mut seen = vec![0u8; g.od * g.oh];
+            for tile in 0..plan.ntiles {
+                let (r0, r1) = plan.rows(&g, tile);
+                assert!(
+                    r0 < r1 && r1 <= seen.len(),
+                    "{d} {h} {w}: tile {tile} = {r0}..{r1}"
+                );
+                if plan.strips == Strips::Slab {
+                    assert_eq!(
+                        r0 / g.oh,
+                        (r1 - 1) / g.oh,
+                        "slab tile crosses a depth plane"
+                    );
+                }
+                seen[r0..r1].iter_mut().for_each(|v| *v += 1);
+            }
+            assert!(seen.iter().all(|&v| v == 1), "{d} {h} {w}");
         }
     }
 
