@@ -11,6 +11,15 @@ use std::path::Path;
 use anyhow::Context;
 use polars::prelude::{DataFrame, KeyValueMetadata, ParquetWriter};
 
+/// The provenance metadata keys, spelled as `clopa-table` spells them for the arrow-side tables
+/// (its `KEY_*`; the test below checks they agree — depending on `clopa-table` would pull arrow
+/// and parquet into the polars tools' build).
+pub const KEY_TOOL: &str = "clopa.tool";
+/// See [`KEY_TOOL`].
+pub const KEY_VERSION: &str = "clopa.version";
+/// See [`KEY_TOOL`]: the resolved settings as JSON.
+pub const KEY_SETTINGS: &str = "clopa.settings";
+
 /// Who wrote a table and with which settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Writer<'a> {
@@ -25,9 +34,9 @@ pub struct Writer<'a> {
 /// Writes `df` to `path` atomically with the writer's provenance metadata.
 pub fn write_parquet(path: &Path, df: &mut DataFrame, by: Writer<'_>) -> anyhow::Result<()> {
     let meta = KeyValueMetadata::from_static(vec![
-        ("clopa.tool".to_string(), by.tool.to_string()),
-        ("clopa.version".to_string(), by.version.to_string()),
-        ("clopa.settings".to_string(), by.settings.to_string()),
+        (KEY_TOOL.to_string(), by.tool.to_string()),
+        (KEY_VERSION.to_string(), by.version.to_string()),
+        (KEY_SETTINGS.to_string(), by.settings.to_string()),
     ]);
     clopa_fs::write_atomic_path(path, |tmp| {
         let file = std::fs::File::create(tmp)
@@ -70,10 +79,11 @@ mod tests {
             .iter()
             .map(|k| (k.key.clone(), k.value.clone()))
             .collect();
+        // the arrow-side tables' keys: both kinds of table must read alike
         for (k, v) in [
-            ("clopa.tool", "clopa-test"),
-            ("clopa.version", "9.9"),
-            ("clopa.settings", "{\"k\":1}"),
+            (clopa_table::KEY_TOOL, "clopa-test"),
+            (clopa_table::KEY_VERSION, "9.9"),
+            (clopa_table::KEY_SETTINGS, "{\"k\":1}"),
         ] {
             assert!(kv.contains(&(k.to_string(), Some(v.to_string()))), "{kv:?}");
         }

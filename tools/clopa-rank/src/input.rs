@@ -81,7 +81,7 @@ fn read_frame(
         .get_metadata()
         .ok()
         .and_then(|m| m.key_value_metadata.clone())
-        .and_then(|kv| kv.into_iter().find(|k| k.key == "clopa.settings"))
+        .and_then(|kv| kv.into_iter().find(|k| k.key == clopa_frame::KEY_SETTINGS))
         .and_then(|k| k.value)
         .and_then(|v| serde_json::from_str(&v).ok());
     let df = reader

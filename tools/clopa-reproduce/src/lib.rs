@@ -610,7 +610,7 @@ pub fn merge_tables(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
             .unwrap_or_default();
         let settings = kv
             .iter()
-            .find(|k| k.key == "clopa.settings")
+            .find(|k| k.key == clopa_table::KEY_SETTINGS)
             .and_then(|k| k.value.as_deref())
             .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
             .unwrap_or(serde_json::Value::Null);
