@@ -258,8 +258,9 @@ fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
                         // SAFETY: the CPU has AVX-512F (checked by `conv_fwd_s1_direct`); the
                         // kernel reads col[offs[q] + jb·MB + kw + v] for q < kc, kw < 3,
                         // v < MB: offs[q] + t2 ≤ KP·plane_floats (`fill_chunk`), so with
-                        // jb·MB < n ≤ t2 that is below the buffer's end (`chunk_buffer`); each kernel row holds (q0 + kc)·3 ≤ Cin·27 taps; `acc`
-                        // holds tile_floats from `at`.
+                        // jb·MB < n ≤ t2 that is below the buffer's end (`chunk_buffer`);
+                        // each kernel row holds (q0 + kc)·3 ≤ Cin·27 taps; `acc` holds
+                        // tile_floats from `at`.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
                             block(
@@ -511,7 +512,8 @@ fn slabs(
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `offs` must hold `nq` offsets, `strip` must be readable at
-/// every index above, each `w[c]` at `nq·3` floats and `out` readable and writable at `NC·MB` floats.
+/// every index above, each `w[c]` at `nq·3` floats and `out` readable and writable at `NC·MB`
+/// floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn block(

@@ -2,10 +2,11 @@
 //!
 //! One (sample, channel) plane per rayon task. Statistics are accumulated around a shift (the
 //! plane's first value) in f32 blocks of 256 whose sums are added in f64, so a 64^3 or larger
-//! plane with a large mean loses nothing to a long sequential f32 sum. The backward is two passes per plane: one for the
-//! statistics and the sums `Σ dz`, `Σ dz·x̂`, one writing dX; dgamma and dbeta fall out of the
-//! first. The LeakyReLU mask is read off the forward result (y > 0 ⇔ pre-activation > 0 for a
-//! non-negative slope), so the backward needs neither beta nor the pre-activation.
+//! plane with a large mean loses nothing to a long sequential f32 sum. The backward is two
+//! passes per plane: one for the statistics and the sums `Σ dz`, `Σ dz·x̂`, one writing dX;
+//! dgamma and dbeta fall out of the first. The LeakyReLU mask is read off the forward result
+//! (y > 0 ⇔ pre-activation > 0 for a non-negative slope), so the backward needs neither beta
+//! nor the pre-activation.
 
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -107,7 +108,11 @@ fn backward_sums(x: &[f32], y: &[f32], dy: &[f32], slope: Option<f32>, shift: f3
     }
     // No LeakyReLU is slope 1: the mask multiplies by one.
     let slope = slope.unwrap_or(1.0);
-    simd_dispatch!(avx512, body, (x: &[f32], y: &[f32], dy: &[f32], slope: f32, shift: f32) -> [f64; 4]);
+    simd_dispatch!(
+        avx512,
+        body,
+        (x: &[f32], y: &[f32], dy: &[f32], slope: f32, shift: f32) -> [f64; 4]
+    );
 }
 
 /// The backward's second pass: `dx = coef·(dz − mg − (x − m)·r·mh)`.
@@ -121,7 +126,11 @@ fn write_dx(dx: &mut [f32], xyg: (&[f32], &[f32], &[f32]), slope: Option<f32>, k
         }
     }
     let slope = slope.unwrap_or(1.0);
-    simd_dispatch!(avx512, body, (dx: &mut [f32], xyg: (&[f32], &[f32], &[f32]), slope: f32, k: [f32; 5]) -> ());
+    simd_dispatch!(
+        avx512,
+        body,
+        (dx: &mut [f32], xyg: (&[f32], &[f32], &[f32]), slope: f32, k: [f32; 5]) -> ()
+    );
 }
 
 /// Mean and biased variance of a plane.
