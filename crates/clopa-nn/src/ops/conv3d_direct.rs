@@ -154,6 +154,14 @@ impl Plan {
         }
     }
 
+    /// The strip columns of a tile of output rows `[r0, r1)` whose taps stay inside its strip
+    /// (`t2 = (r1 − r0)·wp` long): `t2 − (k − 1)`. Output column `w` of tile row `rr` is strip
+    /// column `rr·wp + w`, and `w < ow = wp − k + 1` keeps all its reads inside row `rr`'s
+    /// segment; the other columns are junk, computed but never stored.
+    fn strip_cols(&self, (r0, r1): (usize, usize)) -> usize {
+        (r1 - r0) * self.wp - (K - 1)
+    }
+
     /// Floats per kernel plane `(ci, kd)` in a chunk buffer for a tile of `nr` rows.
     fn plane_floats(&self, nr: usize) -> usize {
         match self.strips {
@@ -231,17 +239,14 @@ fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
                 return;
             }
             let (r0, r1) = plan.rows(g, tile);
-            let t2 = (r1 - r0) * wp;
-            // Strip columns whose taps stay inside the strip; output column `w` of tile row `rr`
-            // is strip column `rr·wp + w`, and `w < ow = wp − k + 1` keeps all its reads
-            // inside row `rr`'s segment.
-            let n = t2 - (K - 1);
+            let n = plan.strip_cols((r0, r1));
             let nblocks = n.div_ceil(MB);
             plan.chunk_buffer(r1 - r0, col);
             let x_b = &x[b * g.cin * pin..(b + 1) * g.cin * pin];
             // Accumulators of every (block, channel block) of the task, NC × MB floats each.
             let tile_floats = NC * MB;
             acc.resize(nblocks * (cb1 - cb0) * tile_floats, 0.0);
+            let acc_at = |jb: usize, cb: usize| (jb * (cb1 - cb0) + cb - cb0) * tile_floats;
             for pl0 in (0..npl).step_by(KP) {
                 let kp = KP.min(npl - pl0);
                 let (q0, kc) = (pl0 * K, kp * K);
@@ -254,7 +259,7 @@ fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
                             let co = (cb * NC + c).min(g.cout - 1);
                             wt[co * kk + q0 * K..].as_ptr()
                         });
-                        let at = (jb * (cb1 - cb0) + cb - cb0) * tile_floats;
+                        let at = acc_at(jb, cb);
                         // SAFETY: the CPU has AVX-512F (checked by `conv_fwd_s1_direct`); the
                         // kernel reads col[offs[q] + jb·MB + kw + v] for q < kc, kw < 3,
                         // v < MB: offs[q] + t2 ≤ KP·plane_floats (`fill_chunk`), so with
@@ -285,7 +290,7 @@ fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
                     if j < end {
                         let len = end - j;
                         for cb in cb0..cb1 {
-                            let at = (jb * (cb1 - cb0) + cb - cb0) * tile_floats;
+                            let at = acc_at(jb, cb);
                             for c in 0..NC.min(g.cout - cb * NC) {
                                 let co = cb * NC + c;
                                 let bv = bias.map_or(0.0, |bias| bias[co]);
@@ -362,8 +367,7 @@ fn kernel_grad(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
             for t in range * per_range..((range + 1) * per_range).min(tiles) {
                 let (b, tile) = (t / ntiles, t % ntiles);
                 let (r0, r1) = plan.rows(g, tile);
-                let t2 = (r1 - r0) * wp;
-                let n = t2 - (K - 1);
+                let n = plan.strip_cols((r0, r1));
                 let nvec = n.div_ceil(LANES);
                 let dlen = nvec * LANES;
                 // dY' of the group's channels, padded to whole blocks of DC with zero rows.
