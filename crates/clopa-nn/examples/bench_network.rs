@@ -10,6 +10,8 @@
 //! "fwd+bwd" = forward + `(logits · r).sum()` + `backward()`. `fwd_cpu_s` is the process CPU
 //! time (all threads, user + system) of the fastest forward: on a machine shared with other
 //! work it moves far less than the wall time (it still rises with cache and core contention).
+//! `isa` is the SIMD level of clopa's kernels (`CLOPA_MAX_ISA=avx2` measures, on an AVX-512
+//! machine, what a CPU without AVX-512 gets).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -85,8 +87,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(net);
     if fwd_only {
         println!(
-            "{{\"impl\": \"clopa\", \"arch\": \"{arch_name}\", \"size\": {size}, \"reps\": {reps}, \"fwd_s\": {fwd:.4}, \"fwd_cpu_s\": {fwd_cpu:.3}, \"threads\": {}}}",
-            rayon::current_num_threads()
+            "{{\"impl\": \"clopa\", \"arch\": \"{arch_name}\", \"size\": {size}, \"reps\": {reps}, \"fwd_s\": {fwd:.4}, \"fwd_cpu_s\": {fwd_cpu:.3}, \"threads\": {}, \"isa\": \"{}\"}}",
+            rayon::current_num_threads(),
+            clopa_nn::ops::isa()
         );
         return Ok(());
     }
@@ -113,9 +116,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         assert!(n > 0);
     }
     println!(
-        "{{\"impl\": \"clopa\", \"arch\": \"{arch_name}\", \"size\": {size}, \"group\": \"{group}\", \"params\": {}, \"reps\": {reps}, \"fwd_s\": {fwd:.4}, \"fwd_cpu_s\": {fwd_cpu:.3}, \"fwdbwd_s\": {fwdbwd:.4}, \"fwdbwd_cpu_s\": {fwdbwd_cpu:.3}, \"threads\": {}}}",
+        "{{\"impl\": \"clopa\", \"arch\": \"{arch_name}\", \"size\": {size}, \"group\": \"{group}\", \"params\": {}, \"reps\": {reps}, \"fwd_s\": {fwd:.4}, \"fwd_cpu_s\": {fwd_cpu:.3}, \"fwdbwd_s\": {fwdbwd:.4}, \"fwdbwd_cpu_s\": {fwdbwd_cpu:.3}, \"threads\": {}, \"isa\": \"{}\"}}",
         spec.num_parameters(),
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        clopa_nn::ops::isa()
     );
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Stride-1 3×3×3 convolution with a register-blocked AVX-512 microkernel (x86-64 only).
+//! Stride-1 3×3×3 convolution with register-blocked AVX-512 and AVX2 microkernels (x86-64 only).
 //!
 //! Why not gemm here: the stride-1 path builds one zero-padded input row per `(ci, kd, kh)`
 //! ("im2row", see `conv3d.rs`) and gemm then re-packs that strip once per `kw` tap — about 12 % of
@@ -15,14 +15,21 @@
 //! padding columns per row; their junk results are never stored.
 //!
 //! The kernel gradient (`conv_dw_direct`) runs over the same strips, reducing along the voxels.
-//! Machines without AVX-512 take the gemm paths (`conv3d::conv_fwd_s1`, `conv3d::conv_dw`).
+//!
+//! AVX2 (8 lanes, 16 ymm registers) runs the same 48 × 8 block as six sub-blocks of 16 voxels ×
+//! 4 channels (8 accumulators), each over the whole reduction: every output voxel sums the same
+//! products in the same order as under AVX-512, so the two give identical bits. Everything
+//! else (tiles, strips, chunks) is shared. CPUs with neither (and other architectures) take the
+//! gemm paths (`conv3d::conv_fwd_s1`, `conv3d::conv_dw_gemm`); [`isa`] picks the level.
 
 use rayon::prelude::*;
 
 use super::conv3d::{ConvGeom, im2row_part};
+use super::isa::{Isa, isa};
 use super::{SyncPtr, zeroed};
 
-/// f32 lanes of one zmm register.
+/// f32 lanes of one zmm register: the unit of the blocks' extents (an AVX2 kernel covers it with
+/// two ymm registers).
 const LANES: usize = 16;
 /// Vectors of output voxels per block.
 const MV: usize = 3;
@@ -33,17 +40,49 @@ const NC: usize = 8;
 /// The kernel size this microkernel is specialised for.
 const K: usize = 3;
 
-/// True when this CPU runs the microkernel (x86-64 with AVX-512F), so that
-/// [`conv_fwd_s1_direct`] returns `Some`.
-pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
+/// The forward block: see [`block_avx512`] for its contract.
+type BlockFn = unsafe fn(*const f32, *const usize, usize, [*const f32; NC], *mut f32, bool);
+/// The kernel-gradient block: see [`dw_block_avx512`] for its contract.
+type DwFn = unsafe fn([*const f32; DC], [*const f32; DQ], usize, &mut [f32; DC * DQ * K]);
+
+/// The microkernels of one SIMD level.
+#[derive(Clone, Copy)]
+struct Kernels {
+    block: BlockFn,
+    dw: DwFn,
+}
+
+impl Kernels {
+    /// The kernels of `isa`; `None` for [`Isa::Baseline`] and for a level this CPU lacks, so
+    /// that holding a `Kernels` means its instructions can run.
+    fn for_isa(isa: Isa) -> Option<Self> {
+        if isa > Isa::detected() {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        match isa {
+            Isa::Avx512 => {
+                return Some(Self {
+                    block: block_avx512,
+                    dw: dw_block_avx512,
+                });
+            }
+            Isa::Avx2 => {
+                return Some(Self {
+                    block: block_avx2,
+                    dw: dw_block_avx2,
+                });
+            }
+            Isa::Baseline => {}
+        }
+        None
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+}
+
+/// True for the geometries the kernels are for: 3×3×3, stride 1, padding < 3, some channels
+/// (the row clamp of the last channel block needs Cout ≥ 1).
+fn fits(g: &ConvGeom) -> bool {
+    g.k == K && g.s == 1 && g.p < K && g.cin * g.cout > 0
 }
 
 /// Stride-1 forward of a 3×3×3 convolution with padding `p < 3`: `x` (B, Cin, D, H, W), `wt`
@@ -55,10 +94,8 @@ pub(crate) fn conv_fwd_s1_direct(
     bias: Option<&[f32]>,
     g: &ConvGeom,
 ) -> Option<Vec<f32>> {
-    if g.k != K || g.s != 1 || g.p >= K || g.cin * g.cout == 0 || !available() {
-        return None;
-    }
-    Some(forward(x, wt, bias, g))
+    let kern = Kernels::for_isa(isa())?;
+    fits(g).then(|| forward(x, wt, bias, g, kern))
 }
 
 /// Kernel planes `(ci, kd)` per reduction chunk (3 strip rows `kh` each, 63 rows). The chunk's
@@ -219,7 +256,7 @@ fn channel_groups(items: usize, ncb: usize) -> (usize, usize) {
     (groups, ncb.div_ceil(groups))
 }
 
-fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom, kern: Kernels) -> Vec<f32> {
     let (pin, pout) = (g.in_vol(), g.out_vol());
     let plan = Plan::new(g);
     let (wp, ntiles) = (plan.wp, plan.ntiles);
@@ -260,15 +297,14 @@ fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
                             wt[co * kk + q0 * K..].as_ptr()
                         });
                         let at = acc_at(jb, cb);
-                        // SAFETY: the CPU has AVX-512F (checked by `conv_fwd_s1_direct`); the
-                        // kernel reads col[offs[q] + jb·MB + kw + v] for q < kc, kw < 3,
-                        // v < MB: offs[q] + t2 ≤ KP·plane_floats (`fill_chunk`), so with
+                        // SAFETY: the CPU runs `kern` (`Kernels::for_isa`); the kernel reads
+                        // col[offs[q] + jb·MB + kw + v] for q < kc, kw < 3, v < MB:
+                        // offs[q] + t2 ≤ KP·plane_floats (`fill_chunk`), so with
                         // jb·MB < n ≤ t2 that is below the buffer's end (`chunk_buffer`);
                         // each kernel row holds (q0 + kc)·3 ≤ Cin·27 taps; `acc` holds
                         // tile_floats from `at`.
-                        #[cfg(target_arch = "x86_64")]
                         unsafe {
-                            block(
+                            (kern.block)(
                                 col.as_ptr().add(jb * MB),
                                 offs.as_ptr(),
                                 kc,
@@ -323,10 +359,8 @@ fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
 /// `dy` (B, Cout, OD, OH, OW) → (Cout, Cin·27); `None` when the geometry or the CPU is not the
 /// one this kernel is for (the caller then takes the gemm path).
 pub(crate) fn conv_dw_direct(x: &[f32], dy: &[f32], g: &ConvGeom) -> Option<Vec<f32>> {
-    if g.k != K || g.s != 1 || g.p >= K || g.cin * g.cout == 0 || !available() {
-        return None;
-    }
-    Some(kernel_grad(x, dy, g))
+    let kern = Kernels::for_isa(isa())?;
+    fits(g).then(|| kernel_grad(x, dy, g, kern))
 }
 
 /// Output channels per dW block.
@@ -341,7 +375,7 @@ const DQ: usize = 2;
 /// Work items are (range of tiles, group of channel blocks), each with its own accumulator
 /// (`Cout_group × Cin·27` f32, summed over its tiles through the kernel); the ranges are added in
 /// f64 at the end, like `conv3d::conv_dw`.
-fn kernel_grad(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
+fn kernel_grad(x: &[f32], dy: &[f32], g: &ConvGeom, kern: Kernels) -> Vec<f32> {
     let (pin, pout, kk) = (g.in_vol(), g.out_vol(), g.kk());
     let plan = Plan::new(g);
     let (wp, ntiles) = (plan.wp, plan.ntiles);
@@ -396,15 +430,12 @@ fn kernel_grad(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
                                 dpad[((db - db0) * DC + c) * dlen..].as_ptr()
                             });
                             let mut sums = [0f32; DC * DQ * K];
-                            // SAFETY: the CPU has AVX-512F (checked by `conv_dw_direct`); each
-                            // dY' row holds nvec·16 floats; each strip row is read at
+                            // SAFETY: the CPU runs `kern` (`Kernels::for_isa`); each dY' row
+                            // holds nvec·16 floats; each strip row is read at
                             // [0, nvec·16 + 2) ⊂ [0, t2 + 16 + 2), inside the buffer by
                             // `fill_chunk` / `chunk_buffer` (offs[q] + t2 ≤ KP·plane_floats,
                             // slack MB + K ≥ 16 + 2).
-                            #[cfg(target_arch = "x86_64")]
-                            unsafe {
-                                dw_block(drows, rows, nvec, &mut sums)
-                            };
+                            unsafe { (kern.dw)(drows, rows, nvec, &mut sums) };
                             for c in 0..DC {
                                 let co = db * DC + c;
                                 if co >= co1 {
@@ -441,7 +472,7 @@ fn kernel_grad(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
 /// `s[i]` at `16·nvec + 2`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn dw_block(
+unsafe fn dw_block_avx512(
     d: [*const f32; DC],
     s: [*const f32; DQ],
     nvec: usize,
@@ -520,7 +551,7 @@ fn slabs(
 /// floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn block(
+unsafe fn block_avx512(
     strip: *const f32,
     offs: *const usize,
     nq: usize,
@@ -563,25 +594,171 @@ unsafe fn block(
     }
 }
 
+/// [`dw_block_avx512`] for AVX2: the same sums, as two passes of channel pairs (2 channels × 2
+/// rows × 3 taps = 12 ymm accumulators, plus 2 dY' vectors and one strip vector of the 16
+/// registers). Each lane sums every 8th product, so the result differs from the AVX-512 one by
+/// rounding only.
+///
+/// # Safety
+/// As [`dw_block_avx512`], with AVX2 and FMA instead of AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dw_block_avx2(
+    d: [*const f32; DC],
+    s: [*const f32; DQ],
+    nvec: usize,
+    sums: &mut [f32; DC * DQ * K],
+) {
+    use std::arch::x86_64::{__m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps};
+    /// Channels per pass.
+    const CP: usize = 2;
+    const L: usize = 8;
+    for c0 in (0..DC).step_by(CP) {
+        let mut acc: [__m256; CP * DQ * K] = [_mm256_setzero_ps(); CP * DQ * K];
+        // SAFETY: v·8 + 8 ≤ 16·nvec and v·8 + kw + 8 ≤ 16·nvec + 2: inside the caller's extents.
+        unsafe {
+            for v in 0..2 * nvec {
+                let mut dv = [_mm256_setzero_ps(); CP];
+                for (c, dv) in dv.iter_mut().enumerate() {
+                    *dv = _mm256_loadu_ps(d[c0 + c].add(v * L));
+                }
+                for i in 0..DQ {
+                    for kw in 0..K {
+                        let sv = _mm256_loadu_ps(s[i].add(v * L + kw));
+                        for c in 0..CP {
+                            let a = &mut acc[(c * DQ + i) * K + kw];
+                            *a = _mm256_fmadd_ps(dv[c], sv, *a);
+                        }
+                    }
+                }
+            }
+        }
+        for c in 0..CP {
+            for t in 0..DQ * K {
+                sums[(c0 + c) * DQ * K + t] = hsum256(acc[c * DQ * K + t]);
+            }
+        }
+    }
+}
+
+/// The sum of a ymm register's 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::{
+        _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_movehl_ps, _mm_shuffle_ps,
+        _mm256_castps256_ps128, _mm256_extractf128_ps,
+    };
+    let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let h = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<0b01>(h, h)))
+}
+
+/// [`block_avx512`] for AVX2: the 48 × 8 block as six sub-blocks of 16 voxels (2 ymm) × 4
+/// channels = 8 accumulators (enough FMAs in flight for 2 ports × 4 cycles of latency), plus 2
+/// strip vectors and one broadcast weight. Each sub-block runs the whole reduction, so every
+/// voxel's sum has the same terms in the same order as in [`block_avx512`] (bit-identical
+/// results); the strip rows are read twice and the kernel taps three times as often, from L1.
+/// 24 voxels × 4 channels (12 accumulators + 3 + 1 = all 16 registers) made the compiler keep
+/// an accumulator on the stack, and ran the U-Net forward 20 % slower.
+///
+/// # Safety
+/// As [`block_avx512`], with AVX2 and FMA instead of AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2(
+    strip: *const f32,
+    offs: *const usize,
+    nq: usize,
+    w: [*const f32; NC],
+    out: *mut f32,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::{__m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps};
+    use std::arch::x86_64::{_mm256_setzero_ps, _mm256_storeu_ps};
+    const L: usize = 8;
+    /// Vectors and channels per sub-block.
+    const SV: usize = 2;
+    const SC: usize = 4;
+    for v0 in (0..MB).step_by(SV * L) {
+        for c0 in (0..NC).step_by(SC) {
+            let mut acc: [__m256; SV * SC] = [_mm256_setzero_ps(); SV * SC];
+            // SAFETY: the sub-block's reads and writes are a subset of the whole block's.
+            unsafe {
+                let o = |c: usize, v: usize| out.add((c0 + c) * MB + v0 + v * L);
+                if accumulate {
+                    for c in 0..SC {
+                        for v in 0..SV {
+                            acc[v * SC + c] = _mm256_loadu_ps(o(c, v));
+                        }
+                    }
+                }
+                for q in 0..nq {
+                    let row = strip.add(*offs.add(q) + v0);
+                    for kw in 0..K {
+                        let mut xv = [_mm256_setzero_ps(); SV];
+                        for (v, xv) in xv.iter_mut().enumerate() {
+                            *xv = _mm256_loadu_ps(row.add(kw + v * L));
+                        }
+                        for c in 0..SC {
+                            let wc = _mm256_set1_ps(*w[c0 + c].add(q * K + kw));
+                            for v in 0..SV {
+                                acc[v * SC + c] = _mm256_fmadd_ps(xv[v], wc, acc[v * SC + c]);
+                            }
+                        }
+                    }
+                }
+                for c in 0..SC {
+                    for v in 0..SV {
+                        _mm256_storeu_ps(o(c, v), acc[v * SC + c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::conv3d::tests::naive_conv;
     use super::super::testutil::*;
     use super::*;
 
-    fn check(bn: usize, cin: usize, cout: usize, dhw: (usize, usize, usize), p: usize) {
+    /// The kernels of every SIMD level this CPU runs, with their level.
+    fn kernel_sets() -> Vec<(Isa, Kernels)> {
+        let sets: Vec<_> = Isa::all_supported()
+            .into_iter()
+            .filter_map(|i| Some((i, Kernels::for_isa(i)?)))
+            .collect();
+        if sets.is_empty() {
+            eprintln!("no AVX2 or AVX-512F on this CPU: direct kernels not tested");
+        }
+        sets
+    }
+
+    /// The forward of every level against the naive f64 convolution; returns each level's result.
+    fn check(
+        bn: usize,
+        cin: usize,
+        cout: usize,
+        dhw: (usize, usize, usize),
+        p: usize,
+    ) -> Vec<Vec<f32>> {
         let g = ConvGeom::new(bn, cin, cout, dhw, 3, 1, p).expect("geometry");
+        assert!(fits(&g));
         let mut rng = Lcg(11 + (cin * 7 + cout) as u64);
         let x = rng.vec(g.b * g.cin * g.in_vol());
         let w = rng.vec(g.cout * g.kk());
         let b = rng.vec(g.cout);
-        let Some(y) = conv_fwd_s1_direct(&x, &w, Some(&b), &g) else {
-            assert!(!available(), "kernel available but refused {g:?}");
-            eprintln!("no AVX-512F on this CPU: direct kernel not tested");
-            return;
-        };
         let yref = naive_conv(&f64v(&x), &f64v(&w), Some(&f64v(&b)), &g);
-        assert_close(&format!("direct conv {g:?}"), &y, &yref, 1e-5);
+        kernel_sets()
+            .into_iter()
+            .map(|(isa, kern)| {
+                let y = forward(&x, &w, Some(&b), &g, kern);
+                assert_close(&format!("direct conv {isa} {g:?}"), &y, &yref, 1e-5);
+                y
+            })
+            .collect()
     }
 
     /// (batch, Cin, Cout, (D, H, W), padding).
@@ -614,7 +791,17 @@ mod tests {
     #[test]
     fn forward_matches_the_naive_convolution() {
         for (b, cin, cout, dhw, p) in GEOMETRIES {
-            check(b, cin, cout, dhw, p);
+            let ys = check(b, cin, cout, dhw, p);
+            // Every level sums each voxel's products in the same order (see `block_avx2`).
+            for y in &ys[1..] {
+                assert!(
+                    y.iter()
+                        .zip(&ys[0])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "the SIMD levels differ on {:?}",
+                    (b, cin, cout, dhw, p)
+                );
+            }
         }
     }
 
@@ -663,13 +850,11 @@ mod tests {
         let mut rng = Lcg(5 + (cin * 3 + cout) as u64);
         let x = rng.vec(g.b * g.cin * g.in_vol());
         let dy = rng.vec(g.b * g.cout * g.out_vol());
-        let Some(dw) = conv_dw_direct(&x, &dy, &g) else {
-            assert!(!available(), "kernel available but refused {g:?}");
-            eprintln!("no AVX-512F on this CPU: direct dW not tested");
-            return;
-        };
         let want = naive_dw(&f64v(&x), &f64v(&dy), &g);
-        assert_close(&format!("direct dW {g:?}"), &dw, &want, 1e-5);
+        for (isa, kern) in kernel_sets() {
+            let dw = kernel_grad(&x, &dy, &g, kern);
+            assert_close(&format!("direct dW {isa} {g:?}"), &dw, &want, 1e-5);
+        }
     }
 
     #[test]
@@ -717,6 +902,7 @@ mod tests {
         let x = vec![0f32; 64];
         for (k, s, p, cout) in [(1, 1, 0, 1), (3, 2, 1, 1), (5, 1, 2, 1), (3, 1, 1, 0)] {
             let g = ConvGeom::new(1, 1, cout, (4, 4, 4), k, s, p).expect("geometry");
+            assert!(!fits(&g), "{k} {s} {p} {cout}");
             let w = vec![0f32; g.kk()];
             assert!(
                 conv_fwd_s1_direct(&x, &w, None, &g).is_none(),
@@ -724,6 +910,12 @@ mod tests {
             );
             let dy = vec![0f32; g.cout * g.out_vol()];
             assert!(conv_dw_direct(&x, &dy, &g).is_none(), "{k} {s} {p} {cout}");
+        }
+        // No kernels at the baseline level, nor for a level above this CPU's.
+        assert!(Kernels::for_isa(Isa::Baseline).is_none());
+        let top = Isa::detected();
+        for i in [Isa::Avx2, Isa::Avx512] {
+            assert_eq!(Kernels::for_isa(i).is_some(), i <= top, "{i}");
         }
     }
 }

@@ -11,6 +11,7 @@
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::isa::{Isa, isa};
 use super::leaky_relu::lrelu;
 use super::{Kernel, Op, check_layout, check_vec, dims5, f32_slice, grad_if, invalid, zeroed};
 
@@ -22,19 +23,29 @@ const NAME: &str = "instance_norm3d";
 /// f64-lane loop it replaced ran at 2 doubles per instruction and was ~10 % of a training step).
 const BLOCK: usize = 256;
 
-/// Runs the `#[inline(always)]` body `$body` compiled for AVX-512F when the CPU has it: the
-/// crate is built for baseline x86-64, where the auto-vectorised loops use 4-lane SSE2.
+/// Runs the `#[inline(always)]` body `$body` compiled for the best SIMD level [`isa`] allows:
+/// the crate is built for baseline x86-64, where the auto-vectorised loops use 4-lane SSE2. The
+/// bodies use no FMA contraction (Rust never fuses `a * b + c`), so every level gives the same
+/// bits; only the vector width changes.
 macro_rules! simd_dispatch {
-    ($avx:ident, $body:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
+    ($body:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f")]
-        fn $avx($($a: $t),*) -> $r {
+        fn avx512($($a: $t),*) -> $r {
             $body($($a),*)
         }
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { $avx($($a),*) };
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2($($a: $t),*) -> $r {
+            $body($($a),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        match isa() {
+            // SAFETY: `isa()` never exceeds what the CPU supports.
+            Isa::Avx512 => return unsafe { avx512($($a),*) },
+            // SAFETY: as above.
+            Isa::Avx2 => return unsafe { avx2($($a),*) },
+            Isa::Baseline => {}
         }
         return $body($($a),*);
     };
@@ -67,7 +78,7 @@ fn shifted_moments(x: &[f32], shift: f32) -> (f64, f64) {
         }
         (a, b)
     }
-    simd_dispatch!(avx512, body, (x: &[f32], shift: f32) -> (f64, f64));
+    simd_dispatch!(body, (x: &[f32], shift: f32) -> (f64, f64));
 }
 
 /// The backward's first pass over one plane: `[Σ d, Σ d², Σ dz, Σ dz·d]` with `d = x − shift`
@@ -109,7 +120,6 @@ fn backward_sums(x: &[f32], y: &[f32], dy: &[f32], slope: Option<f32>, shift: f3
     // No LeakyReLU is slope 1: the mask multiplies by one.
     let slope = slope.unwrap_or(1.0);
     simd_dispatch!(
-        avx512,
         body,
         (x: &[f32], y: &[f32], dy: &[f32], slope: f32, shift: f32) -> [f64; 4]
     );
@@ -127,7 +137,6 @@ fn write_dx(dx: &mut [f32], xyg: (&[f32], &[f32], &[f32]), slope: Option<f32>, k
     }
     let slope = slope.unwrap_or(1.0);
     simd_dispatch!(
-        avx512,
         body,
         (dx: &mut [f32], xyg: (&[f32], &[f32], &[f32]), slope: f32, k: [f32; 5]) -> ()
     );

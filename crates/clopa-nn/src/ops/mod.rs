@@ -10,8 +10,8 @@
 //! `candle_core::Result<Tensor>` and is differentiable through `Var`/`backward()`.
 //!
 //! * [`conv3d`]: cubic kernel, stride, zero padding, optional bias. Stride-1 3×3×3 forward and
-//!   kernel gradient run a direct AVX-512 microkernel where the CPU has it (`conv3d_direct.rs`),
-//!   everything else tiled im2col + `gemm`.
+//!   kernel gradient run a direct AVX-512 or AVX2 microkernel where the CPU has one
+//!   (`conv3d_direct.rs`; [`isa`] says which), everything else tiled im2col + `gemm`.
 //! * [`conv_transpose3d`]: kernel = stride (the U-Net's upsampling), optional bias.
 //! * [`avg_pool3d`]: kernel = stride, floor like PyTorch.
 //! * [`instance_norm3d`]: per (sample, channel) normalisation with affine and optional fused
@@ -94,6 +94,7 @@ mod conv3d_direct;
 mod conv_norm;
 mod conv_transpose3d;
 mod instance_norm;
+mod isa;
 mod leaky_relu;
 #[cfg(test)]
 mod testutil;
@@ -105,6 +106,7 @@ pub use conv_norm::{ConvNorm, conv_norm_act};
 pub use conv_transpose3d::conv_transpose3d;
 pub use conv3d::conv3d;
 pub use instance_norm::instance_norm3d;
+pub use isa::{Isa, isa};
 pub use leaky_relu::leaky_relu;
 
 use candle_core::backend::BackendStorage;
