@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use clopa_adapt::{AugmentConfig, EpisodeConfig, TrainCase, train_episode};
@@ -20,23 +20,7 @@ use clopa_nn::{Architecture, ParamGroup, ParamStore, UNetSpec};
 use clopa_phantom::{SynthConfig, TaskKind, generate_case};
 
 fn weights(spec: &UNetSpec, seed: u64) -> BTreeMap<String, Tensor> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    spec.parameter_shapes()
-        .into_iter()
-        .map(|(n, s)| {
-            let len: usize = s.iter().product();
-            let fan_in: usize = s.iter().skip(1).product::<usize>().max(1);
-            let v: Vec<f32> = if n.contains("norm.weight") {
-                vec![1.0; len]
-            } else if n.ends_with("bias") {
-                vec![0.0; len]
-            } else {
-                let a = (3.0 / fan_in as f64).sqrt() as f32;
-                (0..len).map(|_| rng.random_range(-a..a)).collect()
-            };
-            (n, Tensor::from_vec(v, s, &Device::Cpu).unwrap())
-        })
-        .collect()
+    clopa_testkit::random_weights(spec, seed)
 }
 
 fn cases(n: usize, size: usize, seed: u64) -> Vec<TrainCase> {

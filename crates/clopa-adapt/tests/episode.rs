@@ -4,61 +4,33 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{Device, Tensor};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use clopa_adapt::{
     AugmentConfig, EpisodeConfig, LoopConfig, Patch, TrainCase, interaction_loop, train_episode,
 };
 use clopa_interact::PromptConfig;
-use clopa_nn::{Architecture, ParamGroup, ParamStore, ResidualEncoderUNet, UNetSpec};
+use clopa_nn::{ParamGroup, ParamStore, ResidualEncoderUNet, UNetSpec};
 
 fn spec() -> UNetSpec {
-    UNetSpec::from_architecture(&Architecture::resenc(&[4, 8, 16], &[1, 1, 1]), 8, 2).unwrap()
+    clopa_testkit::tiny_spec()
 }
 
-/// Kaiming-ish random weights, norms at weight 1 / bias 0.
 fn weights(spec: &UNetSpec, seed: u64) -> BTreeMap<String, Tensor> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    spec.parameter_shapes()
-        .into_iter()
-        .map(|(n, s)| {
-            let len: usize = s.iter().product();
-            let fan_in: usize = s.iter().skip(1).product::<usize>().max(1);
-            let v: Vec<f32> = if n.contains("norm.weight") {
-                vec![1.0; len]
-            } else if n.ends_with("bias") {
-                vec![0.0; len]
-            } else {
-                let a = (3.0 / fan_in as f64).sqrt();
-                (0..len).map(|_| rng.random_range(-a..a) as f32).collect()
-            };
-            (n, Tensor::from_vec(v, s, &Device::Cpu).unwrap())
-        })
-        .collect()
+    clopa_testkit::random_weights(spec, seed)
 }
 
-/// A 20³ case: a bright ball of radius 4 at a case-dependent centre, textured background.
+/// A 20³ case: a bright ball of radius 4 at a case-dependent centre, textured background
+/// (normalised intensities).
 fn ball_case(k: usize) -> TrainCase {
-    let c = [
-        8.0 + (k % 3) as f32 * 2.0,
-        10.0 - (k % 2) as f32 * 2.0,
-        9.0 + (k % 4) as f32,
-    ];
-    let (mut img, mut m) = (Vec::new(), Vec::new());
-    for x in 0..20 {
-        for y in 0..20 {
-            for z in 0..20 {
-                let d2 = (x as f32 - c[0]).powi(2)
-                    + (y as f32 - c[1]).powi(2)
-                    + (z as f32 - c[2]).powi(2);
-                let inside = d2 <= 16.0;
-                m.push(u8::from(inside));
-                img.push(if inside { 1.5 } else { -0.5 } + ((x * 7 + y * 3 + z) % 5) as f32 * 0.1);
-            }
-        }
-    }
-    TrainCase::from_normalised(&format!("ball{k}"), [20, 20, 20], img, m)
+    let vox = clopa_testkit::ball_voxels(clopa_testkit::ball_centre(k));
+    let img = vox
+        .iter()
+        .map(|v| if v.inside { 1.5 } else { -0.5 } + v.texture * 0.1)
+        .collect();
+    let m = vox.iter().map(|v| u8::from(v.inside)).collect();
+    TrainCase::from_normalised(&format!("ball{k}"), clopa_testkit::BALL_SHAPE, img, m)
 }
 
 fn cfg() -> EpisodeConfig {

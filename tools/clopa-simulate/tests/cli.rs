@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use candle_core::{Device, Tensor};
-use clopa_nn::model_folder::{META_BASE_SHA256, META_GROUP, MODEL_FORMAT};
-use clopa_nn::{Architecture, DecayScheme, ModelJson};
+use clopa_nn::model_folder::{META_BASE_SHA256, META_GROUP};
 use clopa_table::{Provenance, SplitKind, SplitRow, StepRow};
 
 struct Fixture {
@@ -24,47 +23,10 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let f = Fixture { dir };
-        let ds = f.path("data/toy");
-        std::fs::create_dir_all(ds.join("imagesTr")).unwrap();
-        std::fs::create_dir_all(ds.join("labelsTr")).unwrap();
-        let shape = [20, 20, 20];
-        let mut training = Vec::new();
-        for (k, c) in [[10.0f32, 10.0, 10.0], [8.0, 11.0, 9.0], [12.0, 9.0, 10.0]]
-            .iter()
-            .enumerate()
-        {
-            let mut img = Vec::new();
-            let mut lab = Vec::new();
-            for x in 0..20 {
-                for y in 0..20 {
-                    for z in 0..20 {
-                        let d2 = (x as f32 - c[0]).powi(2)
-                            + (y as f32 - c[1]).powi(2)
-                            + (z as f32 - c[2]).powi(2);
-                        let inside = d2 <= 16.0;
-                        lab.push(inside as u16);
-                        img.push(
-                            if inside { 100.0 } else { 10.0 } + ((x * 7 + y * 3 + z) % 5) as f32,
-                        );
-                    }
-                }
-            }
-            let id = format!("toy_{k:03}");
-            let iv = clopa_volume::Volume::from_shape(shape, [1.0, 1.0, 2.0], img).unwrap();
-            let lv = clopa_volume::Volume::from_shape(shape, [1.0, 1.0, 2.0], lab).unwrap();
-            clopa_volume::write_nifti(&ds.join(format!("imagesTr/{id}.nii.gz")), &iv).unwrap();
-            clopa_volume::write_nifti(&ds.join(format!("labelsTr/{id}.nii.gz")), &lv).unwrap();
-            training.push(serde_json::json!({"image": format!("./imagesTr/{id}.nii.gz"), "label": format!("./labelsTr/{id}.nii.gz")}));
-        }
-        let dj = serde_json::json!({"name": "toy", "labels": {"0": "background", "1": "ball"},
-            "channel_names": {"0": "CT"}, "numTraining": 3, "training": training});
-        std::fs::write(ds.join("dataset.json"), dj.to_string()).unwrap();
-        std::fs::write(
-            f.path("toy.toml"),
-            "name = \"toy\"\ndataset = \"toy\"\nchannel = 0\nlabels = [1]\nlargest_component = false\n\
-             nsd_tolerance_mm = 2.0\nexpert_dice = 0.9\n",
-        )
-        .unwrap();
+        clopa_testkit::write_ball_task(
+            f.dir.path(),
+            &[[10.0, 10.0, 10.0], [8.0, 11.0, 9.0], [12.0, 9.0, 10.0]],
+        );
         let split = |holdout: bool| {
             let mut rows: Vec<SplitRow> = ["toy_000", "toy_001"]
                 .iter()
@@ -97,33 +59,7 @@ impl Fixture {
         clopa_table::write_split(&f.path("split.parquet"), &split(true), &prov).unwrap();
         clopa_table::write_split(&f.path("train-only.parquet"), &split(false), &prov).unwrap();
 
-        let meta = ModelJson {
-            format: MODEL_FORMAT.into(),
-            architecture: Architecture::resenc(&[4, 8, 16], &[1, 1, 1]),
-            input_channels: 8,
-            num_classes: 2,
-            patch_size: vec![16, 16, 16],
-            point_radius: 4,
-            interaction_decay: 0.9,
-            interaction_decay_origin: "file".into(),
-            decay_scheme: DecayScheme::PerType,
-            source: serde_json::Value::Null,
-        };
-        let spec = meta.spec().unwrap();
-        // deterministic "random" weights
-        let tensors: BTreeMap<String, Tensor> = spec
-            .parameter_shapes()
-            .into_iter()
-            .enumerate()
-            .map(|(i, (n, s))| {
-                let len: usize = s.iter().product();
-                let v: Vec<f32> = (0..len)
-                    .map(|j| (((i * 7919 + j * 104729) % 1000) as f32 / 1000.0 - 0.5) * 0.6)
-                    .collect();
-                (n, Tensor::from_vec(v, s, &Device::Cpu).unwrap())
-            })
-            .collect();
-        clopa_nn::write_model_folder(&f.path("model"), &meta, &tensors).unwrap();
+        clopa_testkit::write_tiny_model(&f.path("model"), 3);
         f
     }
 

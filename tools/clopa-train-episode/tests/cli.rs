@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use candle_core::{Device, Tensor};
-use clopa_nn::model_folder::{META_BASE_SHA256, META_GROUP, MODEL_FORMAT};
-use clopa_nn::{Architecture, DecayScheme, ModelJson, ParamGroup};
+use clopa_nn::ParamGroup;
+use clopa_nn::model_folder::{META_BASE_SHA256, META_GROUP};
 use clopa_table::{Provenance, Role, SplitKind, SplitRow};
-use rand::{Rng, SeedableRng};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -26,47 +25,8 @@ impl Fixture {
         let f = Fixture {
             dir: tempfile::tempdir().unwrap(),
         };
-        let ds = f.path("data/toy");
-        std::fs::create_dir_all(ds.join("imagesTr")).unwrap();
-        std::fs::create_dir_all(ds.join("labelsTr")).unwrap();
-        let mut training = Vec::new();
-        for k in 0..6usize {
-            let c = [
-                8.0 + (k % 3) as f32 * 2.0,
-                10.0 - (k % 2) as f32 * 2.0,
-                9.0 + (k % 4) as f32,
-            ];
-            let (mut img, mut lab) = (Vec::new(), Vec::new());
-            for x in 0..20 {
-                for y in 0..20 {
-                    for z in 0..20 {
-                        let d2 = (x as f32 - c[0]).powi(2)
-                            + (y as f32 - c[1]).powi(2)
-                            + (z as f32 - c[2]).powi(2);
-                        let inside = d2 <= 16.0;
-                        lab.push(inside as u16);
-                        img.push(
-                            if inside { 100.0 } else { 10.0 } + ((x * 7 + y * 3 + z) % 5) as f32,
-                        );
-                    }
-                }
-            }
-            let id = format!("toy_{k:03}");
-            let iv = clopa_volume::Volume::from_shape([20; 3], [1.0, 1.0, 2.0], img).unwrap();
-            let lv = clopa_volume::Volume::from_shape([20; 3], [1.0, 1.0, 2.0], lab).unwrap();
-            clopa_volume::write_nifti(&ds.join(format!("imagesTr/{id}.nii.gz")), &iv).unwrap();
-            clopa_volume::write_nifti(&ds.join(format!("labelsTr/{id}.nii.gz")), &lv).unwrap();
-            training.push(serde_json::json!({"image": format!("./imagesTr/{id}.nii.gz"), "label": format!("./labelsTr/{id}.nii.gz")}));
-        }
-        let dj = serde_json::json!({"name": "toy", "labels": {"0": "background", "1": "ball"},
-            "channel_names": {"0": "CT"}, "numTraining": 6, "training": training});
-        std::fs::write(ds.join("dataset.json"), dj.to_string()).unwrap();
-        std::fs::write(
-            f.path("toy.toml"),
-            "name = \"toy\"\ndataset = \"toy\"\nchannel = 0\nlabels = [1]\nlargest_component = false\n\
-             nsd_tolerance_mm = 2.0\nexpert_dice = 0.9\n",
-        )
-        .unwrap();
+        let centres: Vec<_> = (0..6).map(clopa_testkit::ball_centre).collect();
+        clopa_testkit::write_ball_task(f.dir.path(), &centres);
         let row = |k: usize, episode: Option<u32>, role: Option<Role>| SplitRow {
             task: "toy".into(),
             case_id: format!("toy_{k:03}"),
@@ -82,36 +42,7 @@ impl Fixture {
         let prov = Provenance::new("test", "0", serde_json::json!({}), 0);
         clopa_table::write_split(&f.path("split.parquet"), &rows, &prov).unwrap();
 
-        let meta = ModelJson {
-            format: MODEL_FORMAT.into(),
-            architecture: Architecture::resenc(&[4, 8, 16], &[1, 1, 1]),
-            input_channels: 8,
-            num_classes: 2,
-            patch_size: vec![16, 16, 16],
-            point_radius: 4,
-            interaction_decay: 0.9,
-            interaction_decay_origin: "file".into(),
-            decay_scheme: DecayScheme::PerType,
-            source: serde_json::Value::Null,
-        };
-        let spec = meta.spec().unwrap();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let tensors: BTreeMap<String, Tensor> = spec
-            .parameter_shapes()
-            .into_iter()
-            .map(|(n, s)| {
-                let len: usize = s.iter().product();
-                let fan_in = s.iter().skip(1).product::<usize>().max(1) as f32;
-                let v: Vec<f32> = if n.contains("norm.weight") {
-                    vec![1.0; len]
-                } else {
-                    let a = (3.0 / fan_in).sqrt();
-                    (0..len).map(|_| rng.random_range(-a..a)).collect()
-                };
-                (n, Tensor::from_vec(v, s, &Device::Cpu).unwrap())
-            })
-            .collect();
-        clopa_nn::write_model_folder(&f.path("model"), &meta, &tensors).unwrap();
+        clopa_testkit::write_tiny_model(&f.path("model"), 1);
         f
     }
 
@@ -175,8 +106,7 @@ fn bits(t: &Tensor) -> Vec<u32> {
 }
 
 fn spec() -> clopa_nn::UNetSpec {
-    clopa_nn::UNetSpec::from_architecture(&Architecture::resenc(&[4, 8, 16], &[1, 1, 1]), 8, 2)
-        .unwrap()
+    clopa_testkit::tiny_spec()
 }
 
 #[test]
