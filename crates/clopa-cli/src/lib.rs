@@ -58,8 +58,13 @@ fn init_logging(verbose: u8, quiet: bool) {
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour only on a terminal (logs piped to a file or a CI log stay plain) and never with
+    // NO_COLOR set (https://no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
@@ -131,6 +136,35 @@ pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
 /// `-o -` means standard output.
 pub fn is_stdout(path: &Path) -> bool {
     path.as_os_str() == "-"
+}
+
+/// clap value parser for outputs that cannot be standard output (a folder, or a file with
+/// companion files): `-` is a usage error (exit 2) instead of a file or folder named `-`.
+pub fn not_stdout(s: &str) -> Result<std::path::PathBuf, String> {
+    if s == "-" {
+        Err("this output is a folder or several files, so it cannot be stdout (`-`)".into())
+    } else {
+        Ok(s.into())
+    }
+}
+
+/// Checks before the work starts that the output file `path` can be written (see
+/// [`clopa_fs::check_writable`]); standard output (`-`) passes.
+pub fn check_output(path: &Path) -> anyhow::Result<()> {
+    if !is_stdout(path) {
+        clopa_fs::check_writable(path)?;
+    }
+    Ok(())
+}
+
+/// Checks before the work starts that the output folder `dir` can be written into (created if
+/// missing), and refuses `-` for tools whose output is a folder or a set of files.
+pub fn check_output_dir(dir: &Path) -> anyhow::Result<()> {
+    if is_stdout(dir) {
+        anyhow::bail!("-o -: this tool writes several files, so it needs a folder, not stdout");
+    }
+    clopa_fs::check_writable_dir(dir)?;
+    Ok(())
 }
 
 #[cfg(test)]

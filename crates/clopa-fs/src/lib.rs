@@ -89,6 +89,59 @@ pub fn write_atomic_path<E: From<IoError>>(
     result
 }
 
+/// Checks, before any long computation, that the output file `path` can be written, so that a
+/// read-only or impossible place fails in seconds, not after hours of work: a temporary file is
+/// created (and removed) in `path`'s folder, or in its nearest existing ancestor when the folder
+/// does not exist yet — nothing is left behind, not even a folder. Errors name `path` or that
+/// folder, never the temporary.
+pub fn check_writable(path: &Path) -> Result<(), IoError> {
+    if path.is_dir() {
+        return Err(IoError::new(
+            "write",
+            path,
+            std::io::Error::other("it is a folder, not a file"),
+        ));
+    }
+    probe(&parent_dir(path))
+}
+
+/// [`check_writable`] for an output folder `dir` (which may not exist yet).
+pub fn check_writable_dir(dir: &Path) -> Result<(), IoError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(IoError::new(
+            "write into",
+            dir,
+            std::io::Error::other("it is a file, not a folder"),
+        ));
+    }
+    probe(dir)
+}
+
+/// Creates and removes a temporary file in `dir`, or in its nearest existing ancestor.
+fn probe(dir: &Path) -> Result<(), IoError> {
+    let mut at = dir;
+    while !at.exists() {
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => {
+                at = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !at.is_dir() {
+        return Err(IoError::new(
+            "create the folder",
+            dir,
+            std::io::Error::other(format!("{} is a file", at.display())),
+        ));
+    }
+    let tmp = temp_path(&at.join("probe"));
+    File::create(&tmp).map_err(|e| IoError::new("create files in", at, e))?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok(())
+}
+
 /// Atomic output through an open file: `write` fills a new temporary file beside `path`, which is
 /// flushed to disk and renamed over `path` when `write` succeeds.
 pub fn write_atomic<E: From<IoError>>(
@@ -96,7 +149,9 @@ pub fn write_atomic<E: From<IoError>>(
     write: impl FnOnce(&mut File) -> Result<(), E>,
 ) -> Result<(), E> {
     write_atomic_path(path, |tmp| {
-        let mut file = File::create(tmp).map_err(|e| IoError::new("create", tmp, e))?;
+        // The error names the output, not the hidden temporary the user never asked for.
+        let mut file = File::create(tmp)
+            .map_err(|e| IoError::new("create a temporary file beside", path, e))?;
         write(&mut file)?;
         file.sync_all()
             .map_err(|e| E::from(IoError::new("flush", path, e)))
@@ -156,6 +211,34 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"gz");
         // Two temporaries for one name never coincide (threads writing the same output name).
         assert_ne!(temp_path(&path), temp_path(&path));
+    }
+
+    #[test]
+    fn writability_checks_name_the_output_and_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing is created: not the file, not its missing folders, no temporary.
+        check_writable(&dir.path().join("new/sub/steps.parquet")).unwrap();
+        check_writable_dir(&dir.path().join("evaldir")).unwrap();
+        std::fs::create_dir(dir.path().join("there")).unwrap();
+        check_writable_dir(&dir.path().join("there")).unwrap();
+        check_writable(&dir.path().join("there/a.parquet")).unwrap();
+        assert!(leftovers(&dir.path().join("there")).is_empty());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+
+        // A file where a folder must be (root can write anywhere, so a permission test would
+        // not fail here): the error names that place, not a temporary.
+        let file = dir.path().join("plain.txt");
+        write_bytes(&file, b"x").unwrap();
+        let e = check_writable(&file.join("out.parquet")).unwrap_err();
+        assert!(
+            e.to_string().contains("plain.txt") && !e.to_string().contains(".clopa-"),
+            "{e}"
+        );
+        let e = check_writable_dir(&file).unwrap_err();
+        assert!(e.to_string().contains("not a folder"), "{e}");
+        let e = check_writable(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("not a file"), "{e}");
     }
 
     #[cfg(unix)]

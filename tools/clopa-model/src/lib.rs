@@ -149,6 +149,33 @@ pub fn forward(
 }
 
 /// `clopa-import`: an nnInteractive / nnU-Net model folder → a clopa model folder.
+/// Refuses to write a model folder where one (or anything else) already is, unless `force`:
+/// episode checkpoints name their base by the weights' sha256, so overwriting a base model
+/// (`-o models/clopa-tiny` by mistake) silently orphans every checkpoint trained on it. Then
+/// checks that the folder can be written, before any work.
+pub fn check_new_model_folder(out: &Path, force: bool) -> anyhow::Result<()> {
+    if out.is_dir() {
+        let first = std::fs::read_dir(out)
+            .with_context(|| format!("cannot list {}", out.display()))?
+            .next()
+            .transpose()
+            .with_context(|| format!("cannot list {}", out.display()))?;
+        if let Some(entry) = first {
+            if !force {
+                bail!(
+                    "{} is not empty (it holds {}, ...): refusing to overwrite it, since episode \
+                     checkpoints name their base model by its weights; write a new folder, or pass \
+                     --force to replace it",
+                    out.display(),
+                    entry.file_name().to_string_lossy()
+                );
+            }
+            tracing::warn!("replacing the contents of {} (--force)", out.display());
+        }
+    }
+    clopa_cli::check_output_dir(out)
+}
+
 pub fn import(src: &Path, dst: &Path) -> anyhow::Result<()> {
     let (meta, tensors) = import_nnunet_folder(src)?;
     tracing::info!(

@@ -90,9 +90,12 @@ enum Command {
         /// Seed of the weights.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Output model folder.
-        #[arg(short, long)]
+        /// Output model folder (must be new or empty, unless --force).
+        #[arg(short, long, value_parser = clopa_cli::not_stdout)]
         output: PathBuf,
+        /// Replace the contents of an existing output folder.
+        #[arg(long)]
+        force: bool,
     },
     /// Fold a chain of episode checkpoints into a new model folder.
     ///
@@ -107,9 +110,12 @@ enum Command {
         /// Episode checkpoint(s) to apply, in order.
         #[arg(long = "checkpoint", required = true)]
         checkpoints: Vec<PathBuf>,
-        /// Output model folder.
-        #[arg(short, long)]
+        /// Output model folder (must be new or empty, unless --force).
+        #[arg(short, long, value_parser = clopa_cli::not_stdout)]
         output: PathBuf,
+        /// Replace the contents of an existing output folder.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -142,7 +148,9 @@ fn main() -> ExitCode {
                 patch,
                 seed,
                 output,
+                force,
             } => {
+                clopa_model::check_new_model_folder(&output, force)?;
                 let opts = clopa_model::init::InitOptions {
                     arch: match arch {
                         Arch::Tiny => clopa_model::init::ArchPreset::Tiny,
@@ -160,7 +168,11 @@ fn main() -> ExitCode {
                 dir,
                 checkpoints,
                 output,
-            } => clopa_model::init::bake(&dir, &checkpoints, &output),
+                force,
+            } => {
+                clopa_model::check_new_model_folder(&output, force)?;
+                clopa_model::init::bake(&dir, &checkpoints, &output)
+            }
         }
     })
 }

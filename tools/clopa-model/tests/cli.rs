@@ -396,3 +396,55 @@ fn bake_folds_checkpoints_into_a_new_model() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn an_existing_model_folder_is_not_overwritten_without_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let init = |seed: &str, extra: &[&str]| {
+        model_cmd()
+            .current_dir(tmp.path())
+            .args(["init", "--features", "4,8", "--patch", "8", "--seed", seed])
+            .args(extra)
+            .args(["-o", "m"])
+            .output()
+            .unwrap()
+    };
+    assert!(init("0", &[]).status.success());
+    let before = sha(&tmp.path().join("m/model.safetensors"));
+    // A second init into the same folder: exit 1 naming it, the weights untouched.
+    let out = init("1", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("is not empty") && stderr_of(&out).contains("--force"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(sha(&tmp.path().join("m/model.safetensors")), before);
+    // bake and import refuse it too.
+    let out = model_cmd()
+        .current_dir(tmp.path())
+        .args(["bake", "m", "--checkpoint", "none.safetensors", "-o", "m"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let out = import_cmd()
+        .arg(fixture("model_folder"))
+        .arg("-o")
+        .arg(tmp.path().join("m"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(sha(&tmp.path().join("m/model.safetensors")), before);
+    // --force replaces it.
+    let out = init("1", &["--force"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_ne!(sha(&tmp.path().join("m/model.safetensors")), before);
+    // A model folder cannot be stdout: a usage error, no file named `-`.
+    let out = model_cmd()
+        .current_dir(tmp.path())
+        .args(["init", "--patch", "48", "-o", "-"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!tmp.path().join("-").exists());
+}

@@ -21,9 +21,12 @@ use clap::Parser;
 struct Cli {
     /// The nnInteractive / nnU-Net model folder.
     folder: PathBuf,
-    /// The clopa model folder to write.
-    #[arg(short, long)]
+    /// The clopa model folder to write (must be new or empty, unless --force).
+    #[arg(short, long, value_parser = clopa_cli::not_stdout)]
     output: PathBuf,
+    /// Replace the contents of an existing output folder.
+    #[arg(long)]
+    force: bool,
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -35,6 +38,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     clopa_cli::run_main("clopa-import", cli.verbose, cli.quiet, || {
+        clopa_model::check_new_model_folder(&cli.output, cli.force)?;
         clopa_model::import(&cli.folder, &cli.output)
     })
 }
