@@ -271,6 +271,14 @@ pub(crate) fn read_safetensors(path: &Path, keep_dtype: bool) -> Result<Safetens
         .map_err(|e| NnError::checkpoint(path, e.to_string()))?;
     let mut tensors = BTreeMap::new();
     for (k, t) in loaded {
+        // Weights with NaN or Inf give NaN logits (every Dice 0) or a NaN loss that training
+        // would carry into every later checkpoint: refuse them where they are read.
+        if !all_finite(&t)? {
+            return Err(NnError::checkpoint(
+                path,
+                format!("tensor `{k}` holds non-finite values (NaN or infinite)"),
+            ));
+        }
         let t = if keep_dtype {
             t
         } else {
@@ -279,6 +287,15 @@ pub(crate) fn read_safetensors(path: &Path, keep_dtype: bool) -> Result<Safetens
         tensors.insert(k, t);
     }
     Ok((tensors, metadata, sha))
+}
+
+/// True when every value of `t` is finite (integer tensors always are).
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    if t.dtype().is_int() {
+        return Ok(true);
+    }
+    let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    Ok(v.iter().all(|x| x.is_finite()))
 }
 
 /// Reads an episode checkpoint.
@@ -463,6 +480,24 @@ mod tests {
         write_episode_checkpoint(&bad, &upd, &md)?;
         let err = mf.apply_checkpoints(&[bad]).expect_err("unknown");
         assert!(err.to_string().contains("encoder.nope"), "{err}");
+
+        // Non-finite weights (a diverged training, a corrupted file): refused where read,
+        // naming the file and the tensor.
+        for v in [f32::NAN, f32::INFINITY] {
+            let mut upd = BTreeMap::new();
+            upd.insert(name.clone(), Tensor::new(&[1f32, v], &Device::Cpu)?);
+            let nan = dir.path().join("nan.safetensors");
+            write_episode_checkpoint(&nan, &upd, &md)?;
+            let err = read_episode_checkpoint(&nan).expect_err("non-finite");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("nan.safetensors")
+                    && msg.contains(&name)
+                    && msg.contains("non-finite"),
+                "{msg}"
+            );
+        }
+        assert!(all_finite(&Tensor::new(&[1u32, 2], &Device::Cpu)?)?);
         Ok(())
     }
 

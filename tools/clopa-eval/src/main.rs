@@ -20,7 +20,8 @@ const AFTER_HELP: &str = "\
 Examples:
   # evaluate the base model and two CLoPA runs against the manifest's expert Dice
   clopa-eval runs/hippo/base/steps.parquet runs/hippo/in-*/steps.parquet \\
-      --manifest data-manifests/hippocampus.toml --split runs/hippo/split.parquet -o runs/hippo/eval
+      --manifest data-manifests/msd-hippocampus.toml --split runs/hippo/split.parquet \\
+      -o runs/hippo/eval
 
   # a fixed threshold, no trajectories (no split given)
   clopa-eval steps.parquet --threshold 0.9 -o eval/
@@ -72,7 +73,7 @@ struct EvalArgs {
     steps: Vec<PathBuf>,
 
     /// Output folder for cases.parquet, episodes.parquet and trajectory.parquet.
-    #[arg(short, long, value_name = "DIR", required = true)]
+    #[arg(short, long, value_name = "DIR", required = true, value_parser = clopa_cli::not_stdout)]
     output: Option<PathBuf>,
 
     /// Expert Dice threshold for NoI, NoF and NoS, in [0, 1].
@@ -164,6 +165,7 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     let Some(out_dir) = &args.output else {
         bail!("-o DIR is required")
     };
+    clopa_cli::check_output_dir(out_dir)?;
     let (threshold, threshold_source) = match (args.threshold, &args.manifest) {
         (Some(t), _) => (t, "--threshold".to_string()),
         (None, Some(m)) => {

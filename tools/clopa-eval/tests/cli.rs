@@ -515,6 +515,11 @@ fn bad_inputs_are_errors_without_output() {
 #[test]
 fn usage_errors_exit_2() {
     bin().args(["steps.parquet", "-o", "x"]).assert().code(2);
+    // Three tables cannot go to stdout (no folder named `-` either).
+    bin()
+        .args(["steps.parquet", "--threshold", "0.5", "-o", "-"])
+        .assert()
+        .code(2);
     bin()
         .args([
             "steps.parquet",

@@ -167,16 +167,40 @@ fn opt_f64(df: &DataFrame, path: &Path, name: &str) -> anyhow::Result<Vec<Option
 }
 
 fn req_f64(df: &DataFrame, path: &Path, name: &str) -> anyhow::Result<Vec<f64>> {
-    // A null metric is treated as NaN: the tests then report NaN and nobody wins on it.
-    Ok(opt_f64(df, path, name)?
+    opt_f64(df, path, name)?
         .into_iter()
-        .map(|v| v.unwrap_or(f64::NAN))
-        .collect())
+        .enumerate()
+        .map(|(i, v)| {
+            v.with_context(|| format!("{}: column \"{name}\" is null in row {i}", path.display()))
+        })
+        .collect()
+}
+
+/// `req_f64` of a column whose every value must lie in `[lo, hi]` (so not NaN): clopa-eval
+/// writes only such values, and a NaN or a Dice of 7 would otherwise end up in Table 2 as a
+/// bold "–" or a mean above 1.
+fn f64_in(
+    df: &DataFrame,
+    path: &Path,
+    name: &str,
+    (lo, hi): (f64, f64),
+) -> anyhow::Result<Vec<f64>> {
+    let v = req_f64(df, path, name)?;
+    if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !(lo..=hi).contains(*x)) {
+        bail!(
+            "{}: column \"{name}\" is {x} in row {i}, outside [{lo}, {hi}]",
+            path.display()
+        );
+    }
+    Ok(v)
 }
 
 /// Reads `cases.parquet`; every column of the DESIGN.md schema must be present.
 pub fn read_cases(path: &Path) -> anyhow::Result<(Vec<CaseRow>, EvalSettings)> {
     let (df, settings) = read_frame(path, &CASE_COLUMNS)?;
+    if df.height() == 0 {
+        bail!("{} has no rows: nothing to rank", path.display());
+    }
     let task = strings(&df, path, "task")?;
     let method = strings(&df, path, "method")?;
     let case_id = strings(&df, path, "case_id")?;
@@ -185,9 +209,9 @@ pub fn read_cases(path: &Path) -> anyhow::Result<(Vec<CaseRow>, EvalSettings)> {
     let n_seen = req_u32(&df, path, "n_seen")?;
     let metrics: Vec<Vec<f64>> = CASE_METRICS
         .iter()
-        .map(|m| req_f64(&df, path, m))
+        .map(|m| f64_in(&df, path, m, (0.0, 1.0)))
         .collect::<anyhow::Result<_>>()?;
-    let noi = req_f64(&df, path, "noi")?;
+    let noi = f64_in(&df, path, "noi", (0.0, f64::MAX))?;
     let failed_s = series(&df, path, "failed", &DataType::Boolean)?;
     let failed: Vec<bool> = failed_s
         .bool()
@@ -228,7 +252,7 @@ pub fn read_trajectory(path: &Path) -> anyhow::Result<Vec<TrajectoryRow>> {
     let method = strings(&df, path, "method")?;
     let metric = strings(&df, path, "metric")?;
     let position = opt_u32(&df, path, "position")?;
-    let value = req_f64(&df, path, "value")?;
+    let value = f64_in(&df, path, "value", (f64::MIN, f64::MAX))?;
     let nos = opt_f64(&df, path, "nos")?;
     Ok((0..df.height())
         .map(|i| TrajectoryRow {

@@ -57,6 +57,7 @@ enum Mode {
 #[command(
     name = "clopa-rank",
     version,
+    args_override_self = true,
     after_help = "Examples:\n  clopa-eval steps/*.parquet --split split.parquet --threshold 0.9 -o eval/\n  clopa-rank eval/cases.parquet --trajectory eval/trajectory.parquet -o report/\n  clopa-rank eval/cases.parquet -o report-msd/ --mode challenger"
 )]
 struct Args {
@@ -66,7 +67,7 @@ struct Args {
     #[arg(long, value_name = "T")]
     trajectory: Option<PathBuf>,
     /// Output folder.
-    #[arg(short, long, value_name = "DIR")]
+    #[arg(short, long, value_name = "DIR", value_parser = clopa_cli::not_stdout)]
     output: PathBuf,
     /// Ranking scheme.
     #[arg(long, value_enum, default_value = "is-validate")]
@@ -76,8 +77,12 @@ struct Args {
     alpha: f64,
     /// Expert Dice threshold for the red line of Fig. 2 [default: the one clopa-eval recorded in
     /// cases.parquet's metadata].
-    #[arg(long)]
+    #[arg(long, value_parser = parse_threshold)]
     threshold: Option<f64>,
+    /// Steps per curve (1 + edits; 101 in the paper), for nNoI = 100·NoI/N [default: the one
+    /// clopa-eval recorded in cases.parquet's metadata; needed when that metadata was lost].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    steps: Option<u32>,
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -95,6 +100,15 @@ fn parse_alpha(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_threshold(s: &str) -> Result<f64, String> {
+    let t: f64 = s.parse().map_err(|_| format!("\"{s}\" is not a number"))?;
+    if (0.0..=1.0).contains(&t) {
+        Ok(t)
+    } else {
+        Err(format!("a Dice threshold lies in [0, 1], got {t}"))
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     clopa_cli::run_main("clopa-rank", args.verbose, args.quiet, || run(&args))
@@ -105,19 +119,38 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Mode::IsValidate => RankMode::IsValidate,
         Mode::Challenger => RankMode::ChallengeR,
     };
+    clopa_cli::check_output_dir(&args.output)?;
     let (cases, settings) = input::read_cases(&args.cases)?;
+    // nNoI needs the steps per curve; guessing the paper's 101 would print a wrong nNoI for
+    // any other protocol (e.g. 5.94 instead of 100 for 6-step curves).
+    let n_steps = match args.steps.map(|n| n as usize).or(settings.n_steps) {
+        Some(n) => n,
+        None => anyhow::bail!(
+            "{} has no clopa-eval settings in its metadata (`{}`; rewriting a table with \
+             another tool drops it), so the steps per curve are unknown: pass --steps N \
+             (1 + edits, 101 in the paper)",
+            args.cases.display(),
+            clopa_frame::KEY_SETTINGS
+        ),
+    };
+    if let Some((row, noi)) = cases
+        .iter()
+        .map(|c| c.noi)
+        .enumerate()
+        .find(|(_, n)| *n > n_steps as f64)
+    {
+        anyhow::bail!(
+            "{}: noi is {noi} in row {row}, more than the {n_steps} steps per curve",
+            args.cases.display()
+        );
+    }
     let trajectory = args
         .trajectory
         .as_deref()
         .map(input::read_trajectory)
         .transpose()?;
     let final_cases = input::final_cases(&cases);
-    let (final_results, dropped) = report::rank_final(
-        &final_cases,
-        settings.n_steps.unwrap_or(101),
-        mode,
-        args.alpha,
-    )?;
+    let (final_results, dropped) = report::rank_final(&final_cases, n_steps, mode, args.alpha)?;
     for (task, n) in dropped.iter().filter(|(_, n)| **n > 0) {
         tracing::warn!(
             "task {task}: {n} case(s) are missing for some method and were left out of the tests"
@@ -133,9 +166,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         None => Vec::new(),
     };
 
-    let iter_label = settings.n_steps.map_or("Iter. N".to_string(), |n| {
-        format!("Iter. {}", n.saturating_sub(1))
-    });
+    let iter_label = format!("Iter. {}", n_steps.saturating_sub(1));
     let table2 = report::markdown(
         "Table 2. Final-episode performance. Means over cases (after averaging training runs); nNoI = 100·mean(NoI)/N with N the steps per curve (101 in the paper), NoF = % of failed cases. Bold: rank 1 per metric and task.",
         &final_results,

@@ -157,8 +157,12 @@ fn read(path: &Path) -> DataFrame {
         .expect("read")
 }
 
+/// The tool on tables without clopa-eval's metadata (the fixtures are written directly), so
+/// with the paper's steps per curve given.
 fn rank() -> Command {
-    Command::cargo_bin("clopa-rank").expect("binary")
+    let mut c = Command::cargo_bin("clopa-rank").expect("binary");
+    c.args(["--steps", "101"]);
+    c
 }
 
 #[test]
@@ -360,3 +364,77 @@ fn help_explains_itself() {
 }
 
 use predicates::prelude::PredicateBooleanExt;
+
+#[test]
+fn bad_tables_and_values_are_refused_naming_the_problem() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cases = dir.path().join("cases.parquet");
+    write_cases(&cases, &["in"], None);
+    let out = dir.path().join("out");
+    // No metadata and no --steps: nNoI cannot be computed honestly.
+    Command::cargo_bin("clopa-rank")
+        .expect("binary")
+        .arg(&cases)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(contains("--steps").and(contains("cases.parquet")));
+    // A NoI beyond the steps per curve.
+    rank()
+        .args(["--steps", "50"])
+        .arg(&cases)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(contains("noi is 101"));
+    // NaN, out-of-range and empty tables.
+    let df = read(&cases);
+    let edit = |name: &str, f: &dyn Fn(DataFrame) -> DataFrame| {
+        let p = dir.path().join(name);
+        let mut d = f(df.clone());
+        ParquetWriter::new(std::fs::File::create(&p).expect("create"))
+            .finish(&mut d)
+            .expect("write");
+        p
+    };
+    let set_first = |value: f64| {
+        move |mut d: DataFrame| {
+            let mut v: Vec<f64> = d
+                .column("dice_final")
+                .expect("col")
+                .f64()
+                .expect("f64")
+                .into_no_null_iter()
+                .collect();
+            v[3] = value;
+            d.replace("dice_final", Column::new("dice_final".into(), v))
+                .expect("replace");
+            d
+        }
+    };
+    for (name, f, needle) in [
+        (
+            "nan.parquet",
+            &set_first(f64::NAN) as &dyn Fn(DataFrame) -> DataFrame,
+            "NaN in row 3",
+        ),
+        ("seven.parquet", &set_first(7.0), "7 in row 3"),
+        ("empty.parquet", &|d: DataFrame| d.head(Some(0)), "no rows"),
+    ] {
+        let p = edit(name, f);
+        rank()
+            .arg(&p)
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .code(1)
+            .stderr(contains(name).and(contains(needle)));
+    }
+    assert!(!out.join("table2.md").exists());
+    // A threshold outside [0, 1] and `-o -` are usage errors.
+    for args in [&["--threshold", "3", "-o", "x"][..], &["-o", "-"]] {
+        rank().arg(&cases).args(args).assert().code(2);
+    }
+}

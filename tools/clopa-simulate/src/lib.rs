@@ -306,9 +306,16 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
         profile.seed,
     );
     let expected_rows = entries.len() * profile.infer_runs * (profile.edits + 1);
+    // With --save-masks the masks are outputs too: a table without them is not done.
+    let masks_done = req.save_masks.as_ref().is_none_or(|dir| {
+        entries
+            .iter()
+            .all(|(id, _)| (0..profile.infer_runs as u32).all(|r| mask_path(dir, id, r).is_file()))
+    });
     if !req.force
         && !clopa_cli::is_stdout(&req.output)
         && req.output.exists()
+        && masks_done
         && is_complete(&req.output, &prov, expected_rows)
     {
         tracing::info!(
@@ -320,6 +327,12 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
             print_mean_dice(&manifest.name, &rows, &req.output);
         }
         return Ok(Outcome::Skipped);
+    }
+
+    // Fail now, not after hours of simulation, where the outputs cannot be written.
+    clopa_cli::check_output(&req.output)?;
+    if let Some(dir) = &req.save_masks {
+        clopa_cli::check_output_dir(dir)?;
     }
 
     let net = model.network(&device)?;
@@ -472,6 +485,11 @@ fn save_mask(
     seg: Vec<u8>,
 ) -> anyhow::Result<()> {
     let vol = clopa_volume::Volume::new(like.shape, like.spacing, like.affine, seg)?;
-    let path = dir.join(format!("{id}_infer{infer_run}.nii.gz"));
+    let path = mask_path(dir, id, infer_run);
     clopa_cli::write_atomic_path(&path, |tmp| Ok(clopa_volume::write_nifti(tmp, &vol)?))
+}
+
+/// Where `--save-masks` puts the final mask of a case's inference run.
+fn mask_path(dir: &Path, id: &str, infer_run: u32) -> PathBuf {
+    dir.join(format!("{id}_infer{infer_run}.nii.gz"))
 }

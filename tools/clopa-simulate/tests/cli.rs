@@ -299,6 +299,37 @@ fn a_complete_output_is_skipped_unless_forced_or_the_settings_differ() {
     std::fs::write(&out, b"PAR1 not really").unwrap();
     f.cmd(&out).args(["--edits", "4"]).assert().success();
     assert_eq!(clopa_table::read_steps(&out).unwrap().len(), 2 * 2 * 5);
+
+    // masks asked for but missing: the table alone is not done, the run writes them
+    let masks = f.path("masks");
+    f.cmd(&out)
+        .args(["--edits", "4"])
+        .arg("--save-masks")
+        .arg(&masks)
+        .assert()
+        .success();
+    assert!(masks.join("toy_000_infer1.nii.gz").is_file());
+}
+
+#[test]
+fn an_output_that_cannot_be_written_fails_before_the_work() {
+    let f = Fixture::new();
+    // A file where the output's folder should be (root may write anywhere, so no chmod test).
+    std::fs::write(f.path("blocked"), b"").unwrap();
+    let out = f.path("blocked/steps.parquet");
+    // Debug logs show a line per simulated case: there must be none.
+    let o = f
+        .cmd_with(&out, false)
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("blocked") && !err.contains(".clopa-"), "{err}");
+    assert!(
+        !err.contains("simulated"),
+        "failed only after simulating: {err}"
+    );
 }
 
 #[test]

@@ -41,6 +41,8 @@ pub struct Request {
     pub no_augment: bool,
     pub seed: Option<u64>,
     pub data_root: Option<PathBuf>,
+    /// Train even when the output exists with the same settings.
+    pub force: bool,
     pub quiet: bool,
 }
 
@@ -138,14 +140,6 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         req
     };
     let log = log_path(&req.output);
-    if req.output.is_file() && log.is_file() {
-        tracing::info!(
-            "{} and {} exist: episode done, skipping",
-            req.output.display(),
-            log.display()
-        );
-        return Ok(());
-    }
     let group: ParamGroup = req
         .group
         .parse()
@@ -153,8 +147,21 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     let (profile, cfg) = resolve(req)?;
     let manifest = Manifest::load(&req.manifest)?;
 
-    // --- the cache of this episode
-    let rows = clopa_table::read_split(&req.split)?;
+    // --- the cache of this episode (the split's rows of the manifest's task)
+    let all_rows = clopa_table::read_split(&req.split)?;
+    let rows: Vec<_> = all_rows
+        .iter()
+        .filter(|r| r.task == manifest.name)
+        .cloned()
+        .collect();
+    if rows.is_empty() {
+        let tasks: std::collections::BTreeSet<_> = all_rows.iter().map(|r| &r.task).collect();
+        bail!(
+            "split {} has rows only for task(s) {tasks:?}, not for the manifest's task {:?}",
+            req.split.display(),
+            manifest.name
+        );
+    }
     let (train_ids, val_ids) = clopa_schedule::cache_at(&rows, req.run, req.episode);
     let exists = rows
         .iter()
@@ -174,6 +181,39 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     let mut model = load_model_folder(&req.model)
         .with_context(|| format!("cannot load the model folder {}", req.model.display()))?;
     let base_sha = model.weights_sha256.clone();
+
+    // --- done already? The settings are what the checkpoint records; same settings and base
+    // mean the same result (training is seeded), other settings mean this output is stale.
+    let settings = serde_json::json!({
+        "group": group.name(),
+        "run": req.run,
+        "episode": req.episode,
+        "n_seen": n_seen,
+        "init": req.init.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "train": cfg,
+    });
+    if req.output.is_file() && log.is_file() {
+        let same = read_episode_checkpoint(&req.output).is_ok_and(|c| {
+            c.metadata.get(META_BASE_SHA256) == Some(&base_sha)
+                && c.metadata.get("clopa.config") == Some(&settings.to_string())
+        });
+        if same && !req.force {
+            tracing::info!(
+                "{} and {} exist with these settings: episode done, skipping (--force retrains)",
+                req.output.display(),
+                log.display()
+            );
+            return Ok(());
+        }
+        if !same {
+            tracing::info!(
+                "{} exists from another base model or other settings; retraining",
+                req.output.display()
+            );
+        }
+    }
+    clopa_cli::check_output(&req.output)?;
+
     if req.episode > 1 && req.init.is_empty() && !whole_stream {
         bail!(
             "episode {} warm-starts from episode {}'s checkpoint: pass it with --init",
@@ -262,15 +302,18 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         out.selected_epoch
     );
 
+    // A diverged run (too high a learning rate) must not become a checkpoint that later
+    // episodes warm-start from.
+    for (name, t) in &out.selected {
+        if !clopa_nn::all_finite(t)? {
+            bail!(
+                "training diverged: tensor `{name}` of the selected model is not finite (NaN or \
+                 infinite) — try a lower --lr; nothing was written"
+            );
+        }
+    }
+
     // --- outputs: the log first, the checkpoint last (its presence means done)
-    let settings = serde_json::json!({
-        "group": group.name(),
-        "run": req.run,
-        "episode": req.episode,
-        "n_seen": n_seen,
-        "init": req.init.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        "train": cfg,
-    });
     let prov = Provenance::new(
         "clopa-train-episode",
         env!("CARGO_PKG_VERSION"),

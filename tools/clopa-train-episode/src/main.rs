@@ -21,7 +21,8 @@ Examples:
 
 Writes CKPT (safetensors: only the group's tensors, metadata clopa.base_sha256, clopa.group,
 clopa.run, clopa.episode, clopa.n_seen, clopa.config) and CKPT's stem + .log.parquet (per epoch:
-train_loss, val_score, val_ema, selected, seconds). An existing CKPT with its log is skipped.";
+train_loss, val_score, val_ema, selected, seconds). An existing CKPT with its log is skipped when
+it records the same base model and settings (--force retrains); with other settings it is retrained.";
 
 /// Train one CLoPA episode: tune one parameter group on the cache's cases with simulated clicks.
 ///
@@ -58,9 +59,13 @@ struct Cli {
     #[arg(long, value_name = "G", value_parser = ["in", "cn", "all"])]
     group: String,
 
-    /// Output episode checkpoint (.safetensors).
-    #[arg(short, long, value_name = "CKPT")]
+    /// Output episode checkpoint (.safetensors; its log goes beside it).
+    #[arg(short, long, value_name = "CKPT", value_parser = clopa_cli::not_stdout)]
     output: PathBuf,
+
+    /// Train even when CKPT and its log exist with the same settings.
+    #[arg(long)]
+    force: bool,
 
     /// Checkpoint(s) of the previous episode(s) to start from, applied in order (needed for E > 1).
     #[arg(long, value_name = "CKPT")]
@@ -163,6 +168,7 @@ fn main() -> ExitCode {
             no_augment: cli.no_augment,
             seed: cli.seed,
             data_root,
+            force: cli.force,
             quiet: cli.quiet,
         })
     })

@@ -255,3 +255,100 @@ fn episode_last_trains_a_specialist_on_the_whole_stream_from_the_base() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_rerun_with_other_settings_retrains_and_force_retrains_the_same_settings() {
+    let f = Fixture::new();
+    let ck = f.path("out/ep1.safetensors");
+    f.cmd(1, "in", &ck).assert().success();
+    let lr = |ck: &Path| -> f64 {
+        let c = clopa_nn::read_episode_checkpoint(ck).unwrap();
+        let cfg: serde_json::Value = serde_json::from_str(&c.metadata["clopa.config"]).unwrap();
+        cfg["train"]["lr"].as_f64().unwrap()
+    };
+    let first = lr(&ck);
+    // Other settings: the old checkpoint is stale, so the episode is trained again.
+    let out = f
+        .cmd(1, "in", &ck)
+        .args(["--lr", "0.0005"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("other settings") && err.contains("selected epoch"),
+        "{err}"
+    );
+    assert_eq!(lr(&ck), 0.0005);
+    assert_ne!(first, 0.0005);
+    // The same settings again: skipped; with --force: trained again.
+    let out = f
+        .cmd(1, "in", &ck)
+        .args(["--lr", "0.0005"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("skipping") && !err.contains("selected epoch"),
+        "{err}"
+    );
+    let out = f
+        .cmd(1, "in", &ck)
+        .args(["--lr", "0.0005", "--force"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("selected epoch"));
+}
+
+#[test]
+fn a_split_of_another_task_nan_weights_and_stdout_are_refused() {
+    let f = Fixture::new();
+    // A split whose rows belong to another task: exit 1 naming both tasks.
+    let mut rows = clopa_table::read_split(&f.path("split.parquet")).unwrap();
+    rows.iter_mut().for_each(|r| r.task = "other-task".into());
+    let prov = Provenance::new("test", "0", serde_json::json!({}), 0);
+    let other = f.path("other-split.parquet");
+    clopa_table::write_split(&other, &rows, &prov).unwrap();
+    let mut c = f.cmd(1, "in", &f.path("x/ep1.safetensors"));
+    c.arg("--split").arg(&other);
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("other-task") && err.contains("\"toy\""),
+        "{err}"
+    );
+    assert!(!f.path("x").exists());
+
+    // An --init checkpoint with NaN weights: exit 1 naming the file and the tensor.
+    let sha = clopa_nn::sha256_file(&f.path("model/model.safetensors")).unwrap();
+    let mut t = BTreeMap::new();
+    t.insert(
+        "encoder.stem.convs.0.norm.weight".to_string(),
+        Tensor::new(&[1f32, f32::NAN, 1.0, 1.0], &Device::Cpu).unwrap(),
+    );
+    let md = BTreeMap::from([
+        (META_BASE_SHA256.to_string(), sha),
+        (META_GROUP.to_string(), "in".to_string()),
+    ]);
+    let nan = f.path("nan.safetensors");
+    clopa_nn::write_episode_checkpoint(&nan, &t, &md).unwrap();
+    let out = f
+        .cmd(2, "in", &f.path("x/ep2.safetensors"))
+        .arg("--init")
+        .arg(&nan)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nan.safetensors") && err.contains("non-finite"),
+        "{err}"
+    );
+    assert!(!f.path("x").exists());
+
+    // A checkpoint with a log beside it cannot go to stdout: a usage error, no file `-`.
+    let out = f.cmd(1, "in", Path::new("-")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
