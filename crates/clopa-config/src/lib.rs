@@ -30,7 +30,7 @@
 mod manifest;
 mod profile;
 
-pub use manifest::Manifest;
+pub use manifest::{DEFAULT_DATA_ROOT, Manifest};
 pub use profile::{Profile, SynthSettings};
 
 use std::path::PathBuf;

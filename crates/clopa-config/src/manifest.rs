@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ConfigError, invalid, parse_error, read_file};
 
+/// Where relative `dataset` folders live when neither `--data-root` nor `$CLOPA_DATA` is given
+/// (relative to the working directory; `just synth` and clopa-reproduce write there).
+pub const DEFAULT_DATA_ROOT: &str = "data";
+
 /// One task (`data-manifests/*.toml`). Every key is required; unknown keys are errors, so a typo
 /// never silently falls back to a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,23 +87,15 @@ impl Manifest {
     }
 
     /// The dataset folder: `dataset` as is when absolute; otherwise joined to `data_root` (the
-    /// tool passes `$CLOPA_DATA`), or, without a data root, resolved against the folder that holds
-    /// the manifest file.
-    pub fn dataset_dir(&self, manifest_path: &Path, data_root: Option<&Path>) -> PathBuf {
+    /// tool passes `--data-root`, else `$CLOPA_DATA`), else to [`DEFAULT_DATA_ROOT`].
+    pub fn dataset_dir(&self, data_root: Option<&Path>) -> PathBuf {
         let ds = Path::new(&self.dataset);
         if ds.is_absolute() {
             return ds.to_path_buf();
         }
-        match data_root {
-            Some(root) => root.join(ds),
-            None => {
-                let dir = match manifest_path.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                    _ => PathBuf::from("."),
-                };
-                dir.join(ds)
-            }
-        }
+        // Without a root (no --data-root, no $CLOPA_DATA) datasets are under ./data, where
+        // `just synth` and clopa-reproduce put them: one default for every tool.
+        data_root.unwrap_or(Path::new(DEFAULT_DATA_ROOT)).join(ds)
     }
 }
 
@@ -192,25 +188,21 @@ expert_dice = 0.90   # estimate
     #[test]
     fn dataset_dir_resolution() {
         let m = parse(GOOD).unwrap();
-        let mp = Path::new("/repo/data-manifests/hippo.toml");
         assert_eq!(
-            m.dataset_dir(mp, Some(Path::new("/data"))),
+            m.dataset_dir(Some(Path::new("/data"))),
             PathBuf::from("/data/Task04_Hippocampus")
         );
+        // No root: ./data, wherever the manifest is.
         assert_eq!(
-            m.dataset_dir(mp, None),
-            PathBuf::from("/repo/data-manifests/Task04_Hippocampus")
-        );
-        assert_eq!(
-            m.dataset_dir(Path::new("hippo.toml"), None),
-            PathBuf::from("./Task04_Hippocampus")
+            m.dataset_dir(None),
+            PathBuf::from("data/Task04_Hippocampus")
         );
         let abs = Manifest {
             dataset: "/abs/ds".into(),
             ..m
         };
         assert_eq!(
-            abs.dataset_dir(mp, Some(Path::new("/data"))),
+            abs.dataset_dir(Some(Path::new("/data"))),
             PathBuf::from("/abs/ds")
         );
     }

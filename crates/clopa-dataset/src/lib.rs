@@ -175,7 +175,7 @@ impl Dataset {
         manifest_path: &Path,
         data_root: Option<&Path>,
     ) -> Result<Dataset, DatasetError> {
-        let ds = Dataset::open(&manifest.dataset_dir(manifest_path, data_root))?;
+        let ds = Dataset::open(&manifest.dataset_dir(data_root))?;
         ds.check_labels(&manifest.labels, manifest_path)?;
         Ok(ds)
     }

@@ -186,12 +186,12 @@ fn keys(req: &Request) -> anyhow::Result<Keys> {
 /// Runs the simulation and writes the table; nothing is written unless every input checks out.
 /// An output that already holds this request's complete table is skipped unless `req.force`.
 pub fn run(req: &Request) -> anyhow::Result<Outcome> {
-    // settings: profile (or the paper's defaults), then flags
+    // settings: profile (or the embedded quick profile, as every tool), then flags
     let mut profile = match &req.profile {
         Some(p) => {
             Profile::load(p).with_context(|| format!("cannot load the profile {}", p.display()))?
         }
-        None => Profile::default(),
+        None => Profile::quick()?,
     };
     let manifest = Manifest::load(&req.manifest)?;
 

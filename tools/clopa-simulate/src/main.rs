@@ -31,8 +31,9 @@ provenance metadata records them); --force recomputes. `-o -` writes the Parquet
 /// Simulate interactive segmentation of a task's holdout cases and record Dice/NSD per step.
 ///
 /// Writes steps.parquet (DESIGN.md "Tables"): one row per (inference run, case, step). Settings
-/// come from --profile (else the paper's: 100 edits, 3 inference runs, the model's patch size),
-/// and flags override them. Inputs are all checked before anything is computed; nothing is
+/// come from --profile (else the embedded pipelines/quick.toml, like every tool: 10 edits, 1
+/// inference run; the paper's pipelines/paper.toml has 100 and 3), the patch size from the model
+/// unless a profile or --patch is given, and flags override them. Inputs are all checked before anything is computed; nothing is
 /// written on error.
 #[derive(Parser, Debug)]
 #[command(name = "clopa-simulate", version, after_help = AFTER_HELP, args_override_self = true)]
@@ -57,11 +58,11 @@ struct Cli {
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
 
-    /// Edit steps after the initialisation [default: 100, or the profile's].
+    /// Edit steps after the initialisation [default: the profile's].
     #[arg(long, value_name = "N")]
     edits: Option<usize>,
 
-    /// Inference runs per case [default: 3, or the profile's].
+    /// Inference runs per case [default: the profile's].
     #[arg(long, value_name = "N")]
     infer_runs: Option<usize>,
 
@@ -69,11 +70,12 @@ struct Cli {
     #[arg(long, value_name = "P", value_parser = clopa_cli::parse_patch)]
     patch: Option<[usize; 3]>,
 
-    /// Seed of the simulated clicks [default: 0, or the profile's].
+    /// Seed of the simulated clicks [default: the profile's].
     #[arg(long)]
     seed: Option<u64>,
 
-    /// Pipeline profile supplying defaults (pipelines/*.toml).
+    /// Pipeline profile supplying defaults (pipelines/*.toml) [default: the embedded
+    /// pipelines/quick.toml].
     #[arg(long, value_name = "FILE")]
     profile: Option<PathBuf>,
 
@@ -85,7 +87,7 @@ struct Cli {
     #[arg(long)]
     run: Option<u32>,
 
-    /// Root for relative dataset folders [default: $CLOPA_DATA, else the manifest's folder].
+    /// Root for relative dataset folders [default: $CLOPA_DATA, else ./data].
     #[arg(long, value_name = "DIR")]
     data_root: Option<PathBuf>,
 

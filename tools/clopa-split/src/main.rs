@@ -50,7 +50,7 @@ struct Args {
     /// Override one profile key, e.g. `--set train_runs=1` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// Folder that relative manifest `dataset` paths start from [default: the manifest's folder].
+    /// Folder that relative manifest `dataset` paths start from [default: ./data].
     #[arg(long, value_name = "DIR", env = "CLOPA_DATA", hide_env_values = true)]
     data_root: Option<PathBuf>,
     /// Print every run's episode schedule to stdout.
@@ -86,7 +86,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         profile.split_seed = seed;
     }
 
-    let dir = manifest.dataset_dir(&args.manifest, args.data_root.as_deref());
+    let dir = manifest.dataset_dir(args.data_root.as_deref());
     let ds = Dataset::open(&dir)?;
     ds.check_labels(&manifest.labels, &args.manifest)?;
     check_cases(&ds, &manifest, args.quiet)?;

@@ -82,11 +82,12 @@ impl Fixture {
         self.root.join("ds")
     }
 
-    /// The command with the manifest and output set, $CLOPA_DATA cleared (the dataset is
-    /// resolved against the manifest's folder).
+    /// The command with the manifest and output set, the dataset found through --data-root.
     fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("clopa-split").unwrap();
         c.env_remove("CLOPA_DATA")
+            .arg("--data-root")
+            .arg(&self.root)
             .arg(&self.manifest)
             .arg("-o")
             .arg(&self.out);
@@ -199,6 +200,8 @@ fn without_a_profile_the_quick_profile_applies() {
     Command::cargo_bin("clopa-split")
         .unwrap()
         .env_remove("CLOPA_DATA")
+        .arg("--data-root")
+        .arg(&f.root)
         .arg(&f.manifest)
         .arg("-o")
         .arg(&out2)
@@ -213,11 +216,19 @@ fn without_a_profile_the_quick_profile_applies() {
 fn profile_seed_and_data_root_are_honoured() {
     let f = Fixture::new();
     let paper = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/paper.toml");
-    // Move the dataset so that only --data-root finds it.
+    // Move the dataset into root/data: only --data-root, $CLOPA_DATA or the default ./data
+    // (from the root as working directory) find it.
     let data = f.root.join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::rename(f.ds(), data.join("ds")).unwrap();
-    f.cmd()
+    let split = || {
+        let mut c = Command::cargo_bin("clopa-split").unwrap();
+        c.env_remove("CLOPA_DATA").arg(&f.manifest);
+        c
+    };
+    split()
+        .arg("-o")
+        .arg(&f.out)
         .arg("--profile")
         .arg(&paper)
         .arg("--data-root")
@@ -243,6 +254,24 @@ fn profile_seed_and_data_root_are_honoured() {
         .assert()
         .success();
     assert_eq!(read_split(&out2).unwrap(), a);
+    // Neither: ./data of the working directory.
+    let out_default = f.root.join("out/default.parquet");
+    split()
+        .current_dir(&f.root)
+        .arg("-o")
+        .arg(&out_default)
+        .arg("--profile")
+        .arg(&paper)
+        .assert()
+        .success();
+    assert_eq!(read_split(&out_default).unwrap(), a);
+    // ... and elsewhere it is not found, naming the folder and how to point at the data.
+    split()
+        .current_dir(f.ds().parent().unwrap().join("out"))
+        .args(["-o", "x.parquet"])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("data/ds").and(predicates::str::contains("--data-root")));
     // Another seed, another holdout.
     let out3 = f.root.join("out/c.parquet");
     Command::cargo_bin("clopa-split")
@@ -292,6 +321,8 @@ fn stdout_output() {
     let mut c = Command::cargo_bin("clopa-split").unwrap();
     let out = c
         .env_remove("CLOPA_DATA")
+        .arg("--data-root")
+        .arg(&f.root)
         .arg(&f.manifest)
         .args(["-o", "-"])
         .assert()

@@ -46,11 +46,11 @@ pub struct Request {
     pub quiet: bool,
 }
 
-/// Profile (or the paper's defaults), then the flags.
+/// Profile (or the embedded quick profile, as every tool), then the flags.
 pub fn resolve(req: &Request) -> anyhow::Result<(Profile, EpisodeConfig)> {
     let mut p = match &req.profile {
         Some(path) => Profile::load(path)?,
-        None => Profile::default(),
+        None => Profile::quick()?,
     };
     if let Some(v) = req.epochs {
         p.epochs = v;

@@ -71,7 +71,7 @@ struct Cli {
     #[arg(long, value_name = "CKPT")]
     init: Vec<PathBuf>,
 
-    /// Pipeline profile supplying defaults (pipelines/*.toml) [default: the paper's settings].
+    /// Pipeline profile supplying defaults (pipelines/*.toml) [default: the embedded pipelines/quick.toml].
     #[arg(long, value_name = "FILE")]
     profile: Option<PathBuf>,
 
@@ -111,7 +111,7 @@ struct Cli {
     #[arg(long)]
     seed: Option<u64>,
 
-    /// Root for relative dataset folders [default: $CLOPA_DATA, else the manifest's folder].
+    /// Root for relative dataset folders [default: $CLOPA_DATA, else ./data].
     #[arg(long, value_name = "DIR")]
     data_root: Option<PathBuf>,
 
