@@ -269,6 +269,13 @@ impl CaseFiles {
     /// Everything [`CaseFiles::load`] checks, plus: every label value is declared by the dataset and
     /// the reference foreground is not empty.
     pub fn check(&self, ds: &Dataset, manifest: &Manifest) -> Result<(), DatasetError> {
+        self.load_checked(ds, manifest).map(|_| ())
+    }
+
+    /// [`CaseFiles::load`] with the checks of [`CaseFiles::check`]: what every tool that reads a
+    /// case for scoring or training uses, so a label file changed after the split (an undeclared
+    /// value, an empty foreground) is refused there too instead of being scored as Dice 0.
+    pub fn load_checked(&self, ds: &Dataset, manifest: &Manifest) -> Result<Case, DatasetError> {
         let (case, labels) = self.load_with_labels(manifest)?;
         let mut present = vec![false; usize::from(u16::MAX) + 1];
         for &v in &labels.data {
@@ -299,7 +306,7 @@ impl CaseFiles {
                 ),
             ));
         }
-        Ok(())
+        Ok(case)
     }
 
     fn check_grid(

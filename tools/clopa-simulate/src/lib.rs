@@ -339,7 +339,7 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
     if req.automatic {
         let rows = automatic_rows(
             NetPredictor::new(net, device),
-            &entries,
+            (&dataset, &entries),
             &manifest,
             &keys,
             patch,
@@ -358,7 +358,7 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
     );
     let mut rows = Vec::new();
     for (id, entry) in &entries {
-        let case = entry.load(&manifest)?;
+        let case = entry.load_checked(&dataset, &manifest)?;
         for infer_run in 0..profile.infer_runs as u32 {
             pb.set_prefix(format!("{id} run {infer_run}"));
             let mut rng = case_rng(profile.seed, id, infer_run);
@@ -419,7 +419,7 @@ fn write_rows(output: &Path, rows: &[StepRow], prov: &Provenance) -> anyhow::Res
 /// the z-scored image (step 0, no clicks), scored like a simulated step.
 fn automatic_rows(
     mut predictor: NetPredictor,
-    entries: &[(String, clopa_dataset::CaseFiles)],
+    (dataset, entries): (&clopa_dataset::Dataset, &[(String, clopa_dataset::CaseFiles)]),
     manifest: &Manifest,
     keys: &Keys,
     patch: [usize; 3],
@@ -429,7 +429,7 @@ fn automatic_rows(
     let mut rows = Vec::with_capacity(entries.len());
     for (id, entry) in entries {
         pb.set_prefix(id.clone());
-        let case = entry.load(manifest)?;
+        let case = entry.load_checked(dataset, manifest)?;
         let t0 = std::time::Instant::now();
         let (image, _) = clopa_interact::zscore(&case.image.data, case.image.shape)
             .with_context(|| format!("case {id}: cannot normalise the image"))?;

@@ -236,6 +236,22 @@ fn a_nan_image_is_refused_naming_the_file() {
 }
 
 #[test]
+fn a_label_changed_after_the_split_is_refused_naming_the_file() {
+    // An undeclared label value, then an empty foreground: clopa-split refuses both, and so
+    // must the tools that read the cases later (else the case is scored as Dice 0).
+    for (value, needle) in [(3u16, "[3]"), (0, "is empty")] {
+        let f = Fixture::new();
+        let p = f.path("data/toy/labelsTr/toy_001.nii.gz");
+        let mut v = clopa_volume::read_labels(&p).unwrap();
+        v.data.iter_mut().filter(|l| **l == 1).for_each(|l| *l = value);
+        clopa_volume::write_nifti(&p, &v).unwrap();
+        let out = f.path("steps.parquet");
+        let err = fails_with(f.cmd(&out), &out, "labelsTr/toy_001.nii.gz");
+        assert!(err.contains(needle), "{err}");
+    }
+}
+
+#[test]
 fn an_image_on_another_grid_is_refused_naming_the_file() {
     let f = Fixture::new();
     corrupt_image(&f, |v| {

@@ -244,7 +244,7 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     let load = |ids: &[&str]| -> anyhow::Result<Vec<TrainCase>> {
         ids.iter()
             .map(|id| {
-                let case = ds.case(id)?.load(&manifest)?;
+                let case = ds.case(id)?.load_checked(&ds, &manifest)?;
                 Ok(TrainCase::new(id, &case.image, &case.mask)?)
             })
             .collect()
