@@ -19,6 +19,7 @@ use clopa_interact::{
     simulate_case,
 };
 use clopa_nn::ResidualEncoderUNet;
+use clopa_nn::model_folder::META_GROUP;
 use clopa_table::{Provenance, SplitKind, StepRow};
 
 /// The network as a [`Predictor`]: `[8, p0, p1, p2]` in, the two logits `[2, p0, p1, p2]` out.
@@ -160,27 +161,77 @@ fn keys(req: &Request) -> anyhow::Result<Keys> {
             n_seen: 0,
         });
     };
-    let ck = clopa_nn::read_episode_checkpoint(last)
-        .with_context(|| format!("cannot read the checkpoint {}", last.display()))?;
-    let group = ck.metadata.get(clopa_nn::model_folder::META_GROUP).cloned();
-    let method = match (&req.method, group) {
-        (Some(m), _) => m.clone(),
-        (None, Some(g)) => g,
-        (None, None) => bail!(
-            "checkpoint {} has no metadata `clopa.group`; pass --method",
-            last.display()
-        ),
+    let chain = req
+        .checkpoints
+        .iter()
+        .map(|p| {
+            clopa_nn::read_episode_checkpoint(p)
+                .with_context(|| format!("cannot read the checkpoint {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    check_chain(&chain)?;
+    let ck = chain.last().expect("one checkpoint at least");
+    // Everything the table needs, reported at once (flags stand in for group and run only).
+    let missing: Vec<&str> = [META_GROUP, "clopa.run", "clopa.episode", "clopa.n_seen"]
+        .into_iter()
+        .filter(|k| !ck.metadata.contains_key(*k))
+        .filter(|k| !(*k == META_GROUP && req.method.is_some()))
+        .filter(|k| !(*k == "clopa.run" && req.run.is_some()))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "checkpoint {} lacks the metadata {} that clopa-train-episode writes (--method and \
+             --run can stand in for clopa.group and clopa.run, nothing for the others)",
+            last.display(),
+            missing.join(", ")
+        );
+    }
+    let method = match &req.method {
+        Some(m) => m.clone(),
+        None => ck.metadata[META_GROUP].clone(),
     };
     let run = match req.run {
         Some(r) => Some(r),
-        None => Some(meta_u32(&ck, "clopa.run")?),
+        None => Some(meta_u32(ck, "clopa.run")?),
     };
     Ok(Keys {
         method,
         run,
-        episode: meta_u32(&ck, "clopa.episode")?,
-        n_seen: meta_u32(&ck, "clopa.n_seen")?,
+        episode: meta_u32(ck, "clopa.episode")?,
+        n_seen: meta_u32(ck, "clopa.n_seen")?,
     })
+}
+
+/// A chain of checkpoints is one training run of one group, in episode order: the table is
+/// labelled from the last one, and a later checkpoint overrides an earlier one's tensors, so a
+/// mixed or reversed chain would score one model under another's name.
+fn check_chain(chain: &[clopa_nn::EpisodeCheckpoint]) -> anyhow::Result<()> {
+    for pair in chain.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        for key in [META_GROUP, "clopa.run"] {
+            if let (Some(x), Some(y)) = (a.metadata.get(key), b.metadata.get(key))
+                && x != y
+            {
+                bail!(
+                    "the checkpoints {} ({key} {x}) and {} ({key} {y}) are not one chain: \
+                     give the episodes of one training run and group, in order",
+                    a.path.display(),
+                    b.path.display()
+                );
+            }
+        }
+        if let (Ok(x), Ok(y)) = (meta_u32(a, "clopa.episode"), meta_u32(b, "clopa.episode"))
+            && x >= y
+        {
+            bail!(
+                "the checkpoint {} (episode {x}) comes before {} (episode {y}): give the \
+                 episodes of a chain in ascending order",
+                a.path.display(),
+                b.path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs the simulation and writes the table; nothing is written unless every input checks out.
@@ -419,7 +470,10 @@ fn write_rows(output: &Path, rows: &[StepRow], prov: &Provenance) -> anyhow::Res
 /// the z-scored image (step 0, no clicks), scored like a simulated step.
 fn automatic_rows(
     mut predictor: NetPredictor,
-    (dataset, entries): (&clopa_dataset::Dataset, &[(String, clopa_dataset::CaseFiles)]),
+    (dataset, entries): (
+        &clopa_dataset::Dataset,
+        &[(String, clopa_dataset::CaseFiles)],
+    ),
     manifest: &Manifest,
     keys: &Keys,
     patch: [usize; 3],

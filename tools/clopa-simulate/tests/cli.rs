@@ -199,6 +199,49 @@ fn a_checkpoint_of_another_base_is_refused() {
 }
 
 #[test]
+fn a_checkpoint_chain_must_be_one_run_and_group_in_ascending_episodes() {
+    let f = Fixture::new();
+    let sha = clopa_nn::sha256_file(&f.path("model/model.safetensors")).unwrap();
+    let ck = |name: &str, group: &str, episode: u32| {
+        let t = BTreeMap::from([(
+            "encoder.stem.convs.0.norm.weight".to_string(),
+            Tensor::new(&[1.5f32, 0.5, 1.0, 2.0], &Device::Cpu).unwrap(),
+        )]);
+        let md = BTreeMap::from([
+            (META_BASE_SHA256.to_string(), sha.clone()),
+            (META_GROUP.to_string(), group.to_string()),
+            ("clopa.run".to_string(), "0".to_string()),
+            ("clopa.episode".to_string(), episode.to_string()),
+            ("clopa.n_seen".to_string(), (5 * episode).to_string()),
+        ]);
+        let p = f.path(name);
+        clopa_nn::write_episode_checkpoint(&p, &t, &md).unwrap();
+        p
+    };
+    let (e1, e2, c1) = (
+        ck("e1.st", "in", 1),
+        ck("e2.st", "in", 2),
+        ck("c1.st", "cn", 1),
+    );
+    let out = f.path("steps.parquet");
+    let chain = |cks: &[&PathBuf]| {
+        let mut c = f.cmd(&out);
+        for p in cks {
+            c.arg("--checkpoint").arg(p);
+        }
+        c
+    };
+    fails_with(chain(&[&e2, &e1]), &out, "ascending order");
+    fails_with(chain(&[&e1, &c1]), &out, "not one chain");
+    chain(&[&e1, &e2]).assert().success();
+    let rows = clopa_table::read_steps(&out).unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r.method == "in" && r.episode == 2 && r.n_seen == 10)
+    );
+}
+
+#[test]
 fn a_split_without_holdout_rows_is_refused() {
     let f = Fixture::new();
     let out = f.path("steps.parquet");
@@ -243,7 +286,10 @@ fn a_label_changed_after_the_split_is_refused_naming_the_file() {
         let f = Fixture::new();
         let p = f.path("data/toy/labelsTr/toy_001.nii.gz");
         let mut v = clopa_volume::read_labels(&p).unwrap();
-        v.data.iter_mut().filter(|l| **l == 1).for_each(|l| *l = value);
+        v.data
+            .iter_mut()
+            .filter(|l| **l == 1)
+            .for_each(|l| *l = value);
         clopa_volume::write_nifti(&p, &v).unwrap();
         let out = f.path("steps.parquet");
         let err = fails_with(f.cmd(&out), &out, "labelsTr/toy_001.nii.gz");

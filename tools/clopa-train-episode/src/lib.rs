@@ -221,7 +221,7 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
             req.episode - 1
         );
     }
-    for ck in &req.init {
+    for (i, ck) in req.init.iter().enumerate() {
         let c = read_episode_checkpoint(ck)
             .with_context(|| format!("cannot read the checkpoint {}", ck.display()))?;
         if let Some(g) = c.metadata.get(META_GROUP)
@@ -232,6 +232,29 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
                 ck.display(),
                 group.name()
             );
+        }
+        // Episode E warm-starts from episode E − 1 of the same run (the last --init).
+        let meta = |k: &str| c.metadata.get(k).and_then(|v| v.trim().parse::<u32>().ok());
+        if i + 1 == req.init.len() && !whole_stream {
+            if let Some(r) = meta("clopa.run")
+                && r != req.run
+            {
+                bail!(
+                    "--init {} is from training run {r}, not run {}",
+                    ck.display(),
+                    req.run
+                );
+            }
+            if let Some(e) = meta("clopa.episode")
+                && e + 1 != req.episode
+            {
+                bail!(
+                    "--init {} is episode {e}; episode {} warm-starts from episode {}",
+                    ck.display(),
+                    req.episode,
+                    req.episode - 1
+                );
+            }
         }
     }
     model

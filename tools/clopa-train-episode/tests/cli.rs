@@ -166,6 +166,20 @@ fn trains_an_in_episode_writes_checkpoint_and_log_and_skips_a_rerun() {
         .success();
     let c2 = clopa_nn::read_episode_checkpoint(&ck2).unwrap();
     assert_eq!(c2.metadata["clopa.n_seen"], "6");
+
+    // ... and not from itself: --init must be episode E − 1
+    let out = f
+        .cmd(2, "in", &f.path("out/ep2b.safetensors"))
+        .arg("--init")
+        .arg(&ck2)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is episode 2") && err.contains("ep2.safetensors"),
+        "{err}"
+    );
 }
 
 #[test]
