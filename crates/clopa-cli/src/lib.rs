@@ -37,13 +37,26 @@ pub fn run_main(
                 return ExitCode::SUCCESS;
             }
             let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "{tool}: error: {err}");
-            for cause in err.chain().skip(1) {
-                let _ = writeln!(stderr, "  caused by: {cause}");
-            }
+            let _ = writeln!(stderr, "{tool}: error: {}", error_report(&err));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, one `caused by:` line each, leaving out a cause whose text the
+/// message before it already quotes (`cannot read x.toml: No such file ...` followed by
+/// `caused by: No such file ...` says nothing new).
+fn error_report(err: &anyhow::Error) -> String {
+    let mut out = err.to_string();
+    let mut previous = out.clone();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !previous.contains(&text) {
+            out.push_str(&format!("\n  caused by: {text}"));
+        }
+        previous = text;
+    }
+    out
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -170,6 +183,20 @@ pub fn check_output_dir(dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_reports_skip_causes_already_quoted() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let err = anyhow::Error::new(io).context("cannot read x.toml: No such file");
+        assert_eq!(error_report(&err), "cannot read x.toml: No such file");
+        let err = anyhow::anyhow!("disk full")
+            .context("cannot write out.parquet")
+            .context("episode 2");
+        assert_eq!(
+            error_report(&err),
+            "episode 2\n  caused by: cannot write out.parquet\n  caused by: disk full"
+        );
+    }
 
     #[test]
     fn patch_sizes_are_a_cube_or_three_axes() {

@@ -315,20 +315,8 @@ impl CaseFiles {
         image: &Volume<f32>,
         labels: &Volume<u16>,
     ) -> Result<(), DatasetError> {
-        if image.same_grid(labels) {
+        let Some(what) = image.grid_difference(labels) else {
             return Ok(());
-        }
-        let what = if image.shape != labels.shape {
-            format!("shape {:?} vs {:?}", image.shape, labels.shape)
-        } else if image
-            .spacing
-            .iter()
-            .zip(&labels.spacing)
-            .any(|(a, b)| (a - b).abs() > 1e-4)
-        {
-            format!("spacing {:?} vs {:?}", image.spacing, labels.spacing)
-        } else {
-            format!("affine {:?} vs {:?}", image.affine, labels.affine)
         };
         Err(invalid(
             image_path,

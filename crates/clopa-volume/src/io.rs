@@ -93,6 +93,77 @@ fn bad_header(path: &Path, detail: impl Into<String>) -> VolumeError {
     }
 }
 
+/// Reads the header alone and checks what would otherwise surface as a misleading error while
+/// the voxel data are read: a `dim[0]` outside 1..7 (the reader takes it for the other byte
+/// order), zero or negative dimensions and an unsupported datatype (both look like a "truncated"
+/// file once the reader computes the data size from them), and a `vox_offset` past the end of an
+/// uncompressed file (which would otherwise be read as empty data without complaint).
+fn check_header_first(path: &Path) -> Result<(), VolumeError> {
+    let header = match NiftiHeader::from_file(path) {
+        Ok(h) => h,
+        Err(NiftiError::InconsistentDim(0, _)) => {
+            return Err(bad_header(
+                path,
+                "dim[0] (the number of dimensions) is not 1 to 7 in either byte order",
+            ));
+        }
+        Err(e) => return Err(corrupt(path, e)),
+    };
+    let ndim = usize::from(header.dim[0]);
+    if !(1..=7).contains(&ndim) {
+        return Err(bad_header(
+            path,
+            format!(
+                "dim[0] = {} (the number of dimensions) is not 1 to 7",
+                header.dim[0] as i16
+            ),
+        ));
+    }
+    for (i, &d) in header.dim.iter().enumerate().take(ndim + 1).skip(1) {
+        // The field is an int16 on disk; the reader hands it over as u16.
+        if d as i16 <= 0 {
+            return Err(bad_header(
+                path,
+                format!("dim[{i}] = {} (dimensions must be positive)", d as i16),
+            ));
+        }
+    }
+    use NiftiType::*;
+    match header.data_type() {
+        Ok(Uint8 | Int8 | Uint16 | Int16 | Uint32 | Int32 | Uint64 | Int64 | Float32 | Float64) => {
+        }
+        Ok(t) => {
+            return Err(VolumeError::UnsupportedDatatype {
+                path: path.to_path_buf(),
+                datatype: format!("{t:?} (code {})", header.datatype),
+            });
+        }
+        Err(_) => {
+            return Err(VolumeError::UnsupportedDatatype {
+                path: path.to_path_buf(),
+                datatype: format!("code {}", header.datatype),
+            });
+        }
+    }
+    let gz = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+    if !gz
+        && let Ok(meta) = std::fs::metadata(path)
+        && f64::from(header.vox_offset) > meta.len() as f64
+    {
+        return Err(bad_header(
+            path,
+            format!(
+                "vox_offset = {} is past the end of the file ({} bytes)",
+                header.vox_offset,
+                meta.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads the file, checks dimensions, datatype and scaling, and keeps the raw bytes of `channel`.
 fn load(path: &Path, channel: usize) -> Result<Loaded, VolumeError> {
     match std::fs::metadata(path) {
@@ -115,6 +186,7 @@ fn load(path: &Path, channel: usize) -> Result<Loaded, VolumeError> {
             });
         }
     }
+    check_header_first(path)?;
     let obj = ReaderOptions::new()
         .read_file(path)
         .map_err(|e| corrupt(path, e))?;

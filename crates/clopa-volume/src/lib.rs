@@ -123,19 +123,23 @@ impl<T> Volume<T> {
 
     /// Same shape, and spacing and affine equal within 1e-4 (files store them as f32).
     pub fn same_grid<U>(&self, other: &Volume<U>) -> bool {
+        self.grid_difference(other).is_none()
+    }
+
+    /// What differs between the two grids, for an error message (`shape [..] vs [..]`, else
+    /// the spacing, else the affine), or `None` when they are the same grid.
+    pub fn grid_difference<U>(&self, other: &Volume<U>) -> Option<String> {
         const TOL: f64 = 1e-4;
-        self.shape == other.shape
-            && self
-                .spacing
-                .iter()
-                .zip(&other.spacing)
-                .all(|(a, b)| (a - b).abs() <= TOL)
-            && self
-                .affine
-                .iter()
-                .flatten()
-                .zip(other.affine.iter().flatten())
-                .all(|(a, b)| (a - b).abs() <= TOL)
+        let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= TOL);
+        if self.shape != other.shape {
+            Some(format!("shape {:?} vs {:?}", self.shape, other.shape))
+        } else if !close(&self.spacing, &other.spacing) {
+            Some(format!("spacing {:?} vs {:?}", self.spacing, other.spacing))
+        } else if !close(self.affine.as_flattened(), other.affine.as_flattened()) {
+            Some(format!("affine {:?} vs {:?}", self.affine, other.affine))
+        } else {
+            None
+        }
     }
 
     /// A volume on the same grid with `f` applied to every voxel.
@@ -245,9 +249,19 @@ mod tests {
         let mut b = a.map(|&v| v as f32);
         b.spacing[2] = 2.5f32 as f64 + 1e-7;
         assert!(a.same_grid(&b));
+        assert_eq!(a.grid_difference(&b), None);
         b.affine[0][3] = 0.01;
         assert!(!a.same_grid(&b));
+        // The message says which part differs (an affine-only difference used to be reported
+        // with two identical shape/spacing descriptions).
+        assert!(a.grid_difference(&b).unwrap().starts_with("affine"));
         let c = Volume::from_shape([2, 2, 1], [0.8, 0.8, 2.5], vec![0u8; 4]).unwrap();
         assert!(!a.same_grid(&c));
+        assert_eq!(
+            a.grid_difference(&c).unwrap(),
+            "shape [2, 2, 2] vs [2, 2, 1]"
+        );
+        let d = Volume::from_shape([2, 2, 2], [0.8, 0.8, 3.0], vec![0u8; 8]).unwrap();
+        assert!(a.grid_difference(&d).unwrap().starts_with("spacing"));
     }
 }

@@ -287,6 +287,48 @@ fn unsupported_datatype_and_5d_are_refused() {
 }
 
 #[test]
+fn bad_header_fields_are_named_not_taken_for_truncation() {
+    // Complex64 (code 32) with the data of the original int16 file: the data size computed from
+    // the datatype would call the file truncated; the datatype is what is wrong.
+    let (_d, p) = patched("complex.nii", |b| {
+        b[70..72].copy_from_slice(&32i16.to_le_bytes());
+        b[72..74].copy_from_slice(&64i16.to_le_bytes());
+    });
+    let err = read_image(&p, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("complex.nii") && err.contains("Complex64") && !err.contains("truncated"),
+        "{err}"
+    );
+    // A negative dimension.
+    let (_d, p) = patched("negdim.nii", |b| {
+        b[42..44].copy_from_slice(&(-7i16).to_le_bytes())
+    });
+    let err = read_image(&p, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("negdim.nii") && err.contains("dim[1] = -7"),
+        "{err}"
+    );
+    // dim[0] = 9 (neither 1..7 nor a byte-swapped 1..7).
+    let (_d, p) = patched("ndim9.nii", |b| {
+        b[40..42].copy_from_slice(&9i16.to_le_bytes())
+    });
+    let err = read_image(&p, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("ndim9.nii") && err.contains("not 1 to 7"),
+        "{err}"
+    );
+    // vox_offset (byte 108, float32) far past the end of the file.
+    let (_d, p) = patched("offset.nii", |b| {
+        b[108..112].copy_from_slice(&1e9f32.to_le_bytes())
+    });
+    let err = read_image(&p, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("offset.nii") && err.contains("vox_offset"),
+        "{err}"
+    );
+}
+
+#[test]
 fn nan_is_passed_through_by_read_image_and_refused_by_read_labels() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("nan.nii");

@@ -134,15 +134,11 @@ fn run_masks(args: &MasksArgs) -> anyhow::Result<()> {
     };
     let pred = read(&args.pred)?;
     let reference = read(&args.reference)?;
-    if !pred.same_grid(&reference) {
+    if let Some(what) = pred.grid_difference(&reference) {
         bail!(
-            "{} (shape {:?}, spacing {:?}) and {} (shape {:?}, spacing {:?}) are not on the same grid",
+            "{} and {} are not on the same grid ({what}; shape, spacing and affine must match)",
             args.pred.display(),
-            pred.shape,
-            pred.spacing,
             args.reference.display(),
-            reference.shape,
-            reference.spacing
         );
     }
     let (dice, nsd) =
