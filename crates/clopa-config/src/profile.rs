@@ -220,6 +220,36 @@ impl Profile {
     /// value (`3`, `0.5`, `[64, 64, 64]`, `"cuda"`), and a bare word that is not valid TOML is
     /// taken as a string (`cuda`). The result is validated as a whole.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        self.set_all(&[(key, value)])
+    }
+
+    /// Overrides several keys ([`Profile::set`] for each), validating only the final profile:
+    /// keys that constrain each other (`train_runs` and `run_seeds`) can then be changed
+    /// together in any order.
+    pub fn set_all<K: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        pairs: &[(K, V)],
+    ) -> Result<(), ConfigError> {
+        let mut p = self.clone();
+        for (k, v) in pairs {
+            p = p.with_key(k.as_ref(), v.as_ref())?;
+        }
+        let origin = PathBuf::from(format!(
+            "override{} {}",
+            if pairs.len() > 1 { "s" } else { "" },
+            pairs
+                .iter()
+                .map(|(k, v)| format!("`{}={}`", k.as_ref(), v.as_ref()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        p.validate(&origin)?;
+        *self = p;
+        Ok(())
+    }
+
+    /// This profile with `key` set to `value`, checked for types but not yet for ranges.
+    fn with_key(&self, key: &str, value: &str) -> Result<Profile, ConfigError> {
         let origin = PathBuf::from(format!("override `{key}={value}`"));
         let (top, sub) = match key.split_once('.') {
             Some((t, s)) => (t, Some(s)),
@@ -239,7 +269,7 @@ impl Profile {
         }
         let parsed = parse_value(value);
         let mut table =
-            toml::Table::try_from(&*self).map_err(|e| ConfigError::Serialize(e.to_string()))?;
+            toml::Table::try_from(self).map_err(|e| ConfigError::Serialize(e.to_string()))?;
         match sub {
             None => {
                 table.insert(top.to_string(), parsed);
@@ -256,10 +286,7 @@ impl Profile {
                 }
             }
         }
-        let p: Profile = table.try_into().map_err(|e| parse_error(&origin, e))?;
-        p.validate(&origin)?;
-        *self = p;
-        Ok(())
+        table.try_into().map_err(|e| parse_error(&origin, e))
     }
 
     /// Checks the ranges the types cannot express.
@@ -498,6 +525,34 @@ mod tests {
         let e = p.set("device", "tpu").unwrap_err().to_string();
         assert!(e.contains("device"), "{e}");
         assert_eq!(p, before);
+    }
+
+    #[test]
+    fn set_all_validates_the_result_once_so_order_does_not_matter() {
+        let mut quick = Profile::quick().unwrap();
+        assert_eq!(quick.train_runs, 1);
+        // Alone, either key breaks the pairing of runs and seeds ...
+        assert!(quick.clone().set("train_runs", "2").is_err());
+        // ... together they are fine, in either order.
+        for pairs in [
+            [("train_runs", "2"), ("run_seeds", "[1, 2]")],
+            [("run_seeds", "[1, 2]"), ("train_runs", "2")],
+        ] {
+            let mut p = quick.clone();
+            p.set_all(&pairs).unwrap();
+            assert_eq!((p.train_runs, p.run_seeds.clone()), (2, vec![1, 2]));
+        }
+        // A failure names every override and leaves the profile as it was.
+        let before = quick.clone();
+        let e = quick
+            .set_all(&[("train_runs", "3"), ("run_seeds", "[1, 2]")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("train_runs=3") && e.contains("run_seeds=[1, 2]"),
+            "{e}"
+        );
+        assert_eq!(quick, before);
     }
 
     #[test]

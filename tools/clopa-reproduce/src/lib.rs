@@ -191,9 +191,7 @@ pub fn resolve_profile(opts: &Options) -> anyhow::Result<Profile> {
             .with_context(|| format!("cannot load the profile {}", path.display()))?,
         None => Profile::quick()?,
     };
-    for (k, v) in &opts.sets {
-        p.set(k, v)?;
-    }
+    p.set_all(&opts.sets)?;
     if let Some(s) = opts.seed {
         p.set("seed", &s.to_string())?;
     }

@@ -76,12 +76,16 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     let manifest = Manifest::load(&args.manifest)?;
     let mut profile = Profile::load_or_quick(args.profile.as_deref())?;
-    for kv in &args.set {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))?;
-        profile.set(k.trim(), v.trim())?;
-    }
+    let sets = args
+        .set
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    profile.set_all(&sets)?;
     if let Some(seed) = args.seed {
         profile.split_seed = seed;
     }
