@@ -135,6 +135,23 @@ pub fn parse_patch(s: &str) -> Result<[usize; 3], String> {
     }
 }
 
+/// clap value parser for a number in [0, 1] (a Dice threshold): out of range is a usage error.
+pub fn parse_unit_interval(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("must lie in [0, 1], got {v}")),
+        Err(_) => Err(format!("{s:?} is not a number")),
+    }
+}
+
+/// clap value parser for a count of at least 1.
+pub fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(format!("expected a whole number of at least 1, got {s:?}")),
+    }
+}
+
 /// Sets the size of rayon's global thread pool (`--threads`); `None` keeps rayon's default
 /// (`RAYON_NUM_THREADS`, else one per core).
 pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {

@@ -77,7 +77,7 @@ struct EvalArgs {
     output: Option<PathBuf>,
 
     /// Expert Dice threshold for NoI, NoF and NoS, in [0, 1].
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", value_parser = clopa_cli::parse_unit_interval)]
     threshold: Option<f64>,
 
     /// Task manifest (TOML) whose `expert_dice` is the threshold.

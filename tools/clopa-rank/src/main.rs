@@ -77,7 +77,7 @@ struct Args {
     alpha: f64,
     /// Expert Dice threshold for the red line of Fig. 2 [default: the one clopa-eval recorded in
     /// cases.parquet's metadata].
-    #[arg(long, value_parser = parse_threshold)]
+    #[arg(long, value_parser = clopa_cli::parse_unit_interval)]
     threshold: Option<f64>,
     /// Steps per curve (1 + edits; 101 in the paper), for nNoI = 100·NoI/N [default: the one
     /// clopa-eval recorded in cases.parquet's metadata; needed when that metadata was lost].
@@ -97,15 +97,6 @@ fn parse_alpha(s: &str) -> Result<f64, String> {
         Ok(a)
     } else {
         Err(format!("alpha must lie in (0, 1), got {a}"))
-    }
-}
-
-fn parse_threshold(s: &str) -> Result<f64, String> {
-    let t: f64 = s.parse().map_err(|_| format!("\"{s}\" is not a number"))?;
-    if (0.0..=1.0).contains(&t) {
-        Ok(t)
-    } else {
-        Err(format!("a Dice threshold lies in [0, 1], got {t}"))
     }
 }
 

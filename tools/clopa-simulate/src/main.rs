@@ -63,7 +63,7 @@ struct Cli {
     edits: Option<usize>,
 
     /// Inference runs per case [default: the profile's].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clopa_cli::parse_positive)]
     infer_runs: Option<usize>,
 
     /// Patch size, one number or X,Y,Z [default: the model's, or the profile's].

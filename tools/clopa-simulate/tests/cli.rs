@@ -434,6 +434,9 @@ fn bad_patch_is_a_usage_error() {
     c.args(["--patch", "1,2"]);
     c.assert().code(2);
     let mut c = f.cmd(&out);
+    c.args(["--infer-runs", "0"]);
+    c.assert().code(2);
+    let mut c = f.cmd(&out);
     c.args(["--patch", "18"]);
     fails_with(c, &out, "total stride 4");
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use clopa_phantom::{CaseStatus, TaskKind, write_dataset_with};
 
@@ -25,14 +25,14 @@ struct Args {
     /// Task kind: vessels, organ, small, lesion or generic.
     #[arg(long, value_name = "KIND")]
     task: TaskKind,
-    /// Number of training cases to write.
-    #[arg(long, value_name = "N")]
-    cases: usize,
+    /// Number of training cases to write (at least 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    cases: u32,
     /// Random seed of the dataset.
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
     /// Output dataset folder.
-    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    #[arg(short = 'o', long = "output", value_name = "DIR", value_parser = clopa_cli::not_stdout)]
     output: PathBuf,
     /// Grid size X,Y,Z in voxels (default depends on the kind, e.g. 64,64,40 for vessels).
     #[arg(long, value_name = "X,Y,Z", value_parser = parse_size)]
@@ -55,19 +55,19 @@ fn parse_size(s: &str) -> Result<[usize; 3], String> {
     for (o, p) in out.iter_mut().zip(parts) {
         *o = p.parse().map_err(|_| bad())?;
     }
+    if out.contains(&0) {
+        return Err(bad());
+    }
     Ok(out)
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    if clopa_cli::is_stdout(&args.output) {
-        bail!("-o - (stdout) is not possible: a dataset is a folder");
-    }
     let pb = clopa_cli::progress_bar(args.cases as u64, args.task.name(), args.quiet);
     let mut skipped = 0usize;
     let json = write_dataset_with(
         &args.output,
         args.task,
-        args.cases,
+        args.cases as usize,
         args.seed,
         args.size,
         |i, status| {

@@ -122,13 +122,26 @@ fn unknown_kind_exits_2_and_lists_kinds() {
 }
 
 #[test]
-fn bad_size_exits_2() {
-    synth()
-        .args([
-            "--task", "organ", "--cases", "1", "--size", "4,4", "-o", "x",
-        ])
-        .assert()
-        .code(2);
+fn bad_size_cases_and_output_exit_2() {
+    for args in [
+        ["--cases", "1", "--size", "4,4", "-o", "x"],
+        ["--cases", "1", "--size", "0,0,0", "-o", "x"],
+        ["--cases", "0", "--size", "8,8,8", "-o", "x"],
+        ["--cases", "1", "--size", "8,8,8", "-o", "-"],
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        synth()
+            .current_dir(tmp.path())
+            .args(["--task", "organ"])
+            .args(args)
+            .assert()
+            .code(2);
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "{args:?}"
+        );
+    }
 }
 
 #[test]
