@@ -189,7 +189,22 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     let episodes = summary::episodes(&cases, table.n_steps)?;
     let trajectories = match &args.split {
         Some(split_path) => {
-            let split = steps::read_split(split_path)?;
+            let (split, holdout) = steps::read_split(split_path)?;
+            // The steps must come from this split's holdout: another split's stream lengths
+            // would silently give other trajectories.
+            if let Some(key) = table.curves.keys().find(|k| {
+                holdout
+                    .get(&k.task)
+                    .is_none_or(|ids| !ids.contains(&k.case_id))
+            }) {
+                bail!(
+                    "case {:?} of task {:?} in the step tables is not a holdout case of {} (were \
+                     the steps simulated with another split?)",
+                    key.case_id,
+                    key.task,
+                    split_path.display()
+                );
+            }
             Some(summary::trajectories(&episodes, &split, threshold)?)
         }
         None => {

@@ -217,7 +217,10 @@ pub fn read_steps(paths: &[PathBuf]) -> anyhow::Result<StepsTable> {
 /// Stream length N per `(task, run)`: the number of `train` rows of that run in split.parquet.
 pub type StreamLengths = BTreeMap<(String, u32), usize>;
 
-pub fn read_split(path: &Path) -> anyhow::Result<StreamLengths> {
+/// The holdout case ids of each task of a split.
+pub type Holdout = BTreeMap<String, std::collections::BTreeSet<String>>;
+
+pub fn read_split(path: &Path) -> anyhow::Result<(StreamLengths, Holdout)> {
     let df = read_parquet(path)?;
     for name in ["task", "case_id", "split", "run", "position"] {
         column(&df, name, path)?;
@@ -229,9 +232,16 @@ pub fn read_split(path: &Path) -> anyhow::Result<StreamLengths> {
     let split = strings(&df, "split", path)?;
     let run = u32s(&df, "run", path)?;
     let position = u32s(&df, "position", path)?;
+    let case_id = strings(&df, "case_id", path)?;
     let mut count: StreamLengths = BTreeMap::new();
     let mut max_pos: BTreeMap<(String, u32), u32> = BTreeMap::new();
+    let mut holdout = Holdout::new();
     for row in 0..df.height() {
+        if split[row].as_deref() == Some("holdout") {
+            let t = required(task[row].clone(), "task", row, path)?;
+            let id = required(case_id[row].clone(), "case_id", row, path)?;
+            holdout.entry(t).or_default().insert(id);
+        }
         if split[row].as_deref() != Some("train") {
             continue;
         }
@@ -256,5 +266,5 @@ pub fn read_split(path: &Path) -> anyhow::Result<StreamLengths> {
     if count.is_empty() {
         bail!("{} has no train rows", path.display());
     }
-    Ok(count)
+    Ok((count, holdout))
 }

@@ -499,6 +499,29 @@ fn bad_inputs_are_errors_without_output() {
         &["base model"],
     );
 
+    // a split whose holdout is not where the steps come from (case B is a train case there)
+    let mut other = read(&ps);
+    other
+        .replace(
+            "case_id",
+            Column::new("case_id".into(), vec!["s1", "B", "s3", "s4", "A", "C"]),
+        )
+        .unwrap();
+    let other_path = dir.path().join("other-split.parquet");
+    write(&mut other, &other_path);
+    fails_with(
+        &[
+            p1.as_os_str(),
+            p2.as_os_str(),
+            thr[0],
+            thr[1],
+            "--split".as_ref(),
+            other_path.as_os_str(),
+        ],
+        &out,
+        &["\"B\"", "not a holdout case", "other-split.parquet"],
+    );
+
     // a missing input file
     fails_with(
         &[dir.path().join("nope.parquet").as_os_str(), thr[0], thr[1]],
