@@ -32,8 +32,8 @@ pub enum NnError {
         source: std::io::Error,
     },
 
-    /// A JSON file that does not parse or lacks what we need.
-    #[error("invalid JSON file {}: {reason}", path.display())]
+    /// A JSON file that does not parse (the reason says "not valid JSON") or lacks what we need.
+    #[error("{}: {reason}", path.display())]
     Json { path: PathBuf, reason: String },
 
     /// A model folder that lacks a required file or has an inconsistent layout.

@@ -71,7 +71,7 @@ impl NnUnetFolder {
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| NnError::io("read", path, e))?;
-    serde_json::from_str(&text).map_err(|e| NnError::json(path, e.to_string()))
+    serde_json::from_str(&text).map_err(|e| NnError::json(path, format!("not valid JSON: {e}")))
 }
 
 /// The checkpoint of fold 0, or of the only `fold_*` folder that has one.

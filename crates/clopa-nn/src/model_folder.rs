@@ -329,8 +329,8 @@ pub fn write_episode_checkpoint(
 pub fn read_model_json(dir: &Path) -> Result<ModelJson> {
     let path = dir.join(MODEL_JSON);
     let text = std::fs::read_to_string(&path).map_err(|e| NnError::io("read", &path, e))?;
-    let meta: ModelJson =
-        serde_json::from_str(&text).map_err(|e| NnError::json(&path, e.to_string()))?;
+    let meta: ModelJson = serde_json::from_str(&text)
+        .map_err(|e| NnError::json(&path, format!("not a valid model.json: {e}")))?;
     if meta.format != MODEL_FORMAT {
         return Err(NnError::json(
             &path,
