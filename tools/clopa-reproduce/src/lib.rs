@@ -510,10 +510,16 @@ pub fn reproduce(
     };
     let mut summary = Summary::default();
     let prepare = plan_prepare(&ctx, &profile, &tasks);
-    // A rough total until the splits tell how many episodes there are.
+    // Two phases, each counted on its own in the log: how many steps the protocol has is only
+    // known once the splits (written by the first phase) give the episode schedule.
     let mut total = prepare.len() + tasks.len() * 2 + 2;
     for (i, step) in prepare.iter().enumerate() {
-        exec(step, i, total, &mut summary, progress, &opts.bin_dir)?;
+        let at = Counter {
+            phase: "data",
+            i,
+            n: prepare.len(),
+        };
+        exec(step, (i, total), at, &mut summary, progress, &opts.bin_dir)?;
     }
     let mut splits = BTreeMap::new();
     for t in &tasks {
@@ -528,9 +534,21 @@ pub fn reproduce(
         .collect();
     let rank = rank_step(&ctx);
     total = prepare.len() + rest.len() + 2;
+    let at = |j: usize| Counter {
+        phase: "protocol",
+        i: j,
+        n: rest.len() + 2,
+    };
     let mut i = prepare.len();
-    for step in &rest {
-        exec(step, i, total, &mut summary, progress, &opts.bin_dir)?;
+    for (j, step) in rest.iter().enumerate() {
+        exec(
+            step,
+            (i, total),
+            at(j),
+            &mut summary,
+            progress,
+            &opts.bin_dir,
+        )?;
         i += 1;
     }
     let merge = Step::new("merge the task tables".into(), "", merge_outputs.clone());
@@ -538,7 +556,7 @@ pub fn reproduce(
     if merge.is_done() {
         summary.skipped += 1;
     } else {
-        tracing::info!("[{}/{}] {}", i + 1, total, merge.label);
+        tracing::info!("{} {}", at(rest.len()), merge.label);
         for name in layout::EVAL_TABLES {
             let inputs: Vec<PathBuf> = tasks
                 .iter()
@@ -549,37 +567,54 @@ pub fn reproduce(
         summary.ran += 1;
     }
     i += 1;
-    exec(&rank, i, total, &mut summary, progress, &opts.bin_dir)?;
+    exec(
+        &rank,
+        (i, total),
+        at(rest.len() + 1),
+        &mut summary,
+        progress,
+        &opts.bin_dir,
+    )?;
     Ok(summary)
 }
 
-/// Reports, then runs a step unless it is done.
+/// A step's place within its phase, as the log shows it: `data [2/6]`.
+#[derive(Clone, Copy)]
+struct Counter {
+    phase: &'static str,
+    i: usize,
+    n: usize,
+}
+
+impl std::fmt::Display for Counter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} [{}/{}]", self.phase, self.i + 1, self.n)
+    }
+}
+
+/// Reports, then runs a step unless it is done. `(i, total)` is the step's place in the whole
+/// run (for the progress callback), `at` its place in its phase (for the log).
 fn exec(
     step: &Step,
-    i: usize,
-    total: usize,
+    (i, total): (usize, usize),
+    at: Counter,
     summary: &mut Summary,
     progress: &mut dyn FnMut(&Step, usize, usize),
     bin_dir: &Path,
 ) -> anyhow::Result<()> {
     progress(step, i, total);
     if step.is_done() {
-        tracing::debug!("skip {} (done)", step.label);
+        tracing::debug!("{at} skip {} (done)", step.label);
         summary.skipped += 1;
         return Ok(());
     }
     if step.outputs.is_empty() {
-        tracing::debug!(
-            "[{}/{}] {} (the tool skips what is done)",
-            i + 1,
-            total,
-            step.label
-        );
+        tracing::info!("{at} {} (the tool skips what is done)", step.label);
         run_step(step, bin_dir)?;
         summary.checked += 1;
         return Ok(());
     }
-    tracing::info!("[{}/{}] {}", i + 1, total, step.label);
+    tracing::info!("{at} {}", step.label);
     run_step(step, bin_dir)?;
     summary.ran += 1;
     Ok(())
