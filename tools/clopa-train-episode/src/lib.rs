@@ -166,6 +166,16 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     let exists = rows
         .iter()
         .any(|r| r.run == Some(req.run) && r.episode == Some(req.episode));
+    if run_episodes(&rows, req.run).is_empty() {
+        let mut runs: Vec<u32> = rows.iter().filter_map(|r| r.run).collect();
+        runs.sort_unstable();
+        runs.dedup();
+        bail!(
+            "{}: there is no training run {} (the split's runs: {runs:?})",
+            req.split.display(),
+            req.run
+        );
+    }
     if !exists || train_ids.is_empty() {
         bail!(
             "{}: run {} has no episode {} (its episodes: {:?})",

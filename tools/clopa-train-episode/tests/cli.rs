@@ -208,6 +208,14 @@ fn an_episode_missing_from_the_split_is_refused() {
     );
     assert!(err.contains("[1, 2]"), "{err}");
     assert!(!f.path("x.safetensors").exists());
+    // A run the split does not have is named as such.
+    let mut c = f.cmd(1, "in", &f.path("x.safetensors"));
+    c.args(["--run", "3"]);
+    let err = String::from_utf8(c.output().unwrap().stderr).unwrap();
+    assert!(
+        err.contains("no training run 3") && err.contains("[0]"),
+        "{err}"
+    );
 }
 
 #[test]
