@@ -55,8 +55,24 @@ fn column<'a>(df: &'a DataFrame, name: &str, path: &Path) -> anyhow::Result<&'a 
     })
 }
 
+/// Refuses a column whose type is not of the expected kind: a cast would turn text into
+/// numbers ("0.5" → 0.5), truncate fractional steps and print numbers as method names.
+fn expect_kind(c: &Column, ok: bool, kind: &str, name: &str, path: &Path) -> anyhow::Result<()> {
+    if !ok {
+        bail!(
+            "column `{name}` of {} has type {}, expected {kind}",
+            path.display(),
+            c.dtype()
+        );
+    }
+    Ok(())
+}
+
 fn strings(df: &DataFrame, name: &str, path: &Path) -> anyhow::Result<Vec<Option<String>>> {
-    let c = column(df, name, path)?
+    let c = column(df, name, path)?;
+    let text = c.dtype().is_string() || matches!(c.dtype(), DataType::Null);
+    expect_kind(c, text, "text", name, path)?;
+    let c = c
         .cast(&DataType::String)
         .with_context(|| format!("column `{name}` of {} is not text", path.display()))?;
     Ok(c.str()?.iter().map(|v| v.map(str::to_string)).collect())
@@ -64,6 +80,8 @@ fn strings(df: &DataFrame, name: &str, path: &Path) -> anyhow::Result<Vec<Option
 
 fn u32s(df: &DataFrame, name: &str, path: &Path) -> anyhow::Result<Vec<Option<u32>>> {
     let c = column(df, name, path)?;
+    let int = c.dtype().is_integer() || matches!(c.dtype(), DataType::Null);
+    expect_kind(c, int, "integers", name, path)?;
     let cast = c.strict_cast(&DataType::UInt32).with_context(|| {
         format!(
             "column `{name}` of {} ({}) does not hold non-negative integers",
@@ -76,6 +94,8 @@ fn u32s(df: &DataFrame, name: &str, path: &Path) -> anyhow::Result<Vec<Option<u3
 
 fn f64s(df: &DataFrame, name: &str, path: &Path) -> anyhow::Result<Vec<Option<f64>>> {
     let c = column(df, name, path)?;
+    let num = c.dtype().is_primitive_numeric() || matches!(c.dtype(), DataType::Null);
+    expect_kind(c, num, "numbers", name, path)?;
     let cast = c.strict_cast(&DataType::Float64).with_context(|| {
         format!(
             "column `{name}` of {} ({}) is not numeric",

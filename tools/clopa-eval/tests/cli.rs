@@ -460,6 +460,32 @@ fn bad_inputs_are_errors_without_output() {
 
     // (a --threshold outside [0, 1] is a usage error: `usage_errors_exit_2`)
 
+    // columns of the wrong type are named, not cast: text Dice, fractional steps, numeric methods
+    for (name, to, needle) in [
+        ("dice", DataType::String, "expected numbers"),
+        ("step", DataType::Float64, "expected integers"),
+        ("method", DataType::Int32, "expected text"),
+    ] {
+        let mut df = read(&p1);
+        let col = if name == "method" {
+            Column::new("method".into(), vec![1i32; df.height()])
+        } else {
+            df.column(name).unwrap().cast(&to).unwrap()
+        };
+        df.replace(name, col).unwrap();
+        let p = dir.path().join(format!("typed_{name}.parquet"));
+        write(&mut df, &p);
+        fails_with(
+            &[p.as_os_str(), thr[0], thr[1]],
+            &out,
+            &[
+                &format!("`{name}`"),
+                needle,
+                &format!("typed_{name}.parquet"),
+            ],
+        );
+    }
+
     // empty table
     let mut empty = read(&p1).head(Some(0));
     let empty_path = dir.path().join("empty.parquet");
