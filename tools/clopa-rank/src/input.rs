@@ -113,16 +113,32 @@ fn read_frame(
 }
 
 fn series(df: &DataFrame, path: &Path, name: &str, dtype: &DataType) -> anyhow::Result<Series> {
-    df.column(name)
-        .with_context(|| format!("{}: no column \"{name}\"", path.display()))?
-        .as_materialized_series()
-        .cast(dtype)
-        .with_context(|| {
-            format!(
-                "{}: column \"{name}\" cannot be read as {dtype}",
-                path.display()
-            )
-        })
+    let c = df
+        .column(name)
+        .with_context(|| format!("{}: no column \"{name}\"", path.display()))?;
+    // Only casts within a kind (u64 → u32, f32 → f64): a cast across kinds would read "0.5" as
+    // a number or 2.5 as the episode 2.
+    let have = c.dtype();
+    let same_kind = matches!(have, DataType::Null)
+        || match dtype {
+            DataType::String => have.is_string(),
+            DataType::Boolean => matches!(have, DataType::Boolean),
+            DataType::Float64 => have.is_primitive_numeric(),
+            d if d.is_integer() => have.is_integer(),
+            _ => true,
+        };
+    if !same_kind {
+        bail!(
+            "{}: column \"{name}\" has type {have}, expected {dtype}",
+            path.display()
+        );
+    }
+    c.as_materialized_series().cast(dtype).with_context(|| {
+        format!(
+            "{}: column \"{name}\" cannot be read as {dtype}",
+            path.display()
+        )
+    })
 }
 
 fn strings(df: &DataFrame, path: &Path, name: &str) -> anyhow::Result<Vec<String>> {

@@ -433,6 +433,23 @@ fn bad_tables_and_values_are_refused_naming_the_problem() {
             .stderr(contains(name).and(contains(needle)));
     }
     assert!(!out.join("table2.md").exists());
+    // A metric stored as text is named, not parsed.
+    let p = edit("text.parquet", &|mut d: DataFrame| {
+        let c = d
+            .column("dice_init")
+            .expect("col")
+            .cast(&DataType::String)
+            .expect("cast");
+        d.replace("dice_init", c).expect("replace");
+        d
+    });
+    rank()
+        .arg(&p)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(contains("dice_init").and(contains("expected f64")));
     // A threshold outside [0, 1] and `-o -` are usage errors.
     for args in [&["--threshold", "3", "-o", "x"][..], &["-o", "-"]] {
         rank().arg(&cases).args(args).assert().code(2);
