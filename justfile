@@ -66,12 +66,15 @@ pretrain: build
     # Stage 1: the profile's 4 x 25 steps with 2 edit passes.
     /usr/bin/time -v $b/clopa-train-episode --model "$out/init" --manifest "$m" --split "$out/split.parquet" \
         --run 0 --episode 1 --group all --profile "$p" -o "$out/ep1.safetensors"
-    [ -f "$out/stage1/model.json" ] || $b/clopa-model bake "$out/init" --checkpoint "$out/ep1.safetensors" -o "$out/stage1"
+    # A stage is baked again (--force) when its checkpoint is newer, i.e. was retrained.
+    [ "$out/stage1/model.json" -nt "$out/ep1.safetensors" ] ||
+      $b/clopa-model bake "$out/init" --checkpoint "$out/ep1.safetensors" -o "$out/stage1" --force
     # Stage 2: 6 x 30 more steps with 3 edit passes, warm-started from stage 1.
     /usr/bin/time -v $b/clopa-train-episode --model "$out/stage1" --manifest "$m" --split "$out/split.parquet" \
         --run 0 --episode 1 --group all --profile "$p" --epochs 6 --steps-per-epoch 30 --edits 3 \
         -o "$out/stage2.safetensors"
-    [ -f "$out/stage2/model.json" ] || $b/clopa-model bake "$out/stage1" --checkpoint "$out/stage2.safetensors" -o "$out/stage2"
+    [ "$out/stage2/model.json" -nt "$out/stage2.safetensors" ] ||
+      $b/clopa-model bake "$out/stage1" --checkpoint "$out/stage2.safetensors" -o "$out/stage2" --force
     # Stages 3 and 4: 12 x 50 more steps each with 5 edit passes (as CLoPA episodes) on cheaper 32^3
     # patches, new seeds.
     prev=stage2
@@ -79,8 +82,8 @@ pretrain: build
       /usr/bin/time -v $b/clopa-train-episode --model "$out/$prev" --manifest "$m" --split "$out/split.parquet" \
           --run 0 --episode 1 --group all --profile "$p" --epochs 12 --steps-per-epoch 50 --edits 5 \
           --patch 32 --seed $stage -o "$out/stage$stage.safetensors"
-      [ -f "$out/stage$stage/model.json" ] ||
-        $b/clopa-model bake "$out/$prev" --checkpoint "$out/stage$stage.safetensors" -o "$out/stage$stage"
+      [ "$out/stage$stage/model.json" -nt "$out/stage$stage.safetensors" ] ||
+        $b/clopa-model bake "$out/$prev" --checkpoint "$out/stage$stage.safetensors" -o "$out/stage$stage" --force
       prev=stage$stage
     done
     cp "$out/stage4/model.json" "$out/stage4/model.safetensors" models/clopa-tiny/   # README.md stays

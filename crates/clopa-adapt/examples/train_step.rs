@@ -47,6 +47,7 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn main() {
+    clopa_nn::ops::cap_isa(std::env::var("CLOPA_MAX_ISA").ok().as_deref()).unwrap();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map_or("demo", String::as_str);
     let tiny =

@@ -43,15 +43,15 @@ pub fn run_main(
     }
 }
 
-/// The error and its causes, one `caused by:` line each, leaving out a cause whose text the
-/// message before it already quotes (`cannot read x.toml: No such file ...` followed by
+/// The error and its causes, one `caused by:` line each, leaving out a cause that the message
+/// before it already ends with (`cannot read x.toml: No such file ...` followed by
 /// `caused by: No such file ...` says nothing new).
 fn error_report(err: &anyhow::Error) -> String {
     let mut out = err.to_string();
     let mut previous = out.clone();
     for cause in err.chain().skip(1) {
         let text = cause.to_string();
-        if !previous.contains(&text) {
+        if previous != text && !previous.ends_with(&format!(": {text}")) {
             out.push_str(&format!("\n  caused by: {text}"));
         }
         previous = text;
@@ -187,11 +187,12 @@ pub fn check_output(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks before the work starts that the output folder `dir` can be written into (created if
-/// missing), and refuses `-` for tools whose output is a folder or a set of files.
+/// Checks before the work starts that the output folder `dir` (which may not exist yet) can be
+/// written into, and refuses `-`: a folder cannot be stdout. (Tools refuse `-` already when
+/// parsing, with [`not_stdout`]; this is for library callers.)
 pub fn check_output_dir(dir: &Path) -> anyhow::Result<()> {
     if is_stdout(dir) {
-        anyhow::bail!("-o -: this tool writes several files, so it needs a folder, not stdout");
+        anyhow::bail!("`-` (stdout) cannot be an output folder");
     }
     clopa_fs::check_writable_dir(dir)?;
     Ok(())
@@ -213,6 +214,9 @@ mod tests {
             error_report(&err),
             "episode 2\n  caused by: cannot write out.parquet\n  caused by: disk full"
         );
+        // A short cause that merely occurs inside the message is kept.
+        let err = anyhow::anyhow!("0").context("run 0 failed");
+        assert_eq!(error_report(&err), "run 0 failed\n  caused by: 0");
     }
 
     #[test]

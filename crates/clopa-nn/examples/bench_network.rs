@@ -39,6 +39,7 @@ fn cpu_seconds() -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    clopa_nn::ops::cap_isa(std::env::var("CLOPA_MAX_ISA").ok().as_deref())?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arch_name = args.first().map(String::as_str).unwrap_or("fixture");
     let size: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(64);

@@ -221,6 +221,8 @@ fn run_case(c: &Case) -> Result<()> {
 }
 
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    // `CLOPA_MAX_ISA=avx2` measures the AVX2 kernels on an AVX-512 machine (children inherit it).
+    ops::cap_isa(std::env::var("CLOPA_MAX_ISA").ok().as_deref())?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let all = cases();
     match args.first().map(String::as_str) {

@@ -37,8 +37,8 @@ pub struct BallVoxel {
     pub texture: f32,
 }
 
-/// The voxels of a [`BALL_SHAPE`] case with a ball of radius 4 at `centre`, in x-fastest-last
-/// order (`x` slowest, `z` fastest, as `Volume` stores them).
+/// The voxels of a [`BALL_SHAPE`] case with a ball of radius 4 at `centre`, `x` slowest and `z`
+/// fastest, as `Volume` stores them.
 pub fn ball_voxels(centre: [f32; 3]) -> Vec<BallVoxel> {
     let [nx, ny, nz] = BALL_SHAPE;
     let mut out = Vec::with_capacity(nx * ny * nz);

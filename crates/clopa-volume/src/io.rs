@@ -93,6 +93,20 @@ fn bad_header(path: &Path, detail: impl Into<String>) -> VolumeError {
     }
 }
 
+/// The voxel datatypes clopa reads (integers and reals; no complex, RGB or 128-bit types).
+const SUPPORTED: [NiftiType; 10] = [
+    NiftiType::Uint8,
+    NiftiType::Int8,
+    NiftiType::Uint16,
+    NiftiType::Int16,
+    NiftiType::Uint32,
+    NiftiType::Int32,
+    NiftiType::Uint64,
+    NiftiType::Int64,
+    NiftiType::Float32,
+    NiftiType::Float64,
+];
+
 /// Reads the header alone and checks what would otherwise surface as a misleading error while
 /// the voxel data are read: a `dim[0]` outside 1..7 (the reader takes it for the other byte
 /// order), zero or negative dimensions and an unsupported datatype (both look like a "truncated"
@@ -128,10 +142,8 @@ fn check_header_first(path: &Path) -> Result<(), VolumeError> {
             ));
         }
     }
-    use NiftiType::*;
     match header.data_type() {
-        Ok(Uint8 | Int8 | Uint16 | Int16 | Uint32 | Int32 | Uint64 | Int64 | Float32 | Float64) => {
-        }
+        Ok(t) if SUPPORTED.contains(&t) => {}
         Ok(t) => {
             return Err(VolumeError::UnsupportedDatatype {
                 path: path.to_path_buf(),
@@ -223,11 +235,7 @@ fn load(path: &Path, channel: usize) -> Result<Loaded, VolumeError> {
             path: path.to_path_buf(),
             datatype: format!("code {}", header.datatype),
         })?;
-    use NiftiType::*;
-    if !matches!(
-        datatype,
-        Uint8 | Int8 | Uint16 | Int16 | Uint32 | Int32 | Uint64 | Int64 | Float32 | Float64
-    ) {
+    if !SUPPORTED.contains(&datatype) {
         return Err(VolumeError::UnsupportedDatatype {
             path: path.to_path_buf(),
             datatype: format!("{datatype:?}"),

@@ -148,7 +148,6 @@ pub fn forward(
     clopa_cli::write_atomic(output, |f| Ok(f.write_all(&bytes)?))
 }
 
-/// `clopa-import`: an nnInteractive / nnU-Net model folder → a clopa model folder.
 /// Refuses to write a model folder where one (or anything else) already is, unless `force`:
 /// episode checkpoints name their base by the weights' sha256, so overwriting a base model
 /// (`-o models/clopa-tiny` by mistake) silently orphans every checkpoint trained on it. Then
@@ -165,17 +164,21 @@ pub fn check_new_model_folder(out: &Path, force: bool) -> anyhow::Result<()> {
                 bail!(
                     "{} is not empty (it holds {}, ...): refusing to overwrite it, since episode \
                      checkpoints name their base model by its weights; write a new folder, or pass \
-                     --force to replace it",
+                     --force to overwrite the model in it",
                     out.display(),
                     entry.file_name().to_string_lossy()
                 );
             }
-            tracing::warn!("replacing the contents of {} (--force)", out.display());
+            tracing::warn!(
+                "overwriting the model (model.json, model.safetensors) in {} (--force)",
+                out.display()
+            );
         }
     }
     clopa_cli::check_output_dir(out)
 }
 
+/// `clopa-import`: an nnInteractive / nnU-Net model folder → a clopa model folder.
 pub fn import(src: &Path, dst: &Path) -> anyhow::Result<()> {
     let (meta, tensors) = import_nnunet_folder(src)?;
     tracing::info!(

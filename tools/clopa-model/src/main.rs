@@ -93,7 +93,7 @@ enum Command {
         /// Output model folder (must be new or empty, unless --force).
         #[arg(short, long, value_parser = clopa_cli::not_stdout)]
         output: PathBuf,
-        /// Replace the contents of an existing output folder.
+        /// Overwrite the model (model.json, model.safetensors) in an existing output folder.
         #[arg(long)]
         force: bool,
     },
@@ -113,7 +113,7 @@ enum Command {
         /// Output model folder (must be new or empty, unless --force).
         #[arg(short, long, value_parser = clopa_cli::not_stdout)]
         output: PathBuf,
-        /// Replace the contents of an existing output folder.
+        /// Overwrite the model (model.json, model.safetensors) in an existing output folder.
         #[arg(long)]
         force: bool,
     },
@@ -130,6 +130,9 @@ enum Arch {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     clopa_cli::run_main("clopa-model", cli.verbose, cli.quiet, || {
+        // The SIMD level of the CPU kernels (for benchmarks; the library reads no environment).
+        clopa_nn::ops::cap_isa(std::env::var("CLOPA_MAX_ISA").ok().as_deref())
+            .map_err(anyhow::Error::msg)?;
         match cli.command {
             Command::Info { path, json } => {
                 clopa_model::info(&path, json, &mut std::io::stdout().lock())

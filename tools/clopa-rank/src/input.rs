@@ -116,8 +116,8 @@ fn series(df: &DataFrame, path: &Path, name: &str, dtype: &DataType) -> anyhow::
     let c = df
         .column(name)
         .with_context(|| format!("{}: no column \"{name}\"", path.display()))?;
-    // Only casts within a kind (u64 → u32, f32 → f64): a cast across kinds would read "0.5" as
-    // a number or 2.5 as the episode 2.
+    // Only casts that keep the meaning (u64 → u32, f32 or an integer → f64): text → number would
+    // read "0.5" as 0.5, and float → integer 2.5 as the episode 2.
     let have = c.dtype();
     let same_kind = matches!(have, DataType::Null)
         || match dtype {
@@ -192,17 +192,25 @@ fn req_f64(df: &DataFrame, path: &Path, name: &str) -> anyhow::Result<Vec<f64>> 
         .collect()
 }
 
-/// `req_f64` of a column whose every value must lie in `[lo, hi]` (so not NaN): clopa-eval
-/// writes only such values, and a NaN or a Dice of 7 would otherwise end up in Table 2 as a
-/// bold "–" or a mean above 1.
+/// `req_f64` of a column whose every value must lie in `[lo, hi]`: a Dice of 7 would otherwise
+/// end up in Table 2 as a mean above 1. NaN passes only where clopa-eval writes it (`nan_ok`:
+/// the nAUC of a 1-step curve, `--edits 0`, is undefined) and shows as "–" in the tables.
 fn f64_in(
     df: &DataFrame,
     path: &Path,
     name: &str,
     (lo, hi): (f64, f64),
+    nan_ok: bool,
 ) -> anyhow::Result<Vec<f64>> {
     let v = req_f64(df, path, name)?;
-    if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !(lo..=hi).contains(*x)) {
+    let bad = |x: f64| {
+        if x.is_nan() {
+            !nan_ok
+        } else {
+            !(lo..=hi).contains(&x)
+        }
+    };
+    if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| bad(**x)) {
         bail!(
             "{}: column \"{name}\" is {x} in row {i}, outside [{lo}, {hi}]",
             path.display()
@@ -225,9 +233,9 @@ pub fn read_cases(path: &Path) -> anyhow::Result<(Vec<CaseRow>, EvalSettings)> {
     let n_seen = req_u32(&df, path, "n_seen")?;
     let metrics: Vec<Vec<f64>> = CASE_METRICS
         .iter()
-        .map(|m| f64_in(&df, path, m, (0.0, 1.0)))
+        .map(|m| f64_in(&df, path, m, (0.0, 1.0), m.ends_with("_nauc")))
         .collect::<anyhow::Result<_>>()?;
-    let noi = f64_in(&df, path, "noi", (0.0, f64::MAX))?;
+    let noi = f64_in(&df, path, "noi", (0.0, f64::MAX), false)?;
     let failed_s = series(&df, path, "failed", &DataType::Boolean)?;
     let failed: Vec<bool> = failed_s
         .bool()
@@ -268,7 +276,8 @@ pub fn read_trajectory(path: &Path) -> anyhow::Result<Vec<TrajectoryRow>> {
     let method = strings(&df, path, "method")?;
     let metric = strings(&df, path, "metric")?;
     let position = opt_u32(&df, path, "position")?;
-    let value = f64_in(&df, path, "value", (f64::MIN, f64::MAX))?;
+    // NaN: a trajectory AUC over a stream of one position is undefined.
+    let value = f64_in(&df, path, "value", (f64::MIN, f64::MAX), true)?;
     let nos = opt_f64(&df, path, "nos")?;
     Ok((0..df.height())
         .map(|i| TrajectoryRow {

@@ -399,21 +399,29 @@ fn bad_tables_and_values_are_refused_naming_the_problem() {
             .expect("write");
         p
     };
-    let set_first = |value: f64| {
+    let set_in = |col: &'static str, value: f64| {
         move |mut d: DataFrame| {
             let mut v: Vec<f64> = d
-                .column("dice_final")
+                .column(col)
                 .expect("col")
                 .f64()
                 .expect("f64")
                 .into_no_null_iter()
                 .collect();
             v[3] = value;
-            d.replace("dice_final", Column::new("dice_final".into(), v))
-                .expect("replace");
+            d.replace(col, Column::new(col.into(), v)).expect("replace");
             d
         }
     };
+    let set_first = |value: f64| set_in("dice_final", value);
+    // A NaN nAUC is what clopa-eval writes for 1-step curves: accepted.
+    let p = edit("nan-nauc.parquet", &set_in("dice_nauc", f64::NAN));
+    rank()
+        .arg(&p)
+        .arg("-o")
+        .arg(dir.path().join("nauc"))
+        .assert()
+        .success();
     for (name, f, needle) in [
         (
             "nan.parquet",

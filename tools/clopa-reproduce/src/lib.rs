@@ -470,6 +470,7 @@ pub fn reproduce(
     progress: &mut dyn FnMut(&Step, usize, usize),
 ) -> anyhow::Result<Summary> {
     let profile = resolve_profile(opts)?;
+    clopa_cli::check_output_dir(&opts.out)?;
     let missing = missing_binaries(&profile, &opts.bin_dir);
     if !missing.is_empty() {
         bail!(

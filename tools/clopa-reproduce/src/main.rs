@@ -27,7 +27,7 @@ struct Args {
     #[arg(long)]
     profile: Option<PathBuf>,
     /// Output folder, e.g. runs/quick.
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = clopa_cli::not_stdout)]
     output: PathBuf,
     /// Override one profile key, e.g. `--set train_runs=1` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]

@@ -33,8 +33,9 @@ provenance metadata records them); --force recomputes. `-o -` writes the Parquet
 /// Writes steps.parquet (DESIGN.md "Tables"): one row per (inference run, case, step). Settings
 /// come from --profile (else the embedded pipelines/quick.toml, like every tool: 10 edits, 1
 /// inference run; the paper's pipelines/paper.toml has 100 and 3), the patch size from the model
-/// unless a profile or --patch is given, and flags override them. Inputs are all checked before anything is computed; nothing is
-/// written on error.
+/// unless a profile or --patch is given, and flags override them. The model, checkpoints, split,
+/// dataset and output place are checked before anything is computed, each case file when it is
+/// read; nothing is written on error.
 #[derive(Parser, Debug)]
 #[command(name = "clopa-simulate", version, after_help = AFTER_HELP, args_override_self = true)]
 struct Cli {
@@ -96,7 +97,7 @@ struct Cli {
     threads: Option<usize>,
 
     /// Also write each final segmentation as DIR/<case>_infer<run>.nii.gz.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = clopa_cli::not_stdout)]
     save_masks: Option<PathBuf>,
 
     /// Predict at zoom 1 only (no AutoZoom), for ablations.
@@ -141,6 +142,9 @@ fn parse_device(s: &str) -> Result<String, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     clopa_cli::run_main("clopa-simulate", cli.verbose, cli.quiet, || {
+        // The SIMD level of the CPU kernels (for benchmarks; the library reads no environment).
+        clopa_nn::ops::cap_isa(std::env::var("CLOPA_MAX_ISA").ok().as_deref())
+            .map_err(anyhow::Error::msg)?;
         clopa_cli::set_threads(cli.threads)?;
         let data_root = cli
             .data_root

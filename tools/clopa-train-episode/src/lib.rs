@@ -5,7 +5,8 @@
 //! Where things are: `main.rs` parses the arguments; [`run`] resolves the settings (profile, then
 //! flags), checks every input (split, model, checkpoint chain, cases) before training, calls
 //! [`clopa_adapt::train_episode`] and writes the log and then the checkpoint atomically (an
-//! existing checkpoint with its log means the episode is done, and a rerun skips it).
+//! existing checkpoint with its log that records the same base model and settings means the
+//! episode is done, and a rerun skips it; other settings are trained again).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -120,7 +121,12 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     let whole_stream = req.episode == LAST_EPISODE;
     let concrete;
     let req = if whole_stream {
-        let rows = clopa_table::read_split(&req.split)?;
+        // The last episode of this task's rows (a split may hold several tasks).
+        let task = Manifest::load(&req.manifest)?.name;
+        let rows: Vec<_> = clopa_table::read_split(&req.split)?
+            .into_iter()
+            .filter(|r| r.task == task)
+            .collect();
         let last = run_episodes(&rows, req.run)
             .last()
             .copied()
@@ -231,6 +237,7 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
             req.episode - 1
         );
     }
+    let mut previous_episode: Option<u32> = None;
     for (i, ck) in req.init.iter().enumerate() {
         let c = read_episode_checkpoint(ck)
             .with_context(|| format!("cannot read the checkpoint {}", ck.display()))?;
@@ -243,28 +250,39 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
                 group.name()
             );
         }
-        // Episode E warm-starts from episode E − 1 of the same run (the last --init).
+        // A chain of --init is one run in ascending episodes, and episode E warm-starts from
+        // episode E − 1 of its own run (the last --init).
         let meta = |k: &str| c.metadata.get(k).and_then(|v| v.trim().parse::<u32>().ok());
-        if i + 1 == req.init.len() && !whole_stream {
-            if let Some(r) = meta("clopa.run")
-                && r != req.run
-            {
-                bail!(
-                    "--init {} is from training run {r}, not run {}",
-                    ck.display(),
-                    req.run
-                );
-            }
-            if let Some(e) = meta("clopa.episode")
-                && e + 1 != req.episode
-            {
-                bail!(
-                    "--init {} is episode {e}; episode {} warm-starts from episode {}",
-                    ck.display(),
-                    req.episode,
-                    req.episode - 1
-                );
-            }
+        if let (Some(p), Some(e)) = (previous_episode, meta("clopa.episode"))
+            && e <= p
+        {
+            bail!(
+                "--init {} is episode {e}, after episode {p}: give the chain in ascending order",
+                ck.display()
+            );
+        }
+        previous_episode = meta("clopa.episode").or(previous_episode);
+        if !whole_stream
+            && let Some(r) = meta("clopa.run")
+            && r != req.run
+        {
+            bail!(
+                "--init {} is from training run {r}, not run {}",
+                ck.display(),
+                req.run
+            );
+        }
+        if i + 1 == req.init.len()
+            && !whole_stream
+            && let Some(e) = meta("clopa.episode")
+            && e.checked_add(1) != Some(req.episode)
+        {
+            bail!(
+                "--init {} is episode {e}; episode {} warm-starts from episode {}",
+                ck.display(),
+                req.episode,
+                req.episode - 1
+            );
         }
     }
     model

@@ -143,6 +143,9 @@ fn parse_episode(s: &str) -> Result<u32, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     clopa_cli::run_main("clopa-train-episode", cli.verbose, cli.quiet, || {
+        // The SIMD level of the CPU kernels (for benchmarks; the library reads no environment).
+        clopa_nn::ops::cap_isa(std::env::var("CLOPA_MAX_ISA").ok().as_deref())
+            .map_err(anyhow::Error::msg)?;
         clopa_cli::set_threads(cli.threads)?;
         let data_root = cli
             .data_root

@@ -180,6 +180,18 @@ fn trains_an_in_episode_writes_checkpoint_and_log_and_skips_a_rerun() {
         err.contains("is episode 2") && err.contains("ep2.safetensors"),
         "{err}"
     );
+    // ... and a chain of --init goes up in episodes
+    let out = f
+        .cmd(2, "in", &f.path("out/ep2c.safetensors"))
+        .arg("--init")
+        .arg(&ck)
+        .arg("--init")
+        .arg(&ck)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ascending order"), "{err}");
 }
 
 #[test]

@@ -793,7 +793,7 @@ mod tests {
         for (b, cin, cout, dhw, p) in GEOMETRIES {
             let ys = check(b, cin, cout, dhw, p);
             // Every level sums each voxel's products in the same order (see `block_avx2`).
-            for y in &ys[1..] {
+            for y in ys.iter().skip(1) {
                 assert!(
                     y.iter()
                         .zip(&ys[0])

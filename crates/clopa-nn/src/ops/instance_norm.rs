@@ -11,6 +11,7 @@
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
 use super::isa::{Isa, isa};
 use super::leaky_relu::lrelu;
 use super::{Kernel, Op, check_layout, check_vec, dims5, f32_slice, grad_if, invalid, zeroed};

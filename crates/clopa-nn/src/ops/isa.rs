@@ -1,5 +1,6 @@
-//! Which SIMD instruction set the hand-written kernels run: detected once per process, and capped
-//! by the environment variable `CLOPA_MAX_ISA` (`baseline`, `avx2` or `avx512`).
+//! Which SIMD instruction set the hand-written kernels run: the highest the CPU has, unless a
+//! tool lowers it with [`set_max_isa`] (the tools do for the environment variable
+//! `CLOPA_MAX_ISA` = `baseline`, `avx2` or `avx512`, through [`cap_isa`]).
 //!
 //! The crate is compiled for baseline x86-64, so the kernels that matter (the direct convolution,
 //! the instance-norm sums) carry bodies compiled for AVX-512F and for AVX2 + FMA and pick one at
@@ -7,17 +8,18 @@
 //! laptops) gets — the same idea as oneDNN's `ONEDNN_MAX_CPU_ISA` — and so that tests can compare
 //! the variants bit for bit; it never raises the level above what the CPU has.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// A SIMD level of the hand-written kernels, in increasing order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum Isa {
     /// No hand-written SIMD: the gemm paths and auto-vectorised baseline code (any CPU).
-    Baseline,
+    Baseline = 0,
     /// x86-64 with AVX2 and FMA (8 f32 lanes, 16 vector registers).
-    Avx2,
+    Avx2 = 1,
     /// x86-64 with AVX-512F (16 f32 lanes, 32 vector registers).
-    Avx512,
+    Avx512 = 2,
 }
 
 impl Isa {
@@ -70,29 +72,49 @@ impl std::fmt::Display for Isa {
     }
 }
 
-/// The level the kernels run at: [`Isa::detected`], lowered to `CLOPA_MAX_ISA` when that is set.
-/// An unknown `CLOPA_MAX_ISA` value is reported once on stderr and ignored.
+/// The level the kernels run at now: [`Isa::detected`], or lower after [`set_max_isa`].
 pub fn isa() -> Isa {
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        let top = Isa::detected();
-        match std::env::var("CLOPA_MAX_ISA") {
-            Ok(v) => match Isa::parse(&v) {
-                Some(cap) => cap.min(top),
-                None => {
-                    eprintln!(
-                        "warning: CLOPA_MAX_ISA={v:?} is not one of baseline, avx2, avx512; \
-                         using {top}"
-                    );
-                    top
-                }
-            },
-            Err(_) => top,
+    match LEVEL.load(Ordering::Relaxed) {
+        UNSET => {
+            let top = Isa::detected();
+            LEVEL.store(top as u8, Ordering::Relaxed);
+            top
         }
-    })
+        v => Isa::from_u8(v),
+    }
+}
+
+/// Caps the level of every kernel that starts after this call at `cap` (never above the CPU's).
+pub fn set_max_isa(cap: Isa) {
+    LEVEL.store(cap.min(Isa::detected()) as u8, Ordering::Relaxed);
+}
+
+/// Applies a `CLOPA_MAX_ISA` value as the tools read it from the environment (`None`: not set,
+/// nothing changes); an unknown value is an error that says what is accepted.
+pub fn cap_isa(value: Option<&str>) -> Result<(), String> {
+    let Some(v) = value else { return Ok(()) };
+    let cap = Isa::parse(v)
+        .ok_or_else(|| format!("CLOPA_MAX_ISA={v:?} is not one of baseline, avx2, avx512"))?;
+    set_max_isa(cap);
+    Ok(())
+}
+
+/// The current level as a byte; `UNSET` until first asked.
+static LEVEL: AtomicU8 = AtomicU8::new(UNSET);
+const UNSET: u8 = u8::MAX;
+
+impl Isa {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Baseline,
+            1 => Self::Avx2,
+            _ => Self::Avx512,
+        }
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -106,5 +128,10 @@ mod tests {
         assert!(Isa::Baseline < Isa::Avx2 && Isa::Avx2 < Isa::Avx512);
         assert!(isa() <= Isa::detected());
         assert_eq!(Isa::all_supported().first(), Some(&Isa::Baseline));
+        for i in Isa::all_supported() {
+            assert_eq!(Isa::from_u8(i as u8), i);
+        }
+        assert!(cap_isa(Some("sse4")).unwrap_err().contains("sse4"));
+        assert_eq!(cap_isa(None), Ok(()));
     }
 }

@@ -106,7 +106,7 @@ pub use conv_norm::{ConvNorm, conv_norm_act};
 pub use conv_transpose3d::conv_transpose3d;
 pub use conv3d::conv3d;
 pub use instance_norm::instance_norm3d;
-pub use isa::{Isa, isa};
+pub use isa::{Isa, cap_isa, isa, set_max_isa};
 pub use leaky_relu::leaky_relu;
 
 use candle_core::backend::BackendStorage;

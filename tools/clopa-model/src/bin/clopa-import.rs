@@ -24,7 +24,7 @@ struct Cli {
     /// The clopa model folder to write (must be new or empty, unless --force).
     #[arg(short, long, value_parser = clopa_cli::not_stdout)]
     output: PathBuf,
-    /// Replace the contents of an existing output folder.
+    /// Overwrite the model (model.json, model.safetensors) in an existing output folder.
     #[arg(long)]
     force: bool,
     /// More logging (-v debug, -vv trace).
