@@ -73,6 +73,10 @@ pub enum NnError {
         found: String,
     },
 
+    /// Episode checkpoints given as a chain that are not one (see `check_chain`).
+    #[error("{}: {reason}", path.display())]
+    NotAChain { path: PathBuf, reason: String },
+
     /// A tensor computation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

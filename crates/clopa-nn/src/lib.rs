@@ -37,9 +37,9 @@ pub use arch::{Architecture, UNetSpec};
 pub use error::{NnError, Result};
 pub use groups::{ParamCounts, ParamGroup, param_counts};
 pub use model_folder::{
-    DecayScheme, EpisodeCheckpoint, ModelFolder, ModelJson, all_finite, load_model_folder,
-    read_episode_checkpoint, read_model_json, sha256_file, write_episode_checkpoint,
-    write_model_folder,
+    DecayScheme, EpisodeCheckpoint, ModelFolder, ModelJson, all_finite, check_chain,
+    load_model_folder, read_episode_checkpoint, read_model_json, sha256_file,
+    write_episode_checkpoint, write_model_folder,
 };
 pub use params::ParamStore;
 pub use unet::ResidualEncoderUNet;

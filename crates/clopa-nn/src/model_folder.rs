@@ -308,6 +308,48 @@ pub fn read_episode_checkpoint(path: &Path) -> Result<EpisodeCheckpoint> {
     })
 }
 
+/// Checks that `chain` is one chain of episode checkpoints: one training run of one group
+/// (`clopa.run`, `clopa.group`), in ascending `clopa.episode`. A later checkpoint overrides an
+/// earlier one's tensors and tools label results from the last one, so a mixed or reversed chain
+/// would give one model under another's name. Keys a checkpoint lacks are not compared.
+pub fn check_chain(chain: &[EpisodeCheckpoint]) -> Result<()> {
+    let episode = |c: &EpisodeCheckpoint| {
+        c.metadata
+            .get("clopa.episode")
+            .and_then(|v| v.trim().parse::<u32>().ok())
+    };
+    for pair in chain.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        for key in [META_GROUP, "clopa.run"] {
+            if let (Some(x), Some(y)) = (a.metadata.get(key), b.metadata.get(key))
+                && x != y
+            {
+                return Err(NnError::NotAChain {
+                    path: b.path.clone(),
+                    reason: format!(
+                        "{key} {y} after {} with {key} {x}: not one chain; give the episodes of \
+                         one training run and group, in order",
+                        a.path.display()
+                    ),
+                });
+            }
+        }
+        if let (Some(x), Some(y)) = (episode(a), episode(b))
+            && x >= y
+        {
+            return Err(NnError::NotAChain {
+                path: b.path.clone(),
+                reason: format!(
+                    "episode {y} after {} (episode {x}): give the episodes of a chain in \
+                     ascending order",
+                    a.path.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Writes an episode checkpoint atomically; `metadata` must include `clopa.base_sha256`.
 pub fn write_episode_checkpoint(
     path: &Path,

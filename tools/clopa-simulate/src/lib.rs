@@ -169,7 +169,7 @@ fn keys(req: &Request) -> anyhow::Result<Keys> {
                 .with_context(|| format!("cannot read the checkpoint {}", p.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    check_chain(&chain)?;
+    clopa_nn::check_chain(&chain)?;
     let ck = chain.last().expect("one checkpoint at least");
     // Everything the table needs, reported at once (flags stand in for group and run only).
     let missing: Vec<&str> = [META_GROUP, "clopa.run", "clopa.episode", "clopa.n_seen"]
@@ -200,38 +200,6 @@ fn keys(req: &Request) -> anyhow::Result<Keys> {
         episode: meta_u32(ck, "clopa.episode")?,
         n_seen: meta_u32(ck, "clopa.n_seen")?,
     })
-}
-
-/// A chain of checkpoints is one training run of one group, in episode order: the table is
-/// labelled from the last one, and a later checkpoint overrides an earlier one's tensors, so a
-/// mixed or reversed chain would score one model under another's name.
-fn check_chain(chain: &[clopa_nn::EpisodeCheckpoint]) -> anyhow::Result<()> {
-    for pair in chain.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
-        for key in [META_GROUP, "clopa.run"] {
-            if let (Some(x), Some(y)) = (a.metadata.get(key), b.metadata.get(key))
-                && x != y
-            {
-                bail!(
-                    "the checkpoints {} ({key} {x}) and {} ({key} {y}) are not one chain: \
-                     give the episodes of one training run and group, in order",
-                    a.path.display(),
-                    b.path.display()
-                );
-            }
-        }
-        if let (Ok(x), Ok(y)) = (meta_u32(a, "clopa.episode"), meta_u32(b, "clopa.episode"))
-            && x >= y
-        {
-            bail!(
-                "the checkpoint {} (episode {x}) comes before {} (episode {y}): give the \
-                 episodes of a chain in ascending order",
-                a.path.display(),
-                b.path.display()
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Runs the simulation and writes the table; nothing is written unless every input checks out.

@@ -237,49 +237,47 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
             req.episode - 1
         );
     }
-    let mut previous_episode: Option<u32> = None;
-    for (i, ck) in req.init.iter().enumerate() {
-        let c = read_episode_checkpoint(ck)
-            .with_context(|| format!("cannot read the checkpoint {}", ck.display()))?;
+    let chain = req
+        .init
+        .iter()
+        .map(|ck| {
+            read_episode_checkpoint(ck)
+                .with_context(|| format!("cannot read the checkpoint {}", ck.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // One run and group in ascending episodes (clopa_nn::check_chain), of this group, and
+    // episode E warm-starts from episode E − 1 of its own run: the last --init.
+    clopa_nn::check_chain(&chain)?;
+    for c in &chain {
         if let Some(g) = c.metadata.get(META_GROUP)
             && g != group.name()
         {
             bail!(
                 "--init {} was trained with group `{g}`, not `{}`",
-                ck.display(),
+                c.path.display(),
                 group.name()
             );
         }
-        // A chain of --init is one run in ascending episodes, and episode E warm-starts from
-        // episode E − 1 of its own run (the last --init).
+    }
+    if let Some(c) = chain.last()
+        && !whole_stream
+    {
         let meta = |k: &str| c.metadata.get(k).and_then(|v| v.trim().parse::<u32>().ok());
-        if let (Some(p), Some(e)) = (previous_episode, meta("clopa.episode"))
-            && e <= p
-        {
-            bail!(
-                "--init {} is episode {e}, after episode {p}: give the chain in ascending order",
-                ck.display()
-            );
-        }
-        previous_episode = meta("clopa.episode").or(previous_episode);
-        if !whole_stream
-            && let Some(r) = meta("clopa.run")
+        if let Some(r) = meta("clopa.run")
             && r != req.run
         {
             bail!(
                 "--init {} is from training run {r}, not run {}",
-                ck.display(),
+                c.path.display(),
                 req.run
             );
         }
-        if i + 1 == req.init.len()
-            && !whole_stream
-            && let Some(e) = meta("clopa.episode")
+        if let Some(e) = meta("clopa.episode")
             && e.checked_add(1) != Some(req.episode)
         {
             bail!(
                 "--init {} is episode {e}; episode {} warm-starts from episode {}",
-                ck.display(),
+                c.path.display(),
                 req.episode,
                 req.episode - 1
             );
