@@ -119,14 +119,24 @@ pub const LAST_EPISODE: u32 = u32::MAX;
 pub fn run(req: &Request) -> anyhow::Result<()> {
     // `last` trains on the run's final cache at once (specialists), not as a step of a chain
     let whole_stream = req.episode == LAST_EPISODE;
+    let manifest = Manifest::load(&req.manifest)?;
+    // The split's rows of the manifest's task (a split may hold several tasks).
+    let all_rows = clopa_table::read_split(&req.split)?;
+    let rows: Vec<_> = all_rows
+        .iter()
+        .filter(|r| r.task == manifest.name)
+        .cloned()
+        .collect();
+    if rows.is_empty() {
+        let tasks: std::collections::BTreeSet<_> = all_rows.iter().map(|r| &r.task).collect();
+        bail!(
+            "split {} has rows only for task(s) {tasks:?}, not for the manifest's task {:?}",
+            req.split.display(),
+            manifest.name
+        );
+    }
     let concrete;
     let req = if whole_stream {
-        // The last episode of this task's rows (a split may hold several tasks).
-        let task = Manifest::load(&req.manifest)?.name;
-        let rows: Vec<_> = clopa_table::read_split(&req.split)?
-            .into_iter()
-            .filter(|r| r.task == task)
-            .collect();
         let last = run_episodes(&rows, req.run)
             .last()
             .copied()
@@ -151,23 +161,8 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--group {:?}: {e}", req.group))?;
     let (profile, cfg) = resolve(req)?;
-    let manifest = Manifest::load(&req.manifest)?;
 
-    // --- the cache of this episode (the split's rows of the manifest's task)
-    let all_rows = clopa_table::read_split(&req.split)?;
-    let rows: Vec<_> = all_rows
-        .iter()
-        .filter(|r| r.task == manifest.name)
-        .cloned()
-        .collect();
-    if rows.is_empty() {
-        let tasks: std::collections::BTreeSet<_> = all_rows.iter().map(|r| &r.task).collect();
-        bail!(
-            "split {} has rows only for task(s) {tasks:?}, not for the manifest's task {:?}",
-            req.split.display(),
-            manifest.name
-        );
-    }
+    // --- the cache of this episode
     let (train_ids, val_ids) = clopa_schedule::cache_at(&rows, req.run, req.episode);
     let exists = rows
         .iter()
