@@ -144,14 +144,6 @@ pub fn parse_unit_interval(s: &str) -> Result<f64, String> {
     }
 }
 
-/// clap value parser for a count of at least 1.
-pub fn parse_positive(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(v) if v > 0 => Ok(v),
-        _ => Err(format!("expected a whole number of at least 1, got {s:?}")),
-    }
-}
-
 /// Sets the size of rayon's global thread pool (`--threads`); `None` keeps rayon's default
 /// (`RAYON_NUM_THREADS`, else one per core).
 pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {

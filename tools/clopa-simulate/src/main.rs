@@ -64,7 +64,7 @@ struct Cli {
     edits: Option<usize>,
 
     /// Inference runs per case [default: the profile's].
-    #[arg(long, value_name = "N", value_parser = clopa_cli::parse_positive)]
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     infer_runs: Option<usize>,
 
     /// Patch size, one number or X,Y,Z [default: the model's, or the profile's].
