@@ -213,6 +213,8 @@ pub fn train_episode(
         prompts: cfg.prompts,
         prompt: prompt.clone(),
     };
+    // The optimiser updates the Vars in place, so they must live where the network reads them.
+    params.to_device(device)?;
     let net = ResidualEncoderUNet::new(spec, &params.var_builder(device))?;
     // Validation scores the same (shared-storage) parameters without recording a backward graph.
     let val_net = ResidualEncoderUNet::new(spec, &params.detached_var_builder(device))?;

@@ -49,6 +49,24 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Moves every parameter to `device` (trainable ones stay trainable, as new `Var`s there).
+    ///
+    /// Train on a GPU only after this: a network built from a store on another device gets
+    /// copies of the `Var`s, which the optimiser's in-place updates would never reach.
+    pub fn to_device(&mut self, device: &Device) -> Result<()> {
+        for t in self.frozen.values_mut() {
+            if !t.device().same_device(device) {
+                *t = t.to_device(device)?;
+            }
+        }
+        for v in self.vars.values_mut() {
+            if !v.as_tensor().device().same_device(device) {
+                *v = Var::from_tensor(&v.as_tensor().to_device(device)?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Turns every trainable parameter back into a plain tensor (its current value).
     pub fn freeze_all(&mut self) {
         for (name, var) in std::mem::take(&mut self.vars) {
@@ -215,6 +233,8 @@ mod tests {
         let b = vb.get(2, "b")?;
         assert!(a.is_variable());
         assert!(!b.is_variable());
+        // already there: the Vars stay the ones the builder handed out
+        store.to_device(&dev)?;
         store.vars()["a"].set(&Tensor::new(&[1f32, 2., 3.], &dev)?)?;
         assert_eq!(a.to_vec1::<f32>()?, vec![1., 2., 3.]);
         let err = vb.get(4, "b").expect_err("shape");

@@ -448,6 +448,85 @@ mod tests {
         Ok(())
     }
 
+    /// The whole network through the compositions a GPU runs (`ops::portable`) against the CPU
+    /// kernels: logits, deep-supervision outputs, and the gradients of the input and of every
+    /// norm affine (group `in`), for the odd architecture and a small v1.0-shaped one. (Its
+    /// deepest stage keeps 2³ voxels: an instance norm over 2 voxels amplifies f32 rounding in
+    /// the backward ~100-fold, whichever implementation rounds.)
+    #[test]
+    fn portable_ops_give_the_same_network() -> Result<()> {
+        let small_v1 =
+            UNetSpec::from_architecture(&Architecture::resenc(&[4, 6, 8, 8], &[1, 2, 2, 1]), 8, 2)?;
+        for (spec, dims) in [
+            (odd_spec(), [2, 2, 4, 6, 8]),
+            (small_v1, [1, 8, 16, 16, 16]),
+        ] {
+            let n: usize = dims.iter().product();
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            let run = |portable: bool| -> Result<[Vec<Vec<f32>>; 2]> {
+                let mut store = ParamStore::new(params(&spec));
+                let norms: Vec<String> = spec
+                    .parameter_shapes()
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .filter(|n| n.contains(".norm."))
+                    .collect();
+                store.make_trainable(&norms)?;
+                let xv = candle_core::Var::from_tensor(&Tensor::from_slice(
+                    &x,
+                    &dims[..],
+                    &Device::Cpu,
+                )?)?;
+                let net = ResidualEncoderUNet::new(&spec, &store.var_builder(&Device::Cpu))?;
+                let f = || net.forward_ds(xv.as_tensor());
+                let outs = if portable {
+                    ops::portable::on_cpu(f)?
+                } else {
+                    f()?
+                };
+                let loss = outs
+                    .iter()
+                    .try_fold(Tensor::new(0f32, &Device::Cpu)?, |acc, o| {
+                        let w = Tensor::arange(0f32, o.elem_count() as f32, &Device::Cpu)?
+                            .affine(0.001, -0.3)?
+                            .sin()?
+                            .reshape(o.dims())?;
+                        acc + (o * w)?.sum_all()?
+                    })?;
+                let grads = loss.backward()?;
+                let mut g = vec![
+                    grads
+                        .get(xv.as_tensor())
+                        .expect("dx")
+                        .flatten_all()?
+                        .to_vec1()?,
+                ];
+                for v in store.vars().values() {
+                    g.push(grads.get(v.as_tensor()).expect("d norm").to_vec1()?);
+                }
+                let o = outs
+                    .iter()
+                    .map(|o| o.flatten_all()?.to_vec1())
+                    .collect::<candle_core::Result<_>>()?;
+                Ok([o, g])
+            };
+            let (fast, port) = (run(false)?, run(true)?);
+            let close = |what: &str, a: &[Vec<f32>], b: &[Vec<f32>]| {
+                assert_eq!(a.len(), b.len());
+                for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                    assert!(err <= 1e-4 * scale, "{what} {i}: {err} vs scale {scale}");
+                }
+            };
+            close("output", &port[0], &fast[0]);
+            close("gradient", &port[1], &fast[1]);
+        }
+        Ok(())
+    }
+
     #[test]
     fn missing_parameter_is_named() {
         let spec = odd_spec();

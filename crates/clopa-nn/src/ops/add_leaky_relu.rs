@@ -5,6 +5,7 @@ use candle_core::{Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::leaky_relu::{lrelu, lrelu_grad};
+use super::portable;
 use super::{ELEMWISE_CHUNK, Kernel, Op, grad_if, invalid, zeroed};
 
 const NAME: &str = "add_leaky_relu";
@@ -110,6 +111,9 @@ pub fn add_leaky_relu(a: &Tensor, b: &Tensor, negative_slope: f64) -> Result<Ten
             NAME,
             format!("a has shape {:?}, b {:?}", a.dims(), b.dims()),
         ));
+    }
+    if portable::off_cpu(a) {
+        return portable::add_leaky_relu(a, b, negative_slope);
     }
     a.contiguous()?.apply_op2(
         &b.contiguous()?,

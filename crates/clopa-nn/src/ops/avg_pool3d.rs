@@ -4,6 +4,7 @@
 use candle_core::{Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::portable;
 use super::{Kernel, Op, check_layout, dims5, invalid, zeroed};
 
 const NAME: &str = "avg_pool3d";
@@ -115,6 +116,9 @@ pub fn avg_pool3d(x: &Tensor, k: usize) -> Result<Tensor> {
     let dims = dims5(NAME, "x", x)?;
     if k == 0 {
         return Err(invalid(NAME, "kernel must be at least 1"));
+    }
+    if portable::off_cpu(x) {
+        return portable::avg_pool3d(x, k);
     }
     x.contiguous()?.apply_op1(Op(AvgPool3d { k, dims }))
 }

@@ -8,6 +8,7 @@
 use candle_core::{Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::portable;
 use super::{ELEMWISE_CHUNK, Kernel, Op, check_layout, dims5, grad_if, invalid, zeroed};
 
 const NAME: &str = "cat_channels";
@@ -117,6 +118,9 @@ pub fn cat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
                 b.dims()
             ),
         ));
+    }
+    if portable::off_cpu(a) {
+        return portable::cat_channels(a, b);
     }
     a.contiguous()?
         .apply_op2(&b.contiguous()?, Op(CatChannels { a: da, cb: db[1] }))

@@ -20,6 +20,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::conv3d_direct;
+use super::portable;
 use super::{
     Kernel, Op, SyncPtr, check_layout, check_vec, dims5, grad_if, invalid, sum_f64, zeroed,
 };
@@ -753,13 +754,16 @@ pub fn conv3d(
             ),
         )
     })?;
+    if let Some(b) = b {
+        check_vec(NAME, "bias", b, cout)?;
+    }
+    if portable::off_cpu(x) {
+        return portable::conv3d(x, w, b, stride, padding);
+    }
     let op = Op(Conv3dOp { g });
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
-        Some(b) => {
-            check_vec(NAME, "bias", b, cout)?;
-            x.apply_op3(&w, &b.contiguous()?, op)
-        }
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
         None => x.apply_op2(&w, op),
     }
 }

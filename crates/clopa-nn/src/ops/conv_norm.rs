@@ -41,7 +41,7 @@ pub fn conv_norm_act(
         || p.gamma.track_op()
         || p.beta.track_op()
         || residual.is_some_and(Tensor::track_op);
-    if !tracked {
+    if !tracked && !super::portable::off_cpu(&y) {
         // `y` was just created by conv3d and has not escaped: overwriting it is unobservable.
         instance_norm3d_inplace(&y, p.gamma, p.beta, p.eps, negative_slope, residual)?;
         return Ok(y);

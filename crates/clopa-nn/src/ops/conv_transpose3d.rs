@@ -9,6 +9,7 @@
 use candle_core::{Layout, Result, Shape, Tensor};
 
 use super::conv3d::{Conv3dOp, ConvDwOp, ConvGeom, Grads3, bias_data, bias_grad, conv_dx};
+use super::portable;
 use super::{Op, check_layout, check_vec, dims5, grad_if, invalid};
 
 const NAME: &str = "conv_transpose3d";
@@ -83,13 +84,16 @@ pub fn conv_transpose3d(
         0,
     )
     .ok_or_else(|| invalid(NAME, format!("empty input {:?}", x.dims())))?;
+    if let Some(b) = b {
+        check_vec(NAME, "bias", b, cout)?;
+    }
+    if portable::off_cpu(x) {
+        return portable::conv_transpose3d(x, w, b, stride);
+    }
     let op = Op(ConvTranspose3dOp { g });
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
-        Some(b) => {
-            check_vec(NAME, "bias", b, cout)?;
-            x.apply_op3(&w, &b.contiguous()?, op)
-        }
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
         None => x.apply_op2(&w, op),
     }
 }

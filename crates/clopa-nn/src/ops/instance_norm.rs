@@ -14,6 +14,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::isa::{Isa, isa};
 use super::leaky_relu::lrelu;
+use super::portable;
 use super::{Kernel, Op, check_layout, check_vec, dims5, f32_slice, grad_if, invalid, zeroed};
 
 const NAME: &str = "instance_norm3d";
@@ -329,6 +330,9 @@ pub fn instance_norm3d(
     negative_slope: Option<f64>,
 ) -> Result<Tensor> {
     let op = InstanceNorm::new(x, gamma, beta, eps, negative_slope)?;
+    if portable::off_cpu(x) {
+        return portable::instance_norm3d(x, gamma, beta, eps, negative_slope);
+    }
     x.contiguous()?
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, Op(op))
 }

@@ -3,6 +3,7 @@
 use candle_core::{Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::portable;
 use super::{ELEMWISE_CHUNK, Kernel, Op, invalid, zeroed};
 
 const NAME: &str = "leaky_relu";
@@ -87,6 +88,9 @@ impl Kernel<2> for LeakyReluBwd {
 pub fn leaky_relu(x: &Tensor, negative_slope: f64) -> Result<Tensor> {
     if x.dtype() != candle_core::DType::F32 {
         return Err(invalid(NAME, format!("x must be f32, got {:?}", x.dtype())));
+    }
+    if portable::off_cpu(x) {
+        return portable::leaky_relu(x, negative_slope);
     }
     x.contiguous()?.apply_op1(Op(LeakyRelu {
         slope: negative_slope as f32,

@@ -21,6 +21,9 @@
 //! * [`conv_norm_act`]: conv → norm → (+ residual) → LeakyReLU, computed in place when nothing
 //!   tracks a gradient (inference).
 //!
+//! Tensors on another device (CUDA, Metal) go, after the same argument checks, to [`portable`]:
+//! the same ops composed of candle's own operations, tested against these kernels on the CPU.
+//!
 //! ```
 //! use candle_core::{Device, Tensor};
 //! use clopa_nn::ops;
@@ -96,6 +99,7 @@ mod conv_transpose3d;
 mod instance_norm;
 mod isa;
 mod leaky_relu;
+pub mod portable;
 #[cfg(test)]
 mod testutil;
 
