@@ -5,6 +5,10 @@ use std::path::PathBuf;
 /// Errors of the network, import and model-folder code.
 #[derive(Debug, thiserror::Error)]
 pub enum NnError {
+    /// A `--device` that is not valid, not built in, or cannot be opened.
+    #[error("device {name:?}: {reason}")]
+    Device { name: String, reason: String },
+
     /// The architecture block (nnU-Net `architecture` / clopa `model.json`) cannot be built.
     #[error("unsupported or invalid architecture: {0}")]
     Arch(String),

@@ -24,6 +24,7 @@
 //! ```
 
 pub mod arch;
+pub mod device;
 pub mod error;
 pub mod groups;
 pub mod import;
@@ -34,6 +35,7 @@ pub mod params;
 pub mod unet;
 
 pub use arch::{Architecture, UNetSpec};
+pub use device::{CUDA_BUILT, device};
 pub use error::{NnError, Result};
 pub use groups::{ParamCounts, ParamGroup, param_counts};
 pub use model_folder::{

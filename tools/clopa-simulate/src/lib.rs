@@ -79,24 +79,6 @@ pub enum Outcome {
     Skipped,
 }
 
-/// The candle device for `name` (`cpu`, `cuda`, `cuda:N`).
-pub fn resolve_device(name: &str) -> anyhow::Result<Device> {
-    let cuda_index = if name == "cuda" {
-        Some(0)
-    } else {
-        name.strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-    };
-    match (name, cuda_index) {
-        ("cpu", _) => Ok(Device::Cpu),
-        (_, Some(_)) => bail!(
-            "device {name:?}: this clopa-simulate was built without CUDA support \
-             (clopa-nn has no `cuda` feature yet); use --device cpu"
-        ),
-        _ => bail!("device {name:?} is not one of cpu, cuda, cuda:N"),
-    }
-}
-
 /// True when `path` holds a readable table with exactly this provenance and `rows` rows.
 fn is_complete(path: &Path, prov: &Provenance, rows: usize) -> bool {
     match clopa_table::read_provenance(path) {
@@ -256,7 +238,7 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
     if let Some(d) = &req.device {
         profile.device = d.clone();
     }
-    let device = resolve_device(&profile.device)?;
+    let device = clopa_nn::device(&profile.device)?;
     let checkpoint_sha = req
         .checkpoints
         .iter()

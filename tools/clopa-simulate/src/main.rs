@@ -111,7 +111,7 @@ struct Cli {
     automatic: bool,
 
     /// Device: cpu, cuda or cuda:N [default: the profile's `device`, else cpu].
-    #[arg(long, value_name = "DEV", value_parser = parse_device)]
+    #[arg(long, value_name = "DEV", value_parser = clopa_cli::parse_device)]
     device: Option<String>,
 
     /// Recompute even when the output already holds a complete table with the same settings.
@@ -125,18 +125,6 @@ struct Cli {
     /// Only errors on stderr.
     #[arg(short, long)]
     quiet: bool,
-}
-
-fn parse_device(s: &str) -> Result<String, String> {
-    let ok = s == "cpu"
-        || s == "cuda"
-        || s.strip_prefix("cuda:")
-            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err(format!("expected cpu, cuda or cuda:N, got {s:?}"))
-    }
 }
 
 fn main() -> ExitCode {

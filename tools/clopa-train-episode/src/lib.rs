@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use candle_core::Device;
 use clopa_adapt::{AugmentConfig, EpisodeConfig, Progress, TrainCase, log_path, train_episode};
 use clopa_config::{Manifest, Profile};
 use clopa_dataset::Dataset;
@@ -42,6 +41,8 @@ pub struct Request {
     pub no_augment: bool,
     pub seed: Option<u64>,
     pub data_root: Option<PathBuf>,
+    /// `cpu`, `cuda` or `cuda:N` [default: the profile's `device`].
+    pub device: Option<String>,
     /// Train even when the output exists with the same settings.
     pub force: bool,
     pub quiet: bool,
@@ -73,6 +74,9 @@ pub fn resolve(req: &Request) -> anyhow::Result<(Profile, EpisodeConfig)> {
     }
     if let Some(v) = req.seed {
         p.seed = v;
+    }
+    if let Some(v) = &req.device {
+        p.device = v.clone();
     }
     let cfg = EpisodeConfig {
         patch: p.patch,
@@ -161,6 +165,8 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--group {:?}: {e}", req.group))?;
     let (profile, cfg) = resolve(req)?;
+    // before any work: a device that is not built in or not there is the user's to fix first
+    let device = clopa_nn::device(&profile.device)?;
 
     // --- the cache of this episode
     let (train_ids, val_ids) = clopa_schedule::cache_at(&rows, req.run, req.episode);
@@ -306,12 +312,6 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         cfg.steps_per_epoch,
         cfg.patch
     );
-    if profile.device != "cpu" {
-        tracing::warn!(
-            "device `{}` is not built in; training on the CPU",
-            profile.device
-        );
-    }
 
     // --- train
     let mut params = model.param_store();
@@ -329,7 +329,7 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         &train,
         &val,
         &cfg,
-        &Device::Cpu,
+        &device,
         &mut |p| match p {
             Progress::Step { loss, .. } => {
                 pb.inc(1);

@@ -115,6 +115,10 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     data_root: Option<PathBuf>,
 
+    /// Device: cpu, cuda or cuda:N [default: the profile's `device`, else cpu].
+    #[arg(long, value_name = "DEV", value_parser = clopa_cli::parse_device)]
+    device: Option<String>,
+
     /// Worker threads [default: all cores].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -171,6 +175,7 @@ fn main() -> ExitCode {
             no_augment: cli.no_augment,
             seed: cli.seed,
             data_root,
+            device: cli.device.clone(),
             force: cli.force,
             quiet: cli.quiet,
         })

@@ -260,6 +260,31 @@ fn a_checkpoint_for_another_base_is_refused() {
 }
 
 #[test]
+fn cuda_without_the_feature_is_a_clear_error_and_bad_devices_are_usage_errors() {
+    let f = Fixture::new();
+    let out = f.path("x.safetensors");
+    let res = f
+        .cmd(1, "in", &out)
+        .args(["--device", "cuda"])
+        .output()
+        .unwrap();
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8(res.stderr).unwrap();
+    assert!(
+        err.contains("\"cuda\"") && err.contains("built without CUDA support"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let res = f
+        .cmd(1, "in", &out)
+        .args(["--device", "gpu"])
+        .output()
+        .unwrap();
+    assert_eq!(res.status.code(), Some(2));
+    assert!(!out.exists());
+}
+
+#[test]
 fn a_bad_group_is_a_usage_error() {
     let f = Fixture::new();
     let out = f
