@@ -757,6 +757,10 @@ pub fn conv3d(
     if let Some(b) = b {
         check_vec(NAME, "bias", b, cout)?;
     }
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return super::cudnn_conv3d::conv3d(x, w, b, g);
+    }
     if portable::off_cpu(x) {
         return portable::conv3d(x, w, b, stride, padding);
     }

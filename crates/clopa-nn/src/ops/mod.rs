@@ -23,6 +23,8 @@
 //!
 //! Tensors on another device (CUDA, Metal) go, after the same argument checks, to [`portable`]:
 //! the same ops composed of candle's own operations, tested against these kernels on the CPU.
+//! With the `cuda` feature, 3D convolutions of CUDA tensors run cuDNN's N-d convolution instead
+//! (`cudnn_conv3d.rs`), as PyTorch does.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -96,6 +98,8 @@ mod conv3d;
 mod conv3d_direct;
 mod conv_norm;
 mod conv_transpose3d;
+#[cfg(feature = "cuda")]
+mod cudnn_conv3d;
 mod instance_norm;
 mod isa;
 mod leaky_relu;

@@ -1,0 +1,216 @@
+//! 3D convolution on CUDA through cuDNN's N-d convolution (what PyTorch's `F.conv3d` runs on a
+//! GPU), as three candle custom ops: forward, and the backward-data and backward-filter ops its
+//! `bwd` is built from. candle only wires cuDNN's 2D case; cudarc exposes the N-d descriptors.
+//!
+//! fp32 throughout with `CUDNN_FMA_MATH`: no TF32 tensor cores, so results agree with the CPU to
+//! fp32 rounding (PyTorch allows TF32 for convolutions by default; `scripts/gpu_check.py` turns
+//! it off to compare like with like).
+//!
+//! Built only with the `cuda` feature; no CI machine has a GPU, so this file is exercised by
+//! `examples/gpu_check` on a lent GPU (see BENCHMARKS.md), against the CPU kernels.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::cudnn::{
+    ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn, sys,
+};
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+use candle_core::cuda_backend::{CudaDevice, DeviceId};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+use super::conv3d::ConvGeom;
+use super::{grad_if, invalid};
+
+thread_local! {
+    // cuDNN handles are neither Send nor Sync: one per thread and device, as candle keeps its own.
+    static HANDLES: RefCell<HashMap<DeviceId, Arc<Cudnn>>> = RefCell::new(HashMap::new());
+}
+
+fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
+    HANDLES.with(|h| {
+        if let Some(c) = h.borrow().get(&dev.id()) {
+            return Ok(c.clone());
+        }
+        let c = Cudnn::new(dev.cuda_stream())?;
+        h.borrow_mut().insert(dev.id(), c.clone());
+        Ok(c)
+    })
+}
+
+/// Which of the three computations an op runs.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// (x, w) → y
+    Forward,
+    /// (dy, w) → dx
+    BackwardData,
+    /// (x, dy) → dw
+    BackwardFilter,
+}
+
+#[derive(Clone, Debug)]
+struct CudnnConv3d {
+    g: ConvGeom,
+    kind: Kind,
+}
+
+fn dims(v: [usize; 5]) -> ([i32; 5], [i32; 5]) {
+    let d = v.map(|x| x as i32);
+    let strides = [
+        d[1] * d[2] * d[3] * d[4],
+        d[2] * d[3] * d[4],
+        d[3] * d[4],
+        d[4],
+        1,
+    ];
+    (d, strides)
+}
+
+/// The contiguous f32 data of a CUDA storage from its layout's offset.
+fn view<'a>(
+    name: &str,
+    s: &'a CudaStorage,
+    l: &Layout,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, f32>> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| invalid("conv3d-cudnn", format!("{name} must be contiguous")))?;
+    Ok(s.as_cuda_slice::<f32>()?.slice(a..b))
+}
+
+impl CustomOp2 for CudnnConv3d {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Forward => "conv3d-cudnn",
+            Kind::BackwardData => "conv3d-cudnn-dx",
+            Kind::BackwardFilter => "conv3d-cudnn-dw",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Err(invalid(self.name(), "runs on CUDA tensors only"))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let g = self.g;
+        let dev = s1.device().clone();
+        let cudnn = handle(&dev)?;
+        let (xd, xs) = dims([g.b, g.cin, g.d, g.h, g.w]);
+        let (yd, ys) = dims([g.b, g.cout, g.od, g.oh, g.ow]);
+        let wd = [g.cout, g.cin, g.k, g.k, g.k].map(|v| v as i32);
+        let x_desc = cudnn.create_nd_tensor::<f32>(&xd, &xs)?;
+        let y_desc = cudnn.create_nd_tensor::<f32>(&yd, &ys)?;
+        let w_desc =
+            cudnn.create_nd_filter::<f32>(sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, &wd)?;
+        let (p, s) = (g.p as i32, g.s as i32);
+        let mut conv = cudnn.create_convnd::<f32>(
+            &[p; 3],
+            &[s; 3],
+            &[1; 3],
+            sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+        )?;
+        conv.set_math_type(sys::cudnnMathType_t::CUDNN_FMA_MATH)?;
+        let a = view("first argument", s1, l1)?;
+        let b = view("second argument", s2, l2)?;
+        let stream = dev.cuda_stream();
+        let workspace = |bytes: usize| -> Result<Option<CudaSlice<u8>>> {
+            Ok(if bytes == 0 {
+                None
+            } else {
+                Some(dev.alloc_zeros::<u8>(bytes)?)
+            })
+        };
+        let (out, shape): (CudaSlice<f32>, Vec<usize>) = match self.kind {
+            Kind::Forward => {
+                let op = ConvForward {
+                    conv: &conv,
+                    x: &x_desc,
+                    w: &w_desc,
+                    y: &y_desc,
+                };
+                let algo = op.pick_algorithm()?;
+                let mut ws = workspace(op.get_workspace_size(algo)?)?;
+                // SAFETY: cuDNN writes every output element (beta = 0) before anything reads it.
+                let mut y = unsafe { stream.alloc::<f32>(g.b * g.cout * g.od * g.oh * g.ow) }?;
+                // SAFETY: the views hold the contiguous f32 data the descriptors describe.
+                unsafe { op.launch(algo, ws.as_mut(), (1f32, 0f32), &a, &b, &mut y) }?;
+                (y, vec![g.b, g.cout, g.od, g.oh, g.ow])
+            }
+            Kind::BackwardData => {
+                let op = ConvBackwardData {
+                    conv: &conv,
+                    dx: &x_desc,
+                    w: &w_desc,
+                    dy: &y_desc,
+                };
+                let algo = op.pick_algorithm()?;
+                let mut ws = workspace(op.get_workspace_size(algo)?)?;
+                // SAFETY: as above (beta = 0 overwrites every element of dx).
+                let mut dx = unsafe { stream.alloc::<f32>(g.b * g.cin * g.d * g.h * g.w) }?;
+                // SAFETY: a = dy, b = w, contiguous f32 as described.
+                unsafe { op.launch(algo, ws.as_mut(), (1f32, 0f32), &mut dx, &b, &a) }?;
+                (dx, vec![g.b, g.cin, g.d, g.h, g.w])
+            }
+            Kind::BackwardFilter => {
+                let op = ConvBackwardFilter {
+                    conv: &conv,
+                    x: &x_desc,
+                    dw: &w_desc,
+                    dy: &y_desc,
+                };
+                let algo = op.pick_algorithm()?;
+                let mut ws = workspace(op.get_workspace_size(algo)?)?;
+                // SAFETY: as above (beta = 0 overwrites every element of dw).
+                let mut dw = unsafe { stream.alloc::<f32>(g.cout * g.cin * g.k * g.k * g.k) }?;
+                // SAFETY: a = x, b = dy, contiguous f32 as described.
+                unsafe { op.launch(algo, ws.as_mut(), (1f32, 0f32), &a, &mut dw, &b) }?;
+                (dw, vec![g.cout, g.cin, g.k, g.k, g.k])
+            }
+        };
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let op = |kind| CudnnConv3d { g: self.g, kind };
+        let dx = grad_if(x, || dy.apply_op2_no_bwd(w, &op(Kind::BackwardData)))?;
+        let dw = grad_if(w, || x.apply_op2_no_bwd(&dy, &op(Kind::BackwardFilter)))?;
+        Ok((dx, dw))
+    }
+}
+
+/// [`super::conv3d`] of CUDA tensors, arguments already checked; the bias is a broadcast add.
+pub(crate) fn conv3d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<Tensor> {
+    let y = x.contiguous()?.apply_op2(
+        &w.contiguous()?,
+        CudnnConv3d {
+            g,
+            kind: Kind::Forward,
+        },
+    )?;
+    match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, g.cout, 1, 1, 1))?),
+        None => Ok(y),
+    }
+}
