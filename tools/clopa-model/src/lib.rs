@@ -128,16 +128,21 @@ pub fn forward(
     checkpoints: &[PathBuf],
     input: &Path,
     output: &Path,
+    device: &str,
 ) -> anyhow::Result<()> {
+    let device = clopa_nn::device(device)?;
     let mut model = load_model_folder(dir)?;
     model.apply_checkpoints(checkpoints)?;
-    let x = read_input(input)?;
+    let x = read_input(input)?.to_device(&device)?;
     tracing::info!("forward {:?} through {}", x.dims(), dir.display());
-    let net = model.network(&Device::Cpu)?;
+    let net = model.network(&device)?;
     let logits = net
         .forward(&x)
         .with_context(|| format!("input {}", input.display()))?;
-    let logits = logits.to_dtype(DType::F32)?.contiguous()?;
+    let logits = logits
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .contiguous()?;
     let mut map = BTreeMap::new();
     map.insert("logits".to_string(), logits);
     let bytes = safetensors::serialize(map, None).context("cannot serialise the logits")?;

@@ -63,6 +63,9 @@ enum Command {
         /// Episode checkpoint(s) to apply first, in order.
         #[arg(long = "checkpoint")]
         checkpoints: Vec<PathBuf>,
+        /// Device: cpu, cuda or cuda:N.
+        #[arg(long, value_name = "DEV", default_value = "cpu", value_parser = clopa_cli::parse_device)]
+        device: String,
     },
     /// A model folder with freshly initialised weights (He init, as dynamic-network-architectures).
     ///
@@ -142,7 +145,8 @@ fn main() -> ExitCode {
                 input,
                 output,
                 checkpoints,
-            } => clopa_model::forward(&dir, &checkpoints, &input, &output),
+                device,
+            } => clopa_model::forward(&dir, &checkpoints, &input, &output, &device),
             Command::Init {
                 arch,
                 stages,

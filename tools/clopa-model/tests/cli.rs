@@ -171,6 +171,27 @@ fn forward_with_the_wrong_channel_count_fails_naming_both() {
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!("forward_wrong_channels", stderr_of(&out));
     assert!(!tmp.path().join("y.safetensors").exists());
+
+    // a device this build has not got is named, before any work; a bad name is a usage error
+    let forward = |device: &str| {
+        model_cmd()
+            .current_dir(tmp.path())
+            .args(["forward", "-q", "model", "--input", "x3.safetensors"])
+            .args(["-o", "y.safetensors", "--device", device])
+            .output()
+            .unwrap()
+    };
+    if !clopa_nn::CUDA_BUILT {
+        let out = forward("cuda:0");
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("\"cuda:0\"") && err.contains("--features cuda"),
+            "{err}"
+        );
+    }
+    assert_eq!(forward("gpu").status.code(), Some(2));
+    assert!(!tmp.path().join("y.safetensors").exists());
 }
 
 #[test]
