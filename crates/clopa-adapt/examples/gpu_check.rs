@@ -1,0 +1,218 @@
+//! GPU against CPU: the nnInteractive v1.0 network's forward and a few training steps of group
+//! `in`, on a device and on the CPU's fast kernels, with the device's timings.
+//!
+//! `gpu_check [DEVICE] [FWD_SIZE] [TRAIN_PATCH] [STEPS] [REPS]` (defaults `cuda 192 128 3 3`).
+//! DEVICE `cpu` runs the device side through `clopa_nn::ops::portable` on the CPU (what a GPU
+//! runs, minus candle's GPU kernels), so the check itself can be checked without a GPU.
+//! Weights are random (seeded He-uniform), the input random in [-1, 1).
+//!
+//! Prints JSON lines:
+//! * `forward`: logits (1, 2, S, S, S) on the device vs the CPU, max |Δ| / max |cpu| and mean |Δ|
+//!   / mean |cpu|; the best of REPS device timings after one warm-up, and the CPU's time.
+//! * `train`: STEPS steps of batch 2 at TRAIN_PATCH³, each forward + (1 − soft Dice + CE) +
+//!   backward + Adam (lr 1e-3, weight decay 1e-5) on the instance-norm affines, from the same
+//!   weights and data on both sides: each step's loss on both, the first step's gradients'
+//!   relative difference, the trained parameters' (Adam normalises each gradient, so a parameter
+//!   whose gradient is rounding noise moves by ±lr either way: compare with `params_moved_rel`),
+//!   and seconds per step after the first.
+//!
+//! `scripts/gpu_check.py` does the same forward and step in PyTorch; `scripts/gpu-check.sh`
+//! runs both on the device machine.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use clopa_adapt::{Adam, AdamConfig};
+use clopa_nn::loss::clopa_pass_loss;
+use clopa_nn::{Architecture, ParamGroup, ParamStore, ResidualEncoderUNet, UNetSpec};
+
+/// Uniform in [-1, 1), from a 64-bit LCG: the same data on every machine without an RNG crate.
+fn uniform(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Runs `f`: the reference side on the CPU's fast kernels; the device side on `dev`, or through
+/// the portable ops when the "device" is the CPU.
+fn on<R>(dev: &Device, reference: bool, f: impl FnOnce() -> R) -> R {
+    if dev.is_cpu() && !reference {
+        clopa_nn::ops::portable::on_cpu(f)
+    } else {
+        f()
+    }
+}
+
+fn sync(dev: &Device) {
+    dev.synchronize().unwrap();
+}
+
+/// max |a − b| / max |b| and mean |a − b| / mean |b|.
+fn rel(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let (mut dmax, mut bmax, mut dsum, mut bsum) = (0f64, 0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let d = (x as f64 - y as f64).abs();
+        dmax = dmax.max(d);
+        bmax = bmax.max((y as f64).abs());
+        dsum += d;
+        bsum += (y as f64).abs();
+    }
+    (
+        dmax / bmax.max(f64::MIN_POSITIVE),
+        dsum / bsum.max(f64::MIN_POSITIVE),
+    )
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.to_device(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn forward(spec: &UNetSpec, dev: &Device, size: usize, reps: usize) {
+    let weights = clopa_testkit::random_weights(spec, 0);
+    let x = uniform(8 * size * size * size, 1);
+    let run = |d: &Device, reference: bool, reps: usize| -> (Vec<f32>, f64) {
+        let store = ParamStore::new(weights.clone());
+        let net = ResidualEncoderUNet::new(spec, &store.var_builder(d)).unwrap();
+        let xt = Tensor::from_slice(&x, (1, 8, size, size, size), d).unwrap();
+        let mut best = f64::INFINITY;
+        let mut out = Vec::new();
+        for _ in 0..reps {
+            sync(d);
+            let t = Instant::now();
+            let y = on(d, reference, || net.forward(&xt)).unwrap();
+            sync(d);
+            best = best.min(t.elapsed().as_secs_f64());
+            out = flat(&y);
+        }
+        (out, best)
+    };
+    let (cpu, cpu_s) = run(&Device::Cpu, true, 1);
+    // one warm-up (kernel loading, cuDNN's algorithm search), then REPS timed
+    let (dev_out, _) = run(dev, false, 1);
+    let (dev_out2, dev_s) = run(dev, false, reps);
+    let (max_rel, mean_rel) = rel(&dev_out, &cpu);
+    println!(
+        "{}",
+        serde_json::json!({
+            "check": "forward", "device": format!("{dev:?}"), "size": size,
+            "max_abs_diff_rel": max_rel, "mean_abs_diff_rel": mean_rel,
+            "repeatable": dev_out == dev_out2,
+            "device_s": dev_s, "cpu_s": cpu_s,
+        })
+    );
+}
+
+fn train(spec: &UNetSpec, dev: &Device, patch: usize, steps: usize) {
+    let weights = clopa_testkit::random_weights(spec, 0);
+    let n = patch * patch * patch;
+    let x = uniform(2 * 8 * n, 2);
+    // a ball in each sample as the label (the loss needs both classes)
+    let c = patch as f64 / 2.0;
+    let y: Vec<f32> = (0..2 * n)
+        .map(|i| {
+            let v = i % n;
+            let (z, yy, xx) = (v / (patch * patch), v / patch % patch, v % patch);
+            let r2 = (z as f64 - c).powi(2) + (yy as f64 - c).powi(2) + (xx as f64 - c).powi(2);
+            f32::from(r2 < (patch as f64 / 4.0).powi(2))
+        })
+        .collect();
+    let run = |d: &Device, reference: bool| -> (Vec<f64>, Vec<f32>, Vec<f64>, Vec<f32>) {
+        let mut store = ParamStore::new(weights.clone());
+        store.make_trainable(ParamGroup::In.names(spec)).unwrap();
+        store.to_device(d).unwrap();
+        let net = ResidualEncoderUNet::new(spec, &store.var_builder(d)).unwrap();
+        let mut adam = Adam::new(
+            store.vars().clone(),
+            AdamConfig {
+                lr: 1e-3,
+                weight_decay: 1e-5,
+                ..AdamConfig::default()
+            },
+        );
+        let xt = Tensor::from_slice(&x, (2, 8, patch, patch, patch), d).unwrap();
+        let yt = Tensor::from_slice(&y, (2, patch, patch, patch), d).unwrap();
+        let (mut losses, mut times, mut first_grads) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..steps {
+            sync(d);
+            let t = Instant::now();
+            let loss = on(
+                d,
+                reference,
+                || -> Result<f64, Box<dyn std::error::Error>> {
+                    let logits = net.forward(&xt)?;
+                    let loss = clopa_pass_loss(&logits, &yt)?;
+                    let grads = loss.backward()?;
+                    let g: std::collections::BTreeMap<String, Tensor> = store
+                        .vars()
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            grads.get(v.as_tensor()).map(|g| (k.clone(), g.clone()))
+                        })
+                        .collect();
+                    if first_grads.is_empty() {
+                        first_grads = g.values().flat_map(flat).collect();
+                    }
+                    adam.step(&g)?;
+                    Ok(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+                },
+            )
+            .unwrap();
+            sync(d);
+            times.push(t.elapsed().as_secs_f64());
+            losses.push(loss);
+        }
+        let params: Vec<f32> = store
+            .vars()
+            .values()
+            .flat_map(|v| flat(v.as_tensor()))
+            .collect();
+        (losses, params, times, first_grads)
+    };
+    let (cpu_loss, cpu_params, cpu_times, cpu_grads) = run(&Device::Cpu, true);
+    let (dev_loss, dev_params, dev_times, dev_grads) = run(dev, false);
+    let after_first = |t: &[f64]| {
+        let r = if t.len() > 1 { &t[1..] } else { t };
+        r.iter().sum::<f64>() / r.len() as f64
+    };
+    let (max_rel, mean_rel) = rel(&dev_params, &cpu_params);
+    // in the store's (sorted) order, like the trained parameters
+    let mut names = ParamGroup::In.names(spec);
+    names.sort();
+    let start: Vec<f32> = names.iter().flat_map(|k| flat(&weights[k])).collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "check": "train", "device": format!("{dev:?}"), "patch": patch, "batch": 2,
+            "group": "in", "steps": steps,
+            "cpu_loss": cpu_loss, "device_loss": dev_loss,
+            "grads_max_abs_diff_rel": rel(&dev_grads, &cpu_grads).0,
+            "grads_mean_abs_diff_rel": rel(&dev_grads, &cpu_grads).1,
+            "params_max_abs_diff_rel": max_rel, "params_mean_abs_diff_rel": mean_rel,
+            "params_moved_rel": rel(&cpu_params, &start).0,
+            "device_s_per_step": after_first(&dev_times), "cpu_s_per_step": after_first(&cpu_times),
+        })
+    );
+}
+
+fn main() {
+    clopa_nn::ops::cap_isa(std::env::var("CLOPA_MAX_ISA").ok().as_deref()).unwrap();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, d: usize| args.get(i).map_or(d, |v| v.parse().unwrap());
+    let dev = clopa_nn::device(args.first().map_or("cuda", String::as_str)).unwrap();
+    let (size, patch, steps, reps) = (num(1, 192), num(2, 128), num(3, 3), num(4, 3));
+    let spec = UNetSpec::from_architecture(&Architecture::nninteractive_v1(), 8, 2).unwrap();
+    forward(&spec, &dev, size, reps);
+    train(&spec, &dev, patch, steps);
+}

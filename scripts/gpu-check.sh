@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU check, run on a GPU machine from the repository root with target/cuda-check (from
+# scripts/build-cuda.sh) beside it: clopa on the GPU against clopa on the CPU, and the same work
+# in PyTorch on the same GPU. No Rust, no network needed there; PyTorch cu130 must be installed.
+#
+#   scripts/gpu-check.sh [SIZE] [PATCH] [STEPS] [REPS]     (defaults 192 128 3 3)
+#
+# With the device tool:  run(command="bash scripts/gpu-check.sh", carry=["target/cuda-check"])
+# Writes $OUT (default /tmp/gpu-check): gpu.txt, clopa.jsonl, torch.jsonl, torch-tf32.jsonl and
+# the peak of nvidia-smi's memory.used during each (mem-*.txt), and prints them all.
+set -uo pipefail
+
+size=${1:-192} patch=${2:-128} steps=${3:-3} reps=${4:-3}
+out=${OUT:-/tmp/gpu-check}
+mkdir -p "$out"
+dist=target/cuda-check
+py=${PYTHON:-python3}
+
+# clopa links the CUDA 13 runtime, cuBLAS, cuRAND and cuDNN 9: PyTorch cu130 ships them
+site=$("$py" -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
+export LD_LIBRARY_PATH=$site/nvidia/cu13/lib:$site/nvidia/cudnn/lib:${LD_LIBRARY_PATH:-}
+# dynamic-network-architectures (pure Python) from the carried wheel when it is not installed
+if ! "$py" -c 'import dynamic_network_architectures' 2>/dev/null; then
+  "$py" -m pip install --quiet --no-deps --no-index --target "$out/pylib" "$dist"/wheels/*.whl
+  export PYTHONPATH=$out/pylib:${PYTHONPATH:-}
+fi
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+nproc | sed 's/^/cpu cores: /' | tee -a "$out/gpu.txt"
+
+# Runs "$@" with nvidia-smi sampling memory.used every 50 ms; records the peak (MiB) in $out/mem-$name.txt.
+peak() {
+  local name=$1
+  shift
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > "$out/mem-$name.raw" &
+  local smi=$!
+  "$@"
+  local rc=$?
+  kill "$smi" 2>/dev/null
+  wait "$smi" 2>/dev/null
+  sort -n "$out/mem-$name.raw" | tail -1 | sed "s/^/$name peak memory.used MiB: /" | tee "$out/mem-$name.txt" >&2
+  return $rc
+}
+
+chmod +x "$dist/gpu_check"
+peak clopa timeout 420 "$dist/gpu_check" cuda "$size" "$patch" "$steps" "$reps" | tee "$out/clopa.jsonl"
+peak torch timeout 120 "$py" scripts/gpu_check.py "$size" "$patch" "$steps" "$reps" | tee "$out/torch.jsonl"
+peak torch-tf32 timeout 120 "$py" scripts/gpu_check.py "$size" "$patch" "$steps" "$reps" --tf32 | tee "$out/torch-tf32.jsonl"

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""PyTorch side of the GPU check (the clopa side: crates/clopa-adapt/examples/gpu_check.rs).
+
+The same work on the same GPU: nnInteractive v1.0's ResidualEncoderUNet (dynamic-network-
+architectures) forward at SIZE^3 (batch 1, 8 channels), and STEPS training steps of batch 2 at
+PATCH^3, each forward + (1 - soft Dice + CE) + backward + Adam (lr 1e-3, weight decay 1e-5) with
+only the instance-norm affines trainable (group `in`). fp32 with TF32 off (clopa's cuDNN
+convolutions use FMA math), cudnn.benchmark off (PyTorch's default). Prints JSON lines with the
+best of REPS forward timings after one warm-up, the mean step time after the first, and
+torch.cuda.max_memory_allocated for each.
+
+    python scripts/gpu_check.py [SIZE] [PATCH] [STEPS] [REPS] [--tf32]
+"""
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_train_step import build, pass_loss  # noqa: E402
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    tf32 = "--tf32" in sys.argv
+    size, patch, steps, reps = (int(a) for a in (args + ["192", "128", "3", "3"][len(args):])[:4])
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    # GPU_CHECK_DEVICE=cpu runs the script itself where there is no GPU (to check it, not to time)
+    dev = torch.device(os.environ.get("GPU_CHECK_DEVICE", "cuda"))
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    peak_mib = (lambda: torch.cuda.max_memory_allocated() / 2**20) if cuda else (lambda: None)
+    reset = torch.cuda.reset_peak_memory_stats if cuda else (lambda: None)
+    gpu = torch.cuda.get_device_name() if cuda else "cpu"
+    torch.manual_seed(0)
+    net = build("v1").to(dev)
+
+    x = torch.rand(1, 8, size, size, size, device=dev) * 2 - 1
+    reset()
+    best = float("inf")
+    with torch.no_grad():
+        for i in range(reps + 1):
+            sync()
+            t = time.perf_counter()
+            net(x)
+            sync()
+            if i > 0:  # the first is the warm-up
+                best = min(best, time.perf_counter() - t)
+    print(json.dumps({"check": "torch-forward", "device": gpu, "size": size,
+                      "tf32": tf32, "device_s": best, "peak_allocated_mib": peak_mib()}))
+    del x
+
+    for name, p in net.named_parameters():
+        p.requires_grad = ".norm." in name
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-5)
+    xb = torch.rand(2, 8, patch, patch, patch, device=dev) * 2 - 1
+    c = torch.arange(patch, device=dev, dtype=torch.float32) - patch / 2
+    r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
+    y = (r2 < (patch / 4) ** 2).long().expand(2, -1, -1, -1)
+    reset()
+    times, losses = [], []
+    for _ in range(steps):
+        sync()
+        t = time.perf_counter()
+        loss = pass_loss(net(xb), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        sync()
+        times.append(time.perf_counter() - t)
+        losses.append(loss.item())
+    rest = times[1:] or times
+    print(json.dumps({"check": "torch-train", "device": gpu, "patch": patch,
+                      "batch": 2, "group": "in", "steps": steps, "tf32": tf32, "loss": losses,
+                      "device_s_per_step": sum(rest) / len(rest), "peak_allocated_mib": peak_mib()}))
+
+
+if __name__ == "__main__":
+    main()
