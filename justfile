@@ -18,6 +18,12 @@ test:
 build:
     cargo build --release --workspace --bins
 
+# The GPU build (`--features cuda`) from PyPI's CUDA 13.0 wheels, into target/cuda (`--all`: every
+# tool, for `target/cuda/release/clopa-reproduce --profile pipelines/paper.toml`); see the script.
+# Build the CUDA tools and the GPU check (no CUDA install needed; about 15 min on 2 cores).
+build-cuda *args:
+    scripts/build-cuda.sh {{args}}
+
 # Benchmarks (numbers go to BENCHMARKS.md; see there for the PyTorch side).
 # Each example prints its usage; the PyTorch / surface-distance counterparts are in scripts/.
 # Benchmarks against the references (see BENCHMARKS.md for the commands of each side).
