@@ -9,6 +9,9 @@
 //! Prints JSON lines:
 //! * `forward`: logits (1, 2, S, S, S) on the device vs the CPU, max |Δ| / max |cpu| and mean |Δ|
 //!   / mean |cpu|; the best of REPS device timings after one warm-up, and the CPU's time.
+//! * `forward` with `precision` F16 / Bf16: the same with half-precision GPU convolutions (fp32
+//!   accumulation, like PyTorch's autocast), against the fp32 CPU logits, and the fraction of
+//!   voxels whose argmax differs.
 //! * `train`: STEPS steps of batch 2 at TRAIN_PATCH³, each forward + (1 − soft Dice + CE) +
 //!   backward + Adam (lr 1e-3, weight decay 1e-5) on the instance-norm affines, from the same
 //!   weights and data on both sides: each step's loss on both, the first step's gradients'
@@ -25,6 +28,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use clopa_adapt::{Adam, AdamConfig};
 use clopa_nn::loss::clopa_pass_loss;
+use clopa_nn::ops::ConvPrecision;
 use clopa_nn::{Architecture, ParamGroup, ParamStore, ResidualEncoderUNet, UNetSpec};
 
 /// Uniform in [-1, 1), from a 64-bit LCG: the same data on every machine without an RNG crate.
@@ -112,6 +116,27 @@ fn forward(spec: &UNetSpec, dev: &Device, size: usize, reps: usize) {
             "device_s": dev_s, "cpu_s": cpu_s,
         })
     );
+    // autocast-like half-precision convolutions (GPU only; the CPU ignores the setting), against
+    // the same fp32 CPU logits, and how often the argmax (the segmentation) differs
+    for p in [ConvPrecision::F16, ConvPrecision::Bf16] {
+        clopa_nn::ops::set_conv_precision(p);
+        let (_, _) = run(dev, false, 1);
+        let (half, half_s) = run(dev, false, reps);
+        clopa_nn::ops::set_conv_precision(ConvPrecision::F32);
+        let (max_rel, mean_rel) = rel(&half, &cpu);
+        let n = cpu.len() / 2;
+        let flips = (0..n)
+            .filter(|&i| (cpu[i + n] > cpu[i]) != (half[i + n] > half[i]))
+            .count();
+        println!(
+            "{}",
+            serde_json::json!({
+                "check": "forward", "precision": format!("{p:?}"), "device": format!("{dev:?}"),
+                "size": size, "max_abs_diff_rel": max_rel, "mean_abs_diff_rel": mean_rel,
+                "argmax_flipped_fraction": flips as f64 / n as f64, "device_s": half_s,
+            })
+        );
+    }
 }
 
 fn train(spec: &UNetSpec, dev: &Device, patch: usize, steps: usize) {

@@ -2,9 +2,11 @@
 //! GPU), as three candle custom ops: forward, and the backward-data and backward-filter ops its
 //! `bwd` is built from. candle only wires cuDNN's 2D case; cudarc exposes the N-d descriptors.
 //!
-//! fp32 throughout with `CUDNN_FMA_MATH`: no TF32 tensor cores, so results agree with the CPU to
-//! fp32 rounding (PyTorch allows TF32 for convolutions by default; `scripts/gpu_check.py` turns
-//! it off to compare like with like).
+//! In fp32 with `CUDNN_FMA_MATH`: no TF32 tensor cores, so results agree with the CPU to fp32
+//! rounding (PyTorch allows TF32 for convolutions by default; `scripts/gpu_check.py` turns it off
+//! to compare like with like). With [`super::ConvPrecision::F16`] or `Bf16` (PyTorch's autocast,
+//! which nnInteractive's inference uses) the inputs are cast down, cuDNN runs on tensor cores
+//! accumulating in fp32, and the result is cast back to fp32 for the norms that follow.
 //!
 //! Built only with the `cuda` feature; no CI machine has a GPU, so this file is exercised by
 //! `examples/gpu_check` on a lent GPU (see BENCHMARKS.md), against the CPU kernels.
@@ -14,15 +16,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::cudnn::CudnnDataType;
 use candle_core::cuda_backend::cudarc::cudnn::{
     ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn, sys,
 };
-use candle_core::cuda_backend::cudarc::driver::CudaSlice;
-use candle_core::cuda_backend::{CudaDevice, DeviceId};
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
+};
 
 use super::conv3d::ConvGeom;
-use super::{grad_if, invalid};
+use super::{ConvPrecision, grad_if, invalid};
 
 thread_local! {
     // cuDNN handles are neither Send nor Sync: one per thread and device, as candle keeps its own.
@@ -69,16 +74,12 @@ fn dims(v: [usize; 5]) -> ([i32; 5], [i32; 5]) {
     (d, strides)
 }
 
-/// The contiguous f32 data of a CUDA storage from its layout's offset.
-fn view<'a>(
-    name: &str,
-    s: &'a CudaStorage,
-    l: &Layout,
-) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, f32>> {
+/// The contiguous data of a CUDA storage from its layout's offset.
+fn view<'a, T: CudaDType>(name: &str, s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
     let (a, b) = l
         .contiguous_offsets()
         .ok_or_else(|| invalid("conv3d-cudnn", format!("{name} must be contiguous")))?;
-    Ok(s.as_cuda_slice::<f32>()?.slice(a..b))
+    Ok(s.as_cuda_slice::<T>()?.slice(a..b))
 }
 
 impl CustomOp2 for CudnnConv3d {
@@ -107,82 +108,15 @@ impl CustomOp2 for CudnnConv3d {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let g = self.g;
-        let dev = s1.device().clone();
-        let cudnn = handle(&dev)?;
-        let (xd, xs) = dims([g.b, g.cin, g.d, g.h, g.w]);
-        let (yd, ys) = dims([g.b, g.cout, g.od, g.oh, g.ow]);
-        let wd = [g.cout, g.cin, g.k, g.k, g.k].map(|v| v as i32);
-        let x_desc = cudnn.create_nd_tensor::<f32>(&xd, &xs)?;
-        let y_desc = cudnn.create_nd_tensor::<f32>(&yd, &ys)?;
-        let w_desc =
-            cudnn.create_nd_filter::<f32>(sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, &wd)?;
-        let (p, s) = (g.p as i32, g.s as i32);
-        let mut conv = cudnn.create_convnd::<f32>(
-            &[p; 3],
-            &[s; 3],
-            &[1; 3],
-            sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-        )?;
-        conv.set_math_type(sys::cudnnMathType_t::CUDNN_FMA_MATH)?;
-        let a = view("first argument", s1, l1)?;
-        let b = view("second argument", s2, l2)?;
-        let stream = dev.cuda_stream();
-        let workspace = |bytes: usize| -> Result<Option<CudaSlice<u8>>> {
-            Ok(if bytes == 0 {
-                None
-            } else {
-                Some(dev.alloc_zeros::<u8>(bytes)?)
-            })
-        };
-        let (out, shape): (CudaSlice<f32>, Vec<usize>) = match self.kind {
-            Kind::Forward => {
-                let op = ConvForward {
-                    conv: &conv,
-                    x: &x_desc,
-                    w: &w_desc,
-                    y: &y_desc,
-                };
-                let algo = op.pick_algorithm()?;
-                let mut ws = workspace(op.get_workspace_size(algo)?)?;
-                // SAFETY: cuDNN writes every output element (beta = 0) before anything reads it.
-                let mut y = unsafe { stream.alloc::<f32>(g.b * g.cout * g.od * g.oh * g.ow) }?;
-                // SAFETY: the views hold the contiguous f32 data the descriptors describe.
-                unsafe { op.launch(algo, ws.as_mut(), (1f32, 0f32), &a, &b, &mut y) }?;
-                (y, vec![g.b, g.cout, g.od, g.oh, g.ow])
-            }
-            Kind::BackwardData => {
-                let op = ConvBackwardData {
-                    conv: &conv,
-                    dx: &x_desc,
-                    w: &w_desc,
-                    dy: &y_desc,
-                };
-                let algo = op.pick_algorithm()?;
-                let mut ws = workspace(op.get_workspace_size(algo)?)?;
-                // SAFETY: as above (beta = 0 overwrites every element of dx).
-                let mut dx = unsafe { stream.alloc::<f32>(g.b * g.cin * g.d * g.h * g.w) }?;
-                // SAFETY: a = dy, b = w, contiguous f32 as described.
-                unsafe { op.launch(algo, ws.as_mut(), (1f32, 0f32), &mut dx, &b, &a) }?;
-                (dx, vec![g.b, g.cin, g.d, g.h, g.w])
-            }
-            Kind::BackwardFilter => {
-                let op = ConvBackwardFilter {
-                    conv: &conv,
-                    x: &x_desc,
-                    dw: &w_desc,
-                    dy: &y_desc,
-                };
-                let algo = op.pick_algorithm()?;
-                let mut ws = workspace(op.get_workspace_size(algo)?)?;
-                // SAFETY: as above (beta = 0 overwrites every element of dw).
-                let mut dw = unsafe { stream.alloc::<f32>(g.cout * g.cin * g.k * g.k * g.k) }?;
-                // SAFETY: a = x, b = dy, contiguous f32 as described.
-                unsafe { op.launch(algo, ws.as_mut(), (1f32, 0f32), &a, &mut dw, &b) }?;
-                (dw, vec![g.cout, g.cin, g.k, g.k, g.k])
-            }
-        };
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(shape)))
+        match (s1.dtype(), s2.dtype()) {
+            (DType::F32, DType::F32) => self.launch::<f32>(s1, l1, s2, l2),
+            (DType::F16, DType::F16) => self.launch::<half::f16>(s1, l1, s2, l2),
+            (DType::BF16, DType::BF16) => self.launch::<half::bf16>(s1, l1, s2, l2),
+            (a, b) => Err(invalid(
+                self.name(),
+                format!("arguments must be both f32, f16 or bf16, got {a:?} and {b:?}"),
+            )),
+        }
     }
 
     fn bwd(
@@ -200,15 +134,122 @@ impl CustomOp2 for CudnnConv3d {
     }
 }
 
-/// [`super::conv3d`] of CUDA tensors, arguments already checked; the bias is a broadcast add.
+impl CudnnConv3d {
+    /// The op on data of type `T` (f32, or f16/bf16 with fp32 accumulation on tensor cores).
+    fn launch<T>(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)>
+    where
+        T: CudnnDataType + CudaDType + DeviceRepr + WithDType,
+    {
+        let g = self.g;
+        let dev = s1.device().clone();
+        let cudnn = handle(&dev)?;
+        let (xd, xs) = dims([g.b, g.cin, g.d, g.h, g.w]);
+        let (yd, ys) = dims([g.b, g.cout, g.od, g.oh, g.ow]);
+        let wd = [g.cout, g.cin, g.k, g.k, g.k].map(|v| v as i32);
+        let x_desc = cudnn.create_nd_tensor::<T>(&xd, &xs)?;
+        let y_desc = cudnn.create_nd_tensor::<T>(&yd, &ys)?;
+        let w_desc =
+            cudnn.create_nd_filter::<T>(sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, &wd)?;
+        let (p, s) = (g.p as i32, g.s as i32);
+        let mut conv = cudnn.create_convnd::<f32>(
+            &[p; 3],
+            &[s; 3],
+            &[1; 3],
+            sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+        )?;
+        // the compute type is fp32 for every data type; tensor cores only for the half types
+        conv.set_math_type(if T::DTYPE == DType::F32 {
+            sys::cudnnMathType_t::CUDNN_FMA_MATH
+        } else {
+            sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+        })?;
+        let a = view::<T>("first argument", s1, l1)?;
+        let b = view::<T>("second argument", s2, l2)?;
+        let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
+        let stream = dev.cuda_stream();
+        let workspace = |bytes: usize| -> Result<Option<CudaSlice<u8>>> {
+            Ok(if bytes == 0 {
+                None
+            } else {
+                Some(dev.alloc_zeros::<u8>(bytes)?)
+            })
+        };
+        let (out, shape): (CudaSlice<T>, Vec<usize>) = match self.kind {
+            Kind::Forward => {
+                let op = ConvForward {
+                    conv: &conv,
+                    x: &x_desc,
+                    w: &w_desc,
+                    y: &y_desc,
+                };
+                let algo = op.pick_algorithm()?;
+                let mut ws = workspace(op.get_workspace_size(algo)?)?;
+                // SAFETY: cuDNN writes every output element (beta = 0) before anything reads it.
+                let mut y = unsafe { stream.alloc::<T>(g.b * g.cout * g.od * g.oh * g.ow) }?;
+                // SAFETY: the views hold the contiguous f32 data the descriptors describe.
+                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &a, &b, &mut y) }?;
+                (y, vec![g.b, g.cout, g.od, g.oh, g.ow])
+            }
+            Kind::BackwardData => {
+                let op = ConvBackwardData {
+                    conv: &conv,
+                    dx: &x_desc,
+                    w: &w_desc,
+                    dy: &y_desc,
+                };
+                let algo = op.pick_algorithm()?;
+                let mut ws = workspace(op.get_workspace_size(algo)?)?;
+                // SAFETY: as above (beta = 0 overwrites every element of dx).
+                let mut dx = unsafe { stream.alloc::<T>(g.b * g.cin * g.d * g.h * g.w) }?;
+                // SAFETY: a = dy, b = w, contiguous f32 as described.
+                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &mut dx, &b, &a) }?;
+                (dx, vec![g.b, g.cin, g.d, g.h, g.w])
+            }
+            Kind::BackwardFilter => {
+                let op = ConvBackwardFilter {
+                    conv: &conv,
+                    x: &x_desc,
+                    dw: &w_desc,
+                    dy: &y_desc,
+                };
+                let algo = op.pick_algorithm()?;
+                let mut ws = workspace(op.get_workspace_size(algo)?)?;
+                // SAFETY: as above (beta = 0 overwrites every element of dw).
+                let mut dw = unsafe { stream.alloc::<T>(g.cout * g.cin * g.k * g.k * g.k) }?;
+                // SAFETY: a = x, b = dy, contiguous f32 as described.
+                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &a, &mut dw, &b) }?;
+                (dw, vec![g.cout, g.cin, g.k, g.k, g.k])
+            }
+        };
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(shape)))
+    }
+}
+
+/// [`super::conv3d`] of CUDA tensors, arguments already checked, at the [`super::conv_precision`]
+/// (the casts are differentiable, so training sees fp32 gradients); the bias is an fp32 add.
 pub(crate) fn conv3d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<Tensor> {
-    let y = x.contiguous()?.apply_op2(
-        &w.contiguous()?,
-        CudnnConv3d {
-            g,
-            kind: Kind::Forward,
-        },
-    )?;
+    let op = CudnnConv3d {
+        g,
+        kind: Kind::Forward,
+    };
+    let y = match super::conv_precision() {
+        ConvPrecision::F32 => x.contiguous()?.apply_op2(&w.contiguous()?, op)?,
+        p => {
+            let dt = if p == ConvPrecision::F16 {
+                DType::F16
+            } else {
+                DType::BF16
+            };
+            let (xh, wh) = (x.to_dtype(dt)?.contiguous()?, w.to_dtype(dt)?.contiguous()?);
+            xh.apply_op2(&wh, op)?.to_dtype(DType::F32)?
+        }
+    };
     match b {
         Some(b) => y.broadcast_add(&b.reshape((1, g.cout, 1, 1, 1))?),
         None => Ok(y),

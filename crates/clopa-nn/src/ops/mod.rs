@@ -120,6 +120,44 @@ pub use leaky_relu::leaky_relu;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
+/// The arithmetic of 3D convolutions on a GPU: fp32, or PyTorch-autocast-like fp16/bf16 inputs
+/// with fp32 accumulation (tensor cores) and an fp32 result. The CPU always computes in fp32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvPrecision {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl std::str::FromStr for ConvPrecision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "fp32" | "f32" => Ok(ConvPrecision::F32),
+            "fp16" | "f16" => Ok(ConvPrecision::F16),
+            "bf16" => Ok(ConvPrecision::Bf16),
+            _ => Err(format!("expected fp32, fp16 or bf16, got {s:?}")),
+        }
+    }
+}
+
+static CONV_PRECISION: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Sets the [`ConvPrecision`] of GPU convolutions for the whole process (a tool's `--precision`).
+pub fn set_conv_precision(p: ConvPrecision) {
+    CONV_PRECISION.store(p as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The [`ConvPrecision`] of GPU convolutions (fp32 unless [`set_conv_precision`] said otherwise).
+pub fn conv_precision() -> ConvPrecision {
+    match CONV_PRECISION.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => ConvPrecision::F16,
+        2 => ConvPrecision::Bf16,
+        _ => ConvPrecision::F32,
+    }
+}
+
 /// An invalid argument to one of the ops; wrapped into `candle_core::Error` by the public functions.
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
