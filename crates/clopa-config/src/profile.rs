@@ -70,6 +70,9 @@ pub struct Profile {
     pub model: String,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// GPU convolution arithmetic: `fp32`, or `fp16` / `bf16` inputs with fp32 accumulation (like
+    /// PyTorch's autocast, which nnInteractive's own GPU inference uses). The CPU computes fp32.
+    pub precision: String,
     /// Seed of everything else that is random (training patches, clicks, augmentation).
     pub seed: u64,
     /// Synthetic data to generate before the run (absent for real data).
@@ -128,6 +131,7 @@ const KEYS: &[&str] = &[
     "tasks",
     "model",
     "device",
+    "precision",
     "seed",
     "synth",
 ];
@@ -174,6 +178,7 @@ impl Default for Profile {
             .collect(),
             model: "models/nnInteractive_v1.0".into(),
             device: "cpu".into(),
+            precision: "fp32".into(),
             seed: 0,
             synth: None,
         }
@@ -401,6 +406,13 @@ impl Profile {
                 format!("must be cpu, cuda or cuda:N, got {:?}", self.device),
             ));
         }
+        if !["fp32", "fp16", "bf16"].contains(&self.precision.as_str()) {
+            return Err(invalid(
+                path,
+                "precision",
+                format!("must be fp32, fp16 or bf16, got {:?}", self.precision),
+            ));
+        }
         if let Some(s) = &self.synth {
             positive("synth.cases", s.cases)?;
             if s.size.contains(&0) {
@@ -448,6 +460,7 @@ mod tests {
         );
         assert_eq!(p.methods, vec!["in", "cn"]);
         assert_eq!(p.device, "cpu");
+        assert_eq!(p.precision, "fp32");
         assert_eq!(p.tasks.len(), 8);
         p.validate(Path::new("default")).unwrap();
     }
@@ -495,6 +508,7 @@ mod tests {
         let mut p = Profile::default();
         p.set("epochs", "3").unwrap();
         p.set("device", "cuda").unwrap();
+        p.set("precision", "fp16").unwrap();
         p.set("patch", "[64, 64, 32]").unwrap();
         p.set("k_m", "0.25").unwrap();
         p.set("max_stream", "20").unwrap();
@@ -502,6 +516,7 @@ mod tests {
         p.set("synth.cases", "12").unwrap();
         assert_eq!(p.epochs, 3);
         assert_eq!(p.device, "cuda");
+        assert_eq!(p.precision, "fp16");
         assert_eq!(p.patch, [64, 64, 32]);
         assert_eq!(p.k_m, 0.25);
         assert_eq!(p.max_stream, Some(20));
@@ -524,6 +539,8 @@ mod tests {
         assert!(e.contains("k_m"), "{e}");
         let e = p.set("device", "tpu").unwrap_err().to_string();
         assert!(e.contains("device"), "{e}");
+        let e = p.set("precision", "fp8").unwrap_err().to_string();
+        assert!(e.contains("precision") && e.contains("\"fp8\""), "{e}");
         assert_eq!(p, before);
     }
 

@@ -65,6 +65,8 @@ pub struct Request {
     pub automatic: bool,
     /// `cpu`, `cuda` or `cuda:N` [default: the profile's `device`, else `cpu`].
     pub device: Option<String>,
+    /// GPU convolutions in `fp32`, `fp16` or `bf16` [default: the profile's `precision`].
+    pub precision: Option<String>,
     /// Recompute even when the output is already complete.
     pub force: bool,
     pub quiet: bool,
@@ -238,7 +240,12 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
     if let Some(d) = &req.device {
         profile.device = d.clone();
     }
+    if let Some(p) = &req.precision {
+        profile.precision = p.clone();
+    }
     let device = clopa_nn::device(&profile.device)?;
+    // (part of the profile, so of the provenance: a table of another precision is not this one)
+    clopa_nn::ops::set_conv_precision(profile.precision.parse().map_err(anyhow::Error::msg)?);
     let checkpoint_sha = req
         .checkpoints
         .iter()

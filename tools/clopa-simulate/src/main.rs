@@ -114,6 +114,11 @@ struct Cli {
     #[arg(long, value_name = "DEV", value_parser = clopa_cli::parse_device)]
     device: Option<String>,
 
+    /// GPU convolutions: fp32, or fp16/bf16 with fp32 accumulation (PyTorch's autocast)
+    /// [default: the profile's `precision`, else fp32; the CPU computes fp32].
+    #[arg(long, value_name = "P", value_parser = ["fp32", "fp16", "bf16"])]
+    precision: Option<String>,
+
     /// Recompute even when the output already holds a complete table with the same settings.
     #[arg(long)]
     force: bool,
@@ -156,6 +161,7 @@ fn main() -> ExitCode {
             no_autozoom: cli.no_autozoom,
             automatic: cli.automatic,
             device: cli.device.clone(),
+            precision: cli.precision.clone(),
             force: cli.force,
             quiet: cli.quiet,
         })

@@ -43,6 +43,8 @@ pub struct Request {
     pub data_root: Option<PathBuf>,
     /// `cpu`, `cuda` or `cuda:N` [default: the profile's `device`].
     pub device: Option<String>,
+    /// GPU convolutions in `fp32`, `fp16` or `bf16` [default: the profile's `precision`].
+    pub precision: Option<String>,
     /// Train even when the output exists with the same settings.
     pub force: bool,
     pub quiet: bool,
@@ -77,6 +79,9 @@ pub fn resolve(req: &Request) -> anyhow::Result<(Profile, EpisodeConfig)> {
     }
     if let Some(v) = &req.device {
         p.device = v.clone();
+    }
+    if let Some(v) = &req.precision {
+        p.precision = v.clone();
     }
     let cfg = EpisodeConfig {
         patch: p.patch,
@@ -167,6 +172,7 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     let (profile, cfg) = resolve(req)?;
     // before any work: a device that is not built in or not there is the user's to fix first
     let device = clopa_nn::device(&profile.device)?;
+    clopa_nn::ops::set_conv_precision(profile.precision.parse().map_err(anyhow::Error::msg)?);
 
     // --- the cache of this episode
     let (train_ids, val_ids) = clopa_schedule::cache_at(&rows, req.run, req.episode);
@@ -201,7 +207,7 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
 
     // --- done already? The settings are what the checkpoint records; same settings and base
     // mean the same result (training is seeded), other settings mean this output is stale.
-    let settings = serde_json::json!({
+    let mut settings = serde_json::json!({
         "group": group.name(),
         "run": req.run,
         "episode": req.episode,
@@ -209,6 +215,11 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         "init": req.init.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "train": cfg,
     });
+    // Half-precision training is another result; fp32 needs no key, so checkpoints written
+    // before the key existed keep counting as done.
+    if profile.precision != "fp32" {
+        settings["precision"] = profile.precision.clone().into();
+    }
     if req.output.is_file() && log.is_file() {
         let same = read_episode_checkpoint(&req.output).is_ok_and(|c| {
             c.metadata.get(META_BASE_SHA256) == Some(&base_sha)

@@ -119,6 +119,11 @@ struct Cli {
     #[arg(long, value_name = "DEV", value_parser = clopa_cli::parse_device)]
     device: Option<String>,
 
+    /// GPU convolutions: fp32, or fp16/bf16 with fp32 accumulation (PyTorch's autocast)
+    /// [default: the profile's `precision`, else fp32; the CPU computes fp32].
+    #[arg(long, value_name = "P", value_parser = ["fp32", "fp16", "bf16"])]
+    precision: Option<String>,
+
     /// Worker threads [default: all cores].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -176,6 +181,7 @@ fn main() -> ExitCode {
             seed: cli.seed,
             data_root,
             device: cli.device.clone(),
+            precision: cli.precision.clone(),
             force: cli.force,
             quiet: cli.quiet,
         })

@@ -358,6 +358,24 @@ fn a_rerun_with_other_settings_retrains_and_force_retrains_the_same_settings() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("selected epoch"));
+    // Another GPU precision is another setting (recorded only when not fp32, so checkpoints
+    // from before the key stay done); an unknown one is a usage error.
+    let err = |args: &[&str]| {
+        let out = f.cmd(1, "in", &ck).args(args).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = err(&["--lr", "0.0005", "--precision", "fp32"]);
+    assert!(e.contains("skipping"), "{e}");
+    let e = err(&["--lr", "0.0005", "--precision", "fp16"]);
+    assert!(
+        e.contains("other settings") && e.contains("selected epoch"),
+        "{e}"
+    );
+    let c = clopa_nn::read_episode_checkpoint(&ck).unwrap();
+    assert!(c.metadata["clopa.config"].contains("\"precision\":\"fp16\""));
+    let out = f.cmd(1, "in", &ck).args(["--precision", "fp8"]).output();
+    assert_eq!(out.unwrap().status.code(), Some(2));
 }
 
 #[test]
