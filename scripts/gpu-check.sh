@@ -6,7 +6,8 @@
 #   scripts/gpu-check.sh [SIZE] [PATCH] [STEPS] [REPS]     (defaults 192 128 3 3)
 #
 # With the device tool:  run(command="bash scripts/gpu-check.sh", carry=["target/cuda-check"])
-# Writes $OUT (default /tmp/gpu-check): gpu.txt, clopa.jsonl, torch.jsonl, torch-tf32.jsonl and
+# Writes $OUT (default /tmp/gpu-check): gpu.txt, clopa.jsonl, torch.jsonl, torch-tf32.jsonl,
+# torch-autocast.jsonl (fp16, as nnInteractive) and
 # the peak of nvidia-smi's memory.used during each (mem-*.txt), and prints them all.
 set -uo pipefail
 
@@ -46,3 +47,4 @@ chmod +x "$dist/gpu_check"
 peak clopa timeout 420 "$dist/gpu_check" cuda "$size" "$patch" "$steps" "$reps" | tee "$out/clopa.jsonl"
 peak torch timeout 120 "$py" scripts/gpu_check.py "$size" "$patch" "$steps" "$reps" | tee "$out/torch.jsonl"
 peak torch-tf32 timeout 120 "$py" scripts/gpu_check.py "$size" "$patch" "$steps" "$reps" --tf32 | tee "$out/torch-tf32.jsonl"
+peak torch-autocast timeout 120 "$py" scripts/gpu_check.py "$size" "$patch" "$steps" "$reps" --autocast | tee "$out/torch-autocast.jsonl"

@@ -9,7 +9,10 @@ convolutions use FMA math), cudnn.benchmark off (PyTorch's default). Prints JSON
 best of REPS forward timings after one warm-up, the mean step time after the first, and
 torch.cuda.max_memory_allocated for each.
 
-    python scripts/gpu_check.py [SIZE] [PATCH] [STEPS] [REPS] [--tf32]
+    python scripts/gpu_check.py [SIZE] [PATCH] [STEPS] [REPS] [--tf32] [--autocast]
+
+--autocast runs both under torch.autocast(fp16), as nnInteractive's GPU inference does (clopa's
+counterpart: gpu_check's fp16 forward).
 """
 import json
 import os
@@ -25,6 +28,7 @@ from bench_train_step import build, pass_loss  # noqa: E402
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     tf32 = "--tf32" in sys.argv
+    autocast = "--autocast" in sys.argv
     size, patch, steps, reps = (int(a) for a in (args + ["192", "128", "3", "3"][len(args):])[:4])
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -41,7 +45,8 @@ def main():
     x = torch.rand(1, 8, size, size, size, device=dev) * 2 - 1
     reset()
     best = float("inf")
-    with torch.no_grad():
+    amp = torch.autocast(dev.type, dtype=torch.float16, enabled=autocast)
+    with torch.no_grad(), amp:
         for i in range(reps + 1):
             sync()
             t = time.perf_counter()
@@ -50,7 +55,8 @@ def main():
             if i > 0:  # the first is the warm-up
                 best = min(best, time.perf_counter() - t)
     print(json.dumps({"check": "torch-forward", "device": gpu, "size": size,
-                      "tf32": tf32, "device_s": best, "peak_allocated_mib": peak_mib()}))
+                      "tf32": tf32, "autocast_fp16": autocast, "device_s": best,
+                      "peak_allocated_mib": peak_mib()}))
     del x
 
     for name, p in net.named_parameters():
@@ -65,7 +71,8 @@ def main():
     for _ in range(steps):
         sync()
         t = time.perf_counter()
-        loss = pass_loss(net(xb), y)
+        with amp:
+            loss = pass_loss(net(xb).float(), y)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -74,7 +81,8 @@ def main():
         losses.append(loss.item())
     rest = times[1:] or times
     print(json.dumps({"check": "torch-train", "device": gpu, "patch": patch,
-                      "batch": 2, "group": "in", "steps": steps, "tf32": tf32, "loss": losses,
+                      "batch": 2, "group": "in", "steps": steps, "tf32": tf32,
+                      "autocast_fp16": autocast, "loss": losses,
                       "device_s_per_step": sum(rest) / len(rest), "peak_allocated_mib": peak_mib()}))
 
 
