@@ -72,6 +72,9 @@ pub struct Profile {
     pub device: String,
     /// GPU convolution arithmetic: `fp32`, or `fp16` / `bf16` inputs with fp32 accumulation (like
     /// PyTorch's autocast, which nnInteractive's own GPU inference uses). The CPU computes fp32.
+    /// Left out of the written profile when fp32, so that provenance recorded before the key
+    /// existed still matches (a rerun does not recompute finished tables).
+    #[serde(skip_serializing_if = "is_fp32")]
     pub precision: String,
     /// Seed of everything else that is random (training patches, clicks, augmentation).
     pub seed: u64,
@@ -103,6 +106,10 @@ impl Default for SynthSettings {
             datasets: BTreeMap::new(),
         }
     }
+}
+
+fn is_fp32(p: &str) -> bool {
+    p == "fp32"
 }
 
 /// Top-level keys (a test keeps this list equal to the struct's fields).
@@ -461,6 +468,8 @@ mod tests {
         assert_eq!(p.methods, vec!["in", "cn"]);
         assert_eq!(p.device, "cpu");
         assert_eq!(p.precision, "fp32");
+        // not written when fp32: provenance from before the key still matches
+        assert!(p.to_json().get("precision").is_none());
         assert_eq!(p.tasks.len(), 8);
         p.validate(Path::new("default")).unwrap();
     }
@@ -478,6 +487,7 @@ mod tests {
         let mut p = Profile {
             max_stream: Some(20),
             max_holdout: Some(7),
+            precision: "bf16".into(),
             ..Profile::default()
         };
         let mut synth = SynthSettings::default();

@@ -357,6 +357,16 @@ fn a_complete_output_is_skipped_unless_forced_or_the_settings_differ() {
     assert!(before != old);
     assert_eq!(clopa_table::read_steps(&out).unwrap().len(), 2 * 2 * 5);
 
+    // the GPU precision is a setting too (fp32 = the default, so skipped; fp16 recomputed)
+    let is_skipped = |args: &[&str]| {
+        let o = f.cmd_with(&out, false).args(args).output().unwrap();
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stderr).contains("already complete")
+    };
+    assert!(is_skipped(&["--edits", "4", "--precision", "fp32"]));
+    assert!(!is_skipped(&["--edits", "4", "--precision", "fp16"]));
+    assert!(is_skipped(&["--edits", "4", "--precision", "fp16"]));
+
     // a truncated (unreadable) output is recomputed
     std::fs::write(&out, b"PAR1 not really").unwrap();
     f.cmd(&out).args(["--edits", "4"]).assert().success();
