@@ -6,8 +6,8 @@
 #   scripts/gpu-check.sh [SIZE] [PATCH] [STEPS] [REPS]     (defaults 192 128 3 3)
 #
 # With the device tool:  run(command="bash scripts/gpu-check.sh", carry=["target/cuda-check"])
-# Writes $OUT (default /tmp/gpu-check): gpu.txt, clopa.jsonl, torch.jsonl, torch-tf32.jsonl,
-# torch-autocast.jsonl (fp16, as nnInteractive) and
+# Writes $OUT (default /tmp/gpu-check): gpu.txt, torch-fp32.jsonl, torch-tf32.jsonl,
+# torch-autocast.jsonl (fp16, as nnInteractive), clopa.jsonl and
 # the peak of nvidia-smi's memory.used during each (mem-*.txt), and prints them all.
 set -uo pipefail
 
@@ -20,6 +20,11 @@ py=${PYTHON:-python3}
 # clopa links the CUDA 13 runtime, cuBLAS, cuRAND and cuDNN 9: PyTorch cu130 ships them
 site=$("$py" -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
 export LD_LIBRARY_PATH=$site/nvidia/cu13/lib:$site/nvidia/cudnn/lib:${LD_LIBRARY_PATH:-}
+# (wherever this PyTorch keeps them, if not there)
+for lib in libcudart.so.13 libcublas.so.13 libcurand.so.10 libcudnn.so.9; do
+  d=$(find "$site/nvidia" -name "$lib*" -printf '%h\n' 2>/dev/null | head -1)
+  [ -n "$d" ] && LD_LIBRARY_PATH=$d:$LD_LIBRARY_PATH
+done
 # dynamic-network-architectures (pure Python) from the carried wheel when it is not installed
 if ! "$py" -c 'import dynamic_network_architectures' 2>/dev/null; then
   "$py" -m pip install --quiet --no-deps --no-index --target "$out/pylib" "$dist"/wheels/*.whl
@@ -43,8 +48,14 @@ peak() {
   return $rc
 }
 
+# PyTorch first (quick and known to work), then clopa: the device tool stops a command at 600 s,
+# and the timeouts below add up to less. Every line is written as it is printed, so a run cut
+# short still leaves what it measured.
+for mode in fp32:"" tf32:--tf32 autocast:--autocast; do
+  name=torch-${mode%%:*}
+  peak "$name" timeout 80 "$py" -u scripts/gpu_check.py "$size" "$patch" "$steps" "$reps" ${mode#*:} |
+    tee "$out/$name.jsonl"
+done
 chmod +x "$dist/gpu_check"
-peak clopa timeout 420 "$dist/gpu_check" cuda "$size" "$patch" "$steps" "$reps" | tee "$out/clopa.jsonl"
-peak torch timeout 120 "$py" scripts/gpu_check.py "$size" "$patch" "$steps" "$reps" | tee "$out/torch.jsonl"
-peak torch-tf32 timeout 120 "$py" scripts/gpu_check.py "$size" "$patch" "$steps" "$reps" --tf32 | tee "$out/torch-tf32.jsonl"
-peak torch-autocast timeout 120 "$py" scripts/gpu_check.py "$size" "$patch" "$steps" "$reps" --autocast | tee "$out/torch-autocast.jsonl"
+ldd "$dist/gpu_check" | grep 'not found' >&2 && echo "gpu-check: libraries missing (above)" >&2
+peak clopa timeout 300 "$dist/gpu_check" cuda "$size" "$patch" "$steps" "$reps" | tee "$out/clopa.jsonl"
