@@ -172,6 +172,15 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     let (profile, cfg) = resolve(req)?;
     // before any work: a device that is not built in or not there is the user's to fix first
     let device = clopa_nn::device(&profile.device)?;
+    if profile.precision == "fp16" {
+        // The loss gradients per voxel (~1e-7 at batch 2 and 128³, less at 192³) are at or below
+        // fp16's smallest subnormal: without loss scaling every gradient would round to zero and
+        // Adam would only apply weight decay. bf16 has fp32's exponent range.
+        bail!(
+            "precision fp16 cannot train here (no loss scaling: the gradients underflow); \
+             use --precision bf16 or fp32 (fp16 is for clopa-simulate's inference)"
+        );
+    }
     clopa_nn::ops::set_conv_precision(profile.precision.parse().map_err(anyhow::Error::msg)?);
 
     // --- the cache of this episode

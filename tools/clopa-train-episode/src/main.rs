@@ -119,8 +119,9 @@ struct Cli {
     #[arg(long, value_name = "DEV", value_parser = clopa_cli::parse_device)]
     device: Option<String>,
 
-    /// GPU convolutions: fp32, or fp16/bf16 with fp32 accumulation (PyTorch's autocast)
-    /// [default: the profile's `precision`, else fp32; the CPU computes fp32].
+    /// GPU convolutions: fp32, or bf16 with fp32 accumulation (PyTorch's autocast; fp16 is
+    /// refused: without loss scaling its gradients underflow) [default: the profile's
+    /// `precision`, else fp32; the CPU computes fp32].
     #[arg(long, value_name = "P", value_parser = ["fp32", "fp16", "bf16"])]
     precision: Option<String>,
 
