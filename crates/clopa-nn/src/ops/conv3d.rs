@@ -31,7 +31,7 @@ pub(super) const TILE_FLOATS: usize = 1 << 18;
 
 /// Geometry of a 3D convolution with a cubic kernel `k`, stride `s` and zero padding `p`.
 /// `(d, h, w)` is the input size, `(od, oh, ow)` the output size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ConvGeom {
     pub b: usize,
     pub cin: usize,

@@ -34,6 +34,31 @@ thread_local! {
     static HANDLES: RefCell<HashMap<DeviceId, Arc<Cudnn>>> = RefCell::new(HashMap::new());
 }
 
+/// What cuDNN's heuristics chose for one geometry and data type: the algorithm and its
+/// workspace bytes. Asked once per shape, as PyTorch caches its choice; the U-Net repeats a
+/// handful of shapes thousands of times.
+type Choices<A> = RefCell<HashMap<(ConvGeom, DType), (A, usize)>>;
+
+thread_local! {
+    static FWD: Choices<sys::cudnnConvolutionFwdAlgo_t> = RefCell::new(HashMap::new());
+    static BWD_DATA: Choices<sys::cudnnConvolutionBwdDataAlgo_t> = RefCell::new(HashMap::new());
+    static BWD_FILTER: Choices<sys::cudnnConvolutionBwdFilterAlgo_t> = RefCell::new(HashMap::new());
+}
+
+/// The cached choice for `key`, or `pick()`'s, remembered.
+fn choice<A: Copy + 'static>(
+    cache: &'static std::thread::LocalKey<Choices<A>>,
+    key: (ConvGeom, DType),
+    pick: impl FnOnce() -> Result<(A, usize)>,
+) -> Result<(A, usize)> {
+    if let Some(c) = cache.with(|c| c.borrow().get(&key).copied()) {
+        return Ok(c);
+    }
+    let c = pick()?;
+    cache.with(|m| m.borrow_mut().insert(key, c));
+    Ok(c)
+}
+
 fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
     HANDLES.with(|h| {
         if let Some(c) = h.borrow().get(&dev.id()) {
@@ -173,13 +198,15 @@ impl CudnnConv3d {
         let b = view::<T>("second argument", s2, l2)?;
         let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
         let stream = dev.cuda_stream();
+        // SAFETY (of the uninitialised workspace): cuDNN only uses it as scratch.
         let workspace = |bytes: usize| -> Result<Option<CudaSlice<u8>>> {
             Ok(if bytes == 0 {
                 None
             } else {
-                Some(dev.alloc_zeros::<u8>(bytes)?)
+                Some(unsafe { stream.alloc::<u8>(bytes) }?)
             })
         };
+        let key = (g, T::DTYPE);
         let (out, shape): (CudaSlice<T>, Vec<usize>) = match self.kind {
             Kind::Forward => {
                 let op = ConvForward {
@@ -188,11 +215,14 @@ impl CudnnConv3d {
                     w: &w_desc,
                     y: &y_desc,
                 };
-                let algo = op.pick_algorithm()?;
-                let mut ws = workspace(op.get_workspace_size(algo)?)?;
+                let (algo, bytes) = choice(&FWD, key, || {
+                    let a = op.pick_algorithm()?;
+                    Ok((a, op.get_workspace_size(a)?))
+                })?;
+                let mut ws = workspace(bytes)?;
                 // SAFETY: cuDNN writes every output element (beta = 0) before anything reads it.
                 let mut y = unsafe { stream.alloc::<T>(g.b * g.cout * g.od * g.oh * g.ow) }?;
-                // SAFETY: the views hold the contiguous f32 data the descriptors describe.
+                // SAFETY: the views hold the contiguous data the descriptors describe.
                 unsafe { op.launch(algo, ws.as_mut(), (one, zero), &a, &b, &mut y) }?;
                 (y, vec![g.b, g.cout, g.od, g.oh, g.ow])
             }
@@ -203,8 +233,11 @@ impl CudnnConv3d {
                     w: &w_desc,
                     dy: &y_desc,
                 };
-                let algo = op.pick_algorithm()?;
-                let mut ws = workspace(op.get_workspace_size(algo)?)?;
+                let (algo, bytes) = choice(&BWD_DATA, key, || {
+                    let a = op.pick_algorithm()?;
+                    Ok((a, op.get_workspace_size(a)?))
+                })?;
+                let mut ws = workspace(bytes)?;
                 // SAFETY: as above (beta = 0 overwrites every element of dx).
                 let mut dx = unsafe { stream.alloc::<T>(g.b * g.cin * g.d * g.h * g.w) }?;
                 // SAFETY: a = dy, b = w, contiguous f32 as described.
@@ -218,8 +251,11 @@ impl CudnnConv3d {
                     dw: &w_desc,
                     dy: &y_desc,
                 };
-                let algo = op.pick_algorithm()?;
-                let mut ws = workspace(op.get_workspace_size(algo)?)?;
+                let (algo, bytes) = choice(&BWD_FILTER, key, || {
+                    let a = op.pick_algorithm()?;
+                    Ok((a, op.get_workspace_size(a)?))
+                })?;
+                let mut ws = workspace(bytes)?;
                 // SAFETY: as above (beta = 0 overwrites every element of dw).
                 let mut dw = unsafe { stream.alloc::<T>(g.cout * g.cin * g.k * g.k * g.k) }?;
                 // SAFETY: a = x, b = dy, contiguous f32 as described.
