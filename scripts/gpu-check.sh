@@ -6,8 +6,8 @@
 #   scripts/gpu-check.sh [SIZE] [PATCH] [STEPS] [REPS]     (defaults 192 128 3 3)
 #
 # With the device tool:  run(command="bash scripts/gpu-check.sh", carry=["target/cuda-check"])
-# Writes $OUT (default /tmp/gpu-check): gpu.txt, torch-fp32.jsonl, torch-tf32.jsonl,
-# torch-autocast.jsonl (fp16, as nnInteractive), clopa.jsonl and
+# Writes $OUT (default /tmp/gpu-check): gpu.txt, clopa-smoke.jsonl (64³), clopa.jsonl, torch-fp32.jsonl,
+# torch-autocast.jsonl (fp16, as nnInteractive), torch-tf32.jsonl (PyTorch's default) and
 # the peak of nvidia-smi's memory.used during each (mem-*.txt), and prints them all.
 set -uo pipefail
 
@@ -27,8 +27,9 @@ for lib in libcudart.so.13 libcublas.so.13 libcurand.so.10 libcudnn.so.9; do
 done
 # dynamic-network-architectures (pure Python) from the carried wheel when it is not installed
 if ! "$py" -c 'import dynamic_network_architectures' 2>/dev/null; then
-  "$py" -m pip install --quiet --no-deps --no-index --target "$out/pylib" "$dist"/wheels/*.whl
-  export PYTHONPATH=$out/pylib:${PYTHONPATH:-}
+  # (under /tmp: whatever is under $OUT is sent back)
+  "$py" -m pip install --quiet --no-deps --no-index --target /tmp/gpu-check-pylib "$dist"/wheels/*.whl
+  export PYTHONPATH=/tmp/gpu-check-pylib:${PYTHONPATH:-}
 fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
@@ -48,14 +49,15 @@ peak() {
   return $rc
 }
 
-# PyTorch first (quick and known to work), then clopa: the device tool stops a command at 600 s,
-# and the timeouts below add up to less. Every line is written as it is printed, so a run cut
-# short still leaves what it measured.
-for mode in fp32:"" tf32:--tf32 autocast:--autocast; do
-  name=torch-${mode%%:*}
-  peak "$name" timeout 80 "$py" -u scripts/gpu_check.py "$size" "$patch" "$steps" "$reps" ${mode#*:} |
-    tee "$out/$name.jsonl"
-done
+# clopa first (the unknown side): a smoke test that fails fast, then the check; then PyTorch.
+# The device tool stops a command at 600 s and the timeouts below add up to 525 s; every line is
+# written as it is printed, so a run cut short still leaves what it measured.
 chmod +x "$dist/gpu_check"
 ldd "$dist/gpu_check" | grep 'not found' >&2 && echo "gpu-check: libraries missing (above)" >&2
-peak clopa timeout 300 "$dist/gpu_check" cuda "$size" "$patch" "$steps" "$reps" | tee "$out/clopa.jsonl"
+peak clopa-smoke timeout -k 5 60 "$dist/gpu_check" cuda 64 64 1 1 --no-paper-size | tee "$out/clopa-smoke.jsonl"
+peak clopa timeout -k 5 300 "$dist/gpu_check" cuda "$size" "$patch" "$steps" "$reps" | tee "$out/clopa.jsonl"
+for mode in fp32:"" autocast:--autocast tf32:--tf32; do
+  name=torch-${mode%%:*}
+  peak "$name" timeout -k 5 55 "$py" -u scripts/gpu_check.py "$size" "$patch" "$steps" "$reps" ${mode#*:} |
+    tee "$out/$name.jsonl"
+done

@@ -1,7 +1,8 @@
 //! GPU against CPU: the nnInteractive v1.0 network's forward and a few training steps of group
 //! `in`, on a device and on the CPU's fast kernels, with the device's timings.
 //!
-//! `gpu_check [DEVICE] [FWD_SIZE] [TRAIN_PATCH] [STEPS] [REPS]` (defaults `cuda 192 128 3 3`).
+//! `gpu_check [DEVICE] [FWD_SIZE] [TRAIN_PATCH] [STEPS] [REPS] [--no-paper-size]` (defaults
+//! `cuda 192 128 3 3`).
 //! DEVICE `cpu` runs the device side through `clopa_nn::ops::portable` on the CPU (what a GPU
 //! runs, minus candle's GPU kernels), so the check itself can be checked without a GPU.
 //! Weights are random (seeded He-uniform), the input random in [-1, 1).
@@ -18,6 +19,8 @@
 //!   relative difference, the trained parameters' (Adam normalises each gradient, so a parameter
 //!   whose gradient is rounding noise moves by ±lr either way: compare with `params_moved_rel`),
 //!   and seconds per step after the first.
+//! * `train-device-only` (not with `--no-paper-size`, not on the CPU): two steps at the paper's
+//!   192³, batch 2, on the device alone — whether they fit its memory, and their time.
 //!
 //! `scripts/gpu_check.py` does the same forward and step in PyTorch; `scripts/gpu-check.sh`
 //! runs both on the device machine.
@@ -231,6 +234,59 @@ fn train(spec: &UNetSpec, dev: &Device, patch: usize, steps: usize) {
     );
 }
 
+/// Two training steps at the paper's patch (192³, batch 2) on the device alone: whether they fit
+/// in its memory (candle keeps every intermediate of the graph until the backward) and the time
+/// of the second. Errors (out of memory) are printed, not fatal.
+fn train_device_only(spec: &UNetSpec, dev: &Device, patch: usize) {
+    if dev.is_cpu() {
+        return;
+    }
+    let run = || -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+        let mut store = ParamStore::new(clopa_testkit::random_weights(spec, 0));
+        store.make_trainable(ParamGroup::In.names(spec))?;
+        store.to_device(dev)?;
+        let net = ResidualEncoderUNet::new(spec, &store.var_builder(dev))?;
+        let mut adam = Adam::new(store.vars().clone(), AdamConfig::default());
+        let n = patch * patch * patch;
+        let xt = Tensor::from_vec(uniform(2 * 8 * n, 3), (2, 8, patch, patch, patch), dev)?;
+        let yt = Tensor::from_vec(
+            uniform(2 * n, 4)
+                .iter()
+                .map(|v| f32::from(*v > 0.5))
+                .collect::<Vec<_>>(),
+            (2, patch, patch, patch),
+            dev,
+        )?;
+        let mut times = Vec::new();
+        for _ in 0..2 {
+            sync(dev);
+            let t = Instant::now();
+            let loss = clopa_pass_loss(&net.forward(&xt)?, &yt)?;
+            let grads = loss.backward()?;
+            let g = store
+                .vars()
+                .iter()
+                .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|g| (k.clone(), g.clone())))
+                .collect();
+            adam.step(&g)?;
+            sync(dev);
+            times.push(t.elapsed().as_secs_f64());
+        }
+        Ok(times)
+    };
+    let line = match run() {
+        Ok(t) => serde_json::json!({
+            "check": "train-device-only", "patch": patch, "batch": 2, "group": "in", "ok": true,
+            "device_s_per_step": t[1], "first_step_s": t[0],
+        }),
+        Err(e) => serde_json::json!({
+            "check": "train-device-only", "patch": patch, "batch": 2, "group": "in", "ok": false,
+            "error": e.to_string(),
+        }),
+    };
+    println!("{line}");
+}
+
 fn main() {
     clopa_nn::ops::cap_isa(std::env::var("CLOPA_MAX_ISA").ok().as_deref()).unwrap();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -240,4 +296,7 @@ fn main() {
     let spec = UNetSpec::from_architecture(&Architecture::nninteractive_v1(), 8, 2).unwrap();
     forward(&spec, &dev, size, reps);
     train(&spec, &dev, patch, steps);
+    if args.len() <= 5 || args[5] != "--no-paper-size" {
+        train_device_only(&spec, &dev, 192);
+    }
 }
