@@ -138,15 +138,7 @@ pub fn parse_patch(s: &str) -> Result<[usize; 3], String> {
 /// clap value parser for `--device`: `cpu`, `cuda` or `cuda:N` (whether CUDA is built in is
 /// the tool's to say, with a message naming the build feature).
 pub fn parse_device(s: &str) -> Result<String, String> {
-    let ok = s == "cpu"
-        || s == "cuda"
-        || s.strip_prefix("cuda:")
-            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err(format!("expected cpu, cuda or cuda:N, got {s:?}"))
-    }
+    clopa_config::cuda_ordinal(s).map(|_| s.to_string())
 }
 
 /// clap value parser for a number in [0, 1] (a Dice threshold): out of range is a usage error.

@@ -31,7 +31,7 @@ mod manifest;
 mod profile;
 
 pub use manifest::{DEFAULT_DATA_ROOT, Manifest};
-pub use profile::{Profile, SynthSettings};
+pub use profile::{Profile, SynthSettings, cuda_ordinal};
 
 use std::path::PathBuf;
 

@@ -108,6 +108,22 @@ impl Default for SynthSettings {
     }
 }
 
+/// The GPU a device name means: `cpu` → `None`, `cuda` → `Some(0)`, `cuda:N` → `Some(N)`; any
+/// other name is an error saying what is accepted. The one grammar of `device` in profiles, of
+/// the tools' `--device` and of `clopa_nn::device`.
+pub fn cuda_ordinal(name: &str) -> Result<Option<usize>, String> {
+    match name {
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(0)),
+        _ => name
+            .strip_prefix("cuda:")
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(Some)
+            .ok_or_else(|| format!("must be cpu, cuda or cuda:N, got {name:?}")),
+    }
+}
+
 fn is_fp32(p: &str) -> bool {
     p == "fp32"
 }
@@ -400,19 +416,7 @@ impl Profile {
                 return Err(invalid(path, "methods", format!("{m:?} is listed twice")));
             }
         }
-        let dev_ok = self.device == "cpu"
-            || self.device == "cuda"
-            || self
-                .device
-                .strip_prefix("cuda:")
-                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
-        if !dev_ok {
-            return Err(invalid(
-                path,
-                "device",
-                format!("must be cpu, cuda or cuda:N, got {:?}", self.device),
-            ));
-        }
+        cuda_ordinal(&self.device).map_err(|e| invalid(path, "device", e))?;
         if !["fp32", "fp16", "bf16"].contains(&self.precision.as_str()) {
             return Err(invalid(
                 path,

@@ -13,19 +13,12 @@ pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 /// through candle). A build without the `cuda` feature names the feature and the build script
 /// rather than failing somewhere inside candle.
 pub fn device(name: &str) -> Result<Device> {
-    let index = match name {
-        "cpu" => return Ok(Device::Cpu),
-        "cuda" => Some(0),
-        _ => name
-            .strip_prefix("cuda:")
-            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|n| n.parse::<usize>().ok()),
-    };
+    let index = clopa_config::cuda_ordinal(name).map_err(|reason| NnError::Device {
+        name: name.to_string(),
+        reason,
+    })?;
     let Some(index) = index else {
-        return Err(NnError::Device {
-            name: name.to_string(),
-            reason: "not one of cpu, cuda, cuda:N".into(),
-        });
+        return Ok(Device::Cpu);
     };
     if !CUDA_BUILT {
         return Err(NnError::Device {
@@ -50,7 +43,7 @@ mod tests {
         assert!(device("cpu").expect("cpu").is_cpu());
         for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", ""] {
             let e = device(bad).expect_err(bad).to_string();
-            assert!(e.contains("not one of cpu, cuda, cuda:N"), "{bad}: {e}");
+            assert!(e.contains("must be cpu, cuda or cuda:N"), "{bad}: {e}");
             assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
         }
         if !CUDA_BUILT {
