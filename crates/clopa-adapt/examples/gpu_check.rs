@@ -26,6 +26,7 @@
 //! runs both on the device machine.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -142,13 +143,45 @@ fn forward(spec: &UNetSpec, dev: &Device, size: usize, reps: usize) {
     }
 }
 
-fn train(spec: &UNetSpec, dev: &Device, patch: usize, steps: usize) {
-    let weights = clopa_testkit::random_weights(spec, 0);
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Group `in` of a network on one device, trained by Adam (lr 1e-3, weight decay 1e-5).
+struct Trainer {
+    store: ParamStore,
+    net: ResidualEncoderUNet,
+    adam: Adam,
+}
+
+impl Trainer {
+    fn new(spec: &UNetSpec, weights: &BTreeMap<String, Tensor>, dev: &Device) -> BoxResult<Self> {
+        let mut store = ParamStore::new(weights.clone());
+        store.make_trainable(ParamGroup::In.names(spec))?;
+        store.to_device(dev)?;
+        let net = ResidualEncoderUNet::new(spec, &store.var_builder(dev))?;
+        let adam = Adam::new(store.vars().clone(), AdamConfig::default());
+        Ok(Trainer { store, net, adam })
+    }
+
+    /// One step on `(x, y)`: the loss and the gradients it applied.
+    fn step(&mut self, x: &Tensor, y: &Tensor) -> BoxResult<(f64, BTreeMap<String, Tensor>)> {
+        let loss = clopa_pass_loss(&self.net.forward(x)?, y)?;
+        let grads = loss.backward()?;
+        let g: BTreeMap<String, Tensor> = self
+            .store
+            .vars()
+            .iter()
+            .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|g| (k.clone(), g.clone())))
+            .collect();
+        self.adam.step(&g)?;
+        Ok((loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, g))
+    }
+}
+
+/// Inputs in [-1, 1) and as labels a ball in each of the 2 samples (the loss needs both classes).
+fn batch(patch: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
     let n = patch * patch * patch;
-    let x = uniform(2 * 8 * n, 2);
-    // a ball in each sample as the label (the loss needs both classes)
     let c = patch as f64 / 2.0;
-    let y: Vec<f32> = (0..2 * n)
+    let y = (0..2 * n)
         .map(|i| {
             let v = i % n;
             let (z, yy, xx) = (v / (patch * patch), v / patch % patch, v % patch);
@@ -156,52 +189,30 @@ fn train(spec: &UNetSpec, dev: &Device, patch: usize, steps: usize) {
             f32::from(r2 < (patch as f64 / 4.0).powi(2))
         })
         .collect();
+    (uniform(2 * 8 * n, seed), y)
+}
+
+fn train(spec: &UNetSpec, dev: &Device, patch: usize, steps: usize) {
+    let weights = clopa_testkit::random_weights(spec, 0);
+    let (x, y) = batch(patch, 2);
     let run = |d: &Device, reference: bool| -> (Vec<f64>, Vec<f32>, Vec<f64>, Vec<f32>) {
-        let mut store = ParamStore::new(weights.clone());
-        store.make_trainable(ParamGroup::In.names(spec)).unwrap();
-        store.to_device(d).unwrap();
-        let net = ResidualEncoderUNet::new(spec, &store.var_builder(d)).unwrap();
-        let mut adam = Adam::new(
-            store.vars().clone(),
-            AdamConfig {
-                lr: 1e-3,
-                weight_decay: 1e-5,
-                ..AdamConfig::default()
-            },
-        );
+        let mut tr = Trainer::new(spec, &weights, d).unwrap();
         let xt = Tensor::from_slice(&x, (2, 8, patch, patch, patch), d).unwrap();
         let yt = Tensor::from_slice(&y, (2, patch, patch, patch), d).unwrap();
         let (mut losses, mut times, mut first_grads) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..steps {
             sync(d);
             let t = Instant::now();
-            let loss = on(
-                d,
-                reference,
-                || -> Result<f64, Box<dyn std::error::Error>> {
-                    let logits = net.forward(&xt)?;
-                    let loss = clopa_pass_loss(&logits, &yt)?;
-                    let grads = loss.backward()?;
-                    let g: std::collections::BTreeMap<String, Tensor> = store
-                        .vars()
-                        .iter()
-                        .filter_map(|(k, v)| {
-                            grads.get(v.as_tensor()).map(|g| (k.clone(), g.clone()))
-                        })
-                        .collect();
-                    if first_grads.is_empty() {
-                        first_grads = g.values().flat_map(flat).collect();
-                    }
-                    adam.step(&g)?;
-                    Ok(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)
-                },
-            )
-            .unwrap();
+            let (loss, g) = on(d, reference, || tr.step(&xt, &yt)).unwrap();
             sync(d);
             times.push(t.elapsed().as_secs_f64());
             losses.push(loss);
+            if first_grads.is_empty() {
+                first_grads = g.values().flat_map(flat).collect();
+            }
         }
-        let params: Vec<f32> = store
+        let params: Vec<f32> = tr
+            .store
             .vars()
             .values()
             .flat_map(|v| flat(v.as_tensor()))
@@ -241,34 +252,16 @@ fn train_device_only(spec: &UNetSpec, dev: &Device, patch: usize) {
     if dev.is_cpu() {
         return;
     }
-    let run = || -> Result<Vec<f64>, Box<dyn std::error::Error>> {
-        let mut store = ParamStore::new(clopa_testkit::random_weights(spec, 0));
-        store.make_trainable(ParamGroup::In.names(spec))?;
-        store.to_device(dev)?;
-        let net = ResidualEncoderUNet::new(spec, &store.var_builder(dev))?;
-        let mut adam = Adam::new(store.vars().clone(), AdamConfig::default());
-        let n = patch * patch * patch;
-        let xt = Tensor::from_vec(uniform(2 * 8 * n, 3), (2, 8, patch, patch, patch), dev)?;
-        let yt = Tensor::from_vec(
-            uniform(2 * n, 4)
-                .iter()
-                .map(|v| f32::from(*v > 0.5))
-                .collect::<Vec<_>>(),
-            (2, patch, patch, patch),
-            dev,
-        )?;
+    let run = || -> BoxResult<Vec<f64>> {
+        let mut tr = Trainer::new(spec, &clopa_testkit::random_weights(spec, 0), dev)?;
+        let (x, y) = batch(patch, 3);
+        let xt = Tensor::from_vec(x, (2, 8, patch, patch, patch), dev)?;
+        let yt = Tensor::from_vec(y, (2, patch, patch, patch), dev)?;
         let mut times = Vec::new();
         for _ in 0..2 {
             sync(dev);
             let t = Instant::now();
-            let loss = clopa_pass_loss(&net.forward(&xt)?, &yt)?;
-            let grads = loss.backward()?;
-            let g = store
-                .vars()
-                .iter()
-                .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|g| (k.clone(), g.clone())))
-                .collect();
-            adam.step(&g)?;
+            tr.step(&xt, &yt)?;
             sync(dev);
             times.push(t.elapsed().as_secs_f64());
         }
