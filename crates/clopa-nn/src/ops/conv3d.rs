@@ -761,7 +761,7 @@ pub fn conv3d(
     if x.device().is_cuda() {
         return super::cudnn_conv3d::conv3d(x, w, b, g);
     }
-    if portable::off_cpu(x) {
+    if portable::conv_off_cpu(x) {
         return portable::conv3d(x, w, b, stride, padding);
     }
     let op = Op(Conv3dOp { g });

@@ -3,6 +3,8 @@
 //!
 //! When something upstream trains, this is exactly the composition of [`conv3d`],
 //! [`instance_norm3d`] and [`add_leaky_relu`] (the backward needs the convolution's output).
+//! On a device (or through [`super::portable`]) the tail after the convolution is one graph node
+//! instead, `portable::norm_act`, which also takes the conv bias (it cancels in the norm).
 //! When nothing tracks a gradient, the convolution's output is a temporary only this function
 //! holds, so the normalisation, residual add and LeakyReLU overwrite it in one pass: one full-size
 //! buffer per layer instead of two or three, which at 96^3 saves ~100 MiB of fresh (page-faulted)
@@ -10,7 +12,7 @@
 
 use candle_core::{Result, Tensor};
 
-use super::instance_norm::instance_norm3d_inplace;
+use super::instance_norm::{instance_norm3d_inplace, norm_act_portable};
 use super::{add_leaky_relu, conv3d, instance_norm3d};
 
 /// The parameters of a convolution followed by an affine instance norm (PyTorch's `Conv3d` +
@@ -36,12 +38,19 @@ pub fn conv_norm_act(
     negative_slope: Option<f64>,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
+    if super::portable::off_cpu(x) {
+        // On a device the tail is one graph node (see `portable::norm_act`), which also takes
+        // the conv bias: it cancels in the norm, and added to the conv output it would be one
+        // more full-size tensor in the graph.
+        let y = conv3d(x, p.weight, None, p.stride, p.padding)?;
+        return norm_act_portable(&y, p.bias, p.gamma, p.beta, p.eps, negative_slope, residual);
+    }
     let y = conv3d(x, p.weight, p.bias, p.stride, p.padding)?;
     let tracked = y.track_op()
         || p.gamma.track_op()
         || p.beta.track_op()
         || residual.is_some_and(Tensor::track_op);
-    if !tracked && !super::portable::off_cpu(&y) {
+    if !tracked {
         // `y` was just created by conv3d and has not escaped: overwriting it is unobservable.
         instance_norm3d_inplace(&y, p.gamma, p.beta, p.eps, negative_slope, residual)?;
         return Ok(y);

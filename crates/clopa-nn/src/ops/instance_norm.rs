@@ -337,6 +337,39 @@ pub fn instance_norm3d(
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, Op(op))
 }
 
+/// The tail of [`super::conv_norm_act`] on a device, or through the compositions: the checks of
+/// [`instance_norm3d`], the conv `bias` (C,) that the norm takes over and the `residual` shaped
+/// like `y`, then [`portable::norm_act`].
+pub(crate) fn norm_act_portable(
+    y: &Tensor,
+    bias: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    negative_slope: Option<f64>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let op = InstanceNorm::new(y, gamma, beta, eps, negative_slope)?;
+    if let Some(b) = bias {
+        check_vec(NAME, "bias", b, op.dims[1])?;
+    }
+    if let Some(r) = residual {
+        if r.dtype() != candle_core::DType::F32 {
+            return Err(invalid(
+                NAME,
+                format!("residual must be f32, got {:?}", r.dtype()),
+            ));
+        }
+        if r.dims() != y.dims() {
+            return Err(invalid(
+                NAME,
+                format!("residual has shape {:?}, x {:?}", r.dims(), y.dims()),
+            ));
+        }
+    }
+    portable::norm_act(y, bias, gamma, beta, eps, negative_slope, residual)
+}
+
 impl InstanceNorm {
     /// The op for these arguments, after checking them.
     fn new(

@@ -12,12 +12,27 @@
 //!   folded into the batch (candle has `conv2d` on every device, with a backward).
 //! * transposed convolution with kernel = stride = one matmul and a pixel shuffle.
 //! * average pooling with kernel = stride = a reshape and a sum.
-//! * instance norm = mean and biased variance over D·H·W (two-pass, f32).
+//! * instance norm = mean and biased variance over D·H·W (two-pass, f32); in the U-Net it also
+//!   takes the conv bias, the residual and the LeakyReLU ([`norm_act`]).
 //! * LeakyReLU = `where(x > 0, x, slope·x)`, whose gradient at 0 is the slope, as in PyTorch.
+//!
+//! All but the convolution are *grafted* (see [`Graft`]): computed from detached arguments and
+//! put into candle's graph as one custom op with a hand-written backward, so the graph keeps the
+//! arguments and the result, not every temporary of the composition. That is what makes a
+//! training step fit a GPU: `examples/graph_memory` of clopa-adapt measured a 64³ step of
+//! nnInteractive v1.0 (batch 2, group `in`, convolutions as single nodes as cuDNN's are) at a
+//! 4105 MiB graph and a 4963 MiB peak composed op by op, 1203 MiB and 1670 MiB grafted (PyTorch's
+//! autograd, same step on the CPU: 1055 and 1297 MiB); scaled to the paper's 192³, a ~131 GiB
+//! peak became ~44 GiB (BENCHMARKS.md).
 
 use std::cell::Cell;
+use std::sync::{Mutex, PoisonError};
 
-use candle_core::{D, Result, Tensor};
+use candle_core::backend::{BackendDevice, BackendStorage};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, MetalStorage,
+    Result, Shape, Storage, Tensor,
+};
 
 /// See [`crate::ops::conv3d`]; arguments already checked.
 pub fn conv3d(
@@ -91,8 +106,30 @@ fn every_nth(t: &Tensor, dim: usize, s: usize) -> Result<Tensor> {
     t.reshape(shape)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
 }
 
-/// See [`crate::ops::conv_transpose3d`]; arguments already checked.
+/// See [`crate::ops::conv_transpose3d`]; arguments already checked. One graph node: the
+/// backward is the two matmuls of the same unshuffled layout.
 pub fn conv_transpose3d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, s: usize) -> Result<Tensor> {
+    let y = transpose_fwd(&x.detach(), &w.detach(), b.map(Tensor::detach).as_ref(), s)?;
+    match b {
+        None => graft(NAME_TRANSPOSE, [x, w], y, move |[x, w], [nx, nw], _, dy| {
+            let (dx, dw, _) = transpose_grads(x, w, dy, s, [nx, nw, false])?;
+            Ok([dx, dw])
+        }),
+        Some(b) => graft(
+            NAME_TRANSPOSE,
+            [x, w, b],
+            y,
+            move |[x, w, _], need, _, dy| {
+                let (dx, dw, db) = transpose_grads(x, w, dy, s, need)?;
+                Ok([dx, dw, db])
+            },
+        ),
+    }
+}
+
+const NAME_TRANSPOSE: &str = "conv_transpose3d (portable)";
+
+fn transpose_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, s: usize) -> Result<Tensor> {
     let (bn, cin, d, h, wd) = x.dims5()?;
     let cout = w.dim(1)?;
     let s3 = s * s * s;
@@ -115,11 +152,56 @@ pub fn conv_transpose3d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, s: usize) ->
     }
 }
 
-/// See [`crate::ops::avg_pool3d`]; arguments already checked.
+/// dx, dw, db of [`transpose_fwd`] (each only where `need` says).
+fn transpose_grads(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    s: usize,
+    [nx, nw, nb]: [bool; 3],
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (bn, cin, d, h, wd) = x.dims5()?;
+    let cout = w.dim(1)?;
+    let cs3 = cout * s * s * s;
+    // the forward's pixel shuffle undone: (B, Cout, D, i, H, j, W, l) → (B, Cout·s³, D·H·W)
+    let dyu = || {
+        dy.reshape(vec![bn, cout, d, s, h, s, wd, s])?
+            .permute(vec![0, 1, 3, 5, 7, 2, 4, 6])?
+            .contiguous()?
+            .reshape((bn, cs3, d * h * wd))
+    };
+    let dyu = if nx || nw { Some(dyu()?) } else { None };
+    let dx = match (&dyu, nx) {
+        (Some(g), true) => {
+            let wm = w.reshape((1, cin, cs3))?.broadcast_as((bn, cin, cs3))?;
+            Some(wm.matmul(g)?.reshape((bn, cin, d, h, wd))?)
+        }
+        _ => None,
+    };
+    let dw = match (&dyu, nw) {
+        (Some(g), true) => {
+            let xm = x.reshape((bn, cin, d * h * wd))?;
+            let dw = xm.matmul(&g.transpose(1, 2)?)?.sum(0)?;
+            Some(dw.reshape(w.dims())?)
+        }
+        _ => None,
+    };
+    let db = if nb {
+        Some(dy.sum((0, 2, 3, 4))?)
+    } else {
+        None
+    };
+    Ok((dx, dw, db))
+}
+
+/// See [`crate::ops::avg_pool3d`]; arguments already checked. One graph node.
 pub fn avg_pool3d(x: &Tensor, k: usize) -> Result<Tensor> {
     let (bn, c, d, h, w) = x.dims5()?;
     let (od, oh, ow) = (d / k, h / k, w / k);
-    x.narrow(2, 0, od * k)?
+    let scale = 1.0 / (k * k * k) as f64;
+    let y = x
+        .detach()
+        .narrow(2, 0, od * k)?
         .narrow(3, 0, oh * k)?
         .narrow(4, 0, ow * k)?
         .contiguous()?
@@ -127,7 +209,23 @@ pub fn avg_pool3d(x: &Tensor, k: usize) -> Result<Tensor> {
         .sum(7)?
         .sum(5)?
         .sum(3)?
-        .affine(1.0 / (k * k * k) as f64, 0.0)
+        .affine(scale, 0.0)?;
+    graft("avg_pool3d (portable)", [x], y, move |_, [nx], _, dy| {
+        if !nx {
+            return Ok([None]);
+        }
+        // each output's gradient spread over its k³ inputs; voxels the floor dropped get none
+        let dx = dy
+            .affine(scale, 0.0)?
+            .reshape(vec![bn, c, od, 1, oh, 1, ow, 1])?
+            .broadcast_as(vec![bn, c, od, k, oh, k, ow, k])?
+            .contiguous()?
+            .reshape((bn, c, od * k, oh * k, ow * k))?
+            .pad_with_zeros(2, 0, d - od * k)?
+            .pad_with_zeros(3, 0, h - oh * k)?
+            .pad_with_zeros(4, 0, w - ow * k)?;
+        Ok([Some(dx)])
+    })
 }
 
 /// See [`crate::ops::instance_norm3d`]; arguments already checked.
@@ -138,59 +236,503 @@ pub fn instance_norm3d(
     eps: f64,
     negative_slope: Option<f64>,
 ) -> Result<Tensor> {
+    norm_act(x, None, gamma, beta, eps, negative_slope, None)
+}
+
+/// `LeakyReLU(γ·IN(x + bias) + β + residual)`, the tail of [`crate::ops::conv_norm_act`] after a
+/// convolution without its bias, as one graph node over `x`, the per-channel parameters and the
+/// residual; arguments already checked (`negative_slope` ≥ 0, `bias`, `gamma`, `beta` (C,),
+/// `residual` shaped like `x`). Without a slope there is no activation.
+///
+/// A bias before an instance norm moves each channel's mean by itself and cancels, so `x` is
+/// normalised alone (the same values up to rounding); its gradient — zero up to rounding, as
+/// PyTorch's — is still the sum of the input gradient, for the groups that train conv biases.
+/// The statistics are two-pass (mean, then the mean of squared deviations), in f32.
+pub fn norm_act(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    negative_slope: Option<f64>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (bn, c) = (dims[0], dims[1]);
-    let xf = x.reshape((bn, c, ()))?;
-    let xc = xf.broadcast_sub(&xf.mean_keepdim(D::Minus1)?)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
-    let y = y
-        .broadcast_mul(&gamma.reshape((1, c, 1))?)?
-        .broadcast_add(&beta.reshape((1, c, 1))?)?
-        .reshape(dims)?;
-    match negative_slope {
-        Some(s) => leaky_relu(&y, s),
-        None => Ok(y),
+    let flat = (bn, c, x.elem_count() / (bn * c).max(1));
+    let xd = x.detach().reshape(flat)?;
+    let mean = xd.mean_keepdim(D::Minus1)?;
+    let xc = xd.broadcast_sub(&mean)?;
+    let rstd = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
+    let gamma_d = gamma.detach().reshape((1, c, 1))?;
+    let y = xc
+        .broadcast_mul(&rstd.broadcast_mul(&gamma_d)?)?
+        .broadcast_add(&beta.detach().reshape((1, c, 1))?)?;
+    drop(xc);
+    let y = match residual {
+        Some(r) => (y + r.detach().reshape(flat)?)?,
+        None => y,
+    };
+    let y = match negative_slope {
+        Some(s) => leaky(&y, s)?,
+        None => y,
+    }
+    .reshape(dims.clone())?;
+    let ctx = NormGrads {
+        dims,
+        flat,
+        mean,
+        rstd,
+        gamma: gamma_d,
+        slope: negative_slope,
+        bias: bias.map(Tensor::track_op),
+    };
+    // gamma, beta (and bias) as one argument: candle's custom ops take at most three
+    let mut params = vec![gamma, beta];
+    params.extend(bias);
+    let params = Tensor::cat(&params, 0)?;
+    match residual {
+        None => graft(
+            NAME_NORM,
+            [x, &params],
+            y,
+            move |[x, _], [nx, np], res, dy| {
+                let (dx, dp, _) = ctx.grads(x, res, dy, [nx, np, false])?;
+                Ok([dx, dp])
+            },
+        ),
+        Some(r) => graft(
+            NAME_NORM,
+            [x, &params, r],
+            y,
+            move |[x, _, _], need, res, dy| {
+                let (dx, dp, dr) = ctx.grads(x, res, dy, need)?;
+                Ok([dx, dp, dr])
+            },
+        ),
     }
 }
 
-/// See [`crate::ops::leaky_relu`].
+const NAME_NORM: &str = "instance_norm3d (portable)";
+
+/// What the backward of [`norm_act`] keeps from its forward: per-(sample, channel) statistics
+/// and γ, no full-size tensor.
+struct NormGrads {
+    dims: Vec<usize>,
+    flat: (usize, usize, usize),
+    /// (B, C, 1)
+    mean: Tensor,
+    /// 1 / sqrt(var + eps), (B, C, 1)
+    rstd: Tensor,
+    /// (1, C, 1)
+    gamma: Tensor,
+    slope: Option<f64>,
+    /// `Some(trains)` when a conv bias came in with the parameters
+    bias: Option<bool>,
+}
+
+impl NormGrads {
+    /// dx, d(γ, β[, bias]) and d(residual), each only where `need` says.
+    fn grads(
+        &self,
+        x: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+        [nx, np, nr]: [bool; 3],
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (_, c, n) = self.flat;
+        let dy = dy.reshape(self.flat)?;
+        // the LeakyReLU's derivative read off the result: y > 0 ⇔ pre-activation > 0 (slope ≥ 0);
+        // at 0 it is the slope, as PyTorch's
+        let g = match self.slope {
+            Some(s) => res
+                .reshape(self.flat)?
+                .gt(0f32)?
+                .where_cond(&dy, &dy.affine(s, 0.0)?)?,
+            None => dy,
+        };
+        let dr = if nr {
+            Some(g.reshape(self.dims.clone())?)
+        } else {
+            None
+        };
+        if !nx && !np {
+            return Ok((None, None, dr));
+        }
+        let xhat = x
+            .reshape(self.flat)?
+            .broadcast_sub(&self.mean)?
+            .broadcast_mul(&self.rstd)?;
+        let sum_g = g.sum_keepdim(2)?;
+        let sum_gx = (&g * &xhat)?.sum_keepdim(2)?;
+        let bias_trains = np && self.bias == Some(true);
+        // dx = γ·rstd·(g − mean(g) − x̂·mean(g·x̂))
+        let dx = if nx || bias_trains {
+            let inv_n = 1.0 / n as f64;
+            let centred = g.broadcast_sub(&sum_g.affine(inv_n, 0.0)?)?;
+            let d = (centred - xhat.broadcast_mul(&sum_gx.affine(inv_n, 0.0)?)?)?
+                .broadcast_mul(&self.rstd.broadcast_mul(&self.gamma)?)?;
+            Some(d)
+        } else {
+            None
+        };
+        let dp = if np {
+            let mut parts = vec![sum_gx.sum(0)?.reshape(c)?, sum_g.sum(0)?.reshape(c)?];
+            match (self.bias, &dx) {
+                (Some(true), Some(dx)) => parts.push(dx.sum((0, 2))?),
+                (Some(_), _) => parts.push(Tensor::zeros(c, DType::F32, x.device())?),
+                (None, _) => {}
+            }
+            Some(Tensor::cat(&parts, 0)?)
+        } else {
+            None
+        };
+        let dx = match dx {
+            Some(d) if nx => Some(d.reshape(self.dims.clone())?),
+            _ => None,
+        };
+        Ok((dx, dp, dr))
+    }
+}
+
+/// `where(y > 0, y, slope·y)`.
+fn leaky(y: &Tensor, negative_slope: f64) -> Result<Tensor> {
+    y.gt(0f32)?.where_cond(y, &y.affine(negative_slope, 0.0)?)
+}
+
+/// See [`crate::ops::leaky_relu`]. One graph node; the gradient at 0 is the slope, as PyTorch's.
 pub fn leaky_relu(x: &Tensor, negative_slope: f64) -> Result<Tensor> {
-    let pos = x.gt(&x.zeros_like()?)?;
-    pos.where_cond(x, &x.affine(negative_slope, 0.0)?)
+    let y = leaky(&x.detach(), negative_slope)?;
+    graft("leaky_relu (portable)", [x], y, move |[x], [nx], _, dy| {
+        Ok([if nx {
+            Some(leaky_grad(x, dy, negative_slope)?)
+        } else {
+            None
+        }])
+    })
 }
 
-/// See [`crate::ops::add_leaky_relu`].
+/// `dy` where `x > 0`, else `slope·dy`.
+fn leaky_grad(x: &Tensor, dy: &Tensor, negative_slope: f64) -> Result<Tensor> {
+    x.gt(0f32)?.where_cond(dy, &dy.affine(negative_slope, 0.0)?)
+}
+
+/// See [`crate::ops::add_leaky_relu`]. One graph node over `a` and `b`.
 pub fn add_leaky_relu(a: &Tensor, b: &Tensor, negative_slope: f64) -> Result<Tensor> {
-    leaky_relu(&(a + b)?, negative_slope)
+    let y = leaky(&(a.detach() + b.detach())?, negative_slope)?;
+    graft(
+        "add_leaky_relu (portable)",
+        [a, b],
+        y,
+        move |[a, b], [na, nb], _, dy| {
+            if !na && !nb {
+                return Ok([None, None]);
+            }
+            let g = leaky_grad(&(a + b)?, dy, negative_slope)?;
+            Ok([na.then(|| g.clone()), nb.then_some(g)])
+        },
+    )
 }
 
-/// See [`crate::ops::cat_channels`].
+/// See [`crate::ops::cat_channels`] (candle's `cat` keeps nothing but its inputs).
 pub fn cat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[a, b], 1)
 }
 
+/// The gradients of a grafted op: `(args, need, res, dy)` → one per argument, `None` where
+/// `need` is false (the argument leads to no trainable variable). `args` and `res` come
+/// detached, so nothing the gradients are computed from is kept by the gradients.
+type GradFn<const N: usize> =
+    dyn Fn([&Tensor; N], [bool; N], &Tensor, &Tensor) -> Result<[Option<Tensor>; N]> + Send + Sync;
+
+/// A result computed from detached arguments, put into the graph as one custom op over the
+/// arguments, with the backward given by hand.
+///
+/// candle's graph keeps every intermediate of a composition until the backward: an instance
+/// norm composed of eight element-wise ops keeps eight full-size tensors, which is what made a
+/// 192³ training step need ~130 GB on a GPU. Grafted, the composition's temporaries die with the
+/// forward and the graph keeps what PyTorch's autograd keeps: the arguments and the result.
+/// The custom op's forward copies the precomputed result into the output (one device copy);
+/// with no argument tracked (inference) the result is returned as is.
+struct Graft<const N: usize> {
+    name: &'static str,
+    y: Mutex<Option<Tensor>>,
+    grads: Box<GradFn<N>>,
+}
+
+fn graft<const N: usize>(
+    name: &'static str,
+    args: [&Tensor; N],
+    y: Tensor,
+    grads: impl Fn([&Tensor; N], [bool; N], &Tensor, &Tensor) -> Result<[Option<Tensor>; N]>
+    + Send
+    + Sync
+    + 'static,
+) -> Result<Tensor>
+where
+    Graft<N>: Apply<N>,
+{
+    if !args.iter().any(|a| a.track_op()) {
+        return Ok(y);
+    }
+    Graft {
+        name,
+        y: Mutex::new(Some(y)),
+        grads: Box::new(grads),
+    }
+    .apply(args)
+}
+
+impl<const N: usize> Graft<N> {
+    /// The precomputed result, copied into a fresh storage of the arguments' backend.
+    fn copy_out<S>(&self, pick: impl FnOnce(&Storage) -> Option<&S>) -> Result<(S, Shape)>
+    where
+        S: BackendStorage,
+        S::Device: BackendDevice<Storage = S>,
+    {
+        let y = self
+            .y
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| super::invalid(self.name, "the grafted result was asked for twice"))?;
+        let (storage, layout) = y.storage_and_layout();
+        let s = pick(&storage).ok_or_else(|| {
+            super::invalid(
+                self.name,
+                "the result is on another device than the arguments",
+            )
+        })?;
+        // SAFETY: copy_strided_src writes every element of the fresh storage.
+        let mut out = unsafe { s.device().alloc_uninit(layout.shape(), s.dtype()) }?;
+        s.copy_strided_src(&mut out, 0, layout)?;
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn backward(
+        &self,
+        args: [&Tensor; N],
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<[Option<Tensor>; N]> {
+        let need = args.map(Tensor::track_op);
+        if !need.contains(&true) {
+            return Ok(std::array::from_fn(|_| None));
+        }
+        let detached = args.map(Tensor::detach);
+        let args: [&Tensor; N] = std::array::from_fn(|i| &detached[i]);
+        (self.grads)(args, need, &res.detach(), &dy.detach())
+    }
+}
+
+fn cpu(s: &Storage) -> Option<&CpuStorage> {
+    match s {
+        Storage::Cpu(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn cuda(s: &Storage) -> Option<&CudaStorage> {
+    match s {
+        Storage::Cuda(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn metal(s: &Storage) -> Option<&MetalStorage> {
+    match s {
+        Storage::Metal(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// `Graft<N>` as candle's `CustomOp{N}`.
+trait Apply<const N: usize> {
+    fn apply(self, args: [&Tensor; N]) -> Result<Tensor>;
+}
+
+impl Apply<1> for Graft<1> {
+    fn apply(self, [a]: [&Tensor; 1]) -> Result<Tensor> {
+        a.apply_op1(self)
+    }
+}
+
+impl Apply<2> for Graft<2> {
+    fn apply(self, [a, b]: [&Tensor; 2]) -> Result<Tensor> {
+        a.apply_op2(b, self)
+    }
+}
+
+impl Apply<3> for Graft<3> {
+    fn apply(self, [a, b, c]: [&Tensor; 3]) -> Result<Tensor> {
+        a.apply_op3(b, c, self)
+    }
+}
+
+impl CustomOp1 for Graft<1> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.copy_out(cpu)
+    }
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.copy_out(cuda)
+    }
+    fn metal_fwd(&self, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
+        self.copy_out(metal)
+    }
+    fn bwd(&self, a: &Tensor, res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let [da] = self.backward([a], res, dy)?;
+        Ok(da)
+    }
+}
+
+impl CustomOp2 for Graft<2> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.copy_out(cpu)
+    }
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.copy_out(cuda)
+    }
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        self.copy_out(metal)
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let [da, db] = self.backward([a, b], res, dy)?;
+        Ok((da, db))
+    }
+}
+
+impl CustomOp3 for Graft<3> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.copy_out(cpu)
+    }
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.copy_out(cuda)
+    }
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        self.copy_out(metal)
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [da, db, dc] = self.backward([a, b, c], res, dy)?;
+        Ok((da, db, dc))
+    }
+}
+
+/// What the compositions stand in for on a CPU thread (tests and checks only; tensors on another
+/// device always take them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// the fast kernels
+    Kernels,
+    /// every op composed, as on a device without cuDNN
+    All,
+    /// every op composed but 3D convolutions, which stay single graph nodes as cuDNN's are on a
+    /// CUDA device: the graph a CUDA training step keeps, on the CPU
+    AllButConvs,
+}
+
 thread_local! {
-    static ON_CPU: Cell<bool> = const { Cell::new(false) };
+    static MODE: Cell<Mode> = const { Cell::new(Mode::Kernels) };
+}
+
+fn with_mode<R>(mode: Mode, f: impl FnOnce() -> R) -> R {
+    struct Restore(Mode);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            MODE.set(self.0);
+        }
+    }
+    let _restore = Restore(MODE.replace(mode));
+    f()
 }
 
 /// Runs `f` with the compositions standing in for the CPU kernels on this thread: what a GPU
 /// runs, on the CPU, to compare a whole network's values and gradients with the fast kernels'.
 pub fn on_cpu<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            ON_CPU.set(self.0);
-        }
-    }
-    let _restore = Restore(ON_CPU.replace(true));
-    f()
+    with_mode(Mode::All, f)
+}
+
+/// Like [`on_cpu`], but 3D convolutions keep the CPU kernel: one graph node holding its input,
+/// as cuDNN's convolution is on a CUDA device. What the memory a CUDA training step's graph
+/// keeps is measured with (`examples/graph_memory` of clopa-adapt).
+pub fn on_cpu_like_cuda<R>(f: impl FnOnce() -> R) -> R {
+    with_mode(Mode::AllButConvs, f)
 }
 
 /// `true` when `t` should take the composition: it lives where the fast CPU kernels cannot
-/// run, or [`on_cpu`] asked for it.
+/// run, or [`on_cpu`] / [`on_cpu_like_cuda`] asked for it.
 pub(crate) fn off_cpu(t: &Tensor) -> bool {
-    !t.device().is_cpu() || ON_CPU.get()
+    !t.device().is_cpu() || MODE.get() != Mode::Kernels
+}
+
+/// [`off_cpu`] for 3D convolutions (CUDA tensors went to cuDNN before this is asked).
+pub(crate) fn conv_off_cpu(t: &Tensor) -> bool {
+    !t.device().is_cpu() || MODE.get() == Mode::All
 }
 
 #[cfg(test)]
@@ -295,20 +837,132 @@ mod tests {
         .enumerate()
         {
             let bd = [wd[1]];
-            compare(
-                &format!("conv_transpose3d case {i}"),
-                &[&xd, &wd, &bd],
-                31 + i as u64,
-                1e-5,
-                |t, port| {
-                    if port {
-                        super::conv_transpose3d(&t[0], &t[1], Some(&t[2]), s)
-                    } else {
-                        fast(&t[0], &t[1], Some(&t[2]), s)
-                    }
-                },
-            );
+            for bias in [true, false] {
+                let dims: &[&[usize]] = if bias { &[&xd, &wd, &bd] } else { &[&xd, &wd] };
+                compare(
+                    &format!("conv_transpose3d case {i} bias {bias}"),
+                    dims,
+                    31 + i as u64,
+                    1e-5,
+                    |t, port| {
+                        if port {
+                            super::conv_transpose3d(&t[0], &t[1], t.get(2), s)
+                        } else {
+                            fast(&t[0], &t[1], t.get(2), s)
+                        }
+                    },
+                );
+            }
         }
+    }
+
+    /// The U-Net's block tail on a device (conv without bias, then one node for bias, norm,
+    /// residual and LeakyReLU) against the CPU path, every argument trained.
+    #[test]
+    fn conv_norm_act_matches_the_kernels() {
+        use super::super::{ConvNorm, conv_norm_act};
+        let (xd, wd, cd, rd): (&[usize], &[usize], &[usize], &[usize]) =
+            (&[2, 3, 5, 4, 6], &[4, 3, 3, 3, 3], &[4], &[2, 4, 5, 4, 6]);
+        for bias in [false, true] {
+            for residual in [false, true] {
+                for slope in [None, Some(0.01)] {
+                    let what = format!("conv_norm_act bias {bias} residual {residual} {slope:?}");
+                    // x, w, gamma, beta[, residual][, bias]
+                    let mut dims = vec![xd, wd, cd, cd];
+                    if residual {
+                        dims.push(rd);
+                    }
+                    if bias {
+                        dims.push(cd);
+                    }
+                    let data = random(&dims, 61);
+                    let mut results = Vec::new();
+                    for port in [false, true] {
+                        let vars: Vec<Var> =
+                            data.iter().zip(&dims).map(|(v, d)| var(v, d).0).collect();
+                        let t: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+                        let p = ConvNorm {
+                            weight: &t[1],
+                            bias: bias.then(|| &t[dims.len() - 1]),
+                            stride: 1,
+                            padding: 1,
+                            gamma: &t[2],
+                            beta: &t[3],
+                            eps: 1e-5,
+                        };
+                        let r = residual.then(|| &t[4]);
+                        let f = || conv_norm_act(&t[0], &p, slope, r);
+                        let y = if port { super::on_cpu(f) } else { f() }.expect("forward");
+                        let up = Lcg(67).vec(y.elem_count());
+                        let g = loss_grads(&y, &up);
+                        let grads: Vec<Vec<f32>> = vars.iter().map(|v| grad_of(&g, v)).collect();
+                        results.push((to_vec(&y), grads));
+                    }
+                    let (fast, port) = (&results[0], &results[1]);
+                    assert_close(&format!("{what} forward"), &port.0, &f64v(&fast.0), 1e-5);
+                    let n_checked = if bias { dims.len() - 1 } else { dims.len() };
+                    for i in 0..n_checked {
+                        let (p, q) = (&port.1[i], &fast.1[i]);
+                        assert_close(&format!("{what} gradient {i}"), p, &f64v(q), 1e-5);
+                    }
+                    if bias {
+                        // zero up to rounding on both sides (the bias cancels in the norm):
+                        // small against the gradient of beta, which is Σ of the same terms
+                        let scale = port.1[3].iter().fold(0f32, |m, v| m.max(v.abs()));
+                        for (side, gb) in [
+                            ("kernels", &fast.1[dims.len() - 1]),
+                            ("portable", &port.1[dims.len() - 1]),
+                        ] {
+                            let m = gb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                            assert!(
+                                m <= 1e-5 * scale,
+                                "{what}: {side} bias gradient {m:e} vs {scale:e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Only the norm affines train (group `in`): the conv's bias, weight and input are frozen,
+    /// so the packed parameter gradient carries a zero bias slot, and x gets none.
+    #[test]
+    fn conv_norm_act_with_frozen_arguments() {
+        use super::super::{ConvNorm, conv_norm_act};
+        let data = random(&[&[1, 2, 4, 5, 3], &[3, 2, 3, 3, 3], &[3], &[3], &[3]], 71);
+        let mut results = Vec::new();
+        for port in [false, true] {
+            let x = tensor(&data[0], &[1, 2, 4, 5, 3]);
+            let w = tensor(&data[1], &[3, 2, 3, 3, 3]);
+            let b = tensor(&data[2], &[3]);
+            let (gv, gamma) = var(&data[3], &[3]);
+            let (bv, beta) = var(&data[4], &[3]);
+            let p = ConvNorm {
+                weight: &w,
+                bias: Some(&b),
+                stride: 2,
+                padding: 1,
+                gamma: &gamma,
+                beta: &beta,
+                eps: 1e-5,
+            };
+            let f = || conv_norm_act(&x, &p, Some(0.01), None);
+            let y = if port { super::on_cpu(f) } else { f() }.expect("forward");
+            let g = loss_grads(&y, &Lcg(73).vec(y.elem_count()));
+            assert!(g.get(&x).is_none(), "port {port}: x got a gradient");
+            // (candle's `cat` hands every argument its slice, frozen or not: zeros here)
+            let db = g.get(&b).map(to_vec).unwrap_or_default();
+            assert!(
+                db.iter().all(|&v| v == 0.0),
+                "port {port}: frozen b got {db:?}"
+            );
+            results.push((to_vec(&y), grad_of(&g, &gv), grad_of(&g, &bv)));
+        }
+        let (fast, port) = (&results[0], &results[1]);
+        assert_close("frozen forward", &port.0, &f64v(&fast.0), 1e-5);
+        assert_close("frozen dgamma", &port.1, &f64v(&fast.1), 1e-5);
+        assert_close("frozen dbeta", &port.2, &f64v(&fast.2), 1e-5);
     }
 
     #[test]
