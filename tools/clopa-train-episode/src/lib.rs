@@ -5,8 +5,9 @@
 //! Where things are: `main.rs` parses the arguments; [`run`] resolves the settings (profile, then
 //! flags), checks every input (split, model, checkpoint chain, cases) before training, calls
 //! [`clopa_adapt::train_episode`] and writes the log and then the checkpoint atomically (an
-//! existing checkpoint with its log that records the same base model and settings means the
-//! episode is done, and a rerun skips it; other settings are trained again).
+//! existing checkpoint with its log that records the same base model and settings — the cache's
+//! case ids and the `--init` checkpoints' sha256 included — means the episode is done, and a
+//! rerun skips it; other settings are trained again).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -216,12 +217,25 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
 
     // --- done already? The settings are what the checkpoint records; same settings and base
     // mean the same result (training is seeded), other settings mean this output is stale.
+    // What the episode learns from is part of them: its cases (a new split with the same counts
+    // is other data) and the bytes of the --init chain (a retrained episode E − 1 is another start).
+    let init_sha256 = req
+        .init
+        .iter()
+        .map(|p| {
+            clopa_nn::sha256_file(p)
+                .with_context(|| format!("cannot read the checkpoint {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut settings = serde_json::json!({
         "group": group.name(),
         "run": req.run,
         "episode": req.episode,
         "n_seen": n_seen,
+        "train_cases": train_ids,
+        "val_cases": val_ids,
         "init": req.init.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "init_sha256": init_sha256,
         "train": cfg,
     });
     // Half-precision training is another result; fp32 needs no key, so checkpoints written

@@ -27,6 +27,14 @@ impl Fixture {
         };
         let centres: Vec<_> = (0..6).map(clopa_testkit::ball_centre).collect();
         clopa_testkit::write_ball_task(f.dir.path(), &centres);
+        f.write_split(4);
+        clopa_testkit::write_tiny_model(&f.path("model"), 1);
+        f
+    }
+
+    /// The split: episode 1 caches cases 0–4 with case `val` the validation case, episode 2
+    /// adds case 5.
+    fn write_split(&self, val: usize) {
         let row = |k: usize, episode: Option<u32>, role: Option<Role>| SplitRow {
             task: "toy".into(),
             case_id: format!("toy_{k:03}"),
@@ -36,14 +44,11 @@ impl Fixture {
             episode,
             role,
         };
-        let mut rows: Vec<SplitRow> = (0..4).map(|k| row(k, Some(1), Some(Role::Train))).collect();
-        rows.push(row(4, Some(1), Some(Role::Val)));
+        let role = |k| if k == val { Role::Val } else { Role::Train };
+        let mut rows: Vec<SplitRow> = (0..5).map(|k| row(k, Some(1), Some(role(k)))).collect();
         rows.push(row(5, Some(2), Some(Role::Train)));
         let prov = Provenance::new("test", "0", serde_json::json!({}), 0);
-        clopa_table::write_split(&f.path("split.parquet"), &rows, &prov).unwrap();
-
-        clopa_testkit::write_tiny_model(&f.path("model"), 1);
-        f
+        clopa_table::write_split(&self.path("split.parquet"), &rows, &prov).unwrap();
     }
 
     fn cmd(&self, episode: u32, group: &str, out: &Path) -> Command {
@@ -313,6 +318,41 @@ fn episode_last_trains_a_specialist_on_the_whole_stream_from_the_base() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// What an episode learns from is part of its settings: a new split with the same counts, or a
+/// retrained episode E − 1 behind --init, makes its checkpoint stale.
+#[test]
+fn a_new_split_or_a_retrained_init_makes_an_episode_stale() {
+    let f = Fixture::new();
+    let (ck1, ck2) = (f.path("out/ep1.safetensors"), f.path("out/ep2.safetensors"));
+    let run = |episode: u32, out: &Path, args: &[&str]| -> String {
+        let mut c = f.cmd(episode, "in", out);
+        if episode == 2 {
+            c.arg("--init").arg(&ck1);
+        }
+        let out = c.args(args).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let trained = |e: &str| e.contains("selected epoch");
+    assert!(trained(&run(1, &ck1, &[])));
+    assert!(trained(&run(2, &ck2, &[])));
+    let e = run(2, &ck2, &[]);
+    assert!(e.contains("skipping") && !trained(&e), "{e}");
+    // episode 1 trained again with another learning rate: episode 2 starts elsewhere now
+    assert!(trained(&run(1, &ck1, &["--lr", "0.0005"])));
+    let e = run(2, &ck2, &[]);
+    assert!(e.contains("other settings") && trained(&e), "{e}");
+    let e = run(2, &ck2, &[]);
+    assert!(e.contains("skipping"), "{e}");
+    // the validation case and a training case swap roles: same counts, other data
+    f.write_split(0);
+    let e = run(1, &ck1, &["--lr", "0.0005"]);
+    assert!(e.contains("other settings") && trained(&e), "{e}");
+    let c = clopa_nn::read_episode_checkpoint(&ck1).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&c.metadata["clopa.config"]).unwrap();
+    assert_eq!(cfg["val_cases"], serde_json::json!(["toy_000"]));
 }
 
 #[test]
