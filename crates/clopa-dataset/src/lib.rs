@@ -195,6 +195,22 @@ impl Dataset {
         }
     }
 
+    /// The sha256 (hex) of the [`CaseFiles::stamp`]s of cases `ids`, in order: one value for a
+    /// tool's provenance that changes when any of the files it reads changes.
+    pub fn stamp_digest<S: AsRef<str>>(
+        &self,
+        ids: &[S],
+        manifest: &Manifest,
+    ) -> Result<String, DatasetError> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for id in ids {
+            h.update(self.case(id.as_ref())?.stamp(manifest)?.as_bytes());
+            h.update(b"\n");
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// The files of case `id`.
     pub fn case(&self, id: &str) -> Result<&CaseFiles, DatasetError> {
         self.cases.iter().find(|c| c.id == id).ok_or_else(|| {
@@ -227,6 +243,29 @@ impl CaseFiles {
                 alt.display()
             ),
         ))
+    }
+
+    /// What a rerun compares to tell whether the case's files changed since an output was made
+    /// from them: the case id, and the size and modification time (ns) of the image file the
+    /// manifest's channel reads and of the label file — what make and cargo compare; a file
+    /// rewritten with the same size and an older time goes unnoticed. Reading the files' bytes
+    /// instead would cost seconds per rerun on the MSD tasks.
+    pub fn stamp(&self, manifest: &Manifest) -> Result<String, DatasetError> {
+        let (image, _) = self.image_file(manifest.channel)?;
+        let mut s = self.id.clone();
+        for path in [&image, &self.label] {
+            let meta = std::fs::metadata(path).map_err(|source| DatasetError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            s.push_str(&format!(" {}:{modified}", meta.len()));
+        }
+        Ok(s)
     }
 
     /// Reads the manifest's image channel and its reference mask (the manifest's label values,
@@ -376,6 +415,41 @@ mod tests {
         files.check(&ds, &manifest(&[1])).unwrap();
         let err = ds.case("c_2").unwrap_err().to_string();
         assert!(err.contains("dataset.json") && err.contains("c_2"), "{err}");
+    }
+
+    #[test]
+    fn stamps_change_when_a_file_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut label = vec![0u16; 64];
+        label[5] = 1;
+        let ds = dataset(tmp.path(), vec![1.0; 64], label.clone(), 1.0);
+        let m = manifest(&[1]);
+        let before = ds.stamp_digest(&["c_1"], &m).unwrap();
+        assert_eq!(ds.stamp_digest(&["c_1"], &m).unwrap(), before);
+        assert!(
+            ds.case("c_1")
+                .unwrap()
+                .stamp(&m)
+                .unwrap()
+                .starts_with("c_1 ")
+        );
+        // the label rewritten with another foreground voxel (same size on disk is likely:
+        // the time tells)
+        label[6] = 1;
+        let lab = Volume::from_shape([4, 4, 4], [1.0; 3], label).unwrap();
+        let path = tmp.path().join("labelsTr/c_1.nii.gz");
+        let t0 = std::fs::metadata(&path).unwrap().modified().unwrap();
+        write_nifti(&path, &lab).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(t0 + std::time::Duration::from_secs(1))
+            .unwrap();
+        assert_ne!(ds.stamp_digest(&["c_1"], &m).unwrap(), before);
+        // a missing file and an unknown case are errors naming them
+        std::fs::remove_file(&path).unwrap();
+        let err = ds.stamp_digest(&["c_1"], &m).unwrap_err().to_string();
+        assert!(err.contains("c_1.nii.gz"), "{err}");
+        let err = ds.stamp_digest(&["c_9"], &m).unwrap_err().to_string();
+        assert!(err.contains("c_9"), "{err}");
     }
 
     #[test]

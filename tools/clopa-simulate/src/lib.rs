@@ -6,7 +6,8 @@
 //! [`clopa_interact::simulate_case`] and writes the table atomically; [`NetPredictor`] wraps the
 //! candle `ResidualEncoderUNet` as a [`clopa_interact::Predictor`]; the cases come from
 //! [`clopa_dataset`]. A finished `steps.parquet` whose provenance (tool, version, resolved
-//! settings including the weights' sha256, seed) and row count match the request is kept as it is
+//! settings including the weights' sha256 and the case files' stamps, seed) and row count match
+//! the request is kept as it is
 //! ([`Outcome::Skipped`]) unless [`Request::force`] is set.
 
 use std::path::{Path, PathBuf};
@@ -305,6 +306,8 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
         "method": keys.method, "run": keys.run, "episode": keys.episode, "n_seen": keys.n_seen,
         "edits": profile.edits, "infer_runs": profile.infer_runs, "patch": patch, "seed": profile.seed,
         "autozoom": !req.no_autozoom, "automatic": req.automatic, "device": profile.device, "cases": ids,
+        // the cases' files as they are now (sizes, times): rewritten data is not this table's
+        "case_files": dataset.stamp_digest(&ids, &manifest)?,
         "profile": profile.to_json(),
     });
     let prov = Provenance::new(

@@ -26,7 +26,8 @@ With --automatic there is no simulated user: each holdout case is segmented once
 sliding-window inference, and the mean Dice is printed (`just expert-thresholds`).
 
 Rerunning with the same inputs and settings skips an output that is already complete (its
-provenance metadata records them); --force recomputes. `-o -` writes the Parquet table to stdout.";
+provenance metadata records them, the weights' sha256 and the case files' sizes and times
+included); --force recomputes. `-o -` writes the Parquet table to stdout.";
 
 /// Simulate interactive segmentation of a task's holdout cases and record Dice/NSD per step.
 ///

@@ -367,6 +367,17 @@ fn a_complete_output_is_skipped_unless_forced_or_the_settings_differ() {
     assert!(!is_skipped(&["--edits", "4", "--precision", "fp16"]));
     assert!(is_skipped(&["--edits", "4", "--precision", "fp16"]));
 
+    // a holdout case's image rewritten (size or time differ) is other data: recomputed once
+    let img = corrupt_image(&f, |v| v.data[5] += 1.0);
+    std::fs::File::options()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    assert!(!is_skipped(&["--edits", "4", "--precision", "fp16"]));
+    assert!(is_skipped(&["--edits", "4", "--precision", "fp16"]));
+
     // a truncated (unreadable) output is recomputed
     std::fs::write(&out, b"PAR1 not really").unwrap();
     f.cmd(&out).args(["--edits", "4"]).assert().success();

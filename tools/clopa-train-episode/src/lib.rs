@@ -6,7 +6,8 @@
 //! flags), checks every input (split, model, checkpoint chain, cases) before training, calls
 //! [`clopa_adapt::train_episode`] and writes the log and then the checkpoint atomically (an
 //! existing checkpoint with its log that records the same base model and settings — the cache's
-//! case ids and the `--init` checkpoints' sha256 included — means the episode is done, and a
+//! case ids, their files' stamps and the `--init` checkpoints' sha256 included — means the
+//! episode is done, and a
 //! rerun skips it; other settings are trained again).
 
 use std::collections::BTreeMap;
@@ -218,7 +219,11 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     // --- done already? The settings are what the checkpoint records; same settings and base
     // mean the same result (training is seeded), other settings mean this output is stale.
     // What the episode learns from is part of them: its cases (a new split with the same counts
-    // is other data) and the bytes of the --init chain (a retrained episode E − 1 is another start).
+    // is other data), their files as they are now (sizes, times: rewritten data is other data)
+    // and the bytes of the --init chain (a retrained episode E − 1 is another start).
+    let ds = Dataset::for_manifest(&manifest, &req.manifest, req.data_root.as_deref())?;
+    let cases: Vec<&str> = train_ids.iter().chain(&val_ids).copied().collect();
+    let case_files = ds.stamp_digest(&cases, &manifest)?;
     let init_sha256 = req
         .init
         .iter()
@@ -234,6 +239,7 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         "n_seen": n_seen,
         "train_cases": train_ids,
         "val_cases": val_ids,
+        "case_files": case_files,
         "init": req.init.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "init_sha256": init_sha256,
         "train": cfg,
@@ -324,7 +330,6 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     cfg.validate(&model.spec)?;
 
     // --- cases
-    let ds = Dataset::for_manifest(&manifest, &req.manifest, req.data_root.as_deref())?;
     let load = |ids: &[&str]| -> anyhow::Result<Vec<TrainCase>> {
         ids.iter()
             .map(|id| {

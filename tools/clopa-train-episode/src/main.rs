@@ -23,7 +23,8 @@ Writes CKPT (safetensors: only the group's tensors, metadata clopa.base_sha256, 
 clopa.run, clopa.episode, clopa.n_seen, clopa.config) and CKPT's stem + .log.parquet (per epoch:
 train_loss, val_score, val_ema, selected, seconds). An existing CKPT with its log is skipped when
 it records the same base model and settings (--force retrains); with other settings it is retrained.
-The settings include the cache's case ids and the sha256 of each --init checkpoint.";
+The settings include the cache's case ids, their files' sizes and times, and the sha256 of each
+--init checkpoint.";
 
 /// Train one CLoPA episode: tune one parameter group on the cache's cases with simulated clicks.
 ///

@@ -353,6 +353,17 @@ fn a_new_split_or_a_retrained_init_makes_an_episode_stale() {
     let c = clopa_nn::read_episode_checkpoint(&ck1).unwrap();
     let cfg: serde_json::Value = serde_json::from_str(&c.metadata["clopa.config"]).unwrap();
     assert_eq!(cfg["val_cases"], serde_json::json!(["toy_000"]));
+    // a cached case's label rewritten (its time differs): other data, trained again once
+    let label = f.path("data/toy/labelsTr/toy_002.nii.gz");
+    let v = clopa_volume::read_labels(&label).unwrap();
+    clopa_volume::write_nifti(&label, &v).unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    let file = std::fs::File::options().write(true).open(&label).unwrap();
+    file.set_modified(old).unwrap();
+    let e = run(1, &ck1, &["--lr", "0.0005"]);
+    assert!(e.contains("other settings") && trained(&e), "{e}");
+    let e = run(1, &ck1, &["--lr", "0.0005"]);
+    assert!(e.contains("skipping"), "{e}");
 }
 
 #[test]
