@@ -30,8 +30,8 @@ use std::sync::{Mutex, PoisonError};
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, MetalStorage,
-    Result, Shape, Storage, Tensor,
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, MetalStorage, Result,
+    Shape, Storage, Tensor,
 };
 
 /// See [`crate::ops::conv3d`]; arguments already checked.
@@ -261,9 +261,10 @@ pub fn norm_act(
     let (bn, c) = (dims[0], dims[1]);
     let flat = (bn, c, x.elem_count() / (bn * c).max(1));
     let xd = x.detach().reshape(flat)?;
-    let mean = xd.mean_keepdim(D::Minus1)?;
+    let inv_n = 1.0 / flat.2.max(1) as f64;
+    let mean = plane_sums(&xd)?.affine(inv_n, 0.0)?;
     let xc = xd.broadcast_sub(&mean)?;
-    let rstd = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+    let rstd = (plane_sums(&xc.sqr()?)?.affine(inv_n, eps)?)
         .sqrt()?
         .recip()?;
     let gamma_d = gamma.detach().reshape((1, c, 1))?;
@@ -322,6 +323,22 @@ pub fn norm_act(
 
 const NAME_NORM: &str = "instance_norm3d (portable)";
 
+/// The sums over the last dim of a (B, C, N) tensor, as (B, C, 1): in two stages, (B, C, K, N/K)
+/// then K, when N splits. candle's CUDA reduction runs one thread block per output value, so B·C
+/// sums of a 192³ plane would keep 64 blocks busy on a GPU with 132 multiprocessors; B·C·K keep
+/// all of them (and the shorter partial sums lose less to f32 rounding).
+fn plane_sums(t: &Tensor) -> Result<Tensor> {
+    let (b, c, n) = t.dims3()?;
+    let k = [64, 32, 16, 8, 4, 2]
+        .into_iter()
+        .find(|k| n % k == 0 && n / k >= 1024)
+        .unwrap_or(1);
+    if k == 1 {
+        return t.sum_keepdim(2);
+    }
+    t.reshape((b, c, k, n / k))?.sum(3)?.sum_keepdim(2)
+}
+
 /// What the backward of [`norm_act`] keeps from its forward: per-(sample, channel) statistics
 /// and γ, no full-size tensor.
 struct NormGrads {
@@ -373,8 +390,8 @@ impl NormGrads {
             .reshape(self.flat)?
             .broadcast_sub(&self.mean)?
             .broadcast_mul(&self.rstd)?;
-        let sum_g = g.sum_keepdim(2)?;
-        let sum_gx = (&g * &xhat)?.sum_keepdim(2)?;
+        let sum_g = plane_sums(&g)?;
+        let sum_gx = plane_sums(&(&g * &xhat)?)?;
         let bias_trains = np && self.trains[2];
         // dx = γ·rstd·(g − mean(g) − x̂·mean(g·x̂))
         let dx = if nx || bias_trains {
@@ -401,7 +418,7 @@ impl NormGrads {
             ];
             if self.has_bias {
                 parts.push(match (&dx, self.trains[2]) {
-                    (Some(dx), true) => dx.sum((0, 2))?,
+                    (Some(dx), true) => plane_sums(dx)?.sum(0)?.reshape(c)?,
                     _ => zeros()?,
                 });
             }
@@ -857,6 +874,27 @@ mod tests {
         assert_close(&format!("{what} forward"), &port.0, &f64v(&fast.0), tol);
         for (i, (p, q)) in port.1.iter().zip(&fast.1).enumerate() {
             assert_close(&format!("{what} trained gradient {i}"), p, &f64v(q), tol);
+        }
+    }
+
+    /// Two-stage plane sums equal one-stage ones (to f32 rounding), split or not.
+    #[test]
+    fn plane_sums_split_long_planes() {
+        for n in [7, 1000, 4096, 12288] {
+            let v = Lcg(n as u64).vec(2 * 3 * n);
+            let t = tensor(&v, &[2, 3, n]);
+            let got = to_vec(&super::plane_sums(&t).expect("sums"));
+            let want: Vec<f64> = v
+                .chunks(n)
+                .map(|c| c.iter().map(|&x| x as f64).sum())
+                .collect();
+            assert_eq!(got.len(), 6);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-5 * n as f64,
+                    "n {n}: {g} vs {w}"
+                );
+            }
         }
     }
 
