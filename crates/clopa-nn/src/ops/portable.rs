@@ -16,7 +16,7 @@
 //!   takes the conv bias, the residual and the LeakyReLU ([`norm_act`]).
 //! * LeakyReLU = `where(x > 0, x, slope·x)`, whose gradient at 0 is the slope, as in PyTorch.
 //!
-//! All but the convolution are *grafted* (see [`Graft`]): computed from detached arguments and
+//! All but the convolution are *grafted* (see `Graft` below): computed from detached arguments and
 //! put into candle's graph as one custom op with a hand-written backward, so the graph keeps the
 //! arguments and the result, not every temporary of the composition. That is what makes a
 //! training step fit a GPU: `examples/graph_memory` of clopa-adapt measured a 64³ step of
