@@ -6,8 +6,9 @@ architectures) forward at SIZE^3 (batch 1, 8 channels), and STEPS training steps
 PATCH^3, each forward + (1 - soft Dice + CE) + backward + Adam (lr 1e-3, weight decay 1e-5) with
 only the instance-norm affines trainable (group `in`). fp32 with TF32 off (clopa's cuDNN
 convolutions use FMA math), cudnn.benchmark off (PyTorch's default). Prints JSON lines with the
-best of REPS forward timings after one warm-up, the mean step time after the first, and
-torch.cuda.max_memory_allocated for each.
+best of REPS forward timings after one warm-up, the per-op timings at the widest stage (32 channels
+at SIZE^3: conv, instance norm + LeakyReLU, conv -> norm -> LeakyReLU forward + backward), the mean
+step time after the first, and torch.cuda.max_memory_allocated for each.
 
     python scripts/gpu_check.py [SIZE] [PATCH] [STEPS] [REPS] [--tf32] [--autocast]
 
@@ -58,6 +59,39 @@ def main():
                       "tf32": tf32, "autocast_fp16": autocast, "device_s": best,
                       "peak_allocated_mib": peak_mib()}))
     del x
+
+    # per op at the widest stage, as gpu_check's `ops` line: conv, norm + LeakyReLU, and
+    # conv -> norm -> LeakyReLU forward + backward with respect to the input
+    F = torch.nn.functional
+    xo = torch.rand(1, 32, size, size, size, device=dev) * 2 - 1
+    w = (torch.rand(32, 32, 3, 3, 3, device=dev) * 2 - 1) * 0.06
+    g, b = torch.ones(32, device=dev), torch.zeros(32, device=dev)
+
+    def best_of(f):
+        t_best = float("inf")
+        for i in range(reps + 1):
+            sync()
+            t = time.perf_counter()
+            with amp:
+                f()
+            sync()
+            if i > 0:
+                t_best = min(t_best, time.perf_counter() - t)
+        return t_best
+
+    def fwd_bwd():
+        xv = xo.detach().requires_grad_(True)
+        y = F.leaky_relu(F.instance_norm(F.conv3d(xv, w, padding=1), weight=g, bias=b, eps=1e-5), 0.01,
+                         inplace=True)
+        y.float().sum().backward()
+
+    with torch.no_grad():
+        conv_s = best_of(lambda: F.conv3d(xo, w, padding=1))
+        norm_s = best_of(lambda: F.leaky_relu(F.instance_norm(xo, weight=g, bias=b, eps=1e-5), 0.01, inplace=True))
+    print(json.dumps({"check": "torch-ops", "device": gpu, "shape": [1, 32, size, size, size],
+                      "tf32": tf32, "autocast_fp16": autocast, "conv3d_s": conv_s,
+                      "instance_norm_lrelu_s": norm_s, "conv_norm_lrelu_fwd_bwd_s": best_of(fwd_bwd)}))
+    del xo
 
     for name, p in net.named_parameters():
         p.requires_grad = ".norm." in name

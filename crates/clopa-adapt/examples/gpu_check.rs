@@ -13,6 +13,8 @@
 //! * `forward` with `precision` F16 / Bf16: the same with half-precision GPU convolutions (fp32
 //!   accumulation, like PyTorch's autocast), against the fp32 CPU logits, and the fraction of
 //!   voxels whose argmax differs.
+//! * `ops`: the device's time per op at the widest stage (32 channels at FWD_SIZE³): conv,
+//!   instance norm + LeakyReLU, and conv → norm → LeakyReLU forward + backward.
 //! * `train`: STEPS steps of batch 2 at TRAIN_PATCH³, each forward + (1 − soft Dice + CE) +
 //!   backward + Adam (lr 1e-3, weight decay 1e-5) on the instance-norm affines, from the same
 //!   weights and data on both sides: each step's loss on both, the first step's gradients'
@@ -141,6 +143,55 @@ fn forward(spec: &UNetSpec, dev: &Device, size: usize, reps: usize) {
             })
         );
     }
+}
+
+/// Where the device's time goes, per op of the network's widest stage (32 channels at SIZE³,
+/// batch 1): the 3×3×3 convolution, the instance norm + LeakyReLU, and conv → norm → LeakyReLU
+/// forward + backward with respect to the input (what training runs for every layer). Best of
+/// REPS after one warm-up; `scripts/gpu_check.py` times the same in PyTorch.
+fn op_times(dev: &Device, size: usize, reps: usize) {
+    use clopa_nn::ops;
+    let n = size * size * size;
+    let t = |v: Vec<f32>, dims: &[usize]| Tensor::from_vec(v, dims, dev).unwrap();
+    let x = t(uniform(32 * n, 5), &[1, 32, size, size, size]);
+    let w = (t(uniform(32 * 32 * 27, 6), &[32, 32, 3, 3, 3]) * 0.06).unwrap();
+    let (gamma, beta) = (t(vec![1.0; 32], &[32]), t(vec![0.0; 32], &[32]));
+    let time = |f: &dyn Fn() -> candle_core::Result<()>| -> f64 {
+        let mut best = f64::INFINITY;
+        for i in 0..=reps {
+            sync(dev);
+            let t0 = Instant::now();
+            on(dev, false, f).unwrap();
+            sync(dev);
+            if i > 0 {
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+        }
+        best
+    };
+    let conv = time(&|| ops::conv3d(&x, &w, None, 1, 1).map(drop));
+    let norm = time(&|| ops::instance_norm3d(&x, &gamma, &beta, 1e-5, Some(0.01)).map(drop));
+    let p = ops::ConvNorm {
+        weight: &w,
+        bias: None,
+        stride: 1,
+        padding: 1,
+        gamma: &gamma,
+        beta: &beta,
+        eps: 1e-5,
+    };
+    let fwd_bwd = time(&|| {
+        let xv = candle_core::Var::from_tensor(&x)?;
+        let y = ops::conv_norm_act(xv.as_tensor(), &p, Some(0.01), None)?;
+        y.sum_all()?.backward().map(drop)
+    });
+    println!(
+        "{}",
+        serde_json::json!({
+            "check": "ops", "device": format!("{dev:?}"), "shape": [1, 32, size, size, size],
+            "conv3d_s": conv, "instance_norm_lrelu_s": norm, "conv_norm_lrelu_fwd_bwd_s": fwd_bwd,
+        })
+    );
 }
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -288,6 +339,7 @@ fn main() {
     let (size, patch, steps, reps) = (num(1, 192), num(2, 128), num(3, 3), num(4, 3));
     let spec = UNetSpec::from_architecture(&Architecture::nninteractive_v1(), 8, 2).unwrap();
     forward(&spec, &dev, size, reps);
+    op_times(&dev, size, reps);
     train(&spec, &dev, patch, steps);
     if args.len() <= 5 || args[5] != "--no-paper-size" {
         train_device_only(&spec, &dev, 192);
