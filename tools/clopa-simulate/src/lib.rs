@@ -7,8 +7,7 @@
 //! candle `ResidualEncoderUNet` as a [`clopa_interact::Predictor`]; the cases come from
 //! [`clopa_dataset`]. A finished `steps.parquet` whose provenance (tool, version, resolved
 //! settings including the weights' sha256 and the case files' stamps, seed) and row count match
-//! the request is kept as it is
-//! ([`Outcome::Skipped`]) unless [`Request::force`] is set.
+//! the request is kept as it is ([`Outcome::Skipped`]) unless [`Request::force`] is set.
 
 use std::path::{Path, PathBuf};
 

@@ -7,8 +7,7 @@
 //! [`clopa_adapt::train_episode`] and writes the log and then the checkpoint atomically (an
 //! existing checkpoint with its log that records the same base model and settings — the cache's
 //! case ids, their files' stamps and the `--init` checkpoints' sha256 included — means the
-//! episode is done, and a
-//! rerun skips it; other settings are trained again).
+//! episode is done, and a rerun skips it; other settings are trained again).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
