@@ -174,9 +174,9 @@ impl CudnnConv3d {
         let g = self.g;
         let dev = s1.device().clone();
         let cudnn = handle(&dev)?;
-        let (xd, xs) = dims([g.b, g.cin, g.d, g.h, g.w]);
-        let (yd, ys) = dims([g.b, g.cout, g.od, g.oh, g.ow]);
-        let wd = [g.cout, g.cin, g.k, g.k, g.k].map(|v| v as i32);
+        let (xd, xs) = dims(g.in_dims());
+        let (yd, ys) = dims(g.out_dims());
+        let wd = g.w_dims().map(|v| v as i32);
         let x_desc = cudnn.create_nd_tensor::<T>(&xd, &xs)?;
         let y_desc = cudnn.create_nd_tensor::<T>(&yd, &ys)?;
         let w_desc =
@@ -207,7 +207,15 @@ impl CudnnConv3d {
             })
         };
         let key = (g, T::DTYPE);
-        let (out, shape): (CudaSlice<T>, Vec<usize>) = match self.kind {
+        let shape = match self.kind {
+            Kind::Forward => g.out_dims(),
+            Kind::BackwardData => g.in_dims(),
+            Kind::BackwardFilter => g.w_dims(),
+        };
+        // SAFETY: every launch below writes every output element (beta = 0) before anything
+        // reads it.
+        let mut out = unsafe { stream.alloc::<T>(shape.iter().product()) }?;
+        match self.kind {
             Kind::Forward => {
                 let op = ConvForward {
                     conv: &conv,
@@ -220,11 +228,8 @@ impl CudnnConv3d {
                     Ok((a, op.get_workspace_size(a)?))
                 })?;
                 let mut ws = workspace(bytes)?;
-                // SAFETY: cuDNN writes every output element (beta = 0) before anything reads it.
-                let mut y = unsafe { stream.alloc::<T>(g.b * g.cout * g.od * g.oh * g.ow) }?;
                 // SAFETY: the views hold the contiguous data the descriptors describe.
-                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &a, &b, &mut y) }?;
-                (y, vec![g.b, g.cout, g.od, g.oh, g.ow])
+                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &a, &b, &mut out) }?;
             }
             Kind::BackwardData => {
                 let op = ConvBackwardData {
@@ -238,11 +243,8 @@ impl CudnnConv3d {
                     Ok((a, op.get_workspace_size(a)?))
                 })?;
                 let mut ws = workspace(bytes)?;
-                // SAFETY: as above (beta = 0 overwrites every element of dx).
-                let mut dx = unsafe { stream.alloc::<T>(g.b * g.cin * g.d * g.h * g.w) }?;
-                // SAFETY: a = dy, b = w, contiguous f32 as described.
-                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &mut dx, &b, &a) }?;
-                (dx, vec![g.b, g.cin, g.d, g.h, g.w])
+                // SAFETY: a = dy, b = w, contiguous data as described.
+                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &mut out, &b, &a) }?;
             }
             Kind::BackwardFilter => {
                 let op = ConvBackwardFilter {
@@ -256,14 +258,14 @@ impl CudnnConv3d {
                     Ok((a, op.get_workspace_size(a)?))
                 })?;
                 let mut ws = workspace(bytes)?;
-                // SAFETY: as above (beta = 0 overwrites every element of dw).
-                let mut dw = unsafe { stream.alloc::<T>(g.cout * g.cin * g.k * g.k * g.k) }?;
-                // SAFETY: a = x, b = dy, contiguous f32 as described.
-                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &a, &mut dw, &b) }?;
-                (dw, vec![g.cout, g.cin, g.k, g.k, g.k])
+                // SAFETY: a = x, b = dy, contiguous data as described.
+                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &a, &mut out, &b) }?;
             }
-        };
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(shape)))
+        }
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from(shape.to_vec()),
+        ))
     }
 }
 
