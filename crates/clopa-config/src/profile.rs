@@ -72,8 +72,9 @@ pub struct Profile {
     pub device: String,
     /// GPU convolution arithmetic: `fp32`, or `fp16` / `bf16` inputs with fp32 accumulation (like
     /// PyTorch's autocast, which nnInteractive's own GPU inference uses). The CPU computes fp32.
-    /// Left out of the written profile when fp32, so that provenance recorded before the key
-    /// existed still matches (a rerun does not recompute finished tables).
+    /// Left out of the written profile when fp32, so that a `profile.toml` written by
+    /// clopa-reproduce before the key existed still equals the same profile's text now (a rerun
+    /// into that folder is not refused as another profile).
     #[serde(skip_serializing_if = "is_fp32")]
     pub precision: String,
     /// Seed of everything else that is random (training patches, clicks, augmentation).

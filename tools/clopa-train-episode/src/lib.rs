@@ -231,7 +231,7 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read the checkpoint {}", p.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut settings = serde_json::json!({
+    let settings = serde_json::json!({
         "group": group.name(),
         "run": req.run,
         "episode": req.episode,
@@ -241,13 +241,9 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         "case_files": case_files,
         "init": req.init.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "init_sha256": init_sha256,
+        "precision": profile.precision,
         "train": cfg,
     });
-    // Half-precision training is another result; fp32 needs no key, so checkpoints written
-    // before the key existed keep counting as done.
-    if profile.precision != "fp32" {
-        settings["precision"] = profile.precision.clone().into();
-    }
     if req.output.is_file() && log.is_file() {
         let same = read_episode_checkpoint(&req.output).is_ok_and(|c| {
             c.metadata.get(META_BASE_SHA256) == Some(&base_sha)

@@ -409,8 +409,8 @@ fn a_rerun_with_other_settings_retrains_and_force_retrains_the_same_settings() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("selected epoch"));
-    // Another GPU precision is another setting (recorded only when not fp32, so checkpoints
-    // from before the key stay done); an unknown one is a usage error.
+    // Another GPU precision is another setting (fp32, the default, is the same); an unknown one
+    // is a usage error.
     let err = |args: &[&str]| {
         let out = f.cmd(1, "in", &ck).args(args).output().unwrap();
         assert!(out.status.success());
