@@ -64,6 +64,16 @@ fn sync(dev: &Device) {
     dev.synchronize().unwrap();
 }
 
+/// `f()` and its wall time in seconds, the device synchronised before and after (its kernels
+/// run asynchronously).
+fn timed<R>(dev: &Device, f: impl FnOnce() -> R) -> (R, f64) {
+    sync(dev);
+    let t = Instant::now();
+    let r = f();
+    sync(dev);
+    (r, t.elapsed().as_secs_f64())
+}
+
 /// max |a − b| / max |b| and mean |a − b| / mean |b|.
 fn rel(a: &[f32], b: &[f32]) -> (f64, f64) {
     let (mut dmax, mut bmax, mut dsum, mut bsum) = (0f64, 0f64, 0f64, 0f64);
@@ -99,11 +109,8 @@ fn forward(spec: &UNetSpec, dev: &Device, size: usize, reps: usize) {
         let mut best = f64::INFINITY;
         let mut out = Vec::new();
         for _ in 0..reps {
-            sync(d);
-            let t = Instant::now();
-            let y = on(d, reference, || net.forward(&xt)).unwrap();
-            sync(d);
-            best = best.min(t.elapsed().as_secs_f64());
+            let (y, s) = timed(d, || on(d, reference, || net.forward(&xt)).unwrap());
+            best = best.min(s);
             out = flat(&y);
         }
         (out, best)
@@ -159,12 +166,9 @@ fn op_times(dev: &Device, size: usize, reps: usize) {
     let time = |f: &dyn Fn() -> candle_core::Result<()>| -> f64 {
         let mut best = f64::INFINITY;
         for i in 0..=reps {
-            sync(dev);
-            let t0 = Instant::now();
-            on(dev, false, f).unwrap();
-            sync(dev);
+            let ((), s) = timed(dev, || on(dev, false, f).unwrap());
             if i > 0 {
-                best = best.min(t0.elapsed().as_secs_f64());
+                best = best.min(s);
             }
         }
         best
@@ -252,11 +256,8 @@ fn train(spec: &UNetSpec, dev: &Device, patch: usize, steps: usize) {
         let yt = Tensor::from_slice(&y, (2, patch, patch, patch), d).unwrap();
         let (mut losses, mut times, mut first_grads) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..steps {
-            sync(d);
-            let t = Instant::now();
-            let (loss, g) = on(d, reference, || tr.step(&xt, &yt)).unwrap();
-            sync(d);
-            times.push(t.elapsed().as_secs_f64());
+            let ((loss, g), s) = timed(d, || on(d, reference, || tr.step(&xt, &yt)).unwrap());
+            times.push(s);
             losses.push(loss);
             if first_grads.is_empty() {
                 first_grads = g.values().flat_map(flat).collect();
@@ -310,11 +311,9 @@ fn train_device_only(spec: &UNetSpec, dev: &Device, patch: usize) {
         let yt = Tensor::from_vec(y, (2, patch, patch, patch), dev)?;
         let mut times = Vec::new();
         for _ in 0..2 {
-            sync(dev);
-            let t = Instant::now();
-            tr.step(&xt, &yt)?;
-            sync(dev);
-            times.push(t.elapsed().as_secs_f64());
+            let (r, s) = timed(dev, || tr.step(&xt, &yt));
+            r?;
+            times.push(s);
         }
         Ok(times)
     };
