@@ -17,8 +17,8 @@
 # * cudarc links libcuda.so, which only a driver ships: a stub with the same symbols links the
 #   binary, and the driver's libcuda.so.1 is what runs.
 # * the wheels ship libX.so.N only; the linker wants libX.so.
-# * target/cuda-check holds what a GPU machine without Rust needs for the check, stripped: it must
-#   fit the device tool's 64 MiB carry limit, so polars stays out of it.
+# * target/cuda-check holds what a GPU machine without Rust needs for the check, stripped and
+#   compressed: it must fit the device tool's 64 MiB carry limit, so polars stays out of it.
 #
 # Environment: CLOPA_CUDA_TOOLCHAIN (where the wheels go; default target/cuda-toolchain),
 # CARGO_TARGET_DIR (default target/cuda, apart from the CPU build), CUDA_COMPUTE_CAP, PYTHON.
@@ -94,11 +94,16 @@ else
     -p clopa-adapt --features "$features" --bins --example gpu_check
 fi
 
-# 6. the check's payload: the stripped check binary and the PyTorch reference's network package
-#    (pure Python) for a GPU machine without network access
+# 6. the check's payload: the stripped check binary, xz-compressed (50 MB stripped, 6 MB
+#    compressed: the device tool carries 64 MiB with the working tree's ~26), and the PyTorch
+#    reference's network package (pure Python) for a GPU machine without network access
 mkdir -p "$check/wheels"
+rm -f "$check/gpu_check"  # (earlier builds left it uncompressed here)
 "$tc/venv/bin/pip" download --quiet --no-deps -d "$check/wheels" dynamic-network-architectures==0.4.4
-strip -o "$check/gpu_check" "$CARGO_TARGET_DIR/release/examples/gpu_check"
+stripped=$CARGO_TARGET_DIR/gpu_check-stripped
+strip -o "$stripped" "$CARGO_TARGET_DIR/release/examples/gpu_check"
+xz -6 -T0 -c "$stripped" > "$check/gpu_check.xz.part"
+mv "$check/gpu_check.xz.part" "$check/gpu_check.xz"
 du -sh "$check" "$CARGO_TARGET_DIR"/release/clopa-* 2>/dev/null | grep -v '\.d$' >&2
 echo "build-cuda: to run here (no GPU: fails at cuInit, which shows every library resolves):" >&2
-echo "  LD_LIBRARY_PATH=$cuda_root/lib64/stubs:$cu/lib:$site/nvidia/cudnn/lib $check/gpu_check" >&2
+echo "  LD_LIBRARY_PATH=$cuda_root/lib64/stubs:$cu/lib:$site/nvidia/cudnn/lib $stripped" >&2

@@ -3,7 +3,7 @@
 
 The same work on the same GPU: nnInteractive v1.0's ResidualEncoderUNet (dynamic-network-
 architectures) forward at SIZE^3 (batch 1, 8 channels), and STEPS training steps of batch 2 at
-PATCH^3, each forward + (1 - soft Dice + CE) + backward + Adam (lr 1e-3, weight decay 1e-5) with
+PATCH^3 (PATCH may be a comma-separated list: the steps at each), each forward + (1 - soft Dice + CE) + backward + Adam (lr 1e-3, weight decay 1e-5) with
 only the instance-norm affines trainable (group `in`). fp32 with TF32 off (clopa's cuDNN
 convolutions use FMA math), cudnn.benchmark off (PyTorch's default). Prints JSON lines with the
 best of REPS forward timings after one warm-up, the per-op timings at the widest stage (32 channels
@@ -30,7 +30,8 @@ def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     tf32 = "--tf32" in sys.argv
     autocast = "--autocast" in sys.argv
-    size, patch, steps, reps = (int(a) for a in (args + ["192", "128", "3", "3"][len(args):])[:4])
+    size, patches, steps, reps = (args + ["192", "128", "3", "3"][len(args):])[:4]
+    size, steps, reps = int(size), int(steps), int(reps)
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     # GPU_CHECK_DEVICE=cpu runs the script itself where there is no GPU (to check it, not to time)
@@ -96,28 +97,29 @@ def main():
     for name, p in net.named_parameters():
         p.requires_grad = ".norm." in name
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-5)
-    xb = torch.rand(2, 8, patch, patch, patch, device=dev) * 2 - 1
-    c = torch.arange(patch, device=dev, dtype=torch.float32) - patch / 2
-    r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
-    y = (r2 < (patch / 4) ** 2).long().expand(2, -1, -1, -1)
-    reset()
-    times, losses = [], []
-    for _ in range(steps):
-        sync()
-        t = time.perf_counter()
-        with amp:
-            loss = pass_loss(net(xb).float(), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        sync()
-        times.append(time.perf_counter() - t)
-        losses.append(loss.item())
-    rest = times[1:] or times
-    print(json.dumps({"check": "torch-train", "device": gpu, "patch": patch,
-                      "batch": 2, "group": "in", "steps": steps, "tf32": tf32,
-                      "autocast_fp16": autocast, "loss": losses,
-                      "device_s_per_step": sum(rest) / len(rest), "peak_allocated_mib": peak_mib()}))
+    for patch in (int(p) for p in patches.split(",")):
+        xb = torch.rand(2, 8, patch, patch, patch, device=dev) * 2 - 1
+        c = torch.arange(patch, device=dev, dtype=torch.float32) - patch / 2
+        r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
+        y = (r2 < (patch / 4) ** 2).long().expand(2, -1, -1, -1)
+        reset()
+        times, losses = [], []
+        for _ in range(steps):
+            sync()
+            t = time.perf_counter()
+            with amp:
+                loss = pass_loss(net(xb).float(), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            sync()
+            times.append(time.perf_counter() - t)
+            losses.append(loss.item())
+        rest = times[1:] or times
+        print(json.dumps({"check": "torch-train", "device": gpu, "patch": patch,
+                          "batch": 2, "group": "in", "steps": steps, "tf32": tf32,
+                          "autocast_fp16": autocast, "loss": losses,
+                          "device_s_per_step": sum(rest) / len(rest), "peak_allocated_mib": peak_mib()}))
 
 
 if __name__ == "__main__":
