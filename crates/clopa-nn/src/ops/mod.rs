@@ -99,6 +99,8 @@ mod conv3d_direct;
 mod conv_norm;
 mod conv_transpose3d;
 #[cfg(feature = "cuda")]
+mod cuda_norm;
+#[cfg(feature = "cuda")]
 mod cudnn_conv3d;
 mod instance_norm;
 mod isa;

@@ -261,31 +261,36 @@ pub fn norm_act(
     let (bn, c) = (dims[0], dims[1]);
     let flat = (bn, c, x.elem_count() / (bn * c).max(1));
     let xd = x.detach().reshape(flat)?;
-    let inv_n = 1.0 / flat.2.max(1) as f64;
-    let mean = plane_sums(&xd)?.affine(inv_n, 0.0)?;
-    let xc = xd.broadcast_sub(&mean)?;
-    let rstd = (plane_sums(&xc.sqr()?)?.affine(inv_n, eps)?)
-        .sqrt()?
-        .recip()?;
     let gamma_d = gamma.detach().reshape((1, c, 1))?;
-    let y = xc
-        .broadcast_mul(&rstd.broadcast_mul(&gamma_d)?)?
-        .broadcast_add(&beta.detach().reshape((1, c, 1))?)?;
-    drop(xc);
-    let y = match residual {
-        Some(r) => (y + r.detach().reshape(flat)?)?,
-        None => y,
+    let residual_d = residual.map(|r| r.detach().reshape(flat)).transpose()?;
+    let (y, stats) = if fused(x) {
+        fused_norm_act(&xd, gamma, beta, eps, negative_slope, residual_d.as_ref())?
+    } else {
+        let inv_n = 1.0 / flat.2.max(1) as f64;
+        let mean = plane_sums(&xd)?.affine(inv_n, 0.0)?;
+        let xc = xd.broadcast_sub(&mean)?;
+        let rstd = (plane_sums(&xc.sqr()?)?.affine(inv_n, eps)?)
+            .sqrt()?
+            .recip()?;
+        let y = xc
+            .broadcast_mul(&rstd.broadcast_mul(&gamma_d)?)?
+            .broadcast_add(&beta.detach().reshape((1, c, 1))?)?;
+        drop(xc);
+        let y = match residual_d {
+            Some(r) => (y + r)?,
+            None => y,
+        };
+        let y = match negative_slope {
+            Some(s) => leaky(&y, s)?,
+            None => y,
+        };
+        (y, Stats::Composed { mean, rstd })
     };
-    let y = match negative_slope {
-        Some(s) => leaky(&y, s)?,
-        None => y,
-    }
-    .reshape(dims.clone())?;
+    let y = y.reshape(dims.clone())?;
     let ctx = NormGrads {
         dims,
         flat,
-        mean,
-        rstd,
+        stats,
         gamma: gamma_d,
         slope: negative_slope,
         trains: [
@@ -339,15 +344,62 @@ fn plane_sums(t: &Tensor) -> Result<Tensor> {
     t.reshape((b, c, k, n / k))?.sum(3)?.sum_keepdim(2)
 }
 
+/// Whether [`norm_act`] runs the fused CUDA kernels (f32 CUDA tensors, with the `cuda` feature)
+/// rather than the composition of candle ops.
+fn fused(x: &Tensor) -> bool {
+    cfg!(feature = "cuda") && x.device().is_cuda() && x.dtype() == DType::F32
+}
+
+/// The forward of [`norm_act`] by the fused CUDA kernels: `x` and the residual (B, C, N).
+#[cfg(feature = "cuda")]
+fn fused_norm_act(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    negative_slope: Option<f64>,
+    residual: Option<&Tensor>,
+) -> Result<(Tensor, Stats)> {
+    use super::cuda_norm;
+    let stats = cuda_norm::stats(x, eps)?;
+    let y = cuda_norm::apply(
+        x,
+        &stats,
+        &gamma.detach(),
+        &beta.detach(),
+        residual,
+        negative_slope,
+    )?;
+    Ok((y, Stats::Fused(stats)))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn fused_norm_act(
+    _: &Tensor,
+    _: &Tensor,
+    _: &Tensor,
+    _: f64,
+    _: Option<f64>,
+    _: Option<&Tensor>,
+) -> Result<(Tensor, Stats)> {
+    Err(super::invalid(NAME_NORM, "built without the cuda feature"))
+}
+
+/// A norm's statistics, as its forward computed them.
+enum Stats {
+    /// mean and 1 / sqrt(var + eps), each (B, C, 1)
+    Composed { mean: Tensor, rstd: Tensor },
+    /// (B·C, 2): (mean, 1 / sqrt(var + eps)) per plane, from `cuda_norm::stats`
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Fused(Tensor),
+}
+
 /// What the backward of [`norm_act`] keeps from its forward: per-(sample, channel) statistics
 /// and γ, no full-size tensor.
 struct NormGrads {
     dims: Vec<usize>,
     flat: (usize, usize, usize),
-    /// (B, C, 1)
-    mean: Tensor,
-    /// 1 / sqrt(var + eps), (B, C, 1)
-    rstd: Tensor,
+    stats: Stats,
     /// (1, C, 1)
     gamma: Tensor,
     slope: Option<f64>,
@@ -367,41 +419,18 @@ impl NormGrads {
         dy: &Tensor,
         [nx, np, nr]: [bool; 3],
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (_, c, n) = self.flat;
-        let dy = dy.reshape(self.flat)?;
-        // the LeakyReLU's derivative read off the result: y > 0 ⇔ pre-activation > 0 (slope ≥ 0);
-        // at 0 it is the slope, as PyTorch's
-        let g = match self.slope {
-            Some(s) => res
-                .reshape(self.flat)?
-                .gt(0f32)?
-                .where_cond(&dy, &dy.affine(s, 0.0)?)?,
-            None => dy,
-        };
-        let dr = if nr {
-            Some(g.reshape(self.dims.clone())?)
-        } else {
-            None
-        };
-        if !nx && !np {
-            return Ok((None, None, dr));
-        }
-        let xhat = x
-            .reshape(self.flat)?
-            .broadcast_sub(&self.mean)?
-            .broadcast_mul(&self.rstd)?;
-        let sum_g = plane_sums(&g)?;
-        let sum_gx = plane_sums(&(&g * &xhat)?)?;
+        let c = self.flat.1;
         let bias_trains = np && self.trains[2];
-        // dx = γ·rstd·(g − mean(g) − x̂·mean(g·x̂))
-        let dx = if nx || bias_trains {
-            let inv_n = 1.0 / n as f64;
-            let centred = g.broadcast_sub(&sum_g.affine(inv_n, 0.0)?)?;
-            let d = (centred - xhat.broadcast_mul(&sum_gx.affine(inv_n, 0.0)?)?)?
-                .broadcast_mul(&self.rstd.broadcast_mul(&self.gamma)?)?;
-            Some(d)
-        } else {
-            None
+        let (dr, sums) = match &self.stats {
+            Stats::Composed { mean, rstd } => {
+                self.composed_grads(x, res, dy, mean, rstd, nr, np, nx || bias_trains)?
+            }
+            Stats::Fused(stats) => {
+                self.fused_grads(x, res, dy, stats, nr, np, nx || bias_trains)?
+            }
+        };
+        let Some((sum_g, sum_gx, dx)) = sums else {
+            return Ok((None, None, dr));
         };
         let dp = if np {
             let zeros = || Tensor::zeros(c, DType::F32, x.device());
@@ -432,7 +461,117 @@ impl NormGrads {
         };
         Ok((dx, dp, dr))
     }
+
+    /// The residual's gradient (if `nr`) and, if `nx` or `np`, the plane sums Σg and Σg·x̂
+    /// (B, C, 1) with dx (if `want_dx`), by candle ops (g = LeakyReLU'·dy, x̂ the normalised x).
+    #[allow(clippy::too_many_arguments)]
+    fn composed_grads(
+        &self,
+        x: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        nr: bool,
+        np: bool,
+        want_dx: bool,
+    ) -> Result<(Option<Tensor>, Option<PlaneGrads>)> {
+        let n = self.flat.2;
+        let dy = dy.reshape(self.flat)?;
+        // the LeakyReLU's derivative read off the result: y > 0 ⇔ pre-activation > 0 (slope ≥ 0);
+        // at 0 it is the slope, as PyTorch's
+        let g = match self.slope {
+            Some(s) => res
+                .reshape(self.flat)?
+                .gt(0f32)?
+                .where_cond(&dy, &dy.affine(s, 0.0)?)?,
+            None => dy,
+        };
+        let dr = if nr {
+            Some(g.reshape(self.dims.clone())?)
+        } else {
+            None
+        };
+        if !want_dx && !np {
+            return Ok((dr, None));
+        }
+        let xhat = x
+            .reshape(self.flat)?
+            .broadcast_sub(mean)?
+            .broadcast_mul(rstd)?;
+        let sum_g = plane_sums(&g)?;
+        let sum_gx = plane_sums(&(&g * &xhat)?)?;
+        // dx = γ·rstd·(g − mean(g) − x̂·mean(g·x̂))
+        let dx = if want_dx {
+            let inv_n = 1.0 / n as f64;
+            let centred = g.broadcast_sub(&sum_g.affine(inv_n, 0.0)?)?;
+            let d = (centred - xhat.broadcast_mul(&sum_gx.affine(inv_n, 0.0)?)?)?
+                .broadcast_mul(&rstd.broadcast_mul(&self.gamma)?)?;
+            Some(d)
+        } else {
+            None
+        };
+        Ok((dr, Some((sum_g, sum_gx, dx))))
+    }
+
+    /// [`Self::composed_grads`] by the fused CUDA kernels.
+    #[cfg(feature = "cuda")]
+    #[allow(clippy::too_many_arguments)]
+    fn fused_grads(
+        &self,
+        x: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+        stats: &Tensor,
+        nr: bool,
+        np: bool,
+        want_dx: bool,
+    ) -> Result<(Option<Tensor>, Option<PlaneGrads>)> {
+        use super::cuda_norm;
+        let (b, c, _) = self.flat;
+        let dy = dy.reshape(self.flat)?;
+        let res = res.reshape(self.flat)?;
+        let dr = match (nr, self.slope) {
+            (false, _) => None,
+            (true, Some(s)) => {
+                Some(cuda_norm::leaky_grad(&res, &dy, s)?.reshape(self.dims.clone())?)
+            }
+            (true, None) => Some(dy.reshape(self.dims.clone())?),
+        };
+        if !want_dx && !np {
+            return Ok((dr, None));
+        }
+        let x = x.reshape(self.flat)?;
+        let sums = cuda_norm::bwd_sums(&x, &res, &dy, stats, self.slope)?.reshape((b, c, 2))?;
+        let dx = if want_dx {
+            let gamma = self.gamma.reshape(c)?;
+            Some(cuda_norm::bwd_dx(
+                &x, &res, &dy, stats, &sums, &gamma, self.slope,
+            )?)
+        } else {
+            None
+        };
+        Ok((dr, Some((sums.narrow(2, 0, 1)?, sums.narrow(2, 1, 1)?, dx))))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[allow(clippy::too_many_arguments)]
+    fn fused_grads(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: bool,
+        _: bool,
+        _: bool,
+    ) -> Result<(Option<Tensor>, Option<PlaneGrads>)> {
+        Err(super::invalid(NAME_NORM, "built without the cuda feature"))
+    }
 }
+
+/// Σg and Σg·x̂ per plane (B, C, 1), and dx (B, C, N) where asked for.
+type PlaneGrads = (Tensor, Tensor, Option<Tensor>);
 
 /// `where(y > 0, y, slope·y)`.
 fn leaky(y: &Tensor, negative_slope: f64) -> Result<Tensor> {

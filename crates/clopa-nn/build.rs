@@ -1,0 +1,41 @@
+//! With the `cuda` feature: compiles the fused instance-norm kernels (src/ops/cuda_norm.cu) to
+//! PTX with nvcc, for the compute capability `CUDA_COMPUTE_CAP` (as candle-kernels does; default
+//! 90, the H100/H200). nvcc is `$CUDA_ROOT/bin/nvcc` if `CUDA_ROOT` is set, else the one on the
+//! PATH (scripts/build-cuda.sh sets both). Without the feature it does nothing.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo::rerun-if-changed=build.rs");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    println!("cargo::rerun-if-changed=src/ops/cuda_norm.cu");
+    println!("cargo::rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    println!("cargo::rerun-if-env-changed=CUDA_ROOT");
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".to_owned());
+    let nvcc = std::env::var_os("CUDA_ROOT").map_or_else(
+        || PathBuf::from("nvcc"),
+        |r| PathBuf::from(r).join("bin/nvcc"),
+    );
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let ptx = out.join("cuda_norm.ptx");
+    let status = Command::new(&nvcc)
+        .args(["--ptx", "-O3", "--std=c++17", &format!("-arch=sm_{cap}")])
+        .arg("src/ops/cuda_norm.cu")
+        .arg("-o")
+        .arg(&ptx)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} (the cuda feature needs nvcc): {e}",
+                nvcc.display()
+            )
+        });
+    assert!(
+        status.success(),
+        "{} failed on src/ops/cuda_norm.cu ({status})",
+        nvcc.display()
+    );
+}
