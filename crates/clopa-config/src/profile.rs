@@ -70,13 +70,20 @@ pub struct Profile {
     pub model: String,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// GPU convolution arithmetic: `fp32`, or `fp16` / `bf16` inputs with fp32 accumulation (like
-    /// PyTorch's autocast, which nnInteractive's own GPU inference uses). The CPU computes fp32.
+    /// GPU convolution arithmetic of inference (clopa-simulate): `fp32`, or `fp16` / `bf16` inputs
+    /// with fp32 accumulation (like PyTorch's autocast, which nnInteractive's own GPU inference
+    /// uses). The CPU computes fp32.
     /// Left out of the written profile when fp32, so that a `profile.toml` written by
     /// clopa-reproduce before the key existed still equals the same profile's text now (a rerun
     /// into that folder is not refused as another profile).
     #[serde(skip_serializing_if = "is_fp32")]
     pub precision: String,
+    /// The same for training episodes: `fp32` or `bf16` (fp16 has no loss scaling here, so its
+    /// gradients would underflow). A key of its own because the two differ in the paper's
+    /// settings: nnInteractive infers in fp16, and fp32 is the training path checked on a GPU.
+    /// Left out of the written profile when fp32, as `precision`.
+    #[serde(skip_serializing_if = "is_fp32")]
+    pub train_precision: String,
     /// Seed of everything else that is random (training patches, clicks, augmentation).
     pub seed: u64,
     /// Synthetic data to generate before the run (absent for real data).
@@ -156,6 +163,7 @@ const KEYS: &[&str] = &[
     "model",
     "device",
     "precision",
+    "train_precision",
     "seed",
     "synth",
 ];
@@ -203,6 +211,7 @@ impl Default for Profile {
             model: "models/nnInteractive_v1.0".into(),
             device: "cpu".into(),
             precision: "fp32".into(),
+            train_precision: "fp32".into(),
             seed: 0,
             synth: None,
         }
@@ -425,6 +434,17 @@ impl Profile {
                 format!("must be fp32, fp16 or bf16, got {:?}", self.precision),
             ));
         }
+        if !["fp32", "bf16"].contains(&self.train_precision.as_str()) {
+            return Err(invalid(
+                path,
+                "train_precision",
+                format!(
+                    "must be fp32 or bf16 (fp16 has no loss scaling here: its gradients \
+                     underflow), got {:?}",
+                    self.train_precision
+                ),
+            ));
+        }
         if let Some(s) = &self.synth {
             positive("synth.cases", s.cases)?;
             if s.size.contains(&0) {
@@ -475,6 +495,8 @@ mod tests {
         assert_eq!(p.precision, "fp32");
         // not written when fp32: provenance from before the key still matches
         assert!(p.to_json().get("precision").is_none());
+        assert_eq!(p.train_precision, "fp32");
+        assert!(p.to_json().get("train_precision").is_none());
         assert_eq!(p.tasks.len(), 8);
         p.validate(Path::new("default")).unwrap();
     }
@@ -493,6 +515,7 @@ mod tests {
             max_stream: Some(20),
             max_holdout: Some(7),
             precision: "bf16".into(),
+            train_precision: "bf16".into(),
             ..Profile::default()
         };
         let mut synth = SynthSettings::default();
@@ -524,6 +547,7 @@ mod tests {
         p.set("epochs", "3").unwrap();
         p.set("device", "cuda").unwrap();
         p.set("precision", "fp16").unwrap();
+        p.set("train_precision", "bf16").unwrap();
         p.set("patch", "[64, 64, 32]").unwrap();
         p.set("k_m", "0.25").unwrap();
         p.set("max_stream", "20").unwrap();
@@ -532,6 +556,7 @@ mod tests {
         assert_eq!(p.epochs, 3);
         assert_eq!(p.device, "cuda");
         assert_eq!(p.precision, "fp16");
+        assert_eq!(p.train_precision, "bf16");
         assert_eq!(p.patch, [64, 64, 32]);
         assert_eq!(p.k_m, 0.25);
         assert_eq!(p.max_stream, Some(20));
@@ -556,6 +581,12 @@ mod tests {
         assert!(e.contains("device"), "{e}");
         let e = p.set("precision", "fp8").unwrap_err().to_string();
         assert!(e.contains("precision") && e.contains("\"fp8\""), "{e}");
+        // fp16 infers but cannot train (no loss scaling)
+        let e = p.set("train_precision", "fp16").unwrap_err().to_string();
+        assert!(
+            e.contains("train_precision") && e.contains("loss scaling"),
+            "{e}"
+        );
         assert_eq!(p, before);
     }
 

@@ -95,8 +95,10 @@ fn every_profile_parses_and_names_existing_manifests() {
 fn paper_profile_is_the_default_on_a_gpu() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let paper = Profile::load(&root.join("pipelines/paper.toml")).unwrap();
+    // on a GPU, inference in fp16 as nnInteractive's (the default, fp32, is what the CPU runs)
     let expected = Profile {
         device: "cuda".into(),
+        precision: "fp16".into(),
         ..Profile::default()
     };
     assert_eq!(paper, expected);

@@ -44,7 +44,7 @@ pub struct Request {
     pub data_root: Option<PathBuf>,
     /// `cpu`, `cuda` or `cuda:N` [default: the profile's `device`].
     pub device: Option<String>,
-    /// GPU convolutions in `fp32`, `fp16` or `bf16` [default: the profile's `precision`].
+    /// GPU convolutions in `fp32` or `bf16` [default: the profile's `train_precision`].
     pub precision: Option<String>,
     /// Train even when the output exists with the same settings.
     pub force: bool,
@@ -82,7 +82,7 @@ pub fn resolve(req: &Request) -> anyhow::Result<(Profile, EpisodeConfig)> {
         p.device = v.clone();
     }
     if let Some(v) = &req.precision {
-        p.precision = v.clone();
+        p.train_precision = v.clone();
     }
     let cfg = EpisodeConfig {
         patch: p.patch,
@@ -173,7 +173,7 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     let (profile, cfg) = resolve(req)?;
     // before any work: a device that is not built in or not there is the user's to fix first
     let device = clopa_nn::device(&profile.device)?;
-    if profile.precision == "fp16" {
+    if profile.train_precision == "fp16" {
         // The loss gradients per voxel (~1e-7 at batch 2 and 128³, less at 192³) are at or below
         // fp16's smallest subnormal: without loss scaling every gradient would round to zero and
         // Adam would only apply weight decay. bf16 has fp32's exponent range.
@@ -182,7 +182,12 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
              use --precision bf16 or fp32 (fp16 is for clopa-simulate's inference)"
         );
     }
-    clopa_nn::ops::set_conv_precision(profile.precision.parse().map_err(anyhow::Error::msg)?);
+    clopa_nn::ops::set_conv_precision(
+        profile
+            .train_precision
+            .parse()
+            .map_err(anyhow::Error::msg)?,
+    );
 
     // --- the cache of this episode
     let (train_ids, val_ids) = clopa_schedule::cache_at(&rows, req.run, req.episode);
@@ -241,7 +246,7 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         "case_files": case_files,
         "init": req.init.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "init_sha256": init_sha256,
-        "precision": profile.precision,
+        "precision": profile.train_precision,
         "train": cfg,
     });
     if req.output.is_file() && log.is_file() {

@@ -123,7 +123,7 @@ struct Cli {
 
     /// GPU convolutions: fp32, or bf16 with fp32 accumulation (PyTorch's autocast; fp16 is
     /// refused: without loss scaling its gradients underflow) [default: the profile's
-    /// `precision`, else fp32; the CPU computes fp32].
+    /// `train_precision`, else fp32; the CPU computes fp32].
     #[arg(long, value_name = "P", value_parser = ["fp32", "fp16", "bf16"])]
     precision: Option<String>,
 

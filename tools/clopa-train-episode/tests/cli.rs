@@ -441,6 +441,23 @@ fn a_rerun_with_other_settings_retrains_and_force_retrains_the_same_settings() {
 }
 
 #[test]
+fn the_profiles_inference_precision_is_not_the_training_one() {
+    // pipelines/paper.toml infers in fp16 and trains in fp32: a profile's `precision` is
+    // clopa-simulate's, `train_precision` this tool's (fp16 would be refused here)
+    let f = Fixture::new();
+    let prof = clopa_config::Profile {
+        val_patches: 2,
+        precision: "fp16".into(),
+        ..Default::default()
+    };
+    std::fs::write(f.path("profile.toml"), prof.to_toml_string().unwrap()).unwrap();
+    let ck = f.path("ep1.safetensors");
+    f.cmd(1, "in", &ck).assert().success();
+    let c = clopa_nn::read_episode_checkpoint(&ck).unwrap();
+    assert!(c.metadata["clopa.config"].contains("\"precision\":\"fp32\""));
+}
+
+#[test]
 fn a_split_of_another_task_nan_weights_and_stdout_are_refused() {
     let f = Fixture::new();
     // A split whose rows belong to another task: exit 1 naming both tasks.
