@@ -24,7 +24,9 @@
 //! Tensors on another device (CUDA, Metal) go, after the same argument checks, to [`portable`]:
 //! the same ops composed of candle's own operations, tested against these kernels on the CPU.
 //! With the `cuda` feature, 3D convolutions of CUDA tensors run cuDNN's N-d convolution instead
-//! (`cudnn_conv3d.rs`), as PyTorch does.
+//! (`cudnn_conv3d.rs`), as PyTorch does, and the instance norm (with its residual and LeakyReLU)
+//! fused CUDA kernels (`cuda_norm.cu`). Both were checked on an H200 against these kernels
+//! (`examples/gpu_check` of clopa-adapt; BENCHMARKS.md).
 //!
 //! ```
 //! use candle_core::{Device, Tensor};

@@ -13,7 +13,9 @@
 //! * transposed convolution with kernel = stride = one matmul and a pixel shuffle.
 //! * average pooling with kernel = stride = a reshape and a sum.
 //! * instance norm = mean and biased variance over D·H·W (two-pass, f32); in the U-Net it also
-//!   takes the conv bias, the residual and the LeakyReLU ([`norm_act`]).
+//!   takes the conv bias, the residual and the LeakyReLU ([`norm_act`]). On CUDA (with the `cuda`
+//!   feature) it runs fused kernels instead (`cuda_norm.rs`; checked on a GPU, not by CI): the
+//!   composition took 7× PyTorch's time there.
 //! * LeakyReLU = `where(x > 0, x, slope·x)`, whose gradient at 0 is the slope, as in PyTorch.
 //!
 //! All but the convolution are *grafted* (see `Graft` below): computed from detached arguments and
