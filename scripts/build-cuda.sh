@@ -2,7 +2,8 @@
 # Builds clopa's CUDA binaries on a machine without a GPU or a CUDA toolkit, from PyPI wheels.
 #
 #   scripts/build-cuda.sh         # clopa-simulate, clopa-train-episode, clopa-model -> target/cuda/release/
-#                                 # and the GPU check -> target/cuda-check/ (scripts/gpu-check.sh)
+#                                 # and the GPU checks' payload -> target/cuda-check/ (scripts/gpu-check.sh,
+#                                 # scripts/gpu-tools-check.sh)
 #   scripts/build-cuda.sh --all   # every tool (clopa-reproduce and the polars ones too), for
 #                                 # `target/cuda/release/clopa-reproduce --profile pipelines/paper.toml`
 #
@@ -91,7 +92,7 @@ if $all; then
   cargo build --release --locked --workspace --bins --features "$features" --example gpu_check
 else
   cargo build --release --locked -p clopa-simulate -p clopa-train-episode -p clopa-model \
-    -p clopa-adapt --features "$features" --bins --example gpu_check
+    -p clopa-synth -p clopa-split -p clopa-adapt --features "$features" --bins --example gpu_check
 fi
 
 # 6. the check's payload: the stripped check binary, xz-compressed (50 MB stripped, 6 MB
@@ -104,6 +105,13 @@ stripped=$CARGO_TARGET_DIR/gpu_check-stripped
 strip -o "$stripped" "$CARGO_TARGET_DIR/release/examples/gpu_check"
 xz -6 -T0 -c "$stripped" > "$check/gpu_check.xz.part"
 mv "$check/gpu_check.xz.part" "$check/gpu_check.xz"
+# the tools for scripts/gpu-tools-check.sh (synth and split need no GPU; ~23 MB compressed)
+mkdir -p "$check/tools"
+for t in clopa-synth clopa-split clopa-simulate clopa-train-episode; do
+  strip -o "$CARGO_TARGET_DIR/$t-stripped" "$CARGO_TARGET_DIR/release/$t"
+  xz -6 -T0 -c "$CARGO_TARGET_DIR/$t-stripped" > "$check/tools/$t.xz.part"
+  mv "$check/tools/$t.xz.part" "$check/tools/$t.xz"
+done
 du -sh "$check" "$CARGO_TARGET_DIR"/release/clopa-* 2>/dev/null | grep -v '\.d$' >&2
 echo "build-cuda: to run here (no GPU: fails at cuInit, which shows every library resolves):" >&2
 echo "  LD_LIBRARY_PATH=$cuda_root/lib64/stubs:$cu/lib:$site/nvidia/cudnn/lib $stripped" >&2

@@ -22,7 +22,8 @@
 //!   whose gradient is rounding noise moves by ±lr either way: compare with `params_moved_rel`),
 //!   and seconds per step after the first.
 //! * `train-device-only` (not with `--no-paper-size`, not on the CPU): two steps at the paper's
-//!   192³, batch 2, on the device alone — whether they fit its memory, and their time.
+//!   192³, batch 2, on the device alone, fp32 and bf16 convolutions — whether they fit its memory,
+//!   their time and losses.
 //!
 //! `scripts/gpu_check.py` does the same forward and step in PyTorch; `scripts/gpu-check.sh`
 //! runs both on the device machine.
@@ -297,37 +298,45 @@ fn train(spec: &UNetSpec, dev: &Device, patch: usize, steps: usize) {
     );
 }
 
-/// Two training steps at the paper's patch (192³, batch 2) on the device alone: whether they fit
-/// in its memory (candle keeps every intermediate of the graph until the backward) and the time
-/// of the second. Errors (out of memory) are printed, not fatal.
+/// Two training steps at the paper's patch (192³, batch 2) on the device alone, with fp32 and
+/// with bf16 convolutions: whether they fit in its memory (candle keeps every intermediate of the
+/// graph until the backward), the time of the second, and both losses (bf16's against fp32's).
+/// Errors (out of memory) are printed, not fatal.
 fn train_device_only(spec: &UNetSpec, dev: &Device, patch: usize) {
     if dev.is_cpu() {
         return;
     }
-    let run = || -> BoxResult<Vec<f64>> {
+    let run = || -> BoxResult<(Vec<f64>, Vec<f64>)> {
         let mut tr = Trainer::new(spec, &clopa_testkit::random_weights(spec, 0), dev)?;
         let (x, y) = batch(patch, 3);
         let xt = Tensor::from_vec(x, (2, 8, patch, patch, patch), dev)?;
         let yt = Tensor::from_vec(y, (2, patch, patch, patch), dev)?;
-        let mut times = Vec::new();
+        let (mut times, mut losses) = (Vec::new(), Vec::new());
         for _ in 0..2 {
             let (r, s) = timed(dev, || tr.step(&xt, &yt));
-            r?;
+            losses.push(r?.0);
             times.push(s);
         }
-        Ok(times)
+        Ok((times, losses))
     };
-    let line = match run() {
-        Ok(t) => serde_json::json!({
-            "check": "train-device-only", "patch": patch, "batch": 2, "group": "in", "ok": true,
-            "device_s_per_step": t[1], "first_step_s": t[0],
-        }),
-        Err(e) => serde_json::json!({
-            "check": "train-device-only", "patch": patch, "batch": 2, "group": "in", "ok": false,
-            "error": e.to_string(),
-        }),
-    };
-    println!("{line}");
+    // fp32, then bf16 convolutions (what clopa-train-episode --precision bf16 runs)
+    for p in [ConvPrecision::F32, ConvPrecision::Bf16] {
+        clopa_nn::ops::set_conv_precision(p);
+        let r = run();
+        clopa_nn::ops::set_conv_precision(ConvPrecision::F32);
+        let line = match r {
+            Ok((t, losses)) => serde_json::json!({
+                "check": "train-device-only", "precision": format!("{p:?}"), "patch": patch,
+                "batch": 2, "group": "in", "ok": true, "device_s_per_step": t[1],
+                "first_step_s": t[0], "loss": losses,
+            }),
+            Err(e) => serde_json::json!({
+                "check": "train-device-only", "precision": format!("{p:?}"), "patch": patch,
+                "batch": 2, "group": "in", "ok": false, "error": e.to_string(),
+            }),
+        };
+        println!("{line}");
+    }
 }
 
 fn main() {
