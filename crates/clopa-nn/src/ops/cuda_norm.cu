@@ -9,6 +9,7 @@
 // stages, in f64: one partial per block, then one block per plane adds its partials — so a 192^3
 // plane keeps thousands of blocks busy, and the sums lose nothing to f32 rounding.
 
+// (cuda_norm.rs launches with the same THREADS and CHUNK: keep them equal)
 #define THREADS 256
 #define PER_THREAD 16
 #define CHUNK (THREADS * PER_THREAD)

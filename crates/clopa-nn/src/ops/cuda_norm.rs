@@ -20,7 +20,7 @@ use super::invalid;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cuda_norm.ptx"));
 const MODULE: &str = "clopa_cuda_norm";
-/// As in cuda_norm.cu: threads per block, elements per block.
+/// As in cuda_norm.cu (THREADS, CHUNK; keep them equal): threads per block, elements per block.
 const THREADS: u32 = 256;
 const CHUNK: usize = 4096;
 
@@ -92,6 +92,17 @@ impl CustomOp1 for Launch {
             .map(|(s, l)| view(s, l))
             .collect::<Result<Vec<_>>>()?;
         let (p, n) = (self.p, self.n);
+        // the lengths the kernels index by: a wrong caller would read out of bounds
+        let lens: &[usize] = match self.kind {
+            Kind::Stats { .. } => &[],
+            Kind::Apply { .. } => &[2 * p, self.c, self.c, p * n],
+            Kind::BwdSums { .. } => &[p * n, 2 * p, p * n],
+            Kind::BwdDx { .. } => &[p * n, 2 * p, 2 * p, self.c, p * n],
+            Kind::LeakyGrad { .. } => &[p * n],
+        };
+        if first.len() != p * n || held.iter().zip(lens).any(|(h, &len)| h.len() != len) {
+            return Err(invalid(NAME, "argument sizes do not match the planes"));
+        }
         let k = n.div_ceil(CHUNK);
         let (n64, c32) = (n as i64, self.c as i32);
         let null = 0usize;
@@ -205,6 +216,10 @@ fn run(
     held: &[&Tensor],
     (p, c, n): (usize, usize, usize),
 ) -> Result<Tensor> {
+    // (the kernels would take another GPU's pointers as this one's)
+    if held.iter().any(|t| !t.device().same_device(first.device())) {
+        return Err(invalid(NAME, "every argument must be on the same GPU"));
+    }
     let held = held
         .iter()
         .map(|t| t.detach().contiguous())

@@ -249,7 +249,8 @@ pub fn instance_norm3d(
 /// A bias before an instance norm moves each channel's mean by itself and cancels, so `x` is
 /// normalised alone (the same values up to rounding); its gradient — zero up to rounding, as
 /// PyTorch's — is still the sum of the input gradient, for the groups that train conv biases.
-/// The statistics are two-pass (mean, then the mean of squared deviations), in f32.
+/// The statistics are two-pass (mean, then the mean of squared deviations), in f32; on CUDA the
+/// fused kernels take one pass of f64 sums and squares instead (as exact for f32 data).
 pub fn norm_act(
     x: &Tensor,
     bias: Option<&Tensor>,
@@ -349,7 +350,14 @@ fn plane_sums(t: &Tensor) -> Result<Tensor> {
 /// Whether [`norm_act`] runs the fused CUDA kernels (f32 CUDA tensors, with the `cuda` feature)
 /// rather than the composition of candle ops.
 fn fused(x: &Tensor) -> bool {
-    cfg!(feature = "cuda") && x.device().is_cuda() && x.dtype() == DType::F32
+    // (the kernels put the B·C planes on a grid dimension of at most 65535 blocks, and launch no
+    // empty grid)
+    let planes = x.dims().iter().take(2).product::<usize>();
+    cfg!(feature = "cuda")
+        && x.device().is_cuda()
+        && x.dtype() == DType::F32
+        && x.elem_count() > 0
+        && planes <= 65535
 }
 
 /// The forward of [`norm_act`] by the fused CUDA kernels: `x` and the residual (B, C, N).
