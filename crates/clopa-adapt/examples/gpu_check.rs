@@ -13,8 +13,8 @@
 //! * `forward` with `precision` F16 / Bf16: the same with half-precision GPU convolutions (fp32
 //!   accumulation, like PyTorch's autocast), against the fp32 CPU logits, and the fraction of
 //!   voxels whose argmax differs.
-//! * `ops`: the device's time per op at the widest stage (32 channels at FWD_SIZE³): conv,
-//!   instance norm + LeakyReLU, and conv → norm → LeakyReLU forward + backward.
+//! * `ops`: the device's time per op at the widest stage (32 channels at FWD_SIZE³): conv (fp32
+//!   and fp16), instance norm + LeakyReLU, and conv → norm → LeakyReLU forward + backward.
 //! * `train`: STEPS steps of batch 2 at TRAIN_PATCH³, each forward + (1 − soft Dice + CE) +
 //!   backward + Adam (lr 1e-3, weight decay 1e-5) on the instance-norm affines, from the same
 //!   weights and data on both sides: each step's loss on both, the first step's gradients'
@@ -154,7 +154,8 @@ fn forward(spec: &UNetSpec, dev: &Device, size: usize, reps: usize) {
 }
 
 /// Where the device's time goes, per op of the network's widest stage (32 channels at SIZE³,
-/// batch 1): the 3×3×3 convolution, the instance norm + LeakyReLU, and conv → norm → LeakyReLU
+/// batch 1): the 3×3×3 convolution (fp32, and fp16 with its casts), the instance norm +
+/// LeakyReLU, and conv → norm → LeakyReLU
 /// forward + backward with respect to the input (what training runs for every layer). Best of
 /// REPS after one warm-up; `scripts/gpu_check.py` times the same in PyTorch.
 fn op_times(dev: &Device, size: usize, reps: usize) {
@@ -175,6 +176,10 @@ fn op_times(dev: &Device, size: usize, reps: usize) {
         best
     };
     let conv = time(&|| ops::conv3d(&x, &w, None, 1, 1).map(drop));
+    // the same with fp16 inputs (cast in and out included), against PyTorch's autocast conv
+    clopa_nn::ops::set_conv_precision(ConvPrecision::F16);
+    let conv16 = time(&|| ops::conv3d(&x, &w, None, 1, 1).map(drop));
+    clopa_nn::ops::set_conv_precision(ConvPrecision::F32);
     let norm = time(&|| ops::instance_norm3d(&x, &gamma, &beta, 1e-5, Some(0.01)).map(drop));
     let p = ops::ConvNorm {
         weight: &w,
@@ -194,7 +199,8 @@ fn op_times(dev: &Device, size: usize, reps: usize) {
         "{}",
         serde_json::json!({
             "check": "ops", "device": format!("{dev:?}"), "shape": [1, 32, size, size, size],
-            "conv3d_s": conv, "instance_norm_lrelu_s": norm, "conv_norm_lrelu_fwd_bwd_s": fwd_bwd,
+            "conv3d_s": conv, "conv3d_fp16_s": conv16, "instance_norm_lrelu_s": norm,
+            "conv_norm_lrelu_fwd_bwd_s": fwd_bwd,
         })
     );
 }
