@@ -24,6 +24,14 @@ build:
 build-cuda *args:
     scripts/build-cuda.sh {{args}}
 
+# On a GPU machine, after `just build-cuda` (or with its target/cuda-check carried there): the
+# network, its training step and the tools on the GPU against the CPU and PyTorch, in a few minutes;
+# results under $OUT (default /tmp/gpu-check and /tmp/gpu-tools-check). See BENCHMARKS.md.
+# Check a CUDA build on this machine's GPU against its CPU and PyTorch.
+gpu-check:
+    bash scripts/gpu-check.sh
+    bash scripts/gpu-tools-check.sh
+
 # Benchmarks (numbers go to BENCHMARKS.md; see there for the PyTorch side).
 # Each example prints its usage; the PyTorch / surface-distance counterparts are in scripts/.
 # Benchmarks against the references (see BENCHMARKS.md for the commands of each side).
