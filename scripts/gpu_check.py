@@ -103,23 +103,32 @@ def main():
         r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
         y = (r2 < (patch / 4) ** 2).long().expand(2, -1, -1, -1)
         reset()
-        times, losses = [], []
+        times, losses, phases = [], [], []
         for _ in range(steps):
+            # by phase, synchronised between (forward + loss, backward, Adam), as gpu_check's
             sync()
             t = time.perf_counter()
             with amp:
                 loss = pass_loss(net(xb).float(), y)
+            sync()
+            t1 = time.perf_counter()
             loss.backward()
+            sync()
+            t2 = time.perf_counter()
             opt.step()
             opt.zero_grad()
             sync()
-            times.append(time.perf_counter() - t)
+            t3 = time.perf_counter()
+            times.append(t3 - t)
+            phases = [t1 - t, t2 - t1, t3 - t2]
             losses.append(loss.item())
         rest = times[1:] or times
         print(json.dumps({"check": "torch-train", "device": gpu, "patch": patch,
                           "batch": 2, "group": "in", "steps": steps, "tf32": tf32,
                           "autocast_fp16": autocast, "loss": losses,
-                          "device_s_per_step": sum(rest) / len(rest), "peak_allocated_mib": peak_mib()}))
+                          "device_s_per_step": sum(rest) / len(rest),
+                          "last_step_phases_s": dict(zip(["forward_loss", "backward", "adam"], phases)),
+                          "peak_allocated_mib": peak_mib()}))
 
 
 if __name__ == "__main__":

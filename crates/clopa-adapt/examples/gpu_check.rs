@@ -226,16 +226,25 @@ impl Trainer {
 
     /// One step on `(x, y)`: the loss and the gradients it applied.
     fn step(&mut self, x: &Tensor, y: &Tensor) -> BoxResult<(f64, BTreeMap<String, Tensor>)> {
-        let loss = clopa_pass_loss(&self.net.forward(x)?, y)?;
+        let loss = self.loss(x, y)?;
+        let g = self.grads(&loss)?;
+        self.adam.step(&g)?;
+        Ok((loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, g))
+    }
+
+    /// The step's three phases: forward + loss, backward, and Adam (`step` = all three).
+    fn loss(&self, x: &Tensor, y: &Tensor) -> BoxResult<Tensor> {
+        Ok(clopa_pass_loss(&self.net.forward(x)?, y)?)
+    }
+
+    fn grads(&self, loss: &Tensor) -> BoxResult<BTreeMap<String, Tensor>> {
         let grads = loss.backward()?;
-        let g: BTreeMap<String, Tensor> = self
+        Ok(self
             .store
             .vars()
             .iter()
             .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|g| (k.clone(), g.clone())))
-            .collect();
-        self.adam.step(&g)?;
-        Ok((loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, g))
+            .collect())
     }
 }
 
@@ -306,22 +315,29 @@ fn train(spec: &UNetSpec, dev: &Device, patch: usize, steps: usize) {
 
 /// Two training steps at the paper's patch (192³, batch 2) on the device alone, with fp32 and
 /// with bf16 convolutions: whether they fit in its memory (candle keeps every intermediate of the
-/// graph until the backward), the time of the second, and both losses (bf16's against fp32's).
+/// graph until the backward), the time of the second by phase, and both losses (bf16's against
+/// fp32's).
 /// Errors (out of memory) are printed, not fatal.
 fn train_device_only(spec: &UNetSpec, dev: &Device, patch: usize) {
     if dev.is_cpu() {
         return;
     }
-    let run = || -> BoxResult<(Vec<f64>, Vec<f64>)> {
+    // each step timed by phase (forward + loss, backward, Adam), the device synchronised between
+    let run = || -> BoxResult<(Vec<[f64; 3]>, Vec<f64>)> {
         let mut tr = Trainer::new(spec, &clopa_testkit::random_weights(spec, 0), dev)?;
         let (x, y) = batch(patch, 3);
         let xt = Tensor::from_vec(x, (2, 8, patch, patch, patch), dev)?;
         let yt = Tensor::from_vec(y, (2, patch, patch, patch), dev)?;
         let (mut times, mut losses) = (Vec::new(), Vec::new());
         for _ in 0..2 {
-            let (r, s) = timed(dev, || tr.step(&xt, &yt));
-            losses.push(r?.0);
-            times.push(s);
+            let (loss, f) = timed(dev, || tr.loss(&xt, &yt));
+            let loss = loss?;
+            let (g, b) = timed(dev, || tr.grads(&loss));
+            let g = g?;
+            let (r, a) = timed(dev, || tr.adam.step(&g));
+            r?;
+            losses.push(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+            times.push([f, b, a]);
         }
         Ok((times, losses))
     };
@@ -333,8 +349,11 @@ fn train_device_only(spec: &UNetSpec, dev: &Device, patch: usize) {
         let line = match r {
             Ok((t, losses)) => serde_json::json!({
                 "check": "train-device-only", "precision": format!("{p:?}"), "patch": patch,
-                "batch": 2, "group": "in", "ok": true, "device_s_per_step": t[1],
-                "first_step_s": t[0], "loss": losses,
+                "batch": 2, "group": "in", "ok": true,
+                "device_s_per_step": t[1].iter().sum::<f64>(),
+                "first_step_s": t[0].iter().sum::<f64>(),
+                "forward_loss_s": t[1][0], "backward_s": t[1][1], "adam_s": t[1][2],
+                "loss": losses,
             }),
             Err(e) => serde_json::json!({
                 "check": "train-device-only", "precision": format!("{p:?}"), "patch": patch,
