@@ -6,8 +6,9 @@
 #   scripts/gpu-check.sh [SIZE] [PATCH] [STEPS] [REPS]     (defaults 192 96 2 3)
 #
 # PATCH is where clopa's GPU training steps are compared with its CPU's (the CPU side sets the
-# time: a 96³ step took 4.4 s on the H200 machine's 16 cores); both sides also train at the paper's 192³ on the GPU
-# alone (clopa: `train-device-only`; PyTorch: its second `torch-train` line).
+# time: a 96³ step took 4.4 s on the H200 machine's 16 cores); both sides also train at the
+# paper's 192³ on the GPU alone (clopa: `train-device-only`; PyTorch: its second `torch-train`
+# line).
 #
 # With the device tool:  run(command="bash scripts/gpu-check.sh", carry=["target/cuda-check"])
 # Writes $OUT (default /tmp/gpu-check): gpu.txt, clopa-smoke.jsonl (64³), clopa.jsonl, torch.jsonl
