@@ -13,14 +13,15 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::CudnnDataType;
+use candle_core::cuda_backend::cudarc::cudnn::result;
 use candle_core::cuda_backend::cudarc::cudnn::{
     ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn, sys,
 };
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
@@ -68,6 +69,189 @@ fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
         h.borrow_mut().insert(dev.id(), c.clone());
         Ok(c)
     })
+}
+
+/// Whether to pick each shape's algorithms by cuDNN's Find — every algorithm run once, the fastest
+/// taken, like PyTorch's `cudnn.benchmark = True`, which nnU-Net's training sets — instead of the
+/// first choice of cuDNN's heuristics: `CLOPA_CUDNN_BENCHMARK=1`. Off by default until a GPU run
+/// shows it pays (`scripts/gpu-check.sh` runs both; not run yet, BENCHMARKS.md).
+fn benchmark() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CLOPA_CUDNN_BENCHMARK").is_ok_and(|v| v == "1"))
+}
+
+/// Raw cuDNN descriptors of one convolution and a handle on the device's stream, for the Find
+/// calls (cudarc's safe descriptors keep their raw handles private); destroyed on drop.
+struct Raw {
+    h: sys::cudnnHandle_t,
+    x: sys::cudnnTensorDescriptor_t,
+    y: sys::cudnnTensorDescriptor_t,
+    w: sys::cudnnFilterDescriptor_t,
+    conv: sys::cudnnConvolutionDescriptor_t,
+    /// fp32 data: FMA math only, so an algorithm that needs tensor cores (TF32) is not taken
+    fp32: bool,
+}
+
+impl Raw {
+    /// The descriptors [`CudnnConv3d::launch`] builds with cudarc's safe API, built raw.
+    fn new<T: CudnnDataType + WithDType>(g: ConvGeom, stream: &CudaStream) -> Result<Raw> {
+        let mut raw = Raw {
+            h: result::create_handle()?,
+            x: std::ptr::null_mut(),
+            y: std::ptr::null_mut(),
+            w: std::ptr::null_mut(),
+            conv: std::ptr::null_mut(),
+            fp32: T::DTYPE == DType::F32,
+        };
+        // (each field is set before the next call can fail, so drop frees what exists)
+        let (xd, xs) = dims(g.in_dims());
+        let (yd, ys) = dims(g.out_dims());
+        let wd = g.w_dims().map(|v| v as i32);
+        let (p, st) = ([g.p as i32; 3], [g.s as i32; 3]);
+        // SAFETY: every descriptor is created just before it is set, and the arrays outlive the
+        // calls (cuDNN copies them).
+        unsafe {
+            result::set_stream(raw.h, stream.cu_stream() as sys::cudaStream_t)?;
+            raw.x = result::create_tensor_descriptor()?;
+            result::set_tensornd_descriptor(raw.x, T::DATA_TYPE, 5, xd.as_ptr(), xs.as_ptr())?;
+            raw.y = result::create_tensor_descriptor()?;
+            result::set_tensornd_descriptor(raw.y, T::DATA_TYPE, 5, yd.as_ptr(), ys.as_ptr())?;
+            raw.w = result::create_filter_descriptor()?;
+            result::set_filternd_descriptor(
+                raw.w,
+                T::DATA_TYPE,
+                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+                5,
+                wd.as_ptr(),
+            )?;
+            raw.conv = result::create_convolution_descriptor()?;
+            result::set_convolutionnd_descriptor(
+                raw.conv,
+                3,
+                p.as_ptr(),
+                st.as_ptr(),
+                [1i32; 3].as_ptr(),
+                sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                <f32 as CudnnDataType>::DATA_TYPE,
+            )?;
+            result::set_convolution_math_type(
+                raw.conv,
+                if raw.fp32 {
+                    sys::cudnnMathType_t::CUDNN_FMA_MATH
+                } else {
+                    sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+                },
+            )?;
+        }
+        Ok(raw)
+    }
+
+    /// Whether a Find result can be taken: it ran, and in fp32 without tensor cores.
+    fn usable(&self, status: sys::cudnnStatus_t, math: sys::cudnnMathType_t) -> bool {
+        use sys::cudnnMathType_t::{CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION};
+        status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
+            && !(self.fp32
+                && matches!(
+                    math,
+                    CUDNN_TENSOR_OP_MATH | CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
+                ))
+    }
+
+    /// The fastest usable forward algorithm by Find (results come fastest first), if any.
+    fn find_fwd(&self) -> Result<Option<sys::cudnnConvolutionFwdAlgo_t>> {
+        let mut n = 0;
+        // SAFETY: zeroed perf structs are plain data; cuDNN writes the first `n`.
+        let mut perf = [unsafe { std::mem::zeroed::<sys::cudnnConvolutionFwdAlgoPerf_t>() }; 8];
+        // SAFETY: the descriptors and handle are live; cuDNN allocates and frees its buffers.
+        unsafe {
+            sys::cudnnFindConvolutionForwardAlgorithm(
+                self.h,
+                self.x,
+                self.w,
+                self.conv,
+                self.y,
+                8,
+                &mut n,
+                perf.as_mut_ptr(),
+            )
+        }
+        .result()?;
+        Ok(perf[..n.max(0) as usize]
+            .iter()
+            .find(|r| self.usable(r.status, r.mathType))
+            .map(|r| r.algo))
+    }
+
+    /// [`Self::find_fwd`] for the input gradient.
+    fn find_bwd_data(&self) -> Result<Option<sys::cudnnConvolutionBwdDataAlgo_t>> {
+        let mut n = 0;
+        // SAFETY: as in find_fwd.
+        let mut perf = [unsafe { std::mem::zeroed::<sys::cudnnConvolutionBwdDataAlgoPerf_t>() }; 6];
+        // SAFETY: as in find_fwd.
+        unsafe {
+            sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                self.h,
+                self.w,
+                self.y,
+                self.conv,
+                self.x,
+                6,
+                &mut n,
+                perf.as_mut_ptr(),
+            )
+        }
+        .result()?;
+        Ok(perf[..n.max(0) as usize]
+            .iter()
+            .find(|r| self.usable(r.status, r.mathType))
+            .map(|r| r.algo))
+    }
+
+    /// [`Self::find_fwd`] for the kernel gradient.
+    fn find_bwd_filter(&self) -> Result<Option<sys::cudnnConvolutionBwdFilterAlgo_t>> {
+        let mut n = 0;
+        // SAFETY: as in find_fwd.
+        let mut perf =
+            [unsafe { std::mem::zeroed::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>() }; 7];
+        // SAFETY: as in find_fwd.
+        unsafe {
+            sys::cudnnFindConvolutionBackwardFilterAlgorithm(
+                self.h,
+                self.x,
+                self.y,
+                self.conv,
+                self.w,
+                7,
+                &mut n,
+                perf.as_mut_ptr(),
+            )
+        }
+        .result()?;
+        Ok(perf[..n.max(0) as usize]
+            .iter()
+            .find(|r| self.usable(r.status, r.mathType))
+            .map(|r| r.algo))
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        // SAFETY: each was created once by Raw::new (null where it was not) and is freed once.
+        unsafe {
+            if !self.conv.is_null() {
+                let _ = result::destroy_convolution_descriptor(self.conv);
+            }
+            if !self.w.is_null() {
+                let _ = result::destroy_filter_descriptor(self.w);
+            }
+            for d in [self.x, self.y] {
+                if !d.is_null() {
+                    let _ = result::destroy_tensor_descriptor(d);
+                }
+            }
+            let _ = result::destroy_handle(self.h);
+        }
+    }
 }
 
 /// Which of the three computations an op runs.
@@ -224,7 +408,11 @@ impl CudnnConv3d {
                     y: &y_desc,
                 };
                 let (algo, bytes) = choice(&FWD, key, || {
-                    let a = op.pick_algorithm()?;
+                    let a = match benchmark() {
+                        true => Raw::new::<T>(g, &stream)?.find_fwd()?,
+                        false => None,
+                    };
+                    let a = a.map_or_else(|| op.pick_algorithm(), Ok)?;
                     Ok((a, op.get_workspace_size(a)?))
                 })?;
                 let mut ws = workspace(bytes)?;
@@ -239,7 +427,11 @@ impl CudnnConv3d {
                     dy: &y_desc,
                 };
                 let (algo, bytes) = choice(&BWD_DATA, key, || {
-                    let a = op.pick_algorithm()?;
+                    let a = match benchmark() {
+                        true => Raw::new::<T>(g, &stream)?.find_bwd_data()?,
+                        false => None,
+                    };
+                    let a = a.map_or_else(|| op.pick_algorithm(), Ok)?;
                     Ok((a, op.get_workspace_size(a)?))
                 })?;
                 let mut ws = workspace(bytes)?;
@@ -254,7 +446,11 @@ impl CudnnConv3d {
                     dy: &y_desc,
                 };
                 let (algo, bytes) = choice(&BWD_FILTER, key, || {
-                    let a = op.pick_algorithm()?;
+                    let a = match benchmark() {
+                        true => Raw::new::<T>(g, &stream)?.find_bwd_filter()?,
+                        false => None,
+                    };
+                    let a = a.map_or_else(|| op.pick_algorithm(), Ok)?;
                     Ok((a, op.get_workspace_size(a)?))
                 })?;
                 let mut ws = workspace(bytes)?;
