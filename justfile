@@ -29,8 +29,8 @@ build-cuda *args:
 # results under $OUT (default /tmp/gpu-check and /tmp/gpu-tools-check). See BENCHMARKS.md.
 # Check a CUDA build on this machine's GPU against its CPU and PyTorch.
 gpu-check:
-    bash scripts/gpu-check.sh
     bash scripts/gpu-tools-check.sh
+    bash scripts/gpu-check.sh
 
 # Benchmarks (numbers go to BENCHMARKS.md; see there for the PyTorch side).
 # Each example prints its usage; the PyTorch / surface-distance counterparts are in scripts/.

@@ -11,12 +11,14 @@
 # line).
 #
 # With the device tool:  run(command="bash scripts/gpu-check.sh", carry=["target/cuda-check"])
-# Writes $OUT (default /tmp/gpu-check): gpu.txt, clopa-smoke.jsonl (64³), clopa.jsonl, torch.jsonl
-# (fp32 with TF32 off, autocast fp16 as nnInteractive, TF32 as PyTorch's default) and the peak of
-# nvidia-smi's memory.used during each (mem.txt), and prints them all.
+# Writes $OUT (default /tmp/gpu-check): gpu.txt, clopa-smoke.jsonl (64³), clopa.jsonl (cuDNN's
+# algorithms by its heuristics, then by its Find), torch.jsonl (fp32 with TF32 off, autocast fp16 as
+# nnInteractive, TF32 as PyTorch's default, fp32 with cudnn.benchmark) and the peak of nvidia-smi's
+# memory.used during each (mem.txt), and prints them all.
 #
-# Both GPU checks in one call of the device tool (~3 min on an H200; 7 files back):
-#   run(command="bash scripts/gpu-check.sh; bash scripts/gpu-tools-check.sh", carry=["target/cuda-check"])
+# Both GPU checks in one call of the device tool (~3–5 min on an H200; 7 files back), the tools
+# first since this script's last part (cuDNN's Find) may run long:
+#   run(command="bash scripts/gpu-tools-check.sh; bash scripts/gpu-check.sh", carry=["target/cuda-check"])
 set -uo pipefail
 
 size=${1:-192} patch=${2:-96} steps=${3:-2} reps=${4:-3}
@@ -29,7 +31,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out
 nproc | sed 's/^/cpu cores: /' | tee -a "$out/gpu.txt"
 
 # clopa first (the unknown side): a smoke test that fails fast, then the check; then PyTorch.
-# The device tool stops a command at 600 s and the timeouts below add up to 540 s; every line is
+# The device tool stops a command at 600 s and the timeouts below add up to 650 s (the first run
+# took 87 s in all, before the Find run and the benchmark line were added); every line is
 # written as it is printed, so a run cut short still leaves what it measured.
 bin=/tmp/gpu-check-bin/gpu_check
 unpack "$dist/gpu_check.xz" "$bin" || exit 1
@@ -37,13 +40,22 @@ export RUST_BACKTRACE=1
 # (the check itself only when the smoke test passed: a broken build would spend its 300 s on nothing)
 if peak clopa-smoke timeout -k 5 60 "$bin" cuda 64 64 1 1 --no-paper-size |
   tee "$out/clopa-smoke.jsonl"; then
-  peak clopa timeout -k 5 300 "$bin" cuda "$size" "$patch" "$steps" "$reps" | tee "$out/clopa.jsonl"
+  peak clopa timeout -k 5 200 "$bin" cuda "$size" "$patch" "$steps" "$reps" | tee "$out/clopa.jsonl"
+  smoke=ok
 else
   echo "gpu-check: the smoke test failed; clopa's check skipped" >&2
+  smoke=failed
 fi
 # (one file for the three: the device tool sends back 8 files at most, gpu-tools-check.sh's too)
-for mode in fp32:"" autocast:--autocast tf32:--tf32; do
+for mode in fp32:"" autocast:--autocast tf32:--tf32 benchmark:--benchmark; do
   name=torch-${mode%%:*}
   peak "$name" timeout -k 5 60 "$py" -u scripts/gpu_check.py "$size" "$patch,192" "$steps" "$reps" ${mode#*:} |
     tee -a "$out/torch.jsonl"
 done
+# Last, as it may take longest (cuDNN's Find runs every algorithm once per shape): clopa with
+# cuDNN's algorithms by Find, PyTorch's cudnn.benchmark counterpart (the torch `benchmark` line
+# above). The same lines after a `config` line saying so.
+if [ "$smoke" = ok ]; then
+  CLOPA_CUDNN_BENCHMARK=1 peak clopa-find timeout -k 5 150 "$bin" cuda "$size" "$patch" "$steps" "$reps" |
+    tee -a "$out/clopa.jsonl"
+fi

@@ -10,10 +10,11 @@ best of REPS forward timings after one warm-up, the per-op timings at the widest
 at SIZE^3: conv, instance norm + LeakyReLU, conv -> norm -> LeakyReLU forward + backward), the mean
 step time after the first, and torch.cuda.max_memory_allocated for each.
 
-    python scripts/gpu_check.py [SIZE] [PATCH] [STEPS] [REPS] [--tf32] [--autocast]
+    python scripts/gpu_check.py [SIZE] [PATCH] [STEPS] [REPS] [--tf32] [--autocast] [--benchmark]
 
 --autocast runs both under torch.autocast(fp16), as nnInteractive's GPU inference does (clopa's
-counterpart: gpu_check's fp16 forward).
+counterpart: gpu_check's fp16 forward). --benchmark sets torch.backends.cudnn.benchmark (clopa's
+counterpart: CLOPA_CUDNN_BENCHMARK=1).
 """
 import json
 import os
@@ -30,6 +31,8 @@ def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     tf32 = "--tf32" in sys.argv
     autocast = "--autocast" in sys.argv
+    # cuDNN's algorithms by benchmark (nnU-Net's training sets it) instead of its heuristics
+    torch.backends.cudnn.benchmark = "--benchmark" in sys.argv
     size, patches, steps, reps = (args + ["192", "128", "3", "3"][len(args):])[:4]
     size, steps, reps = int(size), int(steps), int(reps)
     torch.backends.cudnn.allow_tf32 = tf32
@@ -57,7 +60,7 @@ def main():
             if i > 0:  # the first is the warm-up
                 best = min(best, time.perf_counter() - t)
     print(json.dumps({"check": "torch-forward", "device": gpu, "size": size,
-                      "tf32": tf32, "autocast_fp16": autocast, "device_s": best,
+                      "tf32": tf32, "autocast_fp16": autocast, "cudnn_benchmark": torch.backends.cudnn.benchmark, "device_s": best,
                       "peak_allocated_mib": peak_mib()}))
     del x
 
@@ -90,7 +93,7 @@ def main():
         conv_s = best_of(lambda: F.conv3d(xo, w, padding=1))
         norm_s = best_of(lambda: F.leaky_relu(F.instance_norm(xo, weight=g, bias=b, eps=1e-5), 0.01, inplace=True))
     print(json.dumps({"check": "torch-ops", "device": gpu, "shape": [1, 32, size, size, size],
-                      "tf32": tf32, "autocast_fp16": autocast, "conv3d_s": conv_s,
+                      "tf32": tf32, "autocast_fp16": autocast, "cudnn_benchmark": torch.backends.cudnn.benchmark, "conv3d_s": conv_s,
                       "instance_norm_lrelu_s": norm_s, "conv_norm_lrelu_fwd_bwd_s": best_of(fwd_bwd)}))
     del xo
 
@@ -125,7 +128,7 @@ def main():
         rest = times[1:] or times
         print(json.dumps({"check": "torch-train", "device": gpu, "patch": patch,
                           "batch": 2, "group": "in", "steps": steps, "tf32": tf32,
-                          "autocast_fp16": autocast, "loss": losses,
+                          "autocast_fp16": autocast, "cudnn_benchmark": torch.backends.cudnn.benchmark, "loss": losses,
                           "device_s_per_step": sum(rest) / len(rest),
                           "last_step_phases_s": dict(zip(["forward_loss", "backward", "adam"], phases)),
                           "peak_allocated_mib": peak_mib()}))
