@@ -80,6 +80,16 @@ fn benchmark() -> bool {
     *ON.get_or_init(|| std::env::var("CLOPA_CUDNN_BENCHMARK").is_ok_and(|v| v == "1"))
 }
 
+/// A Find's choice, or `None` to take the heuristics' — also when Find failed (it allocates its
+/// own buffers with cudaMalloc beside candle's pool, and may run out of memory where the launch
+/// would not); the failure is said on stderr, as this mode is an experiment.
+fn found<A>(g: ConvGeom, r: Result<Option<A>>) -> Option<A> {
+    r.unwrap_or_else(|e| {
+        eprintln!("clopa: cuDNN's Find failed for {g:?} ({e}); taking its heuristics' choice");
+        None
+    })
+}
+
 /// Raw cuDNN descriptors of one convolution and a handle on the device's stream, for the Find
 /// calls (cudarc's safe descriptors keep their raw handles private); destroyed on drop.
 struct Raw {
@@ -95,6 +105,9 @@ struct Raw {
 impl Raw {
     /// The descriptors [`CudnnConv3d::launch`] builds with cudarc's safe API, built raw.
     fn new<T: CudnnDataType + WithDType>(g: ConvGeom, stream: &CudaStream) -> Result<Raw> {
+        // cudnnCreate needs the device's context current on this thread (cudarc's Cudnn::new
+        // binds it too)
+        stream.context().bind_to_thread()?;
         let mut raw = Raw {
             h: result::create_handle()?,
             x: std::ptr::null_mut(),
@@ -146,15 +159,20 @@ impl Raw {
         Ok(raw)
     }
 
-    /// Whether a Find result can be taken: it ran, and in fp32 without tensor cores.
+    /// Whether a Find result can be taken: it ran, with the math the launch sets — in fp32 no
+    /// tensor cores (no TF32), in fp16/bf16 tensor cores (so what was timed is what runs).
     fn usable(&self, status: sys::cudnnStatus_t, math: sys::cudnnMathType_t) -> bool {
         use sys::cudnnMathType_t::{CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION};
+        let tensor_cores = matches!(
+            math,
+            CUDNN_TENSOR_OP_MATH | CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
+        );
         status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
-            && !(self.fp32
-                && matches!(
-                    math,
-                    CUDNN_TENSOR_OP_MATH | CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
-                ))
+            && if self.fp32 {
+                !tensor_cores
+            } else {
+                math == CUDNN_TENSOR_OP_MATH
+            }
     }
 
     /// The fastest usable forward algorithm by Find (results come fastest first), if any.
@@ -408,10 +426,9 @@ impl CudnnConv3d {
                     y: &y_desc,
                 };
                 let (algo, bytes) = choice(&FWD, key, || {
-                    let a = match benchmark() {
-                        true => Raw::new::<T>(g, &stream)?.find_fwd()?,
-                        false => None,
-                    };
+                    let a = benchmark()
+                        .then(|| found(g, Raw::new::<T>(g, &stream).and_then(|r| r.find_fwd())))
+                        .flatten();
                     let a = a.map_or_else(|| op.pick_algorithm(), Ok)?;
                     Ok((a, op.get_workspace_size(a)?))
                 })?;
@@ -427,10 +444,11 @@ impl CudnnConv3d {
                     dy: &y_desc,
                 };
                 let (algo, bytes) = choice(&BWD_DATA, key, || {
-                    let a = match benchmark() {
-                        true => Raw::new::<T>(g, &stream)?.find_bwd_data()?,
-                        false => None,
-                    };
+                    let a = benchmark()
+                        .then(|| {
+                            found(g, Raw::new::<T>(g, &stream).and_then(|r| r.find_bwd_data()))
+                        })
+                        .flatten();
                     let a = a.map_or_else(|| op.pick_algorithm(), Ok)?;
                     Ok((a, op.get_workspace_size(a)?))
                 })?;
@@ -446,10 +464,14 @@ impl CudnnConv3d {
                     dy: &y_desc,
                 };
                 let (algo, bytes) = choice(&BWD_FILTER, key, || {
-                    let a = match benchmark() {
-                        true => Raw::new::<T>(g, &stream)?.find_bwd_filter()?,
-                        false => None,
-                    };
+                    let a = benchmark()
+                        .then(|| {
+                            found(
+                                g,
+                                Raw::new::<T>(g, &stream).and_then(|r| r.find_bwd_filter()),
+                            )
+                        })
+                        .flatten();
                     let a = a.map_or_else(|| op.pick_algorithm(), Ok)?;
                     Ok((a, op.get_workspace_size(a)?))
                 })?;
