@@ -29,6 +29,22 @@ __device__ __forceinline__ double block_sum(double v, double* shared) {
     return v;
 }
 
+// The sums of plane blockIdx.x's K partials (x and y apart), in thread 0: the second stage of
+// every plane sum. One block per plane.
+__device__ __forceinline__ double2 plane_total(const double2* part, int K) {
+    __shared__ double s1[THREADS / 32], s2[THREADS / 32];
+    long long p = blockIdx.x;
+    double a = 0.0, b = 0.0;
+    for (int k = threadIdx.x; k < K; k += THREADS) {
+        double2 v = part[p * K + k];
+        a += v.x;
+        b += v.y;
+    }
+    a = block_sum(a, s1);
+    b = block_sum(b, s2);
+    return make_double2(a, b);
+}
+
 // LeakyReLU's derivative read off the activation's output y (y > 0 iff its input > 0 for a slope
 // >= 0; at 0 it is the slope, as PyTorch's). Without an activation, 1.
 __device__ __forceinline__ float act_grad(const float* y, long long i, float dy, int has_slope,
@@ -55,20 +71,11 @@ extern "C" __global__ void clopa_norm_stats_partial(const float* x, double2* par
 // plane.
 extern "C" __global__ void clopa_norm_stats_final(const double2* part, float2* stats, int K,
                                                   long long n, double eps) {
-    __shared__ double s1[THREADS / 32], s2[THREADS / 32];
-    long long p = blockIdx.x;
-    double a = 0.0, b = 0.0;
-    for (int k = threadIdx.x; k < K; k += THREADS) {
-        double2 v = part[p * K + k];
-        a += v.x;
-        b += v.y;
-    }
-    a = block_sum(a, s1);
-    b = block_sum(b, s2);
+    double2 t = plane_total(part, K);
     if (threadIdx.x == 0) {
-        double mean = a / (double)n;
-        double var = fmax(b / (double)n - mean * mean, 0.0);
-        stats[p] = make_float2((float)mean, (float)(1.0 / sqrt(var + eps)));
+        double mean = t.x / (double)n;
+        double var = fmax(t.y / (double)n - mean * mean, 0.0);
+        stats[blockIdx.x] = make_float2((float)mean, (float)(1.0 / sqrt(var + eps)));
     }
 }
 
@@ -111,17 +118,8 @@ extern "C" __global__ void clopa_norm_bwd_partial(const float* x, const float* y
 
 // sums[p] = (sum of g, sum of g * xhat) over plane p, from its K partials. One block per plane.
 extern "C" __global__ void clopa_norm_bwd_final(const double2* part, float2* sums, int K) {
-    __shared__ double s1[THREADS / 32], s2[THREADS / 32];
-    long long p = blockIdx.x;
-    double a = 0.0, b = 0.0;
-    for (int k = threadIdx.x; k < K; k += THREADS) {
-        double2 v = part[p * K + k];
-        a += v.x;
-        b += v.y;
-    }
-    a = block_sum(a, s1);
-    b = block_sum(b, s2);
-    if (threadIdx.x == 0) sums[p] = make_float2((float)a, (float)b);
+    double2 t = plane_total(part, K);
+    if (threadIdx.x == 0) sums[blockIdx.x] = make_float2((float)t.x, (float)t.y);
 }
 
 // dx = gamma[c] * rstd * (g - mean(g) - xhat * mean(g * xhat)).

@@ -13,7 +13,9 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaView, LaunchArgs, LaunchConfig, PushKernelArg,
+};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 
 use super::invalid;
@@ -49,10 +51,7 @@ struct Launch {
 }
 
 /// A contiguous f32 view of a CUDA storage.
-fn view<'a>(s: &'a Storage, l: &Layout) -> Result<CudaView<'a, f32>> {
-    let Storage::Cuda(s) = s else {
-        return Err(invalid(NAME, "every argument must be on the GPU"));
-    };
+fn view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
     let (a, b) = l
         .contiguous_offsets()
         .ok_or_else(|| invalid(NAME, "arguments must be contiguous"))?;
@@ -60,6 +59,18 @@ fn view<'a>(s: &'a Storage, l: &Layout) -> Result<CudaView<'a, f32>> {
 }
 
 const NAME: &str = "instance_norm3d (CUDA)";
+
+/// Pushes `v`, or a null pointer where it is absent (the kernels' optional arguments).
+fn arg_or_null<'a, 'b: 'a, 'c: 'b>(
+    bld: &mut LaunchArgs<'a>,
+    v: Option<&'b CudaView<'c, f32>>,
+    null: &'b usize,
+) {
+    match v {
+        Some(v) => bld.arg(v),
+        None => bld.arg(null),
+    };
+}
 
 fn grid(k: usize, p: usize) -> LaunchConfig {
     LaunchConfig {
@@ -82,14 +93,14 @@ impl CustomOp1 for Launch {
         let dev = s.device().clone();
         let stream = dev.cuda_stream();
         let func = |name: &str| dev.get_or_load_custom_func(name, MODULE, PTX);
-        let (a, b) = l
-            .contiguous_offsets()
-            .ok_or_else(|| invalid(NAME, "arguments must be contiguous"))?;
-        let first = s.as_cuda_slice::<f32>()?.slice(a..b);
+        let first = view(s, l)?;
         let guards: Vec<_> = self.held.iter().map(Tensor::storage_and_layout).collect();
         let held = guards
             .iter()
-            .map(|(s, l)| view(s, l))
+            .map(|(s, l)| match &**s {
+                Storage::Cuda(s) => view(s, l),
+                _ => Err(invalid(NAME, "every argument must be on the GPU")),
+            })
             .collect::<Result<Vec<_>>>()?;
         let (p, n) = (self.p, self.n);
         // the lengths the kernels index by: a wrong caller would read out of bounds
@@ -131,11 +142,7 @@ impl CustomOp1 for Launch {
                 let f = func("clopa_norm_apply")?;
                 let mut bld = f.builder();
                 bld.arg(&first).arg(&held[0]).arg(&held[1]).arg(&held[2]);
-                if residual {
-                    bld.arg(&held[3]);
-                } else {
-                    bld.arg(&null);
-                }
+                arg_or_null(&mut bld, residual.then(|| &held[3]), &null);
                 bld.arg(&mut y).arg(&n64).arg(&c32).arg(&has).arg(&s);
                 unsafe { bld.launch(grid(k, p)) }.w()?;
                 (y, l.shape().clone())
@@ -147,11 +154,7 @@ impl CustomOp1 for Launch {
                 let f = func("clopa_norm_bwd_partial")?;
                 let mut bld = f.builder();
                 bld.arg(&first);
-                if slope.is_some() {
-                    bld.arg(&held[2]);
-                } else {
-                    bld.arg(&null);
-                }
+                arg_or_null(&mut bld, slope.map(|_| &held[2]), &null);
                 bld.arg(&held[0]).arg(&held[1]).arg(&mut part).arg(&n64);
                 bld.arg(&has).arg(&s);
                 unsafe { bld.launch(grid(k, p)) }.w()?;
@@ -168,11 +171,7 @@ impl CustomOp1 for Launch {
                 let f = func("clopa_norm_bwd_dx")?;
                 let mut bld = f.builder();
                 bld.arg(&first);
-                if slope.is_some() {
-                    bld.arg(&held[4]);
-                } else {
-                    bld.arg(&null);
-                }
+                arg_or_null(&mut bld, slope.map(|_| &held[4]), &null);
                 bld.arg(&held[0]).arg(&held[1]).arg(&held[2]).arg(&held[3]);
                 bld.arg(&mut dx).arg(&n64).arg(&c32).arg(&has).arg(&s);
                 unsafe { bld.launch(grid(k, p)) }.w()?;

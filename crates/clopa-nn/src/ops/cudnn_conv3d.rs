@@ -80,11 +80,14 @@ fn benchmark() -> bool {
     *ON.get_or_init(|| std::env::var("CLOPA_CUDNN_BENCHMARK").is_ok_and(|v| v == "1"))
 }
 
-/// A Find's choice, or `None` to take the heuristics' — also when Find failed (it allocates its
+/// A Find's choice in [`benchmark`] mode, or `None` to take the heuristics' — also when Find failed (it allocates its
 /// own buffers with cudaMalloc beside candle's pool, and may run out of memory where the launch
 /// would not); the failure is said on stderr, as this mode is an experiment.
-fn found<A>(g: ConvGeom, r: Result<Option<A>>) -> Option<A> {
-    r.unwrap_or_else(|e| {
+fn found<A>(g: ConvGeom, find: impl FnOnce() -> Result<Option<A>>) -> Option<A> {
+    if !benchmark() {
+        return None;
+    }
+    find().unwrap_or_else(|e| {
         eprintln!("clopa: cuDNN's Find failed for {g:?} ({e}); taking its heuristics' choice");
         None
     })
@@ -175,6 +178,20 @@ impl Raw {
             }
     }
 
+    /// The algorithm of the first (fastest) of Find's `n` results that [`Self::usable`] takes.
+    fn fastest<P, A>(
+        &self,
+        perf: &[P],
+        n: i32,
+        fields: impl Fn(&P) -> (sys::cudnnStatus_t, sys::cudnnMathType_t, A),
+    ) -> Option<A> {
+        perf[..(n.max(0) as usize).min(perf.len())]
+            .iter()
+            .map(fields)
+            .find(|&(status, math, _)| self.usable(status, math))
+            .map(|(_, _, algo)| algo)
+    }
+
     /// The fastest usable forward algorithm by Find (results come fastest first), if any.
     fn find_fwd(&self) -> Result<Option<sys::cudnnConvolutionFwdAlgo_t>> {
         let mut n = 0;
@@ -188,16 +205,13 @@ impl Raw {
                 self.w,
                 self.conv,
                 self.y,
-                8,
+                perf.len() as i32,
                 &mut n,
                 perf.as_mut_ptr(),
             )
         }
         .result()?;
-        Ok(perf[..n.max(0) as usize]
-            .iter()
-            .find(|r| self.usable(r.status, r.mathType))
-            .map(|r| r.algo))
+        Ok(self.fastest(&perf, n, |r| (r.status, r.mathType, r.algo)))
     }
 
     /// [`Self::find_fwd`] for the input gradient.
@@ -213,16 +227,13 @@ impl Raw {
                 self.y,
                 self.conv,
                 self.x,
-                6,
+                perf.len() as i32,
                 &mut n,
                 perf.as_mut_ptr(),
             )
         }
         .result()?;
-        Ok(perf[..n.max(0) as usize]
-            .iter()
-            .find(|r| self.usable(r.status, r.mathType))
-            .map(|r| r.algo))
+        Ok(self.fastest(&perf, n, |r| (r.status, r.mathType, r.algo)))
     }
 
     /// [`Self::find_fwd`] for the kernel gradient.
@@ -239,16 +250,13 @@ impl Raw {
                 self.y,
                 self.conv,
                 self.w,
-                7,
+                perf.len() as i32,
                 &mut n,
                 perf.as_mut_ptr(),
             )
         }
         .result()?;
-        Ok(perf[..n.max(0) as usize]
-            .iter()
-            .find(|r| self.usable(r.status, r.mathType))
-            .map(|r| r.algo))
+        Ok(self.fastest(&perf, n, |r| (r.status, r.mathType, r.algo)))
     }
 }
 
@@ -426,10 +434,8 @@ impl CudnnConv3d {
                     y: &y_desc,
                 };
                 let (algo, bytes) = choice(&FWD, key, || {
-                    let a = benchmark()
-                        .then(|| found(g, Raw::new::<T>(g, &stream).and_then(|r| r.find_fwd())))
-                        .flatten();
-                    let a = a.map_or_else(|| op.pick_algorithm(), Ok)?;
+                    let a = found(g, || Raw::new::<T>(g, &stream)?.find_fwd())
+                        .map_or_else(|| op.pick_algorithm(), Ok)?;
                     Ok((a, op.get_workspace_size(a)?))
                 })?;
                 let mut ws = workspace(bytes)?;
@@ -444,12 +450,8 @@ impl CudnnConv3d {
                     dy: &y_desc,
                 };
                 let (algo, bytes) = choice(&BWD_DATA, key, || {
-                    let a = benchmark()
-                        .then(|| {
-                            found(g, Raw::new::<T>(g, &stream).and_then(|r| r.find_bwd_data()))
-                        })
-                        .flatten();
-                    let a = a.map_or_else(|| op.pick_algorithm(), Ok)?;
+                    let a = found(g, || Raw::new::<T>(g, &stream)?.find_bwd_data())
+                        .map_or_else(|| op.pick_algorithm(), Ok)?;
                     Ok((a, op.get_workspace_size(a)?))
                 })?;
                 let mut ws = workspace(bytes)?;
@@ -464,15 +466,8 @@ impl CudnnConv3d {
                     dy: &y_desc,
                 };
                 let (algo, bytes) = choice(&BWD_FILTER, key, || {
-                    let a = benchmark()
-                        .then(|| {
-                            found(
-                                g,
-                                Raw::new::<T>(g, &stream).and_then(|r| r.find_bwd_filter()),
-                            )
-                        })
-                        .flatten();
-                    let a = a.map_or_else(|| op.pick_algorithm(), Ok)?;
+                    let a = found(g, || Raw::new::<T>(g, &stream)?.find_bwd_filter())
+                        .map_or_else(|| op.pick_algorithm(), Ok)?;
                     Ok((a, op.get_workspace_size(a)?))
                 })?;
                 let mut ws = workspace(bytes)?;
