@@ -163,6 +163,7 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
         "fig2.svg",
         "cases.parquet",
         "episodes.parquet",
+        "final.parquet",
         "trajectory.parquet",
         "pairs.parquet",
         "ranking.parquet",
@@ -190,6 +191,12 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
     assert_eq!(count(&methods, "cn"), 6);
     let methods = strings(&out.join("episodes.parquet"), "method");
     assert_eq!(methods.len(), 5, "{methods:?}");
+    // Table 2's input: the final episode of each method, 3 cases each.
+    let methods = strings(&out.join("final.parquet"), "method");
+    assert_eq!(methods.len(), 9, "{methods:?}");
+    // Fig. 2 has the task's expert threshold as its red line.
+    let svg = std::fs::read_to_string(out.join("fig2.svg")).unwrap();
+    assert_eq!(svg.matches("#FF0000").count(), 1, "one red line");
     let tasks = strings(&out.join("ranking.parquet"), "task");
     assert!(
         !tasks.is_empty() && tasks.iter().all(|t| t == "synth-vessels"),

@@ -29,16 +29,19 @@ Examples:
   # Dice and NSD of one mask pair (IS_Validate convention for empty masks)
   clopa-eval masks --pred pred.nii.gz --ref label.nii.gz --tolerance-mm 1.0
 
-Outputs (Parquet, schemas in DESIGN.md \"Tables\"): DIR/cases.parquet, DIR/episodes.parquet and,
-with --split, DIR/trajectory.parquet. Each curve is first averaged over inference runs; NoI is the
-1-based index of the first step whose Dice is strictly above the threshold (curve length if none).";
+Outputs (Parquet, schemas in DESIGN.md \"Tables\"): DIR/cases.parquet, DIR/episodes.parquet,
+DIR/final.parquet and, with --split, DIR/trajectory.parquet. Each curve is first averaged over
+inference runs; NoI is the 1-based index of the first step whose Dice is strictly above the
+threshold (curve length if none). final.parquet (Table 2's input for clopa-rank) has the columns of
+cases.parquet with `run` null: per case, the curves of every training run's final episode averaged
+together before NoI and failure are taken, as the reference does.";
 
 /// Evaluate interactive-segmentation step tables: cases, episodes and trajectories.
 ///
 /// Reads one or more steps.parquet files (as written by clopa-simulate), averages each case's
 /// Dice and NSD curves over inference runs, and writes per-case values (init, final, nAUC, NoI,
-/// failure), per-episode dataset means (nNoI %, NoF %) and, given the split, the stream
-/// trajectories with their AUC and NoS. Invalid input (missing column, duplicated row, empty
+/// failure), per-episode dataset means (nNoI %, NoF %), the final episode's per-case values over
+/// all training runs and, given the split, the stream trajectories with their AUC and NoS. Invalid input (missing column, duplicated row, empty
 /// table, curves of different lengths, threshold outside [0, 1]) is an error and nothing is
 /// written.
 #[derive(Parser, Debug)]
@@ -72,7 +75,7 @@ struct EvalArgs {
     #[arg(required = true, value_name = "STEPS")]
     steps: Vec<PathBuf>,
 
-    /// Output folder for cases.parquet, episodes.parquet and trajectory.parquet.
+    /// Output folder for cases.parquet, episodes.parquet, final.parquet and trajectory.parquet.
     #[arg(short, long, value_name = "DIR", required = true, value_parser = clopa_cli::not_stdout)]
     output: Option<PathBuf>,
 
@@ -186,6 +189,7 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         args.steps.len()
     );
     let cases = summary::cases(&table, threshold)?;
+    let finals = summary::final_cases(&table, threshold)?;
     let episodes = summary::episodes(&cases, table.n_steps)?;
     let trajectories = match &args.split {
         Some(split_path) => {
@@ -224,6 +228,7 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     let mut frames = vec![
         ("cases.parquet", output::cases_frame(&cases)?),
         ("episodes.parquet", output::episodes_frame(&episodes)?),
+        ("final.parquet", output::cases_frame(&finals)?),
     ];
     if let Some(t) = &trajectories {
         frames.push(("trajectory.parquet", output::trajectory_frame(t)?));

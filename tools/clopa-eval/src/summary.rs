@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, bail};
 use clopa_metrics::curves;
 
-use crate::steps::{CaseKey, StepsTable, StreamLengths};
+use crate::steps::{CaseKey, Curve, StepsTable, StreamLengths};
 
 /// The method name of the pretrained model (episode 0), whose values precede the first episode
 /// in every trajectory.
@@ -36,29 +36,88 @@ pub struct CaseRow {
 pub fn cases(table: &StepsTable, threshold: f64) -> anyhow::Result<Vec<CaseRow>> {
     let mut out = Vec::with_capacity(table.curves.len());
     for (key, runs) in &table.curves {
-        let dice: Vec<Vec<f64>> = runs
-            .values()
-            .map(|c| c.steps.iter().flatten().map(|s| s.0).collect())
-            .collect();
-        let nsd: Vec<Vec<f64>> = runs
-            .values()
-            .map(|c| c.steps.iter().flatten().map(|s| s.1).collect())
-            .collect();
-        let what = || format!("case {:?} of method {:?}", key.case_id, key.method);
-        let dice = curves::mean_curves(&dice).with_context(what)?;
-        let nsd = curves::mean_curves(&nsd).with_context(what)?;
-        let d = curves::summarize(&dice, threshold).with_context(what)?;
-        let n = curves::summarize(&nsd, threshold).with_context(what)?;
+        let curves: Vec<&Curve> = runs.values().collect();
         let n_seen = table.n_seen[&(key.task.clone(), key.method.clone(), key.run, key.episode)];
-        out.push(CaseRow {
-            key: key.clone(),
-            n_seen,
-            values: [d.init, d.last, d.nauc, n.init, n.last, n.nauc],
-            noi: u32::try_from(d.noi).context("NoI does not fit in u32")?,
-            failed: d.failed,
-        });
+        out.push(case_row(key.clone(), n_seen, &curves, threshold)?);
     }
     Ok(out)
+}
+
+/// Table 2's per-case values: per (task, method, case), the curves of every training run's final
+/// episode and every inference run averaged element-wise, then init, final, nAUC, NoI and
+/// failure of that mean curve. This is the reference's aggregation (IS_Validate averages each
+/// case's per-step metrics over runs, `groupby('Case_Name').mean()`, and takes NoI from the
+/// averaged curve): NoI and failure are not linear in the curve, so averaging per-run NoI or
+/// voting on per-run failures would give other numbers. The row's `run` is null; `episode` and
+/// `n_seen` are the largest over the training runs (the runs share one schedule, so they agree
+/// unless a run was left unfinished).
+pub fn final_cases(table: &StepsTable, threshold: f64) -> anyhow::Result<Vec<CaseRow>> {
+    type RunKey<'a> = (&'a str, &'a str, Option<u32>);
+    let mut last: BTreeMap<RunKey, u32> = BTreeMap::new();
+    for key in table.curves.keys() {
+        let e = last
+            .entry((&key.task, &key.method, key.run))
+            .or_insert(key.episode);
+        *e = (*e).max(key.episode);
+    }
+    // (task, method, case) -> (largest episode, its n_seen, the curves)
+    type Group<'a> = (u32, u32, Vec<&'a Curve>);
+    let mut groups: BTreeMap<(&str, &str, &str), Group> = BTreeMap::new();
+    for (key, runs) in &table.curves {
+        if last[&(key.task.as_str(), key.method.as_str(), key.run)] != key.episode {
+            continue;
+        }
+        let n_seen = table.n_seen[&(key.task.clone(), key.method.clone(), key.run, key.episode)];
+        let g = groups
+            .entry((&key.task, &key.method, &key.case_id))
+            .or_insert((key.episode, n_seen, Vec::new()));
+        if (key.episode, n_seen) > (g.0, g.1) {
+            (g.0, g.1) = (key.episode, n_seen);
+        }
+        g.2.extend(runs.values());
+    }
+    groups
+        .into_iter()
+        .map(|((task, method, case_id), (episode, n_seen, curves))| {
+            let key = CaseKey {
+                task: task.to_string(),
+                method: method.to_string(),
+                run: None,
+                episode,
+                case_id: case_id.to_string(),
+            };
+            case_row(key, n_seen, &curves, threshold)
+        })
+        .collect()
+}
+
+/// One case's row from its curves (averaged element-wise first).
+fn case_row(
+    key: CaseKey,
+    n_seen: u32,
+    curves: &[&Curve],
+    threshold: f64,
+) -> anyhow::Result<CaseRow> {
+    let dice: Vec<Vec<f64>> = curves
+        .iter()
+        .map(|c| c.steps.iter().flatten().map(|s| s.0).collect())
+        .collect();
+    let nsd: Vec<Vec<f64>> = curves
+        .iter()
+        .map(|c| c.steps.iter().flatten().map(|s| s.1).collect())
+        .collect();
+    let what = || format!("case {:?} of method {:?}", key.case_id, key.method);
+    let dice = curves::mean_curves(&dice).with_context(what)?;
+    let nsd = curves::mean_curves(&nsd).with_context(what)?;
+    let d = curves::summarize(&dice, threshold).with_context(what)?;
+    let n = curves::summarize(&nsd, threshold).with_context(what)?;
+    Ok(CaseRow {
+        key,
+        n_seen,
+        values: [d.init, d.last, d.nauc, n.init, n.last, n.nauc],
+        noi: u32::try_from(d.noi).context("NoI does not fit in u32")?,
+        failed: d.failed,
+    })
 }
 
 /// `(task, method, run, episode)`.

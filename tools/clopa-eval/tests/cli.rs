@@ -375,6 +375,27 @@ fn tiny_example_matches_hand_computation() {
     assert_close(&v, &[0.4, 0.4, 0.4, 0.4, 0.4], "base dice_final");
     assert!(nos[4].unwrap().is_nan(), "base never reaches 0.5: NoS NaN");
 
+    // final.parquet: the last episode of each method, run null (one training run here, so the
+    // values are the episode's cases).
+    let fin = read(&out.join("final.parquet"));
+    assert_eq!(fin.get_column_names(), cases.get_column_names());
+    assert_eq!(fin.column("run").unwrap().null_count(), 4);
+    let ep: Vec<Option<u32>> = fin
+        .column("episode")
+        .unwrap()
+        .u32()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(ep, [Some(0), Some(0), Some(2), Some(2)]);
+    let noi: Vec<Option<u32>> = fin.column("noi").unwrap().u32().unwrap().iter().collect();
+    assert_eq!(noi, [Some(3), Some(3), Some(1), Some(1)]);
+    assert_close(
+        &f64_col(&fin, "dice_nauc"),
+        &[0.425, 0.225, 0.9, 0.9],
+        "final dice_nauc",
+    );
+
     // provenance
     let mut r = ParquetReader::new(std::fs::File::open(out.join("cases.parquet")).unwrap());
     let meta = r.get_metadata().unwrap();
@@ -413,6 +434,76 @@ fn threshold_from_manifest_and_no_split_means_no_trajectory() {
     // At 0.35 base case A (0.3, 0.5, 0.4) passes at step 2.
     let noi: Vec<Option<u32>> = cases.column("noi").unwrap().u32().unwrap().iter().collect();
     assert_eq!(noi[0], Some(2));
+}
+
+/// Table 2's input averages the final episode's curves over training runs before NoI and failure
+/// are taken (the reference's order); per-run NoI averaged and a majority vote on failures would
+/// say "not failed, NoI (1 + 1 + 3) / 3" for this case instead.
+#[test]
+fn final_table_averages_training_runs_before_noi_and_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+    // an earlier episode of run 0 that must not count
+    curve(
+        &mut rows,
+        ("in", Some(0), 1, 2),
+        "A",
+        &[(&[0.0; 3], &[0.0; 3])],
+    );
+    for (run, d) in [(0, 0.9), (1, 0.9), (2, 0.3)] {
+        curve(
+            &mut rows,
+            ("in", Some(run), 2, 4),
+            "A",
+            &[(&[d; 3], &[d; 3]), (&[d; 3], &[d; 3])],
+        );
+    }
+    let p = dir.path().join("in.parquet");
+    write(&mut steps_frame(&rows), &p);
+    let out = dir.path().join("eval");
+    bin()
+        .arg(&p)
+        .args(["--threshold", "0.8", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+    let cases = read(&out.join("cases.parquet"));
+    let noi: Vec<Option<u32>> = cases.column("noi").unwrap().u32().unwrap().iter().collect();
+    assert_eq!(
+        noi,
+        [Some(3), Some(1), Some(1), Some(3)],
+        "per run and episode"
+    );
+    let fin = read(&out.join("final.parquet"));
+    assert_eq!(fin.height(), 1);
+    let noi: Vec<Option<u32>> = fin.column("noi").unwrap().u32().unwrap().iter().collect();
+    assert_eq!(noi, [Some(3)], "the mean curve 0.7 never exceeds 0.8");
+    let failed: Vec<Option<bool>> = fin
+        .column("failed")
+        .unwrap()
+        .bool()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(failed, [Some(true)]);
+    assert_close(&f64_col(&fin, "dice_final"), &[0.7], "mean of the runs");
+    assert_close(&f64_col(&fin, "nsd_nauc"), &[0.7], "mean of the runs");
+    let ep: Vec<Option<u32>> = fin
+        .column("episode")
+        .unwrap()
+        .u32()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(ep, [Some(2)]);
+    let n_seen: Vec<Option<u32>> = fin
+        .column("n_seen")
+        .unwrap()
+        .u32()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(n_seen, [Some(4)]);
 }
 
 /// Runs the tool on bad input and checks exit code 1, the message, and that nothing was written.

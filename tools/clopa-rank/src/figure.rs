@@ -16,15 +16,16 @@ use crate::report::{display_name, method_order};
 pub struct Curve {
     pub method: String,
     pub points: Vec<(f64, f64)>,
-    /// Samples received when the curve first reaches the threshold (NoS · N).
+    /// The stream position at which the curve first reaches the threshold (NoS · N + 1).
     pub nos_x: Option<f64>,
 }
 
-/// One panel: a task's curves.
+/// One panel: a task's curves and its expert threshold (the red line).
 #[derive(Debug, Clone)]
 pub struct Panel {
     pub task: String,
     pub curves: Vec<Curve>,
+    pub threshold: Option<f64>,
 }
 
 /// Curves from `trajectory.parquet`: the `dice_final` values per stream position.
@@ -60,13 +61,17 @@ pub fn panels_from_trajectory(rows: &[TrajectoryRow]) -> Vec<Panel> {
                     Curve {
                         method: m.clone(),
                         points,
-                        nos_x: nos.filter(|v| v.is_finite()).map(|f| f * n),
+                        // NoS is IS_Validate's argmax(traj >= t) / N, a 0-based index over N;
+                        // the curve's points sit at the 1-based positions, so the marker goes
+                        // to NoS · N + 1, where the curve crosses.
+                        nos_x: nos.filter(|v| v.is_finite()).map(|f| f * n + 1.0),
                     }
                 })
                 .collect();
             Panel {
                 task: task.to_string(),
                 curves,
+                threshold: None,
             }
         })
         .collect()
@@ -123,6 +128,7 @@ pub fn panels_from_cases(rows: &[CaseRow]) -> Vec<Panel> {
             Panel {
                 task: task.to_string(),
                 curves,
+                threshold: None,
             }
         })
         .collect()
@@ -145,22 +151,17 @@ const PANEL_H: u32 = 420;
 /// Writes the figure as PNG or SVG (by `format`) to `path`. Text needs a system font (plotters'
 /// `ttf` feature, through fontconfig); when none can be loaded, the figure is drawn again
 /// without any text rather than not at all, and `Ok(false)` says so.
-pub fn write_figure(
-    path: &Path,
-    svg: bool,
-    panels: &[Panel],
-    threshold: Option<f64>,
-) -> anyhow::Result<bool> {
+pub fn write_figure(path: &Path, svg: bool, panels: &[Panel]) -> anyhow::Result<bool> {
     let size = (PANEL_W * panels.len().max(1) as u32, PANEL_H);
     let attempt = |text: bool| -> anyhow::Result<()> {
         if svg {
             let root = SVGBackend::new(path, size).into_drawing_area();
-            draw(&root, panels, threshold, text)?;
+            draw(&root, panels, text)?;
             root.present()
                 .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
         } else {
             let root = BitMapBackend::new(path, size).into_drawing_area();
-            draw(&root, panels, threshold, text)?;
+            draw(&root, panels, text)?;
             root.present()
                 .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
         }
@@ -182,7 +183,6 @@ pub fn write_figure(
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     panels: &[Panel],
-    threshold: Option<f64>,
     text: bool,
 ) -> anyhow::Result<()> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e}");
@@ -210,13 +210,15 @@ fn draw<DB: DrawingBackend>(
             .map_err(err)?;
         let mut mesh = chart.configure_mesh();
         if text {
+            // samples are counts: no "2.0, 4.0" ticks
             mesh.x_desc("samples received")
-                .y_desc("mean Dice at the last step");
+                .y_desc("mean Dice at the last step")
+                .x_label_formatter(&|x| format!("{x:.0}"));
         } else {
             mesh.x_labels(0).y_labels(0);
         }
         mesh.draw().map_err(err)?;
-        if let Some(t) = threshold {
+        if let Some(t) = panel.threshold {
             chart
                 .draw_series(std::iter::once(PathElement::new(
                     vec![(0.0, t), (xmax, t)],
@@ -258,4 +260,43 @@ fn draw<DB: DrawingBackend>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each panel draws its own task's threshold (a merged table's tasks have different ones),
+    /// and a NoS marker sits where its curve reaches the threshold.
+    #[test]
+    fn every_panel_has_its_own_red_line() -> anyhow::Result<()> {
+        let traj = |task: &str, pos: Option<u32>, value: f64, nos: Option<f64>| TrajectoryRow {
+            task: task.into(),
+            method: "in".into(),
+            metric: "dice_final".into(),
+            position: pos,
+            value,
+            nos,
+        };
+        // reaches 0.5 at position 3 (0-based index 2): NoS = 2 / 4
+        let rows = vec![
+            traj("a", Some(1), 0.1, None),
+            traj("a", Some(2), 0.2, None),
+            traj("a", Some(3), 0.6, None),
+            traj("a", Some(4), 0.7, None),
+            traj("a", None, 0.4, Some(0.5)),
+            traj("b", Some(1), 0.1, None),
+            traj("b", Some(2), 0.2, None),
+        ];
+        let mut panels = panels_from_trajectory(&rows);
+        assert_eq!(panels[0].curves[0].nos_x, Some(3.0));
+        panels[0].threshold = Some(0.5);
+        panels[1].threshold = Some(0.25);
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("f.svg");
+        write_figure(&path, true, &panels)?;
+        let svg = std::fs::read_to_string(&path)?;
+        assert_eq!(svg.matches("#FF0000").count(), 2, "{svg}");
+        Ok(())
+    }
 }

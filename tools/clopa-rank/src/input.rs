@@ -1,6 +1,6 @@
 //! Reading and validating `cases.parquet` and `trajectory.parquet` (DESIGN.md "Tables").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -54,6 +54,9 @@ pub struct CaseRow {
 #[derive(Debug, Clone, Default)]
 pub struct EvalSettings {
     pub threshold: Option<f64>,
+    /// Per-task thresholds of a table merged from several clopa-eval runs (`task_thresholds`,
+    /// written by clopa-reproduce), which has no single `threshold` when the tasks differ.
+    pub task_thresholds: BTreeMap<String, f64>,
     /// Steps per curve (initialisation + edits).
     pub n_steps: Option<usize>,
 }
@@ -261,6 +264,15 @@ pub fn read_cases(path: &Path) -> anyhow::Result<(Vec<CaseRow>, EvalSettings)> {
         .collect();
     let settings = EvalSettings {
         threshold: settings.as_ref().and_then(|s| s["threshold"].as_f64()),
+        task_thresholds: settings
+            .as_ref()
+            .and_then(|s| s["task_thresholds"].as_object())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(t, v)| Some((t.clone(), v.as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default(),
         n_steps: settings
             .as_ref()
             .and_then(|s| s["n_steps"].as_u64())
@@ -291,8 +303,7 @@ pub fn read_trajectory(path: &Path) -> anyhow::Result<Vec<TrajectoryRow>> {
         .collect())
 }
 
-/// One (task, method, case) after taking each training run's final episode and averaging the
-/// runs: the six metrics, mean NoI, and the failure decided by majority (`mean(failed) > 0.5`).
+/// One (task, method, case) of Table 2: the final episode's six metrics, NoI and failure.
 #[derive(Debug, Clone)]
 pub struct FinalCase {
     pub values: [f64; 6],
@@ -300,51 +311,61 @@ pub struct FinalCase {
     pub failed: bool,
 }
 
-/// task → method → case_id → averaged final-episode values.
+/// task → method → case_id → final-episode values.
 pub type FinalCases = BTreeMap<String, BTreeMap<String, BTreeMap<String, FinalCase>>>;
 
-/// "Final episode" = for each (task, method, run) the rows with the largest `episode`; the
-/// per-case values of those rows are then averaged over runs (paper §3: metrics are averaged
-/// across runs before statistics). NoI is averaged; a case fails when it failed in more than half
-/// of the runs.
-pub fn final_cases(rows: &[CaseRow]) -> FinalCases {
-    let mut last: BTreeMap<(&str, &str, Option<u32>), u32> = BTreeMap::new();
+/// Table 2's cases: per (task, method) the rows of the largest `episode`. The rows must be of one
+/// training run per (task, method): `final.parquet` (run null: clopa-eval has already averaged
+/// the final episodes' curves over training runs, before NoI and failure, as the reference
+/// does), or a `cases.parquet` of a single training run. Several runs are an error rather than
+/// averaged here: NoI and failure of the averaged curve cannot be had from per-run values.
+pub fn final_cases(rows: &[CaseRow], path: &Path) -> anyhow::Result<FinalCases> {
+    let mut runs: BTreeMap<(&str, &str), BTreeSet<Option<u32>>> = BTreeMap::new();
+    let mut last: BTreeMap<(&str, &str), u32> = BTreeMap::new();
     for r in rows {
-        let e = last.entry((&r.task, &r.method, r.run)).or_insert(r.episode);
+        runs.entry((&r.task, &r.method)).or_default().insert(r.run);
+        let e = last.entry((&r.task, &r.method)).or_insert(r.episode);
         *e = (*e).max(r.episode);
     }
-    // Sums over runs: 6 metrics, NoI, failures, count.
-    let mut sums: BTreeMap<(&str, &str, &str), ([f64; 8], f64)> = BTreeMap::new();
-    for r in rows
-        .iter()
-        .filter(|r| last.get(&(r.task.as_str(), r.method.as_str(), r.run)) == Some(&r.episode))
-    {
-        let e = sums
-            .entry((&r.task, &r.method, &r.case_id))
-            .or_insert(([0.0; 8], 0.0));
-        for (m, v) in r.values.iter().enumerate() {
-            e.0[m] += v;
-        }
-        e.0[6] += r.noi;
-        e.0[7] += f64::from(u8::from(r.failed));
-        e.1 += 1.0;
+    if let Some(((task, method), rs)) = runs.iter().find(|(_, rs)| rs.len() > 1) {
+        bail!(
+            "{} has {} training runs of method {method:?} in task {task:?}: Table 2 needs \
+             final.parquet from clopa-eval (--final), whose NoI and failures come from the \
+             final episodes' curves averaged over training runs",
+            path.display(),
+            rs.len()
+        );
     }
     let mut out = FinalCases::new();
-    for ((task, method, case), (s, n)) in sums {
-        out.entry(task.to_string())
+    for r in rows
+        .iter()
+        .filter(|r| last[&(r.task.as_str(), r.method.as_str())] == r.episode)
+    {
+        let prev = out
+            .entry(r.task.clone())
             .or_default()
-            .entry(method.to_string())
+            .entry(r.method.clone())
             .or_default()
             .insert(
-                case.to_string(),
+                r.case_id.clone(),
                 FinalCase {
-                    values: std::array::from_fn(|m| s[m] / n),
-                    noi: s[6] / n,
-                    failed: s[7] / n > 0.5,
+                    values: r.values,
+                    noi: r.noi,
+                    failed: r.failed,
                 },
             );
+        if prev.is_some() {
+            bail!(
+                "{}: case {:?} of method {:?} in task {:?} appears twice in episode {}",
+                path.display(),
+                r.case_id,
+                r.method,
+                r.task,
+                r.episode
+            );
+        }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -373,29 +394,34 @@ mod tests {
     }
 
     #[test]
-    fn final_episode_per_run_then_average_over_runs() {
+    fn final_episode_of_each_method() {
         let rows = vec![
             row("in", Some(0), 1, "c1", 0.1, true),
             row("in", Some(0), 2, "c1", 0.6, false),
-            row("in", Some(1), 1, "c1", 0.2, true),
-            row("in", Some(1), 3, "c1", 0.8, true),
-            row("in", Some(2), 3, "c1", 0.7, true),
+            row("in", Some(0), 2, "c2", 0.7, true),
             row("base", None, 0, "c1", 0.3, true),
         ];
-        let f = final_cases(&rows);
+        let f = final_cases(&rows, Path::new("cases.parquet")).unwrap();
         let c = &f["t"]["in"]["c1"];
-        assert!((c.values[1] - 0.7).abs() < 1e-12, "{}", c.values[1]);
-        assert!((c.noi - (10.0 + 101.0 + 101.0) / 3.0).abs() < 1e-12);
-        assert!(c.failed, "2 of 3 runs failed: majority");
+        assert!((c.values[1] - 0.6).abs() < 1e-12, "{}", c.values[1]);
+        assert!((c.noi - 10.0).abs() < 1e-12);
+        assert!(!c.failed);
+        assert!(f["t"]["in"]["c2"].failed);
         assert!((f["t"]["base"]["c1"].values[0] - 0.3).abs() < 1e-12);
     }
 
+    /// Per-run values cannot give the NoI and failure of the run-averaged curve: refused, with
+    /// the way out in the message.
     #[test]
-    fn a_tie_of_failures_is_not_a_failure() {
+    fn several_training_runs_need_final_parquet() {
         let rows = vec![
             row("in", Some(0), 1, "c1", 0.1, true),
             row("in", Some(1), 1, "c1", 0.1, false),
         ];
-        assert!(!final_cases(&rows)["t"]["in"]["c1"].failed);
+        let e = final_cases(&rows, Path::new("x/cases.parquet"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x/cases.parquet has 2 training runs"), "{e}");
+        assert!(e.contains("final.parquet"), "{e}");
     }
 }

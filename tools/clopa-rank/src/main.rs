@@ -1,16 +1,17 @@
 //! `clopa-rank`: significance ranking of the methods and the paper's Tables 2, 3 and Fig. 2
 //! (DESIGN.md protocol step 6).
 //!
-//! Where things are: `input.rs` reads and validates `cases.parquet` / `trajectory.parquet` and
-//! averages the final episode over training runs; `report.rs` ranks every (task, metric) with
+//! Where things are: `input.rs` reads and validates `cases.parquet` / `final.parquet` /
+//! `trajectory.parquet` and picks the final episode; `report.rs` ranks every (task, metric) with
 //! `clopa-stats` and renders the Markdown tables; `figure.rs` draws Fig. 2 with plotters; this
 //! file parses the arguments and writes every output atomically.
 //!
 //! Decisions documented here (and in `--help`):
-//! - "Final episode" = per (task, method, training run) the rows with the largest `episode`;
-//!   each case's values are averaged over training runs before testing (paper §3). NoI is
-//!   averaged; a case counts as failed when it failed in more than half of the runs
-//!   (`mean(failed) > 0.5`), so McNemar still sees one pass/fail per case.
+//! - Table 2 reads `final.parquet` (clopa-eval): per case, the curves of every training run's
+//!   final episode averaged before NoI and failure are taken, as the reference does (paper §3:
+//!   metrics are averaged across runs before statistics; IS_Validate takes NoI from the
+//!   run-averaged curve). A `cases.parquet` of a single training run gives the same; one of
+//!   several runs is refused, as its per-run NoI and failures cannot be combined faithfully.
 //! - Cases are paired by `case_id`; cases missing for some method of a task are left out (with
 //!   a warning).
 //! - Table 3 pairs the methods along the stream position; NoF there is tested with the Wilcoxon
@@ -44,25 +45,28 @@ enum Mode {
 
 /// Rank methods by paired significance tests and write the paper's Tables 2 and 3 and Fig. 2.
 ///
-/// Reads `cases.parquet` (and optionally `trajectory.parquet`) written by clopa-eval and writes
-/// into DIR: pairs.parquet (every ordered pair of methods per task, table and metric, with its
+/// Reads `cases.parquet` and `final.parquet` (and optionally `trajectory.parquet`) written by
+/// clopa-eval and writes into DIR: pairs.parquet (every ordered pair of methods per task, table and metric, with its
 /// test and p-value), ranking.parquet (wins and rank per method), table2.md (final episode),
 /// table3.md (trajectory AUCs), fig2.png and fig2.svg.
 ///
-/// Final episode: per (task, method, run) the largest episode; per-case values are averaged over
-/// training runs before testing; NoI is averaged and a case fails when it failed in more than
-/// half of the runs. Table 3 pairs methods along the stream position (NoF there: Wilcoxon on the
+/// Final episode (Table 2): final.parquet, where each case's curves of every training run's final
+/// episode were averaged before NoI and failure were taken (the reference's order). Table 3 pairs methods along the stream position (NoF there: Wilcoxon on the
 /// per-position NoF %). Bold = rank 1 of a metric within a task.
 #[derive(Debug, Parser)]
 #[command(
     name = "clopa-rank",
     version,
     args_override_self = true,
-    after_help = "Examples:\n  clopa-eval steps/*.parquet --split split.parquet --threshold 0.9 -o eval/\n  clopa-rank eval/cases.parquet --trajectory eval/trajectory.parquet -o report/\n  clopa-rank eval/cases.parquet -o report-msd/ --mode challenger"
+    after_help = "Examples:\n  clopa-eval steps/*.parquet --split split.parquet --threshold 0.9 -o eval/\n  clopa-rank eval/cases.parquet --trajectory eval/trajectory.parquet -o report/\n  # (Table 2 from eval/final.parquet, found next to cases.parquet)\n  clopa-rank eval/cases.parquet -o report-msd/ --mode challenger"
 )]
 struct Args {
     /// cases.parquet from clopa-eval.
     cases: PathBuf,
+    /// final.parquet from clopa-eval (Table 2's cases) [default: final.parquet next to CASES if
+    /// it exists, else CASES itself, which then must hold one training run per method].
+    #[arg(long = "final", value_name = "F")]
+    final_cases: Option<PathBuf>,
     /// trajectory.parquet from clopa-eval (Table 3 and the Fig. 2 curves).
     #[arg(long, value_name = "T")]
     trajectory: Option<PathBuf>,
@@ -140,7 +144,29 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .as_deref()
         .map(input::read_trajectory)
         .transpose()?;
-    let final_cases = input::final_cases(&cases);
+    let final_path = args.final_cases.clone().or_else(|| {
+        let sibling = args.cases.with_file_name("final.parquet");
+        sibling.is_file().then_some(sibling)
+    });
+    let final_cases = match &final_path {
+        Some(path) => {
+            let (rows, _) = input::read_cases(path)?;
+            if let Some((row, noi)) = rows
+                .iter()
+                .map(|c| c.noi)
+                .enumerate()
+                .find(|(_, n)| *n > n_steps as f64)
+            {
+                anyhow::bail!(
+                    "{}: noi is {noi} in row {row}, more than the {n_steps} steps per curve of {}",
+                    path.display(),
+                    args.cases.display()
+                );
+            }
+            input::final_cases(&rows, path)?
+        }
+        None => input::final_cases(&cases, &args.cases)?,
+    };
     let (final_results, dropped) = report::rank_final(&final_cases, n_steps, mode, args.alpha)?;
     for (task, n) in dropped.iter().filter(|(_, n)| **n > 0) {
         tracing::warn!(
@@ -159,7 +185,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     let iter_label = format!("Iter. {}", n_steps.saturating_sub(1));
     let table2 = report::markdown(
-        "Table 2. Final-episode performance. Means over cases (after averaging training runs); nNoI = 100·mean(NoI)/N with N the steps per curve (101 in the paper), NoF = % of failed cases. Bold: rank 1 per metric and task.",
+        "Table 2. Final-episode performance. Means over cases (each case's curves averaged over training and inference runs first); nNoI = 100·mean(NoI)/N with N the steps per curve (101 in the paper), NoF = % of failed cases. Bold: rank 1 per metric and task.",
         &final_results,
         &[
             "dice_init",
@@ -183,6 +209,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let all: Vec<&MetricRanking> = final_results.iter().chain(&traj_results).collect();
     let settings_json = serde_json::json!({
         "cases": args.cases.display().to_string(),
+        "final": final_path.as_ref().map(|p| p.display().to_string()),
         "trajectory": args.trajectory.as_ref().map(|p| p.display().to_string()),
         "mode": format!("{mode}"),
         "alpha": args.alpha,
@@ -190,14 +217,23 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let mut pairs = pairs_frame(&all)?;
     let mut ranking = ranking_frame(&all)?;
 
-    let threshold = args.threshold.or(settings.threshold);
-    if threshold.is_none() {
-        tracing::warn!("no expert threshold known (give --threshold): Fig. 2 has no red line");
-    }
-    let panels = match &trajectory {
+    let mut panels = match &trajectory {
         Some(rows) => figure::panels_from_trajectory(rows),
         None => figure::panels_from_cases(&cases),
     };
+    for p in &mut panels {
+        p.threshold = args
+            .threshold
+            .or_else(|| settings.task_thresholds.get(&p.task).copied())
+            .or(settings.threshold);
+        if p.threshold.is_none() {
+            tracing::warn!(
+                "task {}: no expert threshold known (give --threshold): its Fig. 2 panel has \
+                 no red line",
+                p.task
+            );
+        }
+    }
 
     let out = &args.output;
     std::fs::create_dir_all(out)
@@ -215,7 +251,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let path = out.join(name);
         let mut with_text = true;
         clopa_cli::write_atomic_path(&path, |tmp| {
-            with_text = figure::write_figure(tmp, svg, &panels, threshold)?;
+            with_text = figure::write_figure(tmp, svg, &panels)?;
             Ok(())
         })?;
         if !with_text {

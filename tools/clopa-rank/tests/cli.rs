@@ -14,76 +14,94 @@ fn noise(i: usize, salt: usize) -> f64 {
 }
 
 /// cases.parquet for one task: `base` (run null, episode 0) and, per method in `adapted`, two
-/// training runs with episodes 1 and 2. `in` is clearly better than everyone in its final
-/// episode; episode 1 is bad so a wrong "final episode" choice would show.
+/// training runs with episodes 1 and 2; and next to it final.parquet as clopa-eval writes it
+/// (run null, the final episode). `in` is clearly better than everyone in its final episode;
+/// episode 1 is bad so a wrong "final episode" choice would show.
 fn write_cases(path: &Path, adapted: &[&str], drop_column: Option<&str>) {
-    let mut task = Vec::new();
-    let mut method = Vec::new();
-    let mut run: Vec<Option<u32>> = Vec::new();
-    let mut episode = Vec::new();
-    let mut n_seen = Vec::new();
-    let mut case_id = Vec::new();
-    let mut dice: Vec<f64> = Vec::new();
-    let mut noi = Vec::new();
-    let mut failed = Vec::new();
-    let mut push = |m: &str, r: Option<u32>, e: u32, level: f64, salt: usize| {
-        for i in 0..N_CASES {
-            let d = (level + noise(i, salt)).min(1.0);
-            task.push("liver");
-            method.push(m.to_string());
-            run.push(r);
-            episode.push(e);
-            n_seen.push(e * 5);
-            case_id.push(format!("case{i:02}"));
-            dice.push(d);
-            noi.push(if d > 0.8 { 5u32 } else { 101 });
-            failed.push(d <= 0.8 && i % 2 == 0);
-        }
-    };
-    push("base", None, 0, 0.5, 1);
+    let mut cases = Rows::default();
+    let mut finals = Rows::default();
+    cases.push("base", None, 0, 0.5, 1);
+    finals.push("base", None, 0, 0.5, 1);
     for (k, m) in adapted.iter().enumerate() {
         let level = if *m == "in" { 0.85 } else { 0.55 };
         for r in 0..2u32 {
-            push(m, Some(r), 1, 0.1, 10 + k * 3 + r as usize);
-            push(m, Some(r), 2, level, 20 + k * 3 + r as usize);
+            cases.push(m, Some(r), 1, 0.1, 10 + k * 3 + r as usize);
+            cases.push(m, Some(r), 2, level, 20 + k * 3 + r as usize);
+        }
+        finals.push(m, None, 2, level, 30 + k);
+    }
+    cases.write(path, drop_column);
+    finals.write(&path.with_file_name("final.parquet"), drop_column);
+}
+
+#[derive(Default)]
+struct Rows {
+    task: Vec<&'static str>,
+    method: Vec<String>,
+    run: Vec<Option<u32>>,
+    episode: Vec<u32>,
+    n_seen: Vec<u32>,
+    case_id: Vec<String>,
+    dice: Vec<f64>,
+    noi: Vec<u32>,
+    failed: Vec<bool>,
+}
+
+impl Rows {
+    fn push(&mut self, m: &str, r: Option<u32>, e: u32, level: f64, salt: usize) {
+        for i in 0..N_CASES {
+            let d = (level + noise(i, salt)).min(1.0);
+            self.task.push("liver");
+            self.method.push(m.to_string());
+            self.run.push(r);
+            self.episode.push(e);
+            self.n_seen.push(e * 5);
+            self.case_id.push(format!("case{i:02}"));
+            self.dice.push(d);
+            self.noi.push(if d > 0.8 { 5u32 } else { 101 });
+            self.failed.push(d <= 0.8 && i % 2 == 0);
         }
     }
-    let n = task.len();
-    let mut cols = vec![
-        Column::new("task".into(), task),
-        Column::new("method".into(), method),
-        Column::new("run".into(), run),
-        Column::new("episode".into(), episode),
-        Column::new("n_seen".into(), n_seen),
-        Column::new("case_id".into(), case_id),
-    ];
-    for (j, name) in [
-        "dice_init",
-        "dice_final",
-        "dice_nauc",
-        "nsd_init",
-        "nsd_final",
-        "nsd_nauc",
-    ]
-    .iter()
-    .enumerate()
-    {
-        cols.push(Column::new(
-            (*name).into(),
-            dice.iter()
-                .map(|d| d * (1.0 - 0.01 * j as f64))
-                .collect::<Vec<f64>>(),
-        ));
+
+    fn write(self, path: &Path, drop_column: Option<&str>) {
+        let n = self.task.len();
+        let mut cols = vec![
+            Column::new("task".into(), self.task),
+            Column::new("method".into(), self.method),
+            Column::new("run".into(), self.run),
+            Column::new("episode".into(), self.episode),
+            Column::new("n_seen".into(), self.n_seen),
+            Column::new("case_id".into(), self.case_id),
+        ];
+        for (j, name) in [
+            "dice_init",
+            "dice_final",
+            "dice_nauc",
+            "nsd_init",
+            "nsd_final",
+            "nsd_nauc",
+        ]
+        .iter()
+        .enumerate()
+        {
+            cols.push(Column::new(
+                (*name).into(),
+                self.dice
+                    .iter()
+                    .map(|d| d * (1.0 - 0.01 * j as f64))
+                    .collect::<Vec<f64>>(),
+            ));
+        }
+        cols.push(Column::new("noi".into(), self.noi));
+        cols.push(Column::new("failed".into(), self.failed));
+        if let Some(c) = drop_column {
+            cols.retain(|col| col.name().as_str() != c);
+        }
+        let mut df = DataFrame::new(n, cols).expect("frame");
+        ParquetWriter::new(std::fs::File::create(path).expect("create"))
+            .finish(&mut df)
+            .expect("write");
     }
-    cols.push(Column::new("noi".into(), noi));
-    cols.push(Column::new("failed".into(), failed));
-    if let Some(c) = drop_column {
-        cols.retain(|col| col.name().as_str() != c);
-    }
-    let mut df = DataFrame::new(n, cols).expect("frame");
-    ParquetWriter::new(std::fs::File::create(path).expect("create"))
-        .finish(&mut df)
-        .expect("write");
 }
 
 /// trajectory.parquet: 10 positions per method and metric, `in` on top, plus the AUC rows.
@@ -325,6 +343,37 @@ fn challenger_mode_ranks_the_winner_first() {
             assert_eq!(r.get(i), Some(1));
         }
     }
+}
+
+/// Table 2 of several training runs needs final.parquet: without it the tool refuses (per-run
+/// NoI and failures cannot be combined into the averaged curve's); `--final` names it anywhere.
+#[test]
+fn several_training_runs_need_final_parquet() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cases = dir.path().join("cases.parquet");
+    write_cases(&cases, &["in", "cn"], None);
+    let elsewhere = dir.path().join("table2-input.parquet");
+    std::fs::rename(dir.path().join("final.parquet"), &elsewhere).expect("mv");
+    let out = dir.path().join("report");
+    rank()
+        .arg(&cases)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(contains("2 training runs").and(contains("--final")));
+    assert!(!out.join("table2.md").exists());
+    rank()
+        .arg(&cases)
+        .arg("--final")
+        .arg(&elsewhere)
+        .arg("-o")
+        .arg(&out)
+        .arg("-q")
+        .assert()
+        .success();
+    let table2 = std::fs::read_to_string(out.join("table2.md")).expect("table2");
+    assert!(table2.contains("CLoPA-I.N"), "{table2}");
 }
 
 #[test]

@@ -172,7 +172,12 @@ pub mod layout {
         out.join(task).join("eval")
     }
     /// The tables clopa-eval writes (and the merged ones at the top).
-    pub const EVAL_TABLES: [&str; 3] = ["cases.parquet", "episodes.parquet", "trajectory.parquet"];
+    pub const EVAL_TABLES: [&str; 4] = [
+        "cases.parquet",
+        "episodes.parquet",
+        "final.parquet",
+        "trajectory.parquet",
+    ];
     /// What clopa-rank writes.
     pub const RANK_OUTPUTS: [&str; 6] = [
         "pairs.parquet",
@@ -415,6 +420,8 @@ fn rank_step(ctx: &Ctx) -> Step {
     let outputs = layout::RANK_OUTPUTS.iter().map(|n| out.join(n)).collect();
     let s = Step::new("rank".into(), "clopa-rank", outputs)
         .arg(out.join("cases.parquet"))
+        .arg("--final")
+        .arg(out.join("final.parquet"))
         .arg("--trajectory")
         .arg(out.join("trajectory.parquet"))
         .arg("-o")
@@ -632,6 +639,8 @@ pub fn merge_tables(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
     let mut schema: Option<Arc<Schema>> = None;
     let mut batches: Vec<RecordBatch> = Vec::new();
     let mut settings_list = Vec::new();
+    // task -> threshold, for Fig. 2's per-task red lines when the tasks' thresholds differ
+    let mut task_thresholds = serde_json::Map::new();
     for path in inputs {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -648,6 +657,7 @@ pub fn merge_tables(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
             .and_then(|k| k.value.as_deref())
             .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
             .unwrap_or(serde_json::Value::Null);
+        let threshold = settings["threshold"].clone();
         settings_list.push(settings);
         let this = builder.schema().clone();
         // Arrow schemas carry the file's metadata; compare the fields only.
@@ -666,6 +676,13 @@ pub fn merge_tables(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read {}", path.display()))?;
         for b in reader {
             let b = b.with_context(|| format!("cannot read {}", path.display()))?;
+            if !threshold.is_null() {
+                for task in task_names(&b)
+                    .with_context(|| format!("cannot read the tasks of {}", path.display()))?
+                {
+                    task_thresholds.insert(task, threshold.clone());
+                }
+            }
             let s = schema.clone().unwrap_or_else(|| b.schema());
             batches.push(
                 RecordBatch::try_new(s, b.columns().to_vec())
@@ -692,6 +709,7 @@ pub fn merge_tables(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
         serde_json::Value::Null
     };
     settings["thresholds"] = serde_json::Value::Array(thresholds);
+    settings["task_thresholds"] = serde_json::Value::Object(task_thresholds);
     settings["sources"] = serde_json::Value::Array(
         inputs
             .iter()
@@ -702,6 +720,20 @@ pub fn merge_tables(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
     clopa_table::write_batches(out, schema, &batches, &prov)
         .with_context(|| format!("cannot write {}", out.display()))?;
     Ok(())
+}
+
+/// The distinct values of a batch's `task` column (none if it has no such column).
+fn task_names(b: &RecordBatch) -> anyhow::Result<BTreeSet<String>> {
+    let Some(col) = b.column_by_name("task") else {
+        return Ok(BTreeSet::new());
+    };
+    // polars writes Utf8View, arrow-rs Utf8: cast to one
+    let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8)?;
+    let col = col
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .context("the task column is not text")?;
+    Ok(col.iter().flatten().map(str::to_string).collect())
 }
 
 #[cfg(test)]
@@ -789,6 +821,10 @@ mod tests {
         assert!(prov.settings["threshold"].is_null());
         assert_eq!(prov.settings["n_steps"], 21);
         assert_eq!(prov.settings["thresholds"], serde_json::json!([0.8, 0.9]));
+        assert_eq!(
+            prov.settings["task_thresholds"],
+            serde_json::json!({"t0": 0.8, "t1": 0.9})
+        );
         // Equal thresholds are kept.
         merge_tables(&paths[..1], &out)?;
         assert_eq!(
