@@ -1,16 +1,23 @@
 //! NIfTI-1 reading and writing on top of the `nifti` crate.
 //!
+//! Reading takes the header parser and the volume type from the crate but not its file reader:
+//! that one stops inflating a `.nii.gz` after the voxel bytes it needs, so the gzip CRC is never
+//! checked and a damaged member gives wrong voxels without an error, and it reads the voxels right
+//! after the extensions instead of at `vox_offset`, so a file with padding reads shifted. Here the
+//! whole file is read (and gunzipped to its end), the header checked against its length, and the
+//! voxels taken from `vox_offset`.
+//!
 //! The crate hands out arrays in the file's Fortran order (x fastest); clopa keeps volumes with z
 //! fastest, so every read ends with one cache-blocked transpose. Writing needs no copy: the
 //! writer accepts an (x, y, z)-shaped array in any memory layout.
 
+use std::io::Read;
 use std::path::Path;
 
 use nalgebra::Matrix4;
 use ndarray::ArrayView3;
 use nifti::{
-    InMemNiftiVolume, IntoNdArray, NiftiError, NiftiHeader, NiftiObject, NiftiType, ReaderOptions,
-    XForm, writer::WriterOptions,
+    InMemNiftiVolume, IntoNdArray, NiftiError, NiftiHeader, NiftiType, XForm, writer::WriterOptions,
 };
 
 use crate::{Volume, VolumeError, diag_affine};
@@ -40,6 +47,8 @@ writable!(f32, u8, u16, i16);
 /// What a file holds after its header has been checked: one channel of raw bytes (x fastest).
 struct Loaded {
     shape: [usize; 3],
+    /// Volumes along `dim[4]` in the file (one of them is kept).
+    channels: usize,
     spacing: [f64; 3],
     affine: [[f64; 4]; 4],
     volume: InMemNiftiVolume,
@@ -107,22 +116,58 @@ const SUPPORTED: [NiftiType; 10] = [
     NiftiType::Float64,
 ];
 
-/// Reads the header alone and checks what would otherwise surface as a misleading error while
-/// the voxel data are read: a `dim[0]` outside 1..7 (the reader takes it for the other byte
-/// order), zero or negative dimensions and an unsupported datatype (both look like a "truncated"
-/// file once the reader computes the data size from them), and a `vox_offset` past the end of an
-/// uncompressed file (which would otherwise be read as empty data without complaint).
-fn check_header_first(path: &Path) -> Result<(), VolumeError> {
-    let header = match NiftiHeader::from_file(path) {
-        Ok(h) => h,
-        Err(NiftiError::InconsistentDim(0, _)) => {
-            return Err(bad_header(
-                path,
-                "dim[0] (the number of dimensions) is not 1 to 7 in either byte order",
-            ));
+/// The file's bytes, gunzipped whole when the name ends in `.gz`. Reading a gzip stream to its
+/// end is what checks its CRC and length trailer: the `nifti` crate stops after the voxel bytes
+/// it needs, so a corrupted member decoded into wrong voxels without any error.
+fn read_bytes(path: &Path) -> Result<Vec<u8>, VolumeError> {
+    let raw = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => VolumeError::NotFound {
+            path: path.to_path_buf(),
+        },
+        _ => VolumeError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    })?;
+    let gz_name = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+    let gz_data = raw.starts_with(&[0x1f, 0x8b]);
+    if !gz_name {
+        if gz_data {
+            return Err(VolumeError::Corrupt {
+                path: path.to_path_buf(),
+                detail: "the data are gzip-compressed but the name does not end in .gz".into(),
+            });
         }
-        Err(e) => return Err(corrupt(path, e)),
-    };
+        return Ok(raw);
+    }
+    if !gz_data {
+        return Err(VolumeError::Corrupt {
+            path: path.to_path_buf(),
+            detail: "the name ends in .gz but the data are not gzip-compressed".into(),
+        });
+    }
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4));
+    flate2::read::MultiGzDecoder::new(&raw[..])
+        .read_to_end(&mut out)
+        .map_err(|e| VolumeError::Corrupt {
+            path: path.to_path_buf(),
+            detail: if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                "the file is truncated (the gzip stream ends early)".into()
+            } else {
+                format!("corrupt gzip data ({e})")
+            },
+        })?;
+    Ok(out)
+}
+
+/// Checks the header against the file's `len` bytes (decompressed) before anything reads voxels:
+/// `sizeof_hdr`, the magic of a single-file NIfTI-1, a `dim[0]` outside 1..7, zero or negative
+/// dimensions, an unsupported datatype (both would otherwise look like a "truncated" file once
+/// the data size is computed from them) and a `vox_offset` that is not a byte position inside the
+/// file after the header. Returns where the voxel data start.
+fn check_header(path: &Path, header: &NiftiHeader, len: usize) -> Result<usize, VolumeError> {
     let ndim = usize::from(header.dim[0]);
     if !(1..=7).contains(&ndim) {
         return Err(bad_header(
@@ -131,6 +176,22 @@ fn check_header_first(path: &Path) -> Result<(), VolumeError> {
                 "dim[0] = {} (the number of dimensions) is not 1 to 7",
                 header.dim[0] as i16
             ),
+        ));
+    }
+    // after dim[0]: the reader picks the byte order by dim[0], so a bad one garbles sizeof_hdr
+    if header.sizeof_hdr != 348 {
+        return Err(bad_header(
+            path,
+            format!(
+                "sizeof_hdr = {} (a NIfTI-1 header says 348; NIfTI-2 is not supported)",
+                header.sizeof_hdr
+            ),
+        ));
+    }
+    if &header.magic == b"ni1\0" {
+        return Err(bad_header(
+            path,
+            "the magic says a separate .hdr/.img pair; only single-file .nii(.gz) is supported",
         ));
     }
     for (i, &d) in header.dim.iter().enumerate().take(ndim + 1).skip(1) {
@@ -157,23 +218,35 @@ fn check_header_first(path: &Path) -> Result<(), VolumeError> {
             });
         }
     }
-    let gz = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gz"));
-    if !gz
-        && let Ok(meta) = std::fs::metadata(path)
-        && f64::from(header.vox_offset) > meta.len() as f64
-    {
+    let off = header.vox_offset;
+    if !(off.is_finite() && off.fract() == 0.0 && off >= 352.0) {
         return Err(bad_header(
             path,
             format!(
-                "vox_offset = {} is past the end of the file ({} bytes)",
-                header.vox_offset,
-                meta.len()
+                "vox_offset = {off} (a single-file NIfTI-1 stores its voxels at a whole byte \
+                 position from 352 on)"
             ),
         ));
     }
-    Ok(())
+    let off = off as usize;
+    if off > len {
+        return Err(bad_header(
+            path,
+            format!("vox_offset = {off} is past the end of the data ({len} bytes)"),
+        ));
+    }
+    // Spatial spacing: positive and finite on the file's axes (the metrics divide by it); an
+    // axis the file does not have gets 1 mm below.
+    for i in 1..=ndim.min(3) {
+        let p = header.pixdim[i];
+        if !(p.is_finite() && p > 0.0) {
+            return Err(bad_header(
+                path,
+                format!("pixdim[{i}] = {p} (the voxel spacing must be positive and finite)"),
+            ));
+        }
+    }
+    Ok(off)
 }
 
 /// Reads the file, checks dimensions, datatype and scaling, and keeps the raw bytes of `channel`.
@@ -198,18 +271,19 @@ fn load(path: &Path, channel: usize) -> Result<Loaded, VolumeError> {
             });
         }
     }
-    check_header_first(path)?;
-    let obj = ReaderOptions::new()
-        .read_file(path)
-        .map_err(|e| corrupt(path, e))?;
-    let header = obj.header().clone();
+    let bytes = read_bytes(path)?;
+    let header = match NiftiHeader::from_reader(&bytes[..]) {
+        Ok(h) => h,
+        Err(NiftiError::InconsistentDim(0, _)) => {
+            return Err(bad_header(
+                path,
+                "dim[0] (the number of dimensions) is not 1 to 7 in either byte order",
+            ));
+        }
+        Err(e) => return Err(corrupt(path, e)),
+    };
+    let offset = check_header(path, &header, bytes.len())?;
     let ndim = header.dim[0] as usize;
-    if !(1..=7).contains(&ndim) {
-        return Err(bad_header(
-            path,
-            format!("dim[0] = {} (must be 1 to 7)", header.dim[0]),
-        ));
-    }
     let dims = header.dim[1..=ndim].to_vec();
     // Trailing singleton axes (dim = [5, x, y, z, 1, 1]) carry no data, so they are harmless.
     if ndim > 4 && dims[4..].iter().any(|&d| d > 1) {
@@ -256,31 +330,36 @@ fn load(path: &Path, channel: usize) -> Result<Loaded, VolumeError> {
     } else {
         (header.scl_slope, header.scl_inter)
     };
-    let spacing = [
-        header.pixdim[1] as f64,
-        header.pixdim[2] as f64,
-        header.pixdim[3] as f64,
-    ];
+    // checked on the file's axes; 1 mm on an axis it does not have (a 2-D file's pixdim[3])
+    let sp = |i: usize| {
+        let p = f64::from(header.pixdim[i]);
+        if i <= ndim || (p.is_finite() && p > 0.0) {
+            p
+        } else {
+            1.0
+        }
+    };
+    let spacing = [sp(1), sp(2), sp(3)];
     let affine = header_affine(path, &header, spacing)?;
 
     let n = shape[0] * shape[1] * shape[2];
-    let bytes = n * datatype.size_of();
-    let mut raw = obj.into_volume().into_raw_data();
-    if raw.len() < bytes * channels {
+    let per_channel = n * datatype.size_of();
+    let have = bytes.len() - offset;
+    if have < per_channel * channels {
         return Err(VolumeError::Corrupt {
             path: path.to_path_buf(),
             detail: format!(
-                "the file is truncated: {} bytes of voxel data where the header needs {}",
-                raw.len(),
-                bytes * channels
+                "the file is truncated: {have} bytes of voxel data where the header needs {}",
+                per_channel * channels
             ),
         });
     }
-    // Channels are the slowest axis on disk, so one channel is a contiguous byte range.
-    if channels > 1 {
-        raw.truncate(bytes * (channel + 1));
-        raw.drain(..bytes * channel);
-    }
+    // Channels are the slowest axis on disk, so one channel is a contiguous byte range; the
+    // file's buffer is cut down to it in place rather than copied.
+    let start = offset + per_channel * channel;
+    let mut raw = bytes;
+    raw.truncate(start + per_channel);
+    raw.drain(..start);
     let dim3 = [
         3,
         shape[0] as u16,
@@ -296,6 +375,7 @@ fn load(path: &Path, channel: usize) -> Result<Loaded, VolumeError> {
             .map_err(|e| corrupt(path, e))?;
     Ok(Loaded {
         shape,
+        channels,
         spacing,
         affine,
         volume,
@@ -389,10 +469,20 @@ pub fn read_image(path: &Path, channel: usize) -> Result<Volume<f32>, VolumeErro
     into_c_order::<f32>(path, l)
 }
 
-/// Reads a label map from any integer or float datatype (channel 0 of a 4D file); fails when a
-/// value is not a non-negative integer that fits in u16.
+/// Reads a 3-D label map from any integer or float datatype; fails when a value is not a
+/// non-negative integer that fits in u16, or when the file holds several volumes (`dim[4] > 1`:
+/// reading only the first would silently ignore the others' labels).
 pub fn read_labels(path: &Path) -> Result<Volume<u16>, VolumeError> {
     let l = load(path, 0)?;
+    if l.channels > 1 {
+        return Err(bad_header(
+            path,
+            format!(
+                "a label map must be one 3-D volume; this file has {} along dim[4]",
+                l.channels
+            ),
+        ));
+    }
     let vol = into_c_order::<f64>(path, l)?;
     let mut data = Vec::with_capacity(vol.data.len());
     for (i, &v) in vol.data.iter().enumerate() {

@@ -363,3 +363,143 @@ fn failed_write_leaves_nothing_behind() {
     assert!(err.to_string().contains("bad.nii.gz"), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+fn gzip(bytes: &[u8], level: flate2::Compression) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), level);
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+/// A gzip member that still inflates but to other bytes (here: a stored block with a changed
+/// voxel byte, or a wrong CRC) must be an error: the data are wrong, and only the trailer says so.
+#[test]
+fn a_gzip_stream_with_a_wrong_checksum_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let nii = std::fs::read(fixture("scaled_i16.nii")).unwrap();
+    let good = gzip(&nii, flate2::Compression::none());
+    let p = dir.path().join("good.nii.gz");
+    std::fs::write(&p, &good).unwrap();
+    let reference = read_image(&fixture("scaled_i16.nii"), 0).unwrap();
+    assert_eq!(read_image(&p, 0).unwrap().data, reference.data);
+
+    // A voxel byte changed inside the stored block (header 10 + block header 5 + the voxels
+    // from byte 352 of the file on).
+    let mut bad = good.clone();
+    bad[10 + 5 + 400] ^= 0x5a;
+    let p = dir.path().join("flipped.nii.gz");
+    std::fs::write(&p, &bad).unwrap();
+    let err = read_image(&p, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("flipped.nii.gz") && err.contains("gzip"),
+        "{err}"
+    );
+
+    // The CRC in the trailer zeroed.
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 8..n - 4].copy_from_slice(&[0; 4]);
+    let p = dir.path().join("crc.nii.gz");
+    std::fs::write(&p, &bad).unwrap();
+    let err = read_image(&p, 0).unwrap_err().to_string();
+    assert!(err.contains("crc.nii.gz") && err.contains("gzip"), "{err}");
+    let err = read_labels(&p).unwrap_err().to_string();
+    assert!(err.contains("crc.nii.gz"), "{err}");
+}
+
+/// The voxels start at `vox_offset`, which may leave padding after the header (other writers
+/// align to 16 bytes or more, or keep room for extensions).
+#[test]
+fn voxels_are_read_from_vox_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let nii = std::fs::read(fixture("scaled_i16.nii")).unwrap();
+    let reference = read_image(&fixture("scaled_i16.nii"), 0).unwrap();
+    let mut padded = nii[..352].to_vec();
+    padded[108..112].copy_from_slice(&400f32.to_le_bytes());
+    padded.resize(400, 0xee);
+    padded.extend_from_slice(&nii[352..]);
+    for (name, bytes) in [
+        ("pad.nii", padded.clone()),
+        ("pad.nii.gz", gzip(&padded, flate2::Compression::default())),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        let v = read_image(&p, 0).unwrap();
+        assert_eq!(v.data, reference.data, "{name}");
+    }
+
+    // Not a byte position after the header: refused, in either form.
+    for (name, off) in [
+        ("low.nii.gz", 100.0f32),
+        ("frac.nii.gz", 352.5),
+        ("nan.nii.gz", f32::NAN),
+    ] {
+        let mut b = nii.clone();
+        b[108..112].copy_from_slice(&off.to_le_bytes());
+        let p = dir.path().join(name);
+        std::fs::write(&p, gzip(&b, flate2::Compression::default())).unwrap();
+        let err = read_image(&p, 0).unwrap_err().to_string();
+        assert!(err.contains(name) && err.contains("vox_offset"), "{err}");
+    }
+    // Past the end of a compressed file (this used to pass unnoticed for .gz).
+    let mut b = nii.clone();
+    b[108..112].copy_from_slice(&1e9f32.to_le_bytes());
+    let p = dir.path().join("far.nii.gz");
+    std::fs::write(&p, gzip(&b, flate2::Compression::default())).unwrap();
+    let err = read_image(&p, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("far.nii.gz") && err.contains("past the end"),
+        "{err}"
+    );
+}
+
+#[test]
+fn spacing_that_is_not_positive_is_refused() {
+    // pixdim[1..4] at bytes 80..92 (float32)
+    for (name, v) in [
+        ("zero.nii", 0.0f32),
+        ("neg.nii", -1.5),
+        ("nan.nii", f32::NAN),
+    ] {
+        let (_d, p) = patched(name, |b| b[84..88].copy_from_slice(&v.to_le_bytes()));
+        let err = read_image(&p, 0).unwrap_err().to_string();
+        assert!(
+            err.contains(name) && err.contains("pixdim[2]") && err.contains("spacing"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn compression_must_match_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let nii = std::fs::read(fixture("scaled_i16.nii")).unwrap();
+    let p = dir.path().join("plain.nii.gz");
+    std::fs::write(&p, &nii).unwrap();
+    let err = read_image(&p, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("plain.nii.gz") && err.contains("not gzip"),
+        "{err}"
+    );
+    let p = dir.path().join("packed.nii");
+    std::fs::write(&p, gzip(&nii, flate2::Compression::default())).unwrap();
+    let err = read_image(&p, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("packed.nii") && err.contains("gzip-compressed"),
+        "{err}"
+    );
+}
+
+/// A label file with several volumes: reading the first alone would ignore the others' labels.
+#[test]
+fn a_4d_label_file_is_refused() {
+    let err = read_labels(&fixture("image_4d.nii"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("image_4d.nii") && err.contains("dim[4]"),
+        "{err}"
+    );
+    // as an image, each channel reads
+    assert!(read_image(&fixture("image_4d.nii"), 1).is_ok());
+}
