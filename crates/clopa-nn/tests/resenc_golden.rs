@@ -411,6 +411,27 @@ fn truncated_checkpoint_is_an_error_naming_the_file() -> R<()> {
     Ok(())
 }
 
+/// A damaged byte inside a tensor's data: the archive is still readable, only the entry's CRC-32
+/// tells; the import must not write the wrong weights.
+#[test]
+fn damaged_checkpoint_bytes_are_an_error_naming_the_file() -> R<()> {
+    let dir = temp_folder()?;
+    let ck = dir.path().join("fold_0/checkpoint_final.pth");
+    let mut bytes = std::fs::read(&ck)?;
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0xa5;
+    }
+    std::fs::write(&ck, &bytes)?;
+    let err = import_nnunet_folder(dir.path()).expect_err("damaged");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("checkpoint_final.pth") && msg.contains("damaged"),
+        "{msg}"
+    );
+    Ok(())
+}
+
 #[test]
 fn checkpoint_not_matching_the_plans_names_file_and_tensor() -> R<()> {
     let dir = temp_folder()?;
