@@ -73,7 +73,7 @@ pub struct Step {
     pub program: String,
     /// Arguments.
     pub args: Vec<OsString>,
-    /// Files the step writes; all present = done. Empty = always run (the tool skips itself).
+    /// Files the step writes (see [`Step::is_done`]). Empty = always run (the tool skips itself).
     pub outputs: Vec<PathBuf>,
 }
 
@@ -97,9 +97,44 @@ impl Step {
         self
     }
 
-    /// Whether every output exists (the tools write atomically, so an existing file is complete).
+    /// Whether the step can be skipped, by make's rule and a look at each output: every output
+    /// exists and looks whole ([`looks_whole`]: the tools write atomically, but a file can still
+    /// be truncated or emptied afterwards), and none is older than an input file named in the
+    /// arguments. So a checkpoint retrained or a model re-baked by hand makes the steps that read
+    /// it run again, and their new outputs then do the same for the steps after them.
     pub fn is_done(&self) -> bool {
-        !self.outputs.is_empty() && self.outputs.iter().all(|p| p.is_file())
+        if self.outputs.is_empty() {
+            return false;
+        }
+        let mut oldest_output = None;
+        for p in &self.outputs {
+            let Ok(meta) = std::fs::metadata(p) else {
+                return false;
+            };
+            let Ok(t) = meta.modified() else {
+                return false;
+            };
+            if !meta.is_file() || !looks_whole(p, meta.len()) {
+                return false;
+            }
+            oldest_output = Some(oldest_output.map_or(t, |o: std::time::SystemTime| o.min(t)));
+        }
+        match (self.newest_input(), oldest_output) {
+            (Some(i), Some(o)) => i <= o,
+            _ => true,
+        }
+    }
+
+    /// The modification time of the newest input file named in the arguments.
+    fn newest_input(&self) -> Option<std::time::SystemTime> {
+        self.args
+            .iter()
+            .map(Path::new)
+            .filter(|p| !self.outputs.iter().any(|o| o == p))
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .filter(std::fs::Metadata::is_file)
+            .filter_map(|m| m.modified().ok())
+            .max()
     }
 
     /// The command line, shell-quoted, for logs and error messages.
@@ -111,6 +146,57 @@ impl Step {
         }
         s
     }
+}
+
+/// A cheap completeness check of an output by its kind: Parquet has its magic at both ends and
+/// a footer that fits; safetensors' header parses and its tensors end exactly at the end of the
+/// file; anything else is not empty. It catches the truncated or emptied file that existence
+/// alone would take for done.
+fn looks_whole(path: &Path, len: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let read = || -> std::io::Result<bool> {
+        let mut f = File::open(path)?;
+        match ext {
+            "parquet" => {
+                if len < 12 {
+                    return Ok(false);
+                }
+                let mut head = [0u8; 4];
+                f.read_exact(&mut head)?;
+                let mut tail = [0u8; 8];
+                f.seek(SeekFrom::End(-8))?;
+                f.read_exact(&mut tail)?;
+                let footer = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+                Ok(&head == b"PAR1" && &tail[4..] == b"PAR1" && footer + 12 <= len)
+            }
+            "safetensors" => {
+                let mut n = [0u8; 8];
+                if len < 8 {
+                    return Ok(false);
+                }
+                f.read_exact(&mut n)?;
+                let n = u64::from_le_bytes(n);
+                if n > len - 8 || n > 100_000_000 {
+                    return Ok(false);
+                }
+                let mut header = vec![0u8; n as usize];
+                f.read_exact(&mut header)?;
+                let Ok(serde_json::Value::Object(h)) = serde_json::from_slice(&header) else {
+                    return Ok(false);
+                };
+                let end = h
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "__metadata__")
+                    .filter_map(|(_, v)| v["data_offsets"][1].as_u64())
+                    .max()
+                    .unwrap_or(0);
+                Ok(8 + n + end == len)
+            }
+            _ => Ok(len > 0),
+        }
+    };
+    read().unwrap_or(false)
 }
 
 fn quote(s: &str) -> String {
@@ -559,7 +645,14 @@ pub fn reproduce(
         )?;
         i += 1;
     }
-    let merge = Step::new("merge the task tables".into(), "", merge_outputs.clone());
+    // Never run as a command: the arguments are the task tables, for is_done's time check.
+    let merge = Step::new("merge the task tables".into(), "", merge_outputs.clone()).args(
+        layout::EVAL_TABLES.iter().flat_map(|name| {
+            tasks
+                .iter()
+                .map(move |t| layout::eval_dir(&opts.out, &t.name).join(name))
+        }),
+    );
     progress(&merge, i, total);
     if merge.is_done() {
         summary.skipped += 1;
@@ -624,6 +717,23 @@ fn exec(
     }
     tracing::info!("{at} {}", step.label);
     run_step(step, bin_dir)?;
+    // The tool may have found its output current and left it as it was (clopa-simulate and
+    // clopa-train-episode check the inputs' sha256): mark it current, or its older time would
+    // make every later run redo the step. The mark is the newest input's own time, not the
+    // clock's: file times are taken from the kernel's coarser clock, so "now" can lie after the
+    // time of a file the next step writes.
+    if let Some(newest) = step.newest_input() {
+        for p in &step.outputs {
+            let f = File::options()
+                .write(true)
+                .open(p)
+                .with_context(|| format!("{} did not write {}", step.program, p.display()))?;
+            if f.metadata()?.modified()? < newest {
+                f.set_modified(newest)
+                    .with_context(|| format!("cannot set the time of {}", p.display()))?;
+            }
+        }
+    }
     summary.ran += 1;
     Ok(())
 }
@@ -788,6 +898,59 @@ mod tests {
         std::fs::write(dir.path().join("b"), "1").expect("write");
         assert!(s.is_done());
         assert!(!Step::new("y".into(), "p", vec![]).is_done());
+        std::fs::write(&a, "").expect("write");
+        assert!(!s.is_done(), "an emptied output is not done");
+    }
+
+    /// make's rule: an input rewritten after the outputs makes the step run again.
+    #[test]
+    fn an_input_newer_than_the_outputs_is_not_done() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (input, out) = (dir.path().join("in.txt"), dir.path().join("out.txt"));
+        std::fs::write(&input, "1").expect("write");
+        std::fs::write(&out, "1").expect("write");
+        let s = Step::new("x".into(), "p", vec![out.clone()])
+            .arg("--flag")
+            .arg(&input)
+            .arg(dir.path().join("missing"));
+        let at = |p: &Path, secs: u64| {
+            let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            File::options()
+                .write(true)
+                .open(p)
+                .expect("open")
+                .set_modified(t)
+                .expect("touch");
+        };
+        at(&input, 1_000);
+        at(&out, 2_000);
+        assert!(s.is_done());
+        at(&input, 3_000);
+        assert!(!s.is_done());
+    }
+
+    #[test]
+    fn truncated_tables_and_checkpoints_are_not_done() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let pq = dir.path().join("t.parquet");
+        clopa_table::write_split(
+            &pq,
+            &[row(None, None)],
+            &Provenance::new("x", "0", serde_json::json!({}), 0),
+        )?;
+        let st = dir.path().join("c.safetensors");
+        let t = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &[0u8; 8])?;
+        safetensors::serialize_to_file([("w", t)], None, &st)?;
+        for p in [&pq, &st] {
+            let s = Step::new("x".into(), "p", vec![p.clone()]);
+            assert!(s.is_done(), "{}", p.display());
+            let bytes = std::fs::read(p)?;
+            std::fs::write(p, &bytes[..bytes.len() - 3])?;
+            assert!(!s.is_done(), "{} truncated", p.display());
+            std::fs::write(p, &bytes)?;
+            assert!(s.is_done());
+        }
+        Ok(())
     }
 
     #[test]

@@ -14,8 +14,10 @@ use clap::Parser;
 /// profile's [synth] datasets, clopa-split, clopa-simulate for the base model, then for each
 /// training run, scheduled episode and method clopa-train-episode (warm-started from the previous
 /// episode) and clopa-simulate with the checkpoint chain, clopa-eval per task and clopa-rank.
-/// Every step whose outputs exist is skipped (the tools write atomically), so an interrupted run
-/// is resumed by running the same command again.
+/// Every step whose outputs exist, look whole and are not older than the input files on its
+/// command line is skipped (the tools write atomically), so an interrupted run is resumed by
+/// running the same command again, and a checkpoint or table rewritten by hand reruns the steps
+/// after it.
 #[derive(Parser, Debug)]
 #[command(
     name = "clopa-reproduce",
@@ -91,7 +93,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     })?;
     pb.finish_and_clear();
     tracing::info!(
-        "done in {:.1} s: {} steps ran, {} skipped (already done), {} checked; results in {}",
+        "done in {:.1} s: {} steps ran, {} skipped (already done), {} checked by the tool itself; results in {}",
         start.elapsed().as_secs_f64(),
         summary.ran,
         summary.skipped,
