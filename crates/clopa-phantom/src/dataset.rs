@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use clopa_volume::write_nifti;
+use clopa_volume::{read_image, read_labels, write_nifti};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -67,11 +67,13 @@ pub struct TrainingCase {
     pub label: String,
 }
 
-/// Whether [`write_case`] generated the case or found it complete already.
+/// Whether [`write_case`] generated the case, found it complete already, or replaced files that
+/// did not read back whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaseStatus {
     Written,
     Skipped,
+    Repaired,
 }
 
 /// `synth_<kind>_<i:03>`.
@@ -128,7 +130,8 @@ fn case_paths(dir: &Path, kind: TaskKind, i: usize) -> (PathBuf, PathBuf) {
 }
 
 /// Generates case `i` and writes its image (i16 for CT kinds, f32 for MR kinds) and labels (u8),
-/// unless both files exist already (each is written atomically, so existing means complete).
+/// unless both files exist already and read back whole on the dataset's grid (each is written
+/// atomically, but a file can be damaged later: such a case is written again).
 pub fn write_case(
     dir: &Path,
     settings: &DatasetSettings,
@@ -136,8 +139,18 @@ pub fn write_case(
 ) -> Result<CaseStatus, PhantomError> {
     let (img_path, lab_path) = case_paths(dir, settings.kind, i);
     if img_path.is_file() && lab_path.is_file() {
-        return Ok(CaseStatus::Skipped);
+        let whole = |shape: Result<[usize; 3], _>| shape.is_ok_and(|s| s == settings.size);
+        if whole(read_image(&img_path, 0).map(|v| v.shape))
+            && whole(read_labels(&lab_path).map(|v| v.shape))
+        {
+            return Ok(CaseStatus::Skipped);
+        }
     }
+    let status = if img_path.exists() || lab_path.exists() {
+        CaseStatus::Repaired
+    } else {
+        CaseStatus::Written
+    };
     let cfg = SynthConfig {
         kind: settings.kind,
         size: Some(settings.size),
@@ -151,7 +164,7 @@ pub fn write_case(
         write_nifti(&img_path, &case.image)?;
     }
     write_nifti(&lab_path, &case.label)?;
-    Ok(CaseStatus::Written)
+    Ok(status)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PhantomError + '_ {
@@ -363,5 +376,19 @@ mod tests {
             statuses,
             vec![(0, CaseStatus::Skipped), (1, CaseStatus::Written)]
         );
+        // A damaged file is written again, the same as it was.
+        let (img, _) = case_paths(&out, TaskKind::Small, 1);
+        let good = std::fs::read(&img).unwrap();
+        std::fs::write(&img, &good[..good.len() / 2]).unwrap();
+        statuses.clear();
+        write_dataset_with(&out, TaskKind::Small, 2, 0, Some([16, 16, 16]), |i, s| {
+            statuses.push((i, s))
+        })
+        .unwrap();
+        assert_eq!(
+            statuses,
+            vec![(0, CaseStatus::Skipped), (1, CaseStatus::Repaired)]
+        );
+        assert_eq!(std::fs::read(&img).unwrap(), good);
     }
 }

@@ -71,9 +71,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
         args.seed,
         args.size,
         |i, status| {
-            if status == CaseStatus::Skipped {
-                skipped += 1;
-                tracing::debug!("case {i} already complete, skipped");
+            match status {
+                CaseStatus::Skipped => {
+                    skipped += 1;
+                    tracing::debug!("case {i} already complete, skipped");
+                }
+                CaseStatus::Repaired => {
+                    tracing::warn!("case {i}: a file did not read back whole; written again");
+                }
+                CaseStatus::Written => {}
             }
             pb.inc(1);
         },
