@@ -22,8 +22,9 @@ fn pq_err(path: &Path, e: impl std::fmt::Display) -> TableError {
     }
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> TableError {
+fn io_err(action: &'static str, path: &Path, source: std::io::Error) -> TableError {
     TableError::Io {
+        action,
         path: path.to_path_buf(),
         source,
     }
@@ -68,14 +69,14 @@ pub fn write_batches(
     prov: &Provenance,
 ) -> Result<(), TableError> {
     clopa_fs::write_atomic(path, |file| {
-        let file = file.try_clone().map_err(|e| io_err(path, e))?;
+        let file = file.try_clone().map_err(|e| io_err("write", path, e))?;
         write_batches_to(file, path, schema, batches, prov)?;
         Ok(())
     })
 }
 
 fn open(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, TableError> {
-    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let file = File::open(path).map_err(|e| io_err("open", path, e))?;
     ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))
 }
 

@@ -70,6 +70,7 @@ pub const KEY_SEED: &str = "clopa.seed";
 impl From<clopa_fs::IoError> for TableError {
     fn from(e: clopa_fs::IoError) -> TableError {
         TableError::Io {
+            action: e.action,
             path: e.path,
             source: e.source,
         }
@@ -79,8 +80,9 @@ impl From<clopa_fs::IoError> for TableError {
 /// Everything that can go wrong reading or writing a table; each variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
-    #[error("{path}: {source}")]
+    #[error("cannot {action} {path}: {source}")]
     Io {
+        action: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,

@@ -99,6 +99,10 @@ enum Command {
     /// Both files are NIfTI label maps on the same grid; any non-zero voxel is foreground. The
     /// spacing comes from the files. Empty masks follow the IS_Validate convention: both empty
     /// gives 1, one empty gives 0.
+    #[command(
+        after_help = "Example:\n  clopa-eval masks --pred pred.nii.gz --ref label.nii.gz --tolerance-mm 1.0\n  \
+                      # {\"dice\":0.912,\"nsd\":0.957}"
+    )]
     Masks(MasksArgs),
 }
 

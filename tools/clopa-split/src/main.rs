@@ -74,6 +74,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if to_stdout && args.show_schedule {
         bail!("--show-schedule prints to stdout, so it cannot be combined with `-o -`");
     }
+    // before reading every case: a bad -o would otherwise fail after the work
+    clopa_cli::check_output(&args.output)?;
     let manifest = Manifest::load(&args.manifest)?;
     let mut profile = Profile::load_or_quick(args.profile.as_deref())?;
     let sets = args

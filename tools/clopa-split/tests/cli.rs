@@ -330,6 +330,29 @@ fn stdout_output() {
     assert_eq!(&out.get_output().stdout[..4], b"PAR1");
 }
 
+/// An output that cannot be written is refused before any case is read, saying why.
+#[test]
+fn an_unwritable_output_is_named_before_the_work() {
+    let f = Fixture::new();
+    let file = f.root.join("afile");
+    std::fs::write(&file, "x").unwrap();
+    for (out, why) in [
+        (file.join("split.parquet"), "afile is a file"),
+        (f.root.clone(), "it is a folder, not a file"),
+    ] {
+        let mut c = Command::cargo_bin("clopa-split").unwrap();
+        c.env_remove("CLOPA_DATA")
+            .arg("--data-root")
+            .arg(&f.root)
+            .arg(&f.manifest)
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .code(1)
+            .stderr(predicates::str::contains(why));
+    }
+}
+
 #[test]
 fn truncated_nifti_is_refused() {
     let f = Fixture::new();

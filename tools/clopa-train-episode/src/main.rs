@@ -109,7 +109,9 @@ struct Cli {
     #[arg(long)]
     no_augment: bool,
 
-    /// Seed of patches, augmentation and clicks [default: the profile's].
+    /// Seed of patches, augmentation and clicks [default: the profile's]. A run is repeated bit
+    /// for bit with the same seed and the same number of threads; another thread count sums the
+    /// gradients in another order (weights then differ by ~1e-4).
     #[arg(long)]
     seed: Option<u64>,
 
@@ -127,7 +129,8 @@ struct Cli {
     #[arg(long, value_name = "P", value_parser = ["fp32", "fp16", "bf16"])]
     precision: Option<String>,
 
-    /// Worker threads [default: all cores].
+    /// Worker threads [default: all cores; fix it to repeat a run on another machine bit for
+    /// bit].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
 
