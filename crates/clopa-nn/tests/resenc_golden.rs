@@ -190,6 +190,21 @@ fn imported_pth_equals_the_state_dict_exactly() -> R<()> {
 
 #[test]
 fn logits_and_activations_match_pytorch() -> R<()> {
+    forward_matches_pytorch()
+}
+
+/// The ops a GPU runs (`ops::portable`'s compositions of candle ops, and the CPU convolution
+/// as one node like cuDNN's) against the same PyTorch values: the CUDA path is only compared
+/// with the CPU kernels elsewhere, so this ties it to the reference directly.
+#[test]
+fn the_gpu_compositions_match_pytorch_too() -> R<()> {
+    clopa_nn::ops::portable::on_cpu(forward_matches_pytorch)?;
+    clopa_nn::ops::portable::on_cpu_like_cuda(forward_matches_pytorch)?;
+    clopa_nn::ops::portable::on_cpu(loss_and_gradients_match_pytorch)?;
+    clopa_nn::ops::portable::on_cpu_like_cuda(loss_and_gradients_match_pytorch)
+}
+
+fn forward_matches_pytorch() -> R<()> {
     let spec = fixture_spec()?;
     let store = ParamStore::new(fixture_weights(&spec)?);
     let net = network(&spec, &store)?;
@@ -275,6 +290,10 @@ fn check_grads(
 
 #[test]
 fn loss_and_all_gradients_match_pytorch() -> R<()> {
+    loss_and_gradients_match_pytorch()
+}
+
+fn loss_and_gradients_match_pytorch() -> R<()> {
     let spec = fixture_spec()?;
     let mut store = ParamStore::new(fixture_weights(&spec)?);
     let all = ParamGroup::All.names(&spec);

@@ -1,6 +1,7 @@
 //! Golden tests against `tests/fixtures/stats.json`, produced by SciPy 1.15.3, statsmodels 0.14.4
-//! and R 4.2.2 (copied from the shared metric fixtures; see their README). Tolerances from that
-//! README: p-values to 1e-9 relative, statistics exact.
+//! and R 4.2.2 (copied from the shared metric fixtures with their README, `tests/fixtures/
+//! README.md`). The README states no tolerances; ours: p-values to 1e-9 relative, statistics
+//! exact.
 
 use clopa_stats::{
     Alternative, McNemarKind, WilcoxonMethod, WilcoxonOptions, ZeroMethod, failure_table, mcnemar,
