@@ -307,8 +307,9 @@ fn network_inputs_match_session() {
         for c in 0..8 {
             let d = max_abs(got.channel(c), &want[c * n..(c + 1) * n]);
             // channel 0 (image): f32 arithmetic; interaction channels must be exact (f16 values)
-            // (the fixture README states no tolerance) we achieve 2.4e-7 (1 f32 ulp: separable f64 trilinear vs
-            // torch's f32 kernel), so hold 1e-6. Interaction channels are f16 values: exact.
+            // (the fixture README states no tolerance) we achieve 2.4e-7 (1 f32 ulp: separable
+            // f64 trilinear vs torch's f32 kernel), so hold 1e-6. Interaction channels are f16
+            // values: exact.
             let tol = if c == 0 { 1e-6 } else { 0.0 };
             if c == 0 {
                 eprintln!("input{j} image channel: max abs diff {d:e}");
