@@ -14,7 +14,7 @@
 //! use candle_core::{DType, Device, Tensor};
 //! use clopa_nn::{ParamGroup, load_model_folder, ResidualEncoderUNet};
 //! # fn main() -> clopa_nn::Result<()> {
-//! let model = load_model_folder(Path::new("models/nninteractive_v1"))?;
+//! let model = load_model_folder(Path::new("models/nnInteractive_v1.0"))?;
 //! let mut params = model.param_store();
 //! params.make_trainable(ParamGroup::In.names(&model.spec))?; // tune the instance norms only
 //! let net = ResidualEncoderUNet::new(&model.spec, &params.var_builder(&Device::Cpu))?;

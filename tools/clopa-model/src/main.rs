@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "clopa-model",
     version,
-    after_help = "Examples:\n  clopa-import nnInteractive_v1.0 -o models/nninteractive_v1\n  clopa-model info models/nninteractive_v1 --json\n  clopa-model forward models/nninteractive_v1 --input patch.safetensors -o logits.safetensors\n  clopa-model init --arch tiny --patch 48 --seed 0 -o models/random-tiny\n  clopa-model bake models/random-tiny --checkpoint ep1.safetensors -o models/clopa-tiny"
+    after_help = "Examples:\n  clopa-import nnInteractive_v1.0 -o models/nnInteractive_v1.0\n  clopa-model info models/nnInteractive_v1.0 --json\n  clopa-model forward models/nnInteractive_v1.0 --input patch.safetensors -o logits.safetensors\n  clopa-model init --arch tiny --patch 48 --seed 0 -o models/random-tiny\n  clopa-model bake models/random-tiny --checkpoint ep1.safetensors -o models/clopa-tiny"
 )]
 struct Cli {
     /// More logging (-v debug, -vv trace).
@@ -49,7 +49,7 @@ enum Command {
     /// Writes a safetensors file with `logits` (B, classes, D, H, W) f32. D, H and W must be
     /// multiples of the network's total stride (32 for nnInteractive).
     #[command(
-        after_help = "Example:\n  clopa-model forward models/nninteractive_v1 --input x.safetensors -o logits.safetensors"
+        after_help = "Example:\n  clopa-model forward models/nnInteractive_v1.0 --input x.safetensors -o logits.safetensors"
     )]
     Forward {
         /// The clopa model folder.

@@ -576,8 +576,17 @@ pub fn reproduce(
     let tasks = load_tasks(&profile)?;
     let model = PathBuf::from(&profile.model);
     if !model.join("model.json").is_file() {
+        // the shipped tiny model is rebuilt by `just pretrain`; any other is imported
+        let how = if model.ends_with("clopa-tiny") {
+            "run `just pretrain`".to_string()
+        } else {
+            format!(
+                "import it with `clopa-import path/to/<nnU-Net model folder> -o {}`",
+                model.display()
+            )
+        };
         bail!(
-            "the base model folder {} has no model.json (run `just pretrain`, or give --model)",
+            "the base model folder {} has no model.json ({how}, or give --model)",
             model.display()
         );
     }

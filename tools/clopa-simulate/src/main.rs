@@ -7,14 +7,21 @@ use clap::Parser;
 
 const AFTER_HELP: &str = "\
 Examples:
-  # the base model on the holdout cases (100 edits, 3 inference runs)
+  # the base model on the holdout cases (no --profile: the quick one, 10 edits, 1 inference run)
   clopa-simulate --model models/clopa-tiny --manifest data-manifests/synth-organ.toml \\
       --split runs/quick/synth-organ/split.parquet -o runs/quick/synth-organ/base/steps.parquet
 
-  # an episode checkpoint (method, run, episode and n_seen come from its metadata), quick profile
-  clopa-simulate --model models/clopa-tiny --checkpoint runs/q/organ/in-run0/ep2.safetensors \\
-      --manifest data-manifests/synth-organ.toml --split runs/q/organ/split.parquet \\
-      --profile pipelines/quick.toml -o runs/q/organ/in-run0/ep2.steps.parquet
+  # an episode checkpoint (method, run, episode and n_seen come from its metadata); the chain of
+  # checkpoints is given in order, as clopa-reproduce does
+  clopa-simulate --model models/clopa-tiny --checkpoint runs/quick/synth-organ/in/run0/ep1.safetensors \\
+      --checkpoint runs/quick/synth-organ/in/run0/ep2.safetensors \\
+      --manifest data-manifests/synth-organ.toml --split runs/quick/synth-organ/split.parquet \\
+      --profile pipelines/quick.toml -o runs/quick/synth-organ/in/run0/ep2.steps.parquet
+
+  # the paper's settings (100 edits, 3 inference runs) on a GPU
+  clopa-simulate --model models/nnInteractive_v1.0 --manifest data-manifests/msd-liver.toml \\
+      --split runs/paper/msd-liver/split.parquet --profile pipelines/paper.toml \\
+      -o runs/paper/msd-liver/base/steps.parquet
 
 Per holdout case and inference run: one initial click pair (background, then foreground), then
 --edits steps of one click in the false positives and one in the false negatives, added to one

@@ -16,7 +16,7 @@ use clap::Parser;
 #[command(
     name = "clopa-import",
     version,
-    after_help = "Example:\n  clopa-import nnInteractive_v1.0 -o models/nninteractive_v1\n  clopa-model info models/nninteractive_v1"
+    after_help = "Example:\n  clopa-import nnInteractive_v1.0 -o models/nnInteractive_v1.0\n  clopa-model info models/nnInteractive_v1.0"
 )]
 struct Cli {
     /// The nnInteractive / nnU-Net model folder.
