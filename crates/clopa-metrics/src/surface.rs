@@ -207,11 +207,12 @@ impl SurfaceDistances {
 }
 
 fn overlap_sum(d: &[f64], a: &[f64], tol: f64) -> f64 {
+    // fold from +0.0: `sum()` of no floats is -0.0, which made NSD -0.0 in the tables when
+    // nothing lay within the tolerance
     d.iter()
         .zip(a)
         .filter(|(d, _)| **d <= tol)
-        .map(|(_, a)| *a)
-        .sum()
+        .fold(0.0, |s, (_, a)| s + a)
 }
 
 fn directed_percentile(d: &[f64], a: &[f64], percent: f64) -> f64 {
@@ -504,6 +505,15 @@ fn distances_at(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Nothing within the tolerance gives +0.0, not the -0.0 of an empty float sum.
+    #[test]
+    fn no_overlap_is_positive_zero() {
+        let v = overlap_sum(&[5.0, 6.0], &[1.0, 1.0], 1.0);
+        assert!(v == 0.0 && v.is_sign_positive(), "{v}");
+        let v = overlap_sum(&[], &[], 1.0);
+        assert!(v.is_sign_positive());
+    }
 
     #[test]
     fn code_areas_match_reference_at_unit_spacing() {
