@@ -16,7 +16,7 @@ test:
 # resolve features differently and rebuild shared crates.
 # Build every tool in release mode.
 build:
-    cargo build --release --workspace --bins
+    cargo build --release --workspace --bins --locked
 
 # The GPU build (`--features cuda`) from PyPI's CUDA 13.0 wheels, into target/cuda (`--all`: every
 # tool, for `target/cuda/release/clopa-reproduce --profile pipelines/paper.toml`); see the script.
@@ -33,7 +33,8 @@ gpu-check:
     bash scripts/gpu-check.sh
 
 # Benchmarks (numbers go to BENCHMARKS.md; see there for the PyTorch side).
-# Each example prints its usage; the PyTorch / surface-distance counterparts are in scripts/.
+# Each example's arguments are in its top comment (without any it runs its default cases); the
+# PyTorch / surface-distance counterparts are in scripts/.
 # Benchmarks against the references (see BENCHMARKS.md for the commands of each side).
 bench:
     cargo build --release -p clopa-nn -p clopa-metrics -p clopa-interact -p clopa-simulate --examples

@@ -231,7 +231,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             let c = all
                 .iter()
                 .find(|c| c.name == name)
-                .ok_or(format!("unknown case {name}"))?;
+                .ok_or(format!("unknown case {name} (--list lists the cases)"))?;
             run_case(c)?;
         }
         None => {
