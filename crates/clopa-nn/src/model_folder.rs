@@ -111,7 +111,43 @@ impl ModelFolder {
         for p in paths {
             let ck = read_episode_checkpoint(p)?;
             ck.check_base(&self.weights_sha256)?;
+            self.check_group(&ck)?;
             apply_tensors(&mut self.tensors, &ck.tensors, p)?;
+        }
+        Ok(())
+    }
+
+    /// A checkpoint whose `clopa.group` names a group must hold exactly that group's tensors:
+    /// otherwise its results would be reported under a method it is not (a `cn` checkpoint with
+    /// only the norms is an `in` one). A group name clopa does not know is left alone.
+    fn check_group(&self, ck: &EpisodeCheckpoint) -> Result<()> {
+        let Some(group) = ck
+            .metadata
+            .get(META_GROUP)
+            .and_then(|g| g.parse::<crate::ParamGroup>().ok())
+        else {
+            return Ok(());
+        };
+        let want: std::collections::BTreeSet<String> =
+            group.names(&self.spec).into_iter().collect();
+        let have: std::collections::BTreeSet<String> = ck.tensors.keys().cloned().collect();
+        if want != have {
+            let missing = want.difference(&have).count();
+            let extra = have.difference(&want).count();
+            let example = want
+                .difference(&have)
+                .chain(have.difference(&want))
+                .next()
+                .cloned()
+                .unwrap_or_default();
+            return Err(NnError::Checkpoint {
+                path: ck.path.clone(),
+                reason: format!(
+                    "its metadata says group {group}, but it lacks {missing} of that group's {} \
+                     tensors and has {extra} others (e.g. {example})",
+                    want.len()
+                ),
+            });
         }
         Ok(())
     }
@@ -497,7 +533,15 @@ mod tests {
             sha256_file(&dir.path().join(MODEL_WEIGHTS))?
         );
         let name = "encoder.stem.convs.0.norm.bias".to_string();
-        let mut upd = BTreeMap::new();
+        // every tensor of group `in`, as clopa-train-episode writes them
+        let mut upd: BTreeMap<String, Tensor> = crate::ParamGroup::In
+            .names(&mf.spec)
+            .into_iter()
+            .map(|n| {
+                let t = mf.tensors[&n].clone();
+                (n, t)
+            })
+            .collect();
         upd.insert(name.clone(), Tensor::new(&[7f32, 8.], &Device::Cpu)?);
         let mut md = BTreeMap::new();
         md.insert(META_BASE_SHA256.to_string(), mf.weights_sha256.clone());
@@ -506,6 +550,19 @@ mod tests {
         write_episode_checkpoint(&ck, &upd, &md)?;
         mf.apply_checkpoints(std::slice::from_ref(&ck))?;
         assert_eq!(mf.tensors[&name].to_vec1::<f32>()?, vec![7., 8.]);
+
+        // Labelled `cn` but holding `in`'s tensors: it would be reported as the wrong method.
+        md.insert(META_GROUP.to_string(), "cn".to_string());
+        let wrong = dir.path().join("wrong.safetensors");
+        write_episode_checkpoint(&wrong, &upd, &md)?;
+        let err = mf
+            .apply_checkpoints(std::slice::from_ref(&wrong))
+            .expect_err("group mismatch");
+        assert!(
+            err.to_string().contains("wrong.safetensors") && err.to_string().contains("group cn"),
+            "{err}"
+        );
+        md.insert(META_GROUP.to_string(), "in".to_string());
 
         // Wrong base model.
         md.insert(META_BASE_SHA256.to_string(), "0".repeat(64));
@@ -516,8 +573,9 @@ mod tests {
             .expect_err("base mismatch");
         assert!(err.to_string().contains("bad.safetensors"), "{err}");
 
-        // Unknown tensor name.
+        // Unknown tensor name (under a group name clopa does not know, which is not checked).
         md.insert(META_BASE_SHA256.to_string(), mf.weights_sha256.clone());
+        md.insert(META_GROUP.to_string(), "custom".to_string());
         upd.insert("encoder.nope".into(), Tensor::new(&[1f32], &Device::Cpu)?);
         write_episode_checkpoint(&bad, &upd, &md)?;
         let err = mf.apply_checkpoints(&[bad]).expect_err("unknown");

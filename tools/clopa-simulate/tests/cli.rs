@@ -92,8 +92,17 @@ impl Fixture {
         c
     }
 
+    /// An `in` checkpoint: every tensor of the group (the base's values) with one norm changed.
     fn checkpoint(&self, name: &str, base: &str) -> PathBuf {
-        let mut t = BTreeMap::new();
+        let model = clopa_nn::load_model_folder(&self.path("model")).unwrap();
+        let mut t: BTreeMap<String, Tensor> = clopa_nn::ParamGroup::In
+            .names(&model.spec)
+            .into_iter()
+            .map(|n| {
+                let v = model.tensors[&n].clone();
+                (n, v)
+            })
+            .collect();
         t.insert(
             "encoder.stem.convs.0.norm.weight".to_string(),
             Tensor::new(&[1.5f32, 0.5, 1.0, 2.0], &Device::Cpu).unwrap(),
@@ -202,11 +211,19 @@ fn a_checkpoint_of_another_base_is_refused() {
 fn a_checkpoint_chain_must_be_one_run_and_group_in_ascending_episodes() {
     let f = Fixture::new();
     let sha = clopa_nn::sha256_file(&f.path("model/model.safetensors")).unwrap();
+    let model = clopa_nn::load_model_folder(&f.path("model")).unwrap();
     let ck = |name: &str, group: &str, episode: u32| {
-        let t = BTreeMap::from([(
-            "encoder.stem.convs.0.norm.weight".to_string(),
-            Tensor::new(&[1.5f32, 0.5, 1.0, 2.0], &Device::Cpu).unwrap(),
-        )]);
+        // every tensor of the group, as clopa-train-episode writes them
+        let t: BTreeMap<String, Tensor> = group
+            .parse::<clopa_nn::ParamGroup>()
+            .unwrap()
+            .names(&model.spec)
+            .into_iter()
+            .map(|n| {
+                let v = model.tensors[&n].clone();
+                (n, v)
+            })
+            .collect();
         let md = BTreeMap::from([
             (META_BASE_SHA256.to_string(), sha.clone()),
             (META_GROUP.to_string(), group.to_string()),
