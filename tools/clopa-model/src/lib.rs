@@ -113,13 +113,24 @@ pub fn read_input(path: &Path) -> anyhow::Result<Tensor> {
             tensors.keys().collect::<Vec<_>>()
         )
     })?;
-    match x.dtype() {
-        DType::F16 | DType::F32 => Ok(x.to_dtype(DType::F32)?),
+    let x = match x.dtype() {
+        DType::F16 | DType::F32 => x.to_dtype(DType::F32)?,
         other => bail!(
             "{}: tensor `x` is {other:?}, expected f16 or f32",
             path.display()
         ),
+    };
+    // NaN or infinity would flow through every layer into logits that look like a result
+    let v = x.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(i) = v.iter().position(|a| !a.is_finite()) {
+        bail!(
+            "{}: tensor `x` has the non-finite value {} at flat index {i} (of {})",
+            path.display(),
+            v[i],
+            v.len()
+        );
     }
+    Ok(x)
 }
 
 /// `clopa-model forward`: logits of a model folder (plus optional episode checkpoints) on `x`.

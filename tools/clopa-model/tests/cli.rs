@@ -192,6 +192,26 @@ fn forward_with_the_wrong_channel_count_fails_naming_both() {
     }
     assert_eq!(forward("gpu").status.code(), Some(2));
     assert!(!tmp.path().join("y.safetensors").exists());
+
+    // NaN in the input is refused, not turned into NaN logits
+    let mut v = vec![0f32; 8 * 32 * 32 * 32];
+    v[77] = f32::NAN;
+    let x = Tensor::from_vec(v, (1, 8, 32, 32, 32), &Device::Cpu).unwrap();
+    x.save_safetensors("x", tmp.path().join("nan.safetensors"))
+        .unwrap();
+    let out = model_cmd()
+        .current_dir(tmp.path())
+        .args(["forward", "-q", "model", "--input", "nan.safetensors"])
+        .args(["-o", "y.safetensors"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("nan.safetensors") && err.contains("NaN at flat index 77"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("y.safetensors").exists());
 }
 
 #[test]
