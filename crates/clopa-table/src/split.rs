@@ -124,5 +124,23 @@ pub fn read_split(path: &Path) -> Result<Vec<SplitRow>, TableError> {
         }
         offset += b.num_rows();
     }
+    // One row per holdout case and per (train case, run): a repeated key would be merged or
+    // counted twice downstream without anyone noticing.
+    let mut seen = std::collections::HashMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        if let Some(first) = seen.insert((&r.task, &r.case_id, r.run), i) {
+            return Err(TableError::BadValue {
+                path: path.to_path_buf(),
+                column: "case_id".into(),
+                row: i,
+                problem: format!(
+                    "case {:?} of task {:?} (run {}) is already in row {first}",
+                    r.case_id,
+                    r.task,
+                    r.run.map_or("null".to_string(), |v| v.to_string())
+                ),
+            });
+        }
+    }
     Ok(rows)
 }

@@ -254,6 +254,20 @@ fn bad_split_value_is_named() {
 }
 
 #[test]
+fn a_repeated_case_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("split.parquet");
+    let mut rows = split_rows();
+    rows.push(rows[0].clone());
+    write_split(&p, &rows, &prov()).unwrap();
+    let msg = read_split(&p).unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("row {}", rows.len() - 1)) && msg.contains("already in row 0"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn not_parquet_and_missing_file_name_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("junk.parquet");
