@@ -105,6 +105,15 @@ impl ModelFolder {
         ResidualEncoderUNet::new(&self.spec, &store.var_builder(device))
     }
 
+    /// The current tensors of `group` by name: what an episode checkpoint of that group holds.
+    pub fn group_tensors(&self, group: crate::ParamGroup) -> BTreeMap<String, Tensor> {
+        group
+            .names(&self.spec)
+            .into_iter()
+            .filter_map(|n| self.tensors.get(&n).map(|t| (n, t.clone())))
+            .collect()
+    }
+
     /// Applies episode checkpoints in order (each replaces the tensors it holds). The first must
     /// name this folder's `model.safetensors` as its base.
     pub fn apply_checkpoints(&mut self, paths: &[PathBuf]) -> Result<()> {
@@ -534,14 +543,7 @@ mod tests {
         );
         let name = "encoder.stem.convs.0.norm.bias".to_string();
         // every tensor of group `in`, as clopa-train-episode writes them
-        let mut upd: BTreeMap<String, Tensor> = crate::ParamGroup::In
-            .names(&mf.spec)
-            .into_iter()
-            .map(|n| {
-                let t = mf.tensors[&n].clone();
-                (n, t)
-            })
-            .collect();
+        let mut upd = mf.group_tensors(crate::ParamGroup::In);
         upd.insert(name.clone(), Tensor::new(&[7f32, 8.], &Device::Cpu)?);
         let mut md = BTreeMap::new();
         md.insert(META_BASE_SHA256.to_string(), mf.weights_sha256.clone());

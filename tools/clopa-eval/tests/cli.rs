@@ -194,6 +194,10 @@ fn example(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (p1, p2, ps)
 }
 
+fn u32_col(df: &DataFrame, name: &str) -> Vec<Option<u32>> {
+    df.column(name).unwrap().u32().unwrap().iter().collect()
+}
+
 fn f64_col(df: &DataFrame, name: &str) -> Vec<Option<f64>> {
     df.column(name).unwrap().f64().unwrap().iter().collect()
 }
@@ -249,7 +253,7 @@ fn tiny_example_matches_hand_computation() {
         ]
     );
     assert_eq!(cases.column("run").unwrap().dtype(), &DataType::UInt32);
-    let noi: Vec<Option<u32>> = cases.column("noi").unwrap().u32().unwrap().iter().collect();
+    let noi = u32_col(&cases, "noi");
     assert_eq!(noi, [Some(3), Some(3), Some(3), Some(1), Some(1), Some(1)]);
     let failed: Vec<Option<bool>> = cases
         .column("failed")
@@ -320,21 +324,9 @@ fn tiny_example_matches_hand_computation() {
         "nnoi_pct",
     );
     assert_close(&f64_col(&eps, "nof_pct"), &[100.0, 50.0, 0.0], "nof_pct");
-    let n_cases: Vec<Option<u32>> = eps
-        .column("n_cases")
-        .unwrap()
-        .u32()
-        .unwrap()
-        .iter()
-        .collect();
+    let n_cases = u32_col(&eps, "n_cases");
     assert_eq!(n_cases, [Some(2); 3]);
-    let n_seen: Vec<Option<u32>> = eps
-        .column("n_seen")
-        .unwrap()
-        .u32()
-        .unwrap()
-        .iter()
-        .collect();
+    let n_seen = u32_col(&eps, "n_seen");
     assert_eq!(n_seen, [Some(0), Some(2), Some(4)]);
 
     // trajectory of `in`, dice_final: base 0.4 at position 1, episode 1 (n_seen 2) at 2-3,
@@ -348,13 +340,7 @@ fn tiny_example_matches_hand_computation() {
             .filter(|&i| m.get(i) == Some(method) && k.get(i) == Some(metric))
             .collect();
         let v = f64_col(&tr, "value");
-        let p: Vec<Option<u32>> = tr
-            .column("position")
-            .unwrap()
-            .u32()
-            .unwrap()
-            .iter()
-            .collect();
+        let p = u32_col(&tr, "position");
         let nos = f64_col(&tr, "nos");
         (
             idx.iter().map(|&i| v[i]).collect(),
@@ -380,15 +366,9 @@ fn tiny_example_matches_hand_computation() {
     let fin = read(&out.join("final.parquet"));
     assert_eq!(fin.get_column_names(), cases.get_column_names());
     assert_eq!(fin.column("run").unwrap().null_count(), 4);
-    let ep: Vec<Option<u32>> = fin
-        .column("episode")
-        .unwrap()
-        .u32()
-        .unwrap()
-        .iter()
-        .collect();
+    let ep = u32_col(&fin, "episode");
     assert_eq!(ep, [Some(0), Some(0), Some(2), Some(2)]);
-    let noi: Vec<Option<u32>> = fin.column("noi").unwrap().u32().unwrap().iter().collect();
+    let noi = u32_col(&fin, "noi");
     assert_eq!(noi, [Some(3), Some(3), Some(1), Some(1)]);
     assert_close(
         &f64_col(&fin, "dice_nauc"),
@@ -432,7 +412,7 @@ fn threshold_from_manifest_and_no_split_means_no_trajectory() {
     assert!(!out.join("trajectory.parquet").exists());
     let cases = read(&out.join("cases.parquet"));
     // At 0.35 base case A (0.3, 0.5, 0.4) passes at step 2.
-    let noi: Vec<Option<u32>> = cases.column("noi").unwrap().u32().unwrap().iter().collect();
+    let noi = u32_col(&cases, "noi");
     assert_eq!(noi[0], Some(2));
 }
 
@@ -468,7 +448,7 @@ fn final_table_averages_training_runs_before_noi_and_failure() {
         .assert()
         .success();
     let cases = read(&out.join("cases.parquet"));
-    let noi: Vec<Option<u32>> = cases.column("noi").unwrap().u32().unwrap().iter().collect();
+    let noi = u32_col(&cases, "noi");
     assert_eq!(
         noi,
         [Some(3), Some(1), Some(1), Some(3)],
@@ -476,7 +456,7 @@ fn final_table_averages_training_runs_before_noi_and_failure() {
     );
     let fin = read(&out.join("final.parquet"));
     assert_eq!(fin.height(), 1);
-    let noi: Vec<Option<u32>> = fin.column("noi").unwrap().u32().unwrap().iter().collect();
+    let noi = u32_col(&fin, "noi");
     assert_eq!(noi, [Some(3)], "the mean curve 0.7 never exceeds 0.8");
     let failed: Vec<Option<bool>> = fin
         .column("failed")
@@ -488,21 +468,9 @@ fn final_table_averages_training_runs_before_noi_and_failure() {
     assert_eq!(failed, [Some(true)]);
     assert_close(&f64_col(&fin, "dice_final"), &[0.7], "mean of the runs");
     assert_close(&f64_col(&fin, "nsd_nauc"), &[0.7], "mean of the runs");
-    let ep: Vec<Option<u32>> = fin
-        .column("episode")
-        .unwrap()
-        .u32()
-        .unwrap()
-        .iter()
-        .collect();
+    let ep = u32_col(&fin, "episode");
     assert_eq!(ep, [Some(2)]);
-    let n_seen: Vec<Option<u32>> = fin
-        .column("n_seen")
-        .unwrap()
-        .u32()
-        .unwrap()
-        .iter()
-        .collect();
+    let n_seen = u32_col(&fin, "n_seen");
     assert_eq!(n_seen, [Some(4)]);
 }
 

@@ -368,14 +368,7 @@ fn bake_folds_checkpoints_into_a_new_model() {
     let base_model = clopa_nn::load_model_folder(&base).unwrap();
     // a checkpoint holds every tensor of its group (clopa-nn refuses one that does not)
     let write_ck = |name: &str, value: f32, base_sha: &str| {
-        let mut t: std::collections::BTreeMap<String, Tensor> = clopa_nn::ParamGroup::In
-            .names(&base_model.spec)
-            .into_iter()
-            .map(|n| {
-                let v = base_model.tensors[&n].clone();
-                (n, v)
-            })
-            .collect();
+        let mut t = base_model.group_tensors(clopa_nn::ParamGroup::In);
         t.insert(
             "encoder.stem.convs.0.norm.weight".to_string(),
             Tensor::full(value, 4, &Device::Cpu).unwrap(),

@@ -128,17 +128,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             clopa_frame::KEY_SETTINGS
         ),
     };
-    if let Some((row, noi)) = cases
-        .iter()
-        .map(|c| c.noi)
-        .enumerate()
-        .find(|(_, n)| *n > n_steps as f64)
-    {
-        anyhow::bail!(
-            "{}: noi is {noi} in row {row}, more than the {n_steps} steps per curve",
-            args.cases.display()
-        );
-    }
+    check_noi(&cases, n_steps, &args.cases)?;
     let trajectory = args
         .trajectory
         .as_deref()
@@ -151,18 +141,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let final_cases = match &final_path {
         Some(path) => {
             let (rows, _) = input::read_cases(path)?;
-            if let Some((row, noi)) = rows
-                .iter()
-                .map(|c| c.noi)
-                .enumerate()
-                .find(|(_, n)| *n > n_steps as f64)
-            {
-                anyhow::bail!(
-                    "{}: noi is {noi} in row {row}, more than the {n_steps} steps per curve of {}",
-                    path.display(),
-                    args.cases.display()
-                );
-            }
+            check_noi(&rows, n_steps, path)?;
             input::final_cases(&rows, path)?
         }
         None => input::final_cases(&cases, &args.cases)?,
@@ -267,6 +246,22 @@ fn run(args: &Args) -> anyhow::Result<()> {
         all.len(),
         out.display()
     );
+    Ok(())
+}
+
+/// NoI cannot exceed the steps per curve (the failure value is the curve's length).
+fn check_noi(rows: &[input::CaseRow], n_steps: usize, path: &Path) -> anyhow::Result<()> {
+    if let Some((row, noi)) = rows
+        .iter()
+        .map(|c| c.noi)
+        .enumerate()
+        .find(|(_, n)| *n > n_steps as f64)
+    {
+        anyhow::bail!(
+            "{}: noi is {noi} in row {row}, more than the {n_steps} steps per curve",
+            path.display()
+        );
+    }
     Ok(())
 }
 

@@ -95,14 +95,7 @@ impl Fixture {
     /// An `in` checkpoint: every tensor of the group (the base's values) with one norm changed.
     fn checkpoint(&self, name: &str, base: &str) -> PathBuf {
         let model = clopa_nn::load_model_folder(&self.path("model")).unwrap();
-        let mut t: BTreeMap<String, Tensor> = clopa_nn::ParamGroup::In
-            .names(&model.spec)
-            .into_iter()
-            .map(|n| {
-                let v = model.tensors[&n].clone();
-                (n, v)
-            })
-            .collect();
+        let mut t = model.group_tensors(clopa_nn::ParamGroup::In);
         t.insert(
             "encoder.stem.convs.0.norm.weight".to_string(),
             Tensor::new(&[1.5f32, 0.5, 1.0, 2.0], &Device::Cpu).unwrap(),
@@ -214,16 +207,7 @@ fn a_checkpoint_chain_must_be_one_run_and_group_in_ascending_episodes() {
     let model = clopa_nn::load_model_folder(&f.path("model")).unwrap();
     let ck = |name: &str, group: &str, episode: u32| {
         // every tensor of the group, as clopa-train-episode writes them
-        let t: BTreeMap<String, Tensor> = group
-            .parse::<clopa_nn::ParamGroup>()
-            .unwrap()
-            .names(&model.spec)
-            .into_iter()
-            .map(|n| {
-                let v = model.tensors[&n].clone();
-                (n, v)
-            })
-            .collect();
+        let t = model.group_tensors(group.parse().unwrap());
         let md = BTreeMap::from([
             (META_BASE_SHA256.to_string(), sha.clone()),
             (META_GROUP.to_string(), group.to_string()),
