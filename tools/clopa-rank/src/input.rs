@@ -401,7 +401,7 @@ mod tests {
             row("in", Some(0), 2, "c2", 0.7, true),
             row("base", None, 0, "c1", 0.3, true),
         ];
-        let f = final_cases(&rows, Path::new("cases.parquet")).unwrap();
+        let f = final_cases(&rows, Path::new("cases.parquet")).expect("one run per method");
         let c = &f["t"]["in"]["c1"];
         assert!((c.values[1] - 0.6).abs() < 1e-12, "{}", c.values[1]);
         assert!((c.noi - 10.0).abs() < 1e-12);
@@ -419,7 +419,7 @@ mod tests {
             row("in", Some(1), 1, "c1", 0.1, false),
         ];
         let e = final_cases(&rows, Path::new("x/cases.parquet"))
-            .unwrap_err()
+            .expect_err("two runs")
             .to_string();
         assert!(e.contains("x/cases.parquet has 2 training runs"), "{e}");
         assert!(e.contains("final.parquet"), "{e}");
