@@ -252,7 +252,7 @@ fn draw<DB: DrawingBackend>(
         if text {
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
+                .position(legend_position(panel, xmax))
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .draw()
@@ -260,6 +260,35 @@ fn draw<DB: DrawingBackend>(
         }
     }
     Ok(())
+}
+
+/// The right-hand corner band (lower, middle or upper third of the Dice axis) that the fewest
+/// curve points of the right 40 % of the panel fall into, the threshold line counting as many
+/// points as a curve has there: the legend then hides as little as it can.
+fn legend_position(panel: &Panel, xmax: f64) -> SeriesLabelPosition {
+    let bands = [
+        (SeriesLabelPosition::LowerRight, 0.0, 1.0 / 3.0),
+        (SeriesLabelPosition::MiddleRight, 1.0 / 3.0, 2.0 / 3.0),
+        (SeriesLabelPosition::UpperRight, 2.0 / 3.0, 1.01),
+    ];
+    let right: Vec<f64> = panel
+        .curves
+        .iter()
+        .flat_map(|c| c.points.iter().filter(|p| p.0 >= 0.6 * xmax).map(|p| p.1))
+        .collect();
+    let per_curve = right.len() / panel.curves.len().max(1);
+    let count = |lo: f64, hi: f64| {
+        let t = panel
+            .threshold
+            .filter(|t| (lo..hi).contains(t))
+            .map_or(0, |_| per_curve.max(1));
+        right.iter().filter(|v| (lo..hi).contains(*v)).count() + t
+    };
+    // ties go to the earlier band: lower right, where it has always been
+    bands
+        .iter()
+        .min_by_key(|(_, lo, hi)| count(*lo, *hi))
+        .map_or(SeriesLabelPosition::LowerRight, |b| b.0.clone())
 }
 
 #[cfg(test)]
@@ -298,5 +327,26 @@ mod tests {
         let svg = std::fs::read_to_string(&path)?;
         assert_eq!(svg.matches("#FF0000").count(), 2, "{svg}");
         Ok(())
+    }
+
+    #[test]
+    fn the_legend_goes_where_the_curves_are_not() {
+        let curve = |y: f64| Curve {
+            method: "in".into(),
+            points: (1..=10).map(|x| (f64::from(x), y)).collect(),
+            nos_x: None,
+        };
+        let panel = |ys: &[f64], threshold| Panel {
+            task: "t".into(),
+            curves: ys.iter().map(|&y| curve(y)).collect(),
+            threshold,
+        };
+        let pos = |p: &Panel| format!("{:?}", legend_position(p, 10.0));
+        // low curves, high threshold: the middle is free
+        assert_eq!(pos(&panel(&[0.1, 0.15], Some(0.85))), "MiddleRight");
+        // curves in the middle, threshold high: lower right
+        assert_eq!(pos(&panel(&[0.4, 0.5], Some(0.94))), "LowerRight");
+        // everything low, no threshold: upper right ties with the middle; the middle comes first
+        assert_eq!(pos(&panel(&[0.1], None)), "MiddleRight");
     }
 }
