@@ -58,7 +58,7 @@ enum Command {
         #[arg(long)]
         input: PathBuf,
         /// Output safetensors file (`-` for stdout).
-        #[arg(short, long)]
+        #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
         /// Episode checkpoint(s) to apply first, in order.
         #[arg(long = "checkpoint")]
@@ -94,7 +94,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Output model folder (must be new or empty, unless --force).
-        #[arg(short, long, value_parser = clopa_cli::not_stdout)]
+        #[arg(short, long, value_name = "DIR", value_parser = clopa_cli::not_stdout)]
         output: PathBuf,
         /// Overwrite the model (model.json, model.safetensors) in an existing output folder.
         #[arg(long)]
@@ -114,7 +114,7 @@ enum Command {
         #[arg(long = "checkpoint", required = true)]
         checkpoints: Vec<PathBuf>,
         /// Output model folder (must be new or empty, unless --force).
-        #[arg(short, long, value_parser = clopa_cli::not_stdout)]
+        #[arg(short, long, value_name = "DIR", value_parser = clopa_cli::not_stdout)]
         output: PathBuf,
         /// Overwrite the model (model.json, model.safetensors) in an existing output folder.
         #[arg(long)]

@@ -26,10 +26,10 @@ use clap::Parser;
 )]
 struct Args {
     /// Pipeline profile [default: the embedded pipelines/quick.toml].
-    #[arg(long)]
+    #[arg(long, value_name = "TOML")]
     profile: Option<PathBuf>,
     /// Output folder, e.g. runs/quick.
-    #[arg(short, long, value_parser = clopa_cli::not_stdout)]
+    #[arg(short, long, value_name = "DIR", value_parser = clopa_cli::not_stdout)]
     output: PathBuf,
     /// Override one profile key, e.g. `--set train_runs=1` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -38,13 +38,13 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Base model folder [default: the profile's `model`].
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// Folder that manifest `dataset` paths and [synth] datasets start from.
-    #[arg(long, env = "CLOPA_DATA", default_value = "data")]
+    #[arg(long, value_name = "DIR", env = "CLOPA_DATA", default_value = "data")]
     data_root: PathBuf,
     /// Folder holding the clopa tools [default: this binary's folder].
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
     /// More logging (-v: every command; -vv: the tools' own logs too).
     #[arg(short, long, action = clap::ArgAction::Count)]

@@ -22,7 +22,7 @@ struct Cli {
     /// The nnInteractive / nnU-Net model folder.
     folder: PathBuf,
     /// The clopa model folder to write (must be new or empty, unless --force).
-    #[arg(short, long, value_parser = clopa_cli::not_stdout)]
+    #[arg(short, long, value_name = "DIR", value_parser = clopa_cli::not_stdout)]
     output: PathBuf,
     /// Overwrite the model (model.json, model.safetensors) in an existing output folder.
     #[arg(long)]
