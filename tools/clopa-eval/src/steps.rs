@@ -114,6 +114,19 @@ fn required<T>(v: Option<T>, name: &str, row: usize, path: &Path) -> anyhow::Res
 pub fn read_steps(paths: &[PathBuf]) -> anyhow::Result<StepsTable> {
     let mut curves: BTreeMap<CaseKey, BTreeMap<u32, Curve>> = BTreeMap::new();
     let mut n_seen: BTreeMap<(String, String, Option<u32>, u32), u32> = BTreeMap::new();
+    // the same file twice would otherwise be reported as duplicated rows
+    let mut seen = std::collections::HashMap::new();
+    for (i, path) in paths.iter().enumerate() {
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        if let Some(j) = seen.insert(key, i) {
+            bail!(
+                "{} is given twice (arguments {} and {})",
+                path.display(),
+                j + 1,
+                i + 1
+            );
+        }
+    }
     for (fi, path) in paths.iter().enumerate() {
         let df = read_parquet(path)?;
         // Check every column first so a file missing several names the first one in schema order.

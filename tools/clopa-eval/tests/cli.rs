@@ -510,11 +510,19 @@ fn bad_inputs_are_errors_without_output() {
         &["`nsd`", "no_nsd.parquet"],
     );
 
-    // duplicated row: the same file twice
+    // the same file twice is named as such
     fails_with(
         &[p1.as_os_str(), p1.as_os_str(), thr[0], thr[1]],
         &out,
-        &["duplicated row", "base.parquet"],
+        &["base.parquet is given twice", "arguments 1 and 2"],
+    );
+    // duplicated row: a copy of a file
+    let copy = dir.path().join("copy.parquet");
+    std::fs::copy(&p1, &copy).unwrap();
+    fails_with(
+        &[p1.as_os_str(), copy.as_os_str(), thr[0], thr[1]],
+        &out,
+        &["duplicated row", "copy.parquet"],
     );
 
     // (a --threshold outside [0, 1] is a usage error: `usage_errors_exit_2`)

@@ -94,7 +94,9 @@ struct Cli {
     batch: Option<usize>,
 
     /// Adam learning rate [default: the profile's].
-    #[arg(long, value_name = "LR")]
+    // a negative value reaches the profile's check ("must be positive") instead of clap's
+    // "unexpected argument '-1'"
+    #[arg(long, value_name = "LR", allow_negative_numbers = true)]
     lr: Option<f64>,
 
     /// Edit passes after the initialisation pass [default: the profile's train_edits].

@@ -297,6 +297,20 @@ fn a_bad_group_is_a_usage_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // a negative learning rate reaches the settings' check rather than clap's "unexpected
+    // argument '-1'"
+    let out = f
+        .cmd(1, "in", &f.path("x.safetensors"))
+        .args(["--lr", "-1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("lr") && err.contains("must be positive"),
+        "{err}"
+    );
+    assert!(!f.path("x.safetensors").exists());
 }
 
 #[test]
