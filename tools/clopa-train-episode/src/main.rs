@@ -94,7 +94,7 @@ struct Cli {
     batch: Option<usize>,
 
     /// Adam learning rate [default: the profile's].
-    // a negative value reaches the profile's check ("must be positive") instead of clap's
+    // a negative value reaches the settings' check ("must be finite and >= 0") instead of clap's
     // "unexpected argument '-1'"
     #[arg(long, value_name = "LR", allow_negative_numbers = true)]
     lr: Option<f64>,
