@@ -148,7 +148,17 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>, VolumeError> {
             detail: "the name ends in .gz but the data are not gzip-compressed".into(),
         });
     }
-    let mut out = Vec::with_capacity(raw.len().saturating_mul(4));
+    // The trailer's ISIZE (the data's length mod 2^32) sizes the buffer at once, so a 400 MB CT
+    // does not pass through the doubling of a growing Vec (it is only a hint: a wrong one costs
+    // a reallocation, not a wrong read).
+    let isize = raw.len().checked_sub(4).map_or(0, |i| {
+        u32::from_le_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]) as usize
+    });
+    let mut out = Vec::with_capacity(if isize > 0 {
+        isize
+    } else {
+        raw.len().saturating_mul(4)
+    });
     flate2::read::MultiGzDecoder::new(&raw[..])
         .read_to_end(&mut out)
         .map_err(|e| VolumeError::Corrupt {
