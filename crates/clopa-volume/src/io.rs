@@ -154,6 +154,8 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>, VolumeError> {
     let isize = raw.len().checked_sub(4).map_or(0, |i| {
         u32::from_le_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]) as usize
     });
+    // (deflate expands at most ~1032-fold: a damaged trailer cannot ask for more)
+    let isize = isize.min(raw.len().saturating_mul(1032));
     let mut out = Vec::with_capacity(if isize > 0 {
         isize
     } else {
