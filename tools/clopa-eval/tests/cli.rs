@@ -194,6 +194,10 @@ fn example(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (p1, p2, ps)
 }
 
+fn bool_col(df: &DataFrame, name: &str) -> Vec<Option<bool>> {
+    df.column(name).unwrap().bool().unwrap().iter().collect()
+}
+
 fn u32_col(df: &DataFrame, name: &str) -> Vec<Option<u32>> {
     df.column(name).unwrap().u32().unwrap().iter().collect()
 }
@@ -255,13 +259,7 @@ fn tiny_example_matches_hand_computation() {
     assert_eq!(cases.column("run").unwrap().dtype(), &DataType::UInt32);
     let noi = u32_col(&cases, "noi");
     assert_eq!(noi, [Some(3), Some(3), Some(3), Some(1), Some(1), Some(1)]);
-    let failed: Vec<Option<bool>> = cases
-        .column("failed")
-        .unwrap()
-        .bool()
-        .unwrap()
-        .iter()
-        .collect();
+    let failed = bool_col(&cases, "failed");
     assert_eq!(
         failed,
         [
@@ -458,13 +456,7 @@ fn final_table_averages_training_runs_before_noi_and_failure() {
     assert_eq!(fin.height(), 1);
     let noi = u32_col(&fin, "noi");
     assert_eq!(noi, [Some(3)], "the mean curve 0.7 never exceeds 0.8");
-    let failed: Vec<Option<bool>> = fin
-        .column("failed")
-        .unwrap()
-        .bool()
-        .unwrap()
-        .iter()
-        .collect();
+    let failed = bool_col(&fin, "failed");
     assert_eq!(failed, [Some(true)]);
     assert_close(&f64_col(&fin, "dice_final"), &[0.7], "mean of the runs");
     assert_close(&f64_col(&fin, "nsd_nauc"), &[0.7], "mean of the runs");
