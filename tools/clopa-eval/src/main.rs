@@ -41,9 +41,9 @@ together before NoI and failure are taken, as the reference does.";
 /// Reads one or more steps.parquet files (as written by clopa-simulate), averages each case's
 /// Dice and NSD curves over inference runs, and writes per-case values (init, final, nAUC, NoI,
 /// failure), per-episode dataset means (nNoI %, NoF %), the final episode's per-case values over
-/// all training runs and, given the split, the stream trajectories with their AUC and NoS. Invalid input (missing column, duplicated row, empty
-/// table, curves of different lengths, threshold outside [0, 1]) is an error and nothing is
-/// written.
+/// all training runs and, given the split, the stream trajectories with their AUC and NoS.
+/// Invalid input (missing column, duplicated row, empty table, curves of different lengths,
+/// threshold outside [0, 1]) is an error and nothing is written.
 #[derive(Parser, Debug)]
 #[command(
     name = "clopa-eval",

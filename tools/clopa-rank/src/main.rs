@@ -46,13 +46,14 @@ enum Mode {
 /// Rank methods by paired significance tests and write the paper's Tables 2 and 3 and Fig. 2.
 ///
 /// Reads `cases.parquet` and `final.parquet` (and optionally `trajectory.parquet`) written by
-/// clopa-eval and writes into DIR: pairs.parquet (every ordered pair of methods per task, table and metric, with its
-/// test and p-value), ranking.parquet (wins and rank per method), table2.md (final episode),
-/// table3.md (trajectory AUCs), fig2.png and fig2.svg.
+/// clopa-eval and writes into DIR: pairs.parquet (every ordered pair of methods per task, table
+/// and metric, with its test and p-value), ranking.parquet (wins and rank per method), table2.md
+/// (final episode), table3.md (trajectory AUCs), fig2.png and fig2.svg.
 ///
 /// Final episode (Table 2): final.parquet, where each case's curves of every training run's final
-/// episode were averaged before NoI and failure were taken (the reference's order). Table 3 pairs methods along the stream position (NoF there: Wilcoxon on the
-/// per-position NoF %). Bold = rank 1 of a metric within a task.
+/// episode were averaged before NoI and failure were taken (the reference's order). Table 3 pairs
+/// methods along the stream position (NoF there: Wilcoxon on the per-position NoF %). Bold = rank
+/// 1 of a metric within a task.
 #[derive(Debug, Parser)]
 #[command(
     name = "clopa-rank",
