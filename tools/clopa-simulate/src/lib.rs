@@ -148,10 +148,8 @@ fn keys(req: &Request) -> anyhow::Result<Keys> {
     let chain = req
         .checkpoints
         .iter()
-        .map(|p| {
-            clopa_nn::read_episode_checkpoint(p)
-                .with_context(|| format!("cannot read the checkpoint {}", p.display()))
-        })
+        // clopa-nn's errors name the file already
+        .map(|p| Ok(clopa_nn::read_episode_checkpoint(p)?))
         .collect::<anyhow::Result<Vec<_>>>()?;
     clopa_nn::check_chain(&chain)?;
     let ck = chain.last().expect("one checkpoint at least");

@@ -281,10 +281,8 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     let chain = req
         .init
         .iter()
-        .map(|ck| {
-            read_episode_checkpoint(ck)
-                .with_context(|| format!("cannot read the checkpoint {}", ck.display()))
-        })
+        // clopa-nn's errors name the file already
+        .map(|ck| Ok(read_episode_checkpoint(ck)?))
         .collect::<anyhow::Result<Vec<_>>>()?;
     // One run and group in ascending episodes (clopa_nn::check_chain), of this group, and
     // episode E warm-starts from episode E − 1 of its own run: the last --init.
