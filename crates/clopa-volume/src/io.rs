@@ -149,28 +149,36 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>, VolumeError> {
         });
     }
     // The trailer's ISIZE (the data's length mod 2^32) sizes the buffer at once, so a 400 MB CT
-    // does not pass through the doubling of a growing Vec (it is only a hint: a wrong one costs
-    // a reallocation, not a wrong read).
+    // does not pass through the doubling of a growing Vec. It is only a hint: a wrong one costs a
+    // reallocation, and a reservation that fails is skipped rather than aborting.
     let isize = raw.len().checked_sub(4).map_or(0, |i| {
         u32::from_le_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]) as usize
     });
-    // (deflate expands at most ~1032-fold: a damaged trailer cannot ask for more)
-    let isize = isize.min(raw.len().saturating_mul(1032));
-    let mut out = Vec::with_capacity(if isize > 0 {
+    let mut out = Vec::new();
+    let _ = out.try_reserve_exact(if isize > 0 {
         isize
     } else {
         raw.len().saturating_mul(4)
     });
-    flate2::read::MultiGzDecoder::new(&raw[..])
-        .read_to_end(&mut out)
-        .map_err(|e| VolumeError::Corrupt {
-            path: path.to_path_buf(),
-            detail: if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                "the file is truncated (the gzip stream ends early)".into()
-            } else {
-                format!("corrupt gzip data ({e})")
-            },
-        })?;
+    let corrupt = |e: std::io::Error| VolumeError::Corrupt {
+        path: path.to_path_buf(),
+        detail: if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "the file is truncated (the gzip stream ends early)".into()
+        } else {
+            format!("corrupt gzip data ({e})")
+        },
+    };
+    // Member after member (gzip allows several), each read to its end; zero bytes after the last
+    // member are padding (as Python's gzip, and so nibabel, take them), anything else is an error.
+    let mut rest: &[u8] = &raw;
+    while !rest.is_empty() {
+        if rest.iter().all(|&b| b == 0) {
+            break;
+        }
+        let mut member = flate2::bufread::GzDecoder::new(rest);
+        member.read_to_end(&mut out).map_err(corrupt)?;
+        rest = member.into_inner();
+    }
     Ok(out)
 }
 
@@ -230,7 +238,13 @@ fn check_header(path: &Path, header: &NiftiHeader, len: usize) -> Result<usize, 
             });
         }
     }
-    let off = header.vox_offset;
+    // 0 is what some writers leave in a single file: the voxels then follow the header and the
+    // extender at 352 (nibabel accepts it too, and the old reader read from there)
+    let off = if header.vox_offset == 0.0 {
+        352.0
+    } else {
+        header.vox_offset
+    };
     if !(off.is_finite() && off.fract() == 0.0 && off >= 352.0) {
         return Err(bad_header(
             path,
@@ -247,14 +261,15 @@ fn check_header(path: &Path, header: &NiftiHeader, len: usize) -> Result<usize, 
             format!("vox_offset = {off} is past the end of the data ({len} bytes)"),
         ));
     }
-    // Spatial spacing: positive and finite on the file's axes (the metrics divide by it); an
-    // axis the file does not have gets 1 mm below.
+    // Spatial spacing: non-zero and finite on the file's axes (the metrics divide by it; its
+    // magnitude is used, as nibabel's zooms, so a negative pixdim is taken as a flip); an axis
+    // the file does not have gets 1 mm below when its pixdim is unusable.
     for i in 1..=ndim.min(3) {
         let p = header.pixdim[i];
-        if !(p.is_finite() && p > 0.0) {
+        if !(p.is_finite() && p != 0.0) {
             return Err(bad_header(
                 path,
-                format!("pixdim[{i}] = {p} (the voxel spacing must be positive and finite)"),
+                format!("pixdim[{i}] = {p} (the voxel spacing must be non-zero and finite)"),
             ));
         }
     }
@@ -342,9 +357,10 @@ fn load(path: &Path, channel: usize) -> Result<Loaded, VolumeError> {
     } else {
         (header.scl_slope, header.scl_inter)
     };
-    // checked on the file's axes; 1 mm on an axis it does not have (a 2-D file's pixdim[3])
+    // |pixdim| on the file's axes (checked above); on an axis it does not have (a 2-D file's
+    // pixdim[3]) the same when usable, else 1 mm
     let sp = |i: usize| {
-        let p = f64::from(header.pixdim[i]);
+        let p = f64::from(header.pixdim[i]).abs();
         if i <= ndim || (p.is_finite() && p > 0.0) {
             p
         } else {

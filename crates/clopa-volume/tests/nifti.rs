@@ -428,6 +428,13 @@ fn voxels_are_read_from_vox_offset() {
         assert_eq!(v.data, reference.data, "{name}");
     }
 
+    // 0, which some writers leave, means "right after the header".
+    let mut b = nii.clone();
+    b[108..112].copy_from_slice(&0f32.to_le_bytes());
+    let p = dir.path().join("zero.nii");
+    std::fs::write(&p, &b).unwrap();
+    assert_eq!(read_image(&p, 0).unwrap().data, reference.data);
+
     // Not a byte position after the header: refused, in either form.
     for (name, off) in [
         ("low.nii.gz", 100.0f32),
@@ -454,12 +461,12 @@ fn voxels_are_read_from_vox_offset() {
 }
 
 #[test]
-fn spacing_that_is_not_positive_is_refused() {
+fn spacing_that_is_zero_or_not_finite_is_refused() {
     // pixdim[1..4] at bytes 80..92 (float32)
     for (name, v) in [
         ("zero.nii", 0.0f32),
-        ("neg.nii", -1.5),
         ("nan.nii", f32::NAN),
+        ("inf.nii", f32::INFINITY),
     ] {
         let (_d, p) = patched(name, |b| b[84..88].copy_from_slice(&v.to_le_bytes()));
         let err = read_image(&p, 0).unwrap_err().to_string();
@@ -468,6 +475,41 @@ fn spacing_that_is_not_positive_is_refused() {
             "{err}"
         );
     }
+    // a negative one is a flip: its magnitude is the spacing (nibabel's zooms)
+    let reference = read_image(&fixture("scaled_i16.nii"), 0).unwrap();
+    let (_d, p) = patched("neg.nii", |b| {
+        let v = f32::from_le_bytes([b[84], b[85], b[86], b[87]]);
+        b[84..88].copy_from_slice(&(-v).to_le_bytes());
+    });
+    match read_image(&p, 0) {
+        Ok(v) => assert_eq!(v.spacing, reference.spacing),
+        // a file with only a qform refuses negative pixdims, as nibabel does
+        Err(e) => assert!(e.to_string().contains("with a qform"), "{e}"),
+    }
+}
+
+/// Gzip allows several members, and zero bytes after the last are padding (Python's gzip reads
+/// both); other trailing bytes are an error.
+#[test]
+fn gzip_members_and_zero_padding() {
+    let dir = tempfile::tempdir().unwrap();
+    let nii = std::fs::read(fixture("scaled_i16.nii")).unwrap();
+    let reference = read_image(&fixture("scaled_i16.nii"), 0).unwrap();
+    let mut two = gzip(&nii[..500], flate2::Compression::default());
+    two.extend(gzip(&nii[500..], flate2::Compression::default()));
+    let mut padded = gzip(&nii, flate2::Compression::default());
+    padded.extend([0u8; 512]);
+    for (name, bytes) in [("two.nii.gz", two), ("padded.nii.gz", padded)] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        assert_eq!(read_image(&p, 0).unwrap().data, reference.data, "{name}");
+    }
+    let mut junk = gzip(&nii, flate2::Compression::default());
+    junk.extend(b"junk");
+    let p = dir.path().join("junk.nii.gz");
+    std::fs::write(&p, &junk).unwrap();
+    let err = read_image(&p, 0).unwrap_err().to_string();
+    assert!(err.contains("junk.nii.gz") && err.contains("gzip"), "{err}");
 }
 
 #[test]
