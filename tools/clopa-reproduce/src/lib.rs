@@ -125,12 +125,21 @@ impl Step {
         }
     }
 
-    /// The modification time of the newest input file named in the arguments.
+    /// The modification time of the newest input file named in the arguments. A model folder
+    /// (`--model DIR`) counts by its `model.json` and `model.safetensors`, so a model imported or
+    /// re-baked in place reruns what it feeds; other folders (data, outputs) do not count.
     fn newest_input(&self) -> Option<std::time::SystemTime> {
         self.args
             .iter()
             .map(Path::new)
             .filter(|p| !self.outputs.iter().any(|o| o == p))
+            .flat_map(|p| {
+                if p.join("model.safetensors").is_file() {
+                    vec![p.join("model.json"), p.join("model.safetensors")]
+                } else {
+                    vec![p.to_path_buf()]
+                }
+            })
             .filter_map(|p| std::fs::metadata(p).ok())
             .filter(std::fs::Metadata::is_file)
             .filter_map(|m| m.modified().ok())
@@ -936,6 +945,19 @@ mod tests {
         assert!(s.is_done());
         at(&input, 3_000);
         assert!(!s.is_done());
+
+        // a model folder counts by its weights
+        let model = dir.path().join("model");
+        std::fs::create_dir(&model).expect("mkdir");
+        for f in ["model.json", "model.safetensors"] {
+            std::fs::write(model.join(f), "1").expect("write");
+            at(&model.join(f), 1_000);
+        }
+        at(&input, 1_000);
+        let s = s.arg("--model").arg(&model);
+        assert!(s.is_done());
+        at(&model.join("model.safetensors"), 3_000);
+        assert!(!s.is_done(), "a model re-baked after the outputs");
     }
 
     #[test]
