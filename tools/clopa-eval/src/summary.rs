@@ -60,6 +60,18 @@ pub fn final_cases(table: &StepsTable, threshold: f64) -> anyhow::Result<Vec<Cas
             .or_insert(key.episode);
         *e = (*e).max(key.episode);
     }
+    // The runs share one schedule: final episodes that differ mean a run is unfinished, and
+    // averaging its earlier episode with the others' later one is worth a warning.
+    let mut finals: BTreeMap<(&str, &str), std::collections::BTreeSet<u32>> = BTreeMap::new();
+    for ((task, method, _), e) in &last {
+        finals.entry((task, method)).or_default().insert(*e);
+    }
+    for ((task, method), eps) in finals.iter().filter(|(_, e)| e.len() > 1) {
+        tracing::warn!(
+            "task {task:?}, method {method:?}: the training runs end at different episodes \
+             {eps:?} (an unfinished run?); final.parquet averages each run's last one"
+        );
+    }
     // (task, method, case) -> (largest episode, its n_seen, the curves)
     type Group<'a> = (u32, u32, Vec<&'a Curve>);
     let mut groups: BTreeMap<(&str, &str, &str), Group> = BTreeMap::new();

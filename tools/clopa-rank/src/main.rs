@@ -64,8 +64,9 @@ enum Mode {
 struct Args {
     /// cases.parquet from clopa-eval.
     cases: PathBuf,
-    /// final.parquet from clopa-eval (Table 2's cases) [default: final.parquet next to CASES if
-    /// it exists, else CASES itself, which then must hold one training run per method].
+    /// final.parquet from clopa-eval (Table 2's cases) [default: final.parquet beside CASES when
+    /// CASES is a cases.parquet, else CASES itself, which then must hold one training run per
+    /// method].
     #[arg(long = "final", value_name = "F")]
     final_cases: Option<PathBuf>,
     /// trajectory.parquet from clopa-eval (Table 3 and the Fig. 2 curves).
@@ -135,10 +136,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .as_deref()
         .map(input::read_trajectory)
         .transpose()?;
+    // The sibling only beside a file named cases.parquet: beside a filtered copy (say one run's
+    // cases) it would belong to other data.
     let final_path = args.final_cases.clone().or_else(|| {
         let sibling = args.cases.with_file_name("final.parquet");
-        sibling.is_file().then_some(sibling)
+        (args.cases.file_name() == Some("cases.parquet".as_ref()) && sibling.is_file())
+            .then_some(sibling)
     });
+    tracing::info!(
+        "Table 2 from {}",
+        final_path.as_deref().unwrap_or(&args.cases).display()
+    );
     let final_cases = match &final_path {
         Some(path) => {
             let (rows, _) = input::read_cases(path)?;

@@ -464,13 +464,23 @@ fn bad_tables_and_values_are_refused_naming_the_problem() {
     };
     let set_first = |value: f64| set_in("dice_final", value);
     // A NaN nAUC is what clopa-eval writes for 1-step curves: accepted.
+    // (a file not named cases.parquet gets no final.parquet from beside it: --final names it)
     let p = edit("nan-nauc.parquet", &set_in("dice_nauc", f64::NAN));
     rank()
         .arg(&p)
+        .arg("--final")
+        .arg(dir.path().join("final.parquet"))
         .arg("-o")
         .arg(dir.path().join("nauc"))
         .assert()
         .success();
+    rank()
+        .arg(&p)
+        .arg("-o")
+        .arg(dir.path().join("nauc2"))
+        .assert()
+        .code(1)
+        .stderr(contains("--final"));
     for (name, f, needle) in [
         (
             "nan.parquet",
