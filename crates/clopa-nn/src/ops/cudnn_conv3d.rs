@@ -80,9 +80,10 @@ fn benchmark() -> bool {
     *ON.get_or_init(|| std::env::var("CLOPA_CUDNN_BENCHMARK").is_ok_and(|v| v == "1"))
 }
 
-/// A Find's choice in [`benchmark`] mode, or `None` to take the heuristics' — also when Find failed (it allocates its
-/// own buffers with cudaMalloc beside candle's pool, and may run out of memory where the launch
-/// would not); the failure is said on stderr, as this mode is an experiment.
+/// A Find's choice in [`benchmark`] mode, or `None` to take the heuristics' — also when Find
+/// failed (it allocates its own buffers with cudaMalloc beside candle's pool, and may run out of
+/// memory where the launch would not); the failure is said on stderr, as this mode is an
+/// experiment.
 fn found<A>(g: ConvGeom, find: impl FnOnce() -> Result<Option<A>>) -> Option<A> {
     if !benchmark() {
         return None;
@@ -192,71 +193,57 @@ impl Raw {
             .map(|(_, _, algo)| algo)
     }
 
-    /// The fastest usable forward algorithm by Find (results come fastest first), if any.
-    fn find_fwd(&self) -> Result<Option<sys::cudnnConvolutionFwdAlgo_t>> {
+    /// Runs one of cuDNN's Find calls — `call(capacity, &mut n, results)` — and returns the
+    /// algorithm of the fastest usable result (results come fastest first), if any.
+    fn find<P, A>(
+        &self,
+        call: impl FnOnce(i32, &mut i32, *mut P) -> sys::cudnnStatus_t,
+        fields: impl Fn(&P) -> (sys::cudnnStatus_t, sys::cudnnMathType_t, A),
+    ) -> Result<Option<A>> {
         let mut n = 0;
-        // SAFETY: zeroed perf structs are plain data; cuDNN writes the first `n`.
-        let mut perf = [unsafe { std::mem::zeroed::<sys::cudnnConvolutionFwdAlgoPerf_t>() }; 8];
-        // SAFETY: the descriptors and handle are live; cuDNN allocates and frees its buffers.
-        unsafe {
-            sys::cudnnFindConvolutionForwardAlgorithm(
-                self.h,
-                self.x,
-                self.w,
-                self.conv,
-                self.y,
-                perf.len() as i32,
-                &mut n,
-                perf.as_mut_ptr(),
-            )
-        }
-        .result()?;
-        Ok(self.fastest(&perf, n, |r| (r.status, r.mathType, r.algo)))
+        // SAFETY: zeroed perf structs are plain data; cuDNN writes the first `n` (at most 8:
+        // more than any direction has algorithms).
+        let mut perf: Vec<P> = (0..8).map(|_| unsafe { std::mem::zeroed() }).collect();
+        call(perf.len() as i32, &mut n, perf.as_mut_ptr()).result()?;
+        Ok(self.fastest(&perf, n, fields))
+    }
+
+    /// The fastest usable forward algorithm by Find, if any.
+    fn find_fwd(&self) -> Result<Option<sys::cudnnConvolutionFwdAlgo_t>> {
+        // SAFETY (of each Find call): the descriptors and handle are live; cuDNN allocates and
+        // frees its own buffers and writes at most `cap` results.
+        self.find(
+            |cap, n, perf| unsafe {
+                sys::cudnnFindConvolutionForwardAlgorithm(
+                    self.h, self.x, self.w, self.conv, self.y, cap, n, perf,
+                )
+            },
+            |r: &sys::cudnnConvolutionFwdAlgoPerf_t| (r.status, r.mathType, r.algo),
+        )
     }
 
     /// [`Self::find_fwd`] for the input gradient.
     fn find_bwd_data(&self) -> Result<Option<sys::cudnnConvolutionBwdDataAlgo_t>> {
-        let mut n = 0;
-        // SAFETY: as in find_fwd.
-        let mut perf = [unsafe { std::mem::zeroed::<sys::cudnnConvolutionBwdDataAlgoPerf_t>() }; 6];
-        // SAFETY: as in find_fwd.
-        unsafe {
-            sys::cudnnFindConvolutionBackwardDataAlgorithm(
-                self.h,
-                self.w,
-                self.y,
-                self.conv,
-                self.x,
-                perf.len() as i32,
-                &mut n,
-                perf.as_mut_ptr(),
-            )
-        }
-        .result()?;
-        Ok(self.fastest(&perf, n, |r| (r.status, r.mathType, r.algo)))
+        self.find(
+            |cap, n, perf| unsafe {
+                sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                    self.h, self.w, self.y, self.conv, self.x, cap, n, perf,
+                )
+            },
+            |r: &sys::cudnnConvolutionBwdDataAlgoPerf_t| (r.status, r.mathType, r.algo),
+        )
     }
 
     /// [`Self::find_fwd`] for the kernel gradient.
     fn find_bwd_filter(&self) -> Result<Option<sys::cudnnConvolutionBwdFilterAlgo_t>> {
-        let mut n = 0;
-        // SAFETY: as in find_fwd.
-        let mut perf =
-            [unsafe { std::mem::zeroed::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>() }; 7];
-        // SAFETY: as in find_fwd.
-        unsafe {
-            sys::cudnnFindConvolutionBackwardFilterAlgorithm(
-                self.h,
-                self.x,
-                self.y,
-                self.conv,
-                self.w,
-                perf.len() as i32,
-                &mut n,
-                perf.as_mut_ptr(),
-            )
-        }
-        .result()?;
-        Ok(self.fastest(&perf, n, |r| (r.status, r.mathType, r.algo)))
+        self.find(
+            |cap, n, perf| unsafe {
+                sys::cudnnFindConvolutionBackwardFilterAlgorithm(
+                    self.h, self.x, self.y, self.conv, self.w, cap, n, perf,
+                )
+            },
+            |r: &sys::cudnnConvolutionBwdFilterAlgoPerf_t| (r.status, r.mathType, r.algo),
+        )
     }
 }
 
