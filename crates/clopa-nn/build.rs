@@ -1,7 +1,8 @@
 //! With the `cuda` feature: compiles the fused instance-norm kernels (src/ops/cuda_norm.cu) to
 //! PTX with nvcc, for the compute capability `CUDA_COMPUTE_CAP`, else the GPU's (nvidia-smi), as
-//! candle-kernels does; else 90 (H100/H200). PTX for sm_N loads on GPUs of capability N and up. nvcc is `$CUDA_ROOT/bin/nvcc` if `CUDA_ROOT` is set, else the one on the
-//! PATH (scripts/build-cuda.sh sets both). Without the feature it does nothing.
+//! candle-kernels does; else 90 (H100/H200). PTX for sm_N loads on GPUs of capability N and up.
+//! nvcc is `$CUDA_ROOT/bin/nvcc` if `CUDA_ROOT` is set, else the one on the PATH
+//! (scripts/build-cuda.sh sets both). Without the feature it does nothing.
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -156,9 +156,9 @@ fn forward(spec: &UNetSpec, dev: &Device, size: usize, reps: usize) {
 
 /// Where the device's time goes, per op of the network's widest stage (32 channels at SIZE³,
 /// batch 1): the 3×3×3 convolution (fp32, and fp16 with its casts), the instance norm +
-/// LeakyReLU, and conv → norm → LeakyReLU
-/// forward + backward with respect to the input (what training runs for every layer). Best of
-/// REPS after one warm-up; `scripts/gpu_check.py` times the same in PyTorch.
+/// LeakyReLU, and conv → norm → LeakyReLU forward + backward with respect to the input (what
+/// training runs for every layer). Best of REPS after one warm-up; `scripts/gpu_check.py` times
+/// the same in PyTorch.
 fn op_times(dev: &Device, size: usize, reps: usize) {
     use clopa_nn::ops;
     let n = size * size * size;

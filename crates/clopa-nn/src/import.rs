@@ -91,11 +91,16 @@ fn find_checkpoint(dir: &Path) -> Option<PathBuf> {
     found.into_iter().next()
 }
 
+/// A `torch.save` file as the zip archive it is.
+fn open_zip(path: &Path) -> Result<zip::ZipArchive<std::io::BufReader<std::fs::File>>> {
+    let file = std::fs::File::open(path).map_err(|e| NnError::io("open", path, e))?;
+    zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| NnError::checkpoint(path, format!("not a torch.save zip archive: {e}")))
+}
+
 /// `trainer_name` and `init_args.configuration` from a checkpoint's pickle (no tensor data read).
 pub fn read_checkpoint_info(path: &Path) -> Result<(Option<String>, Option<String>)> {
-    let file = std::fs::File::open(path).map_err(|e| NnError::io("open", path, e))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .map_err(|e| NnError::checkpoint(path, format!("not a torch.save zip archive: {e}")))?;
+    let mut zip = open_zip(path)?;
     let name = zip
         .file_names()
         .filter_map(|n| n.ok().map(|n| n.into_owned()))
@@ -338,9 +343,7 @@ pub fn read_nnunet_folder(dir: &Path) -> Result<NnUnetFolder> {
 /// CRC-32: candle's `PthTensors` reads the tensor bytes at their offsets without it, so a damaged
 /// checkpoint would import as wrong weights without an error. (~1 s for nnInteractive's 400 MB.)
 fn verify_zip(path: &Path) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(|e| NnError::io("open", path, e))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .map_err(|e| NnError::checkpoint(path, format!("not a torch.save zip archive: {e}")))?;
+    let mut zip = open_zip(path)?;
     for i in 0..zip.len() {
         let mut entry = zip
             .by_index(i)
