@@ -299,16 +299,8 @@ fn load(path: &Path, channel: usize) -> Result<Loaded, VolumeError> {
         }
     }
     let bytes = read_bytes(path)?;
-    let header = match NiftiHeader::from_reader(&bytes[..]) {
-        Ok(h) => h,
-        Err(NiftiError::InconsistentDim(0, _)) => {
-            return Err(bad_header(
-                path,
-                "dim[0] (the number of dimensions) is not 1 to 7 in either byte order",
-            ));
-        }
-        Err(e) => return Err(corrupt(path, e)),
-    };
+    // (the parser only reads fields; check_header judges them)
+    let header = NiftiHeader::from_reader(&bytes[..]).map_err(|e| corrupt(path, e))?;
     let offset = check_header(path, &header, bytes.len())?;
     let ndim = header.dim[0] as usize;
     let dims = header.dim[1..=ndim].to_vec();
