@@ -12,12 +12,12 @@
 #
 # With the device tool:  run(command="bash scripts/gpu-check.sh", carry=["target/cuda-check"])
 # Writes $OUT (default /tmp/gpu-check): gpu.txt, clopa-smoke.jsonl (64³), clopa.jsonl (cuDNN's
-# algorithms by its heuristics, then by its Find), torch.jsonl (fp32 with TF32 off, autocast fp16 as
+# legacy API, then its graph API), torch.jsonl (fp32 with TF32 off, autocast fp16 as
 # nnInteractive, TF32 as PyTorch's default, fp32 with cudnn.benchmark) and the peak of nvidia-smi's
 # memory.used during each (mem.txt), and prints them all.
 #
 # Both GPU checks in one call of the device tool (~3–5 min on an H200; 7 files back), the tools
-# first since this script's last part (cuDNN's Find) may run long:
+# first:
 #   run(command="bash scripts/gpu-tools-check.sh; bash scripts/gpu-check.sh", carry=["target/cuda-check"])
 set -uo pipefail
 
@@ -31,9 +31,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out
 nproc | sed 's/^/cpu cores: /' | tee -a "$out/gpu.txt"
 
 # clopa first (the unknown side): a smoke test that fails fast, then the check; then PyTorch.
-# The device tool stops a command at 600 s and the timeouts below add up to 650 s (the first run
-# took 87 s in all, before the Find run and the benchmark line were added); every line is
-# written as it is printed, so a run cut short still leaves what it measured.
+# The device tool stops a command at 600 s and the timeouts below add up to 650 s (800 s with
+# GPU_CHECK_FIND=1); on an H200 the whole script took ~175 s (2026-11-28, with the tools check
+# before it ~240 s; a fresh machine adds ~30 s to start). Every line is written as it is printed,
+# so a run cut short still leaves what it measured.
 bin=/tmp/gpu-check-bin/gpu_check
 unpack "$dist/gpu_check.xz" "$bin" || exit 1
 export RUST_BACKTRACE=1
@@ -47,15 +48,23 @@ else
   smoke=failed
 fi
 # (one file for the three: the device tool sends back 8 files at most, gpu-tools-check.sh's too)
-for mode in fp32:"" autocast:--autocast tf32:--tf32 benchmark:--benchmark; do
+# (GPU_CHECK_TORCH=0 leaves PyTorch out: a rerun of clopa's side on the card of an earlier run)
+[ "${GPU_CHECK_TORCH:-1}" = 0 ] && modes="" || modes='fp32: autocast:--autocast tf32:--tf32 benchmark:--benchmark'
+for mode in $modes; do
   name=torch-${mode%%:*}
   peak "$name" timeout -k 5 60 "$py" -u scripts/gpu_check.py "$size" "$patch,192" "$steps" "$reps" ${mode#*:} |
     tee -a "$out/torch.jsonl"
 done
-# Last, as it may take longest (cuDNN's Find runs every algorithm once per shape): clopa with
-# cuDNN's algorithms by Find, PyTorch's cudnn.benchmark counterpart (the torch `benchmark` line
-# above). The same lines after a `config` line saying so.
+# Last: clopa again through cuDNN's graph API (CLOPA_CUDNN_API=graph, cudnn_graph.rs: opt-in, slower
+# in training on the H200); with GPU_CHECK_FIND=1 also by the legacy API's Find
+# (CLOPA_CUDNN_BENCHMARK=1; it may take long: every algorithm runs once per shape; no faster on the
+# H200), PyTorch's cudnn.benchmark counterpart (the torch `benchmark` line above). The same lines
+# after a `config` line saying which.
 if [ "$smoke" = ok ]; then
-  CLOPA_CUDNN_BENCHMARK=1 peak clopa-find timeout -k 5 150 "$bin" cuda "$size" "$patch" "$steps" "$reps" |
+  CLOPA_CUDNN_API=graph peak clopa-graph timeout -k 5 150 "$bin" cuda "$size" "$patch" "$steps" "$reps" |
     tee -a "$out/clopa.jsonl"
+  if [ "${GPU_CHECK_FIND:-0}" = 1 ]; then
+    CLOPA_CUDNN_BENCHMARK=1 peak clopa-find timeout -k 5 150 "$bin" cuda "$size" "$patch" "$steps" "$reps" |
+      tee -a "$out/clopa.jsonl"
+  fi
 fi

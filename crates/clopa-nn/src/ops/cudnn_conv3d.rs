@@ -21,13 +21,16 @@ use candle_core::cuda_backend::cudarc::cudnn::result;
 use candle_core::cuda_backend::cudarc::cudnn::{
     ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn, sys,
 };
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr,
+};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 
 use super::conv3d::ConvGeom;
+use super::cudnn_graph as graph;
 use super::{ConvPrecision, grad_if, invalid};
 
 thread_local! {
@@ -78,6 +81,16 @@ fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
 fn benchmark() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("CLOPA_CUDNN_BENCHMARK").is_ok_and(|v| v == "1"))
+}
+
+/// Whether convolutions run through cuDNN's graph API (`cudnn_graph.rs`, `CLOPA_CUDNN_API=graph`)
+/// instead of its legacy API (the default). Opt-in, as measured on an H200 (BENCHMARKS.md): its
+/// heuristics' first deterministic engine gave the same forward but made the 192³ training step
+/// 1.77× slower (the backward-data convolutions). [`benchmark`] mode uses the legacy API, whose
+/// Find it is.
+fn graph_api() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| !benchmark() && std::env::var("CLOPA_CUDNN_API").is_ok_and(|v| v == "graph"))
 }
 
 /// A Find's choice in [`benchmark`] mode, or `None` to take the heuristics' — also when Find
@@ -284,7 +297,8 @@ struct CudnnConv3d {
     kind: Kind,
 }
 
-fn dims(v: [usize; 5]) -> ([i32; 5], [i32; 5]) {
+/// The dims of a contiguous 5-D tensor and its strides, as cuDNN takes them.
+pub(super) fn dims(v: [usize; 5]) -> ([i32; 5], [i32; 5]) {
     let d = v.map(|x| x as i32);
     let strides = [
         d[1] * d[2] * d[3] * d[4],
@@ -370,6 +384,59 @@ impl CudnnConv3d {
     {
         let g = self.g;
         let dev = s1.device().clone();
+        let a = view::<T>("first argument", s1, l1)?;
+        let b = view::<T>("second argument", s2, l2)?;
+        let stream = dev.cuda_stream();
+        let shape = match self.kind {
+            Kind::Forward => g.out_dims(),
+            Kind::BackwardData => g.in_dims(),
+            Kind::BackwardFilter => g.w_dims(),
+        };
+        // SAFETY: every launch below writes every output element (beta = 0) before anything
+        // reads it.
+        let mut out = unsafe { stream.alloc::<T>(shape.iter().product()) }?;
+        // SAFETY (of the uninitialised workspace): cuDNN only uses it as scratch.
+        let workspace = |bytes: usize| -> Result<Option<CudaSlice<u8>>> {
+            Ok(if bytes == 0 {
+                None
+            } else {
+                Some(unsafe { stream.alloc::<u8>(bytes) }?)
+            })
+        };
+        if graph_api() {
+            let op = match self.kind {
+                Kind::Forward => graph::Op::Forward,
+                Kind::BackwardData => graph::Op::BackwardData,
+                Kind::BackwardFilter => graph::Op::BackwardFilter,
+            };
+            let ran = {
+                let (pa, _ga) = a.device_ptr(&stream);
+                let (pb, _gb) = b.device_ptr(&stream);
+                let (po, _go) = out.device_ptr_mut(&stream);
+                // tensors 1, 2, 3 = the input's dims, the kernel's, the output's (graph::Op)
+                let ptrs = match self.kind {
+                    Kind::Forward => [pa, pb, po],
+                    Kind::BackwardData => [po, pb, pa],
+                    Kind::BackwardFilter => [pa, po, pb],
+                };
+                let key = (g, op, T::DTYPE, ptrs.map(graph::alignment));
+                match graph::plan(&dev, key)? {
+                    Some(plan) => {
+                        let mut ws = workspace(plan.workspace)?;
+                        let (pw, _gw) = ws.as_mut().map(|w| w.device_ptr_mut(&stream)).unzip();
+                        graph::execute(&dev, &plan, ptrs, pw.unwrap_or(0))?;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if ran {
+                return Ok((
+                    CudaStorage::wrap_cuda_slice(out, dev),
+                    Shape::from(shape.to_vec()),
+                ));
+            }
+        }
         let cudnn = handle(&dev)?;
         let (xd, xs) = dims(g.in_dims());
         let (yd, ys) = dims(g.out_dims());
@@ -391,27 +458,8 @@ impl CudnnConv3d {
         } else {
             sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
         })?;
-        let a = view::<T>("first argument", s1, l1)?;
-        let b = view::<T>("second argument", s2, l2)?;
         let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
-        let stream = dev.cuda_stream();
-        // SAFETY (of the uninitialised workspace): cuDNN only uses it as scratch.
-        let workspace = |bytes: usize| -> Result<Option<CudaSlice<u8>>> {
-            Ok(if bytes == 0 {
-                None
-            } else {
-                Some(unsafe { stream.alloc::<u8>(bytes) }?)
-            })
-        };
         let key = (g, T::DTYPE);
-        let shape = match self.kind {
-            Kind::Forward => g.out_dims(),
-            Kind::BackwardData => g.in_dims(),
-            Kind::BackwardFilter => g.w_dims(),
-        };
-        // SAFETY: every launch below writes every output element (beta = 0) before anything
-        // reads it.
-        let mut out = unsafe { stream.alloc::<T>(shape.iter().product()) }?;
         match self.kind {
             Kind::Forward => {
                 let op = ConvForward {

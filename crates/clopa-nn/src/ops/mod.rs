@@ -104,6 +104,8 @@ mod conv_transpose3d;
 mod cuda_norm;
 #[cfg(feature = "cuda")]
 mod cudnn_conv3d;
+#[cfg(feature = "cuda")]
+mod cudnn_graph;
 mod instance_norm;
 mod isa;
 mod leaky_relu;
