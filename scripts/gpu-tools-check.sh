@@ -66,6 +66,9 @@ train() {
 }
 sim sim-cpu --device cpu
 sim sim-gpu --device "$gpu"
+# (again: the first CUDA run on a machine also JIT-compiles candle's PTX kernels for the card, which
+# the driver then caches in ~/.nv/ComputeCache; this one shows the time without that)
+sim sim-gpu-again --device "$gpu"
 sim sim-gpu-fp16 --device "$gpu" --precision fp16
 train train-cpu --device cpu
 train train-gpu --device "$gpu"

@@ -3,7 +3,7 @@
 
     python scripts/gpu_tools_compare.py WORK_DIR BASE_MODEL_SAFETENSORS
 
-* steps tables (sim-cpu, sim-gpu, sim-gpu-fp16 .parquet): per (case, inference run, step) the Dice
+* steps tables (sim-cpu, sim-gpu, sim-gpu-again, sim-gpu-fp16 .parquet): per (case, inference run, step) the Dice
   on both sides; how many are equal, the largest difference, and the mean Dice at the first and the
   last step. The simulated user clicks where the prediction is wrong, so one voxel segmented
   otherwise can move a click and the runs drift apart after it: the first step (the
@@ -80,7 +80,7 @@ def compare_checkpoints(work, base_path, ref, other):
 
 def main():
     work, base = Path(sys.argv[1]), sys.argv[2]
-    for other in ["sim-gpu", "sim-gpu-fp16"]:
+    for other in ["sim-gpu", "sim-gpu-again", "sim-gpu-fp16"]:
         if (work / f"{other}.parquet").exists() and (work / "sim-cpu.parquet").exists():
             compare_steps(work, "sim-cpu", other)
         else:
