@@ -8,7 +8,8 @@ Usage (throwaway venv, not needed to build or test clopa):
 Files: image_i16.nii.gz (7x6x5 int16, rotated affine, sform_code=qform_code=1, anisotropic spacing),
 labels_u8.nii.gz (uint8 labels 0..2), image_4d.nii (7x6x5x2 float32, two channels),
 scaled_i16.nii (int16 with scl_slope 0.5, scl_inter -10), qform_only.nii.gz (sform_code 0, qform_code 1),
-labels_f32.nii.gz (float32 label values), and expected.json with what nibabel reports for each:
+labels_f32.nii.gz (float32 label values), scaled_be_i16.nii.gz and image_be_f32.nii (big-endian header
+and voxels: the scaled int16 image, and the 4-D file's second channel), and expected.json with what nibabel reports for each:
 shape, zooms, affine, sum, and every voxel of get_fdata() flattened in C order (z fastest).
 """
 import json
@@ -87,10 +88,21 @@ def main(outdir):
 
     save(nib.Nifti1Image(lab.astype(np.float32), aff), outdir / "labels_f32.nii.gz")
 
+    # big-endian files (header and voxels), as written on big-endian machines or by tools that
+    # keep an input's byte order: the scaled int16 one gzipped, a float32 one plain
+    be = nib.Nifti1Header(endianness=">")
+    scaled_be = nib.Nifti1Image(img, aff, header=be)
+    scaled_be.header.set_data_dtype(np.int16)  # (a given header's dtype wins over the array's)
+    scaled_be.header.set_slope_inter(0.5, -10.0)
+    save(scaled_be, outdir / "scaled_be_i16.nii.gz")
+    save(nib.Nifti1Image(four[..., 1], aff, header=nib.Nifti1Header(endianness=">")),
+         outdir / "image_be_f32.nii")
+
     expected = {
         name: describe(outdir / name)
         for name in ["image_i16.nii.gz", "labels_u8.nii.gz", "image_4d.nii", "scaled_i16.nii",
-                     "qform_only.nii.gz", "labels_f32.nii.gz"]
+                     "qform_only.nii.gz", "labels_f32.nii.gz", "scaled_be_i16.nii.gz",
+                     "image_be_f32.nii"]
     }
     expected["_generator"] = f"scripts/make_nifti_fixture.py, nibabel {nib.__version__}, numpy {np.__version__}"
     (outdir / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")

@@ -192,6 +192,24 @@ fn reads_nibabel_files_identically() {
 }
 
 #[test]
+fn reads_big_endian_files_as_nibabel_does() {
+    // header fields, scaling and voxels all byte-swapped; the same values as the little-endian
+    // files they were made from
+    let scaled = read_image(&fixture("scaled_be_i16.nii.gz"), 0).unwrap();
+    check_nibabel("scaled_be_i16.nii.gz", &scaled, None, 0.0);
+    assert_eq!(
+        scaled.data,
+        read_image(&fixture("scaled_i16.nii"), 0).unwrap().data
+    );
+    let f = read_image(&fixture("image_be_f32.nii"), 0).unwrap();
+    check_nibabel("image_be_f32.nii", &f, None, 0.0);
+    assert_eq!(
+        f.data,
+        read_image(&fixture("image_4d.nii"), 1).unwrap().data
+    );
+}
+
+#[test]
 fn channel_out_of_range_says_how_many() {
     let err = read_image(&fixture("image_4d.nii"), 2).unwrap_err();
     let msg = err.to_string();
