@@ -180,6 +180,11 @@ fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), Phantom
         source,
     })?;
     text.push('\n');
+    // An unchanged file is left as it is, time included: clopa-reproduce reruns every step that
+    // reads a dataset whose files are newer than the step's outputs (make's rule).
+    if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+        return Ok(());
+    }
     clopa_fs::write_bytes(path, text.as_bytes()).map_err(|e| PhantomError::Io {
         path: e.path,
         source: e.source,
@@ -390,5 +395,29 @@ mod tests {
             vec![(0, CaseStatus::Skipped), (1, CaseStatus::Repaired)]
         );
         assert_eq!(std::fs::read(&img).unwrap(), good);
+    }
+
+    /// A rerun that has nothing to do touches no file (clopa-reproduce reads their times).
+    #[test]
+    fn a_rerun_with_nothing_to_do_leaves_every_file_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ds");
+        write_dataset(&out, TaskKind::Small, 1, 0, Some([16, 16, 16])).unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        let files = [
+            out.join("dataset.json"),
+            out.join(MARKER_FILE),
+            case_paths(&out, TaskKind::Small, 0).0,
+            case_paths(&out, TaskKind::Small, 0).1,
+        ];
+        for f in &files {
+            let file = std::fs::File::options().write(true).open(f).unwrap();
+            file.set_modified(old).unwrap();
+        }
+        write_dataset(&out, TaskKind::Small, 1, 0, Some([16, 16, 16])).unwrap();
+        for f in &files {
+            let t = std::fs::metadata(f).unwrap().modified().unwrap();
+            assert_eq!(t, old, "{} was rewritten", f.display());
+        }
     }
 }
