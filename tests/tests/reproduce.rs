@@ -66,6 +66,16 @@ fn run(cmd: &mut Command) -> String {
     stderr
 }
 
+/// Sets a file's modification time to now, its contents unchanged.
+fn touch(path: &Path) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+}
+
 /// Every file under `dir` (relative path -> bytes).
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -223,12 +233,7 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
     // makes the steps that read it, and the steps after those, run again; the tools find their
     // outputs current, and the next rerun has nothing left to do.
     let ep1 = out.join("synth-vessels/in/run0/ep1.safetensors");
-    std::fs::File::options()
-        .write(true)
-        .open(&ep1)
-        .unwrap()
-        .set_modified(std::time::SystemTime::now())
-        .unwrap();
+    touch(&ep1);
     let third = run(&mut reproduce());
     assert!(!third.contains(" 0 steps ran"), "{third}");
     let fourth = run(&mut reproduce());
@@ -245,6 +250,21 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
             "{name} changed: its inputs' contents did not"
         );
     }
+
+    // A case of the dataset replaced after the outputs (here its label file's time) reruns the
+    // task's steps too, though the steps name only the dataset's manifest and root.
+    let label = std::fs::read_dir(data.join("synth/vessels/labelsTr"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    touch(&label);
+    let fifth = run(&mut reproduce());
+    assert!(!fifth.contains(" 0 steps ran"), "{fifth}");
+    assert!(fifth.contains("split synth-vessels"), "{fifth}");
+    let sixth = run(&mut reproduce());
+    assert!(sixth.contains(" 0 steps ran"), "{sixth}");
 
     // Another profile into the same folder is refused: its outputs would mix settings.
     let out3 = reproduce().args(["--set", "edits=3"]).output().unwrap();

@@ -75,6 +75,9 @@ pub struct Step {
     pub args: Vec<OsString>,
     /// Files the step writes (see [`Step::is_done`]). Empty = always run (the tool skips itself).
     pub outputs: Vec<PathBuf>,
+    /// Dataset folders the step reads through `--manifest` and `--data-root`, which its
+    /// arguments do not name file by file: their files count as inputs too ([`Step::is_done`]).
+    pub data_dirs: Vec<PathBuf>,
 }
 
 impl Step {
@@ -84,6 +87,7 @@ impl Step {
             program: program.to_string(),
             args: Vec::new(),
             outputs,
+            data_dirs: Vec::new(),
         }
     }
 
@@ -127,9 +131,12 @@ impl Step {
 
     /// The modification time of the newest input file named in the arguments. A model folder
     /// (`--model DIR`) counts by its `model.json` and `model.safetensors`, so a model imported or
-    /// re-baked in place reruns what it feeds; other folders (data, outputs) do not count.
+    /// re-baked in place reruns what it feeds; a dataset folder ([`Step::data_dirs`]) by its
+    /// files and those one folder down (`dataset.json`, `imagesTr/*`, `labelsTr/*`), so a case
+    /// replaced or added reruns the task; other folders (outputs) do not count.
     fn newest_input(&self) -> Option<std::time::SystemTime> {
-        self.args
+        let named = self
+            .args
             .iter()
             .map(Path::new)
             .filter(|p| !self.outputs.iter().any(|o| o == p))
@@ -139,7 +146,19 @@ impl Step {
                 } else {
                     vec![p.to_path_buf()]
                 }
-            })
+            });
+        fn entries(dir: &Path) -> Vec<PathBuf> {
+            std::fs::read_dir(dir)
+                .map(|it| it.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default()
+        }
+        let data = self.data_dirs.iter().flat_map(|d| {
+            entries(d)
+                .into_iter()
+                .flat_map(|p| if p.is_dir() { entries(&p) } else { vec![p] })
+        });
+        named
+            .chain(data)
             .filter_map(|p| std::fs::metadata(p).ok())
             .filter(std::fs::Metadata::is_file)
             .filter_map(|m| m.modified().ok())
@@ -326,9 +345,11 @@ pub fn episodes_per_run(rows: &[SplitRow]) -> BTreeMap<u32, Vec<u32>> {
 struct Task {
     name: String,
     manifest_path: PathBuf,
+    /// where its cases are (under `--data-root` unless the manifest's `dataset` is absolute)
+    dataset_dir: PathBuf,
 }
 
-fn load_tasks(profile: &Profile) -> anyhow::Result<Vec<Task>> {
+fn load_tasks(profile: &Profile, data_root: &Path) -> anyhow::Result<Vec<Task>> {
     let mut tasks = Vec::new();
     let mut seen = BTreeSet::new();
     for t in &profile.tasks {
@@ -340,6 +361,7 @@ fn load_tasks(profile: &Profile) -> anyhow::Result<Vec<Task>> {
             bail!("two task manifests are named `{}` ({t})", m.name);
         }
         tasks.push(Task {
+            dataset_dir: m.dataset_dir(Some(data_root)),
             name: m.name,
             manifest_path: path,
         });
@@ -363,7 +385,9 @@ impl Ctx<'_> {
         step.arg("--profile").arg(&self.profile_file)
     }
 
-    fn data(&self, step: Step) -> Step {
+    /// A step that reads task `t`'s cases.
+    fn data(&self, t: &Task, mut step: Step) -> Step {
+        step.data_dirs.push(t.dataset_dir.clone());
         step.arg("--data-root").arg(&self.opts.data_root)
     }
 }
@@ -403,7 +427,7 @@ fn plan_prepare(ctx: &Ctx, profile: &Profile, tasks: &[Task]) -> Vec<Step> {
         .arg(&t.manifest_path)
         .arg("-o")
         .arg(&out);
-        steps.push(ctx.data(ctx.common(step)));
+        steps.push(ctx.data(t, ctx.common(step)));
     }
     steps
 }
@@ -429,7 +453,7 @@ fn plan_rest(
                 .arg(&split)
                 .arg("-o")
                 .arg(dest);
-            ctx.data(ctx.common(s))
+            ctx.data(t, ctx.common(s))
         };
         let base = layout::base_steps(out, &t.name);
         steps.push(simulate(format!("simulate {} base", t.name), base.clone()));
@@ -467,7 +491,7 @@ fn plan_rest(
                     for prev in &chain {
                         train = train.arg("--init").arg(prev);
                     }
-                    steps.push(ctx.data(ctx.common(train)));
+                    steps.push(ctx.data(t, ctx.common(train)));
                     chain.push(ckpt);
                     let dest = layout::episode_steps(out, &t.name, method, run, ep);
                     let mut sim = simulate(
@@ -582,7 +606,7 @@ pub fn reproduce(
             missing.join(" -p ")
         );
     }
-    let tasks = load_tasks(&profile)?;
+    let tasks = load_tasks(&profile, &opts.data_root)?;
     let model = PathBuf::from(&profile.model);
     if !model.join("model.json").is_file() {
         // the shipped tiny model is rebuilt by `just pretrain`; any other is imported
@@ -958,6 +982,27 @@ mod tests {
         assert!(s.is_done());
         at(&model.join("model.safetensors"), 3_000);
         assert!(!s.is_done(), "a model re-baked after the outputs");
+
+        // a dataset folder counts by its files, one folder down too
+        at(&model.join("model.safetensors"), 1_000);
+        let data = dir.path().join("Task09_Spleen");
+        std::fs::create_dir_all(data.join("labelsTr")).expect("mkdir");
+        let (json, label) = (
+            data.join("dataset.json"),
+            data.join("labelsTr/spleen_2.nii.gz"),
+        );
+        for f in [&json, &label] {
+            std::fs::write(f, "1").expect("write");
+            at(f, 1_000);
+        }
+        let mut s = s;
+        s.data_dirs.push(data);
+        assert!(s.is_done());
+        at(&label, 3_000);
+        assert!(!s.is_done(), "a label file replaced after the outputs");
+        at(&label, 1_000);
+        at(&json, 3_000);
+        assert!(!s.is_done(), "dataset.json rewritten after the outputs");
     }
 
     #[test]

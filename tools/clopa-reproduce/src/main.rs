@@ -15,9 +15,9 @@ use clap::Parser;
 /// training run, scheduled episode and method clopa-train-episode (warm-started from the previous
 /// episode) and clopa-simulate with the checkpoint chain, clopa-eval per task and clopa-rank.
 /// Every step whose outputs exist, look whole and are not older than the input files on its
-/// command line is skipped (the tools write atomically), so an interrupted run is resumed by
-/// running the same command again, and a checkpoint or table rewritten by hand reruns the steps
-/// after it.
+/// command line and its task's dataset files is skipped (the tools write atomically), so an
+/// interrupted run is resumed by running the same command again, and a checkpoint or table
+/// rewritten by hand, or a case replaced in a dataset, reruns the steps after it.
 #[derive(Parser, Debug)]
 #[command(
     name = "clopa-reproduce",
