@@ -12,7 +12,7 @@
 #
 # With the device tool:  run(command="bash scripts/gpu-check.sh", carry=["target/cuda-check"])
 # Writes $OUT (default /tmp/gpu-check): gpu.txt, clopa-smoke.jsonl (64³), clopa.jsonl (cuDNN's
-# legacy API, then its graph API), torch.jsonl (fp32 with TF32 off, autocast fp16 as
+# legacy API, then its graph API with timed plans), torch.jsonl (fp32 with TF32 off, autocast fp16 as
 # nnInteractive, TF32 as PyTorch's default, fp32 with cudnn.benchmark) and the peak of nvidia-smi's
 # memory.used during each (mem.txt), and prints them all.
 #
@@ -31,9 +31,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out
 nproc | sed 's/^/cpu cores: /' | tee -a "$out/gpu.txt"
 
 # clopa first (the unknown side): a smoke test that fails fast, then the check; then PyTorch.
-# The device tool stops a command at 600 s and the timeouts below add up to 650 s (800 s with
+# The device tool stops a command at 600 s and the timeouts below add up to 740 s (1040 s with
 # GPU_CHECK_FIND=1); on an H200 the whole script took ~175 s (2026-11-28, with the tools check
-# before it ~240 s; a fresh machine adds ~30 s to start). Every line is written as it is printed,
+# before it ~240 s; a fresh machine adds ~30 s to start), before its last part timed the graph
+# API's plans. Every line is written as it is printed,
 # so a run cut short still leaves what it measured.
 bin=/tmp/gpu-check-bin/gpu_check
 unpack "$dist/gpu_check.xz" "$bin" || exit 1
@@ -55,15 +56,19 @@ for mode in $modes; do
   peak "$name" timeout -k 5 60 "$py" -u scripts/gpu_check.py "$size" "$patch,192" "$steps" "$reps" ${mode#*:} |
     tee -a "$out/torch.jsonl"
 done
-# Last: clopa again through cuDNN's graph API (CLOPA_CUDNN_API=graph, cudnn_graph.rs: opt-in, slower
-# in training on the H200); with GPU_CHECK_FIND=1 also by the legacy API's Find
-# (CLOPA_CUDNN_BENCHMARK=1; it may take long: every algorithm runs once per shape; no faster on the
-# H200), PyTorch's cudnn.benchmark counterpart (the torch `benchmark` line above). The same lines
-# after a `config` line saying which.
+# Last: clopa again through cuDNN's graph API (cudnn_graph.rs) with its first few plans per shape
+# timed on first use (CLOPA_CUDNN_API=graph CLOPA_CUDNN_BENCHMARK=1: PyTorch's cudnn.benchmark in that
+# API; not yet run on a GPU: its first steps may take long, plans of runtime-compiled engines build
+# slowly). With GPU_CHECK_FIND=1 also the graph API by its heuristics alone (measured 2026-11-28: the
+# training step 1.77x slower) and the legacy API by its Find (no faster), PyTorch's cudnn.benchmark
+# counterpart being the torch `benchmark` line above. The same lines after a `config` line saying
+# which.
 if [ "$smoke" = ok ]; then
-  CLOPA_CUDNN_API=graph peak clopa-graph timeout -k 5 150 "$bin" cuda "$size" "$patch" "$steps" "$reps" |
+  CLOPA_CUDNN_API=graph CLOPA_CUDNN_BENCHMARK=1 peak clopa-graph-timed timeout -k 5 240 "$bin" cuda "$size" "$patch" "$steps" "$reps" |
     tee -a "$out/clopa.jsonl"
   if [ "${GPU_CHECK_FIND:-0}" = 1 ]; then
+    CLOPA_CUDNN_API=graph peak clopa-graph timeout -k 5 150 "$bin" cuda "$size" "$patch" "$steps" "$reps" |
+      tee -a "$out/clopa.jsonl"
     CLOPA_CUDNN_BENCHMARK=1 peak clopa-find timeout -k 5 150 "$bin" cuda "$size" "$patch" "$steps" "$reps" |
       tee -a "$out/clopa.jsonl"
   fi

@@ -8,8 +8,9 @@
 //! Weights are random (seeded He-uniform), the input random in [-1, 1).
 //!
 //! Prints JSON lines (after a `config` line: cuDNN's API — its legacy one by default,
-//! `CLOPA_CUDNN_API=graph` its graph one — and whether `CLOPA_CUDNN_BENCHMARK=1` picks the legacy
-//! API's algorithms by its Find instead of its heuristics):
+//! `CLOPA_CUDNN_API=graph` its graph one — and whether `CLOPA_CUDNN_BENCHMARK=1` picks each shape's
+//! algorithm by timing them — the legacy API's Find, or the graph API's first few plans — instead
+//! of by the heuristics):
 //! * `forward`: logits (1, 2, S, S, S) on the device vs the CPU, max |Δ| / max |cpu| and mean |Δ|
 //!   / mean |cpu|; the best of REPS device timings after one warm-up, and the CPU's time.
 //! * `forward` with `precision` F16 / Bf16: the same with half-precision GPU convolutions (fp32
@@ -375,7 +376,7 @@ fn main() {
     let spec = UNetSpec::from_architecture(&Architecture::nninteractive_v1(), 8, 2).unwrap();
     // which way cuDNN's algorithms are picked (clopa-nn reads the variable; the lines below don't say)
     let find = std::env::var("CLOPA_CUDNN_BENCHMARK").is_ok_and(|v| v == "1");
-    let api = if !find && std::env::var("CLOPA_CUDNN_API").is_ok_and(|v| v == "graph") {
+    let api = if std::env::var("CLOPA_CUDNN_API").is_ok_and(|v| v == "graph") {
         "graph"
     } else {
         "legacy"

@@ -76,8 +76,9 @@ fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
 
 /// Whether to pick each shape's algorithms by cuDNN's Find — every algorithm run once, the fastest
 /// taken, like PyTorch's `cudnn.benchmark = True`, which nnU-Net's training sets — instead of the
-/// first choice of cuDNN's heuristics: `CLOPA_CUDNN_BENCHMARK=1`. Off by default until a GPU run
-/// shows it pays (`scripts/gpu-check.sh` runs both; not run yet, BENCHMARKS.md).
+/// first choice of cuDNN's heuristics: `CLOPA_CUDNN_BENCHMARK=1`. Off by default: on an H200 it
+/// was no faster, and its first step took 7 s (BENCHMARKS.md, 2026-11-28). With the graph API
+/// ([`graph_api`]) it times that API's plans instead.
 fn benchmark() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("CLOPA_CUDNN_BENCHMARK").is_ok_and(|v| v == "1"))
@@ -86,11 +87,11 @@ fn benchmark() -> bool {
 /// Whether convolutions run through cuDNN's graph API (`cudnn_graph.rs`, `CLOPA_CUDNN_API=graph`)
 /// instead of its legacy API (the default). Opt-in, as measured on an H200 (BENCHMARKS.md): its
 /// heuristics' first deterministic engine gave the same forward but made the 192³ training step
-/// 1.77× slower (the backward-data convolutions). [`benchmark`] mode uses the legacy API, whose
-/// Find it is.
+/// 1.77× slower (the backward-data convolutions). In [`benchmark`] mode it times its first few
+/// plans per shape instead (not yet run on a GPU), as the legacy API runs its Find.
 fn graph_api() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| !benchmark() && std::env::var("CLOPA_CUDNN_API").is_ok_and(|v| v == "graph"))
+    *ON.get_or_init(|| std::env::var("CLOPA_CUDNN_API").is_ok_and(|v| v == "graph"))
 }
 
 /// A Find's choice in [`benchmark`] mode, or `None` to take the heuristics' — also when Find
@@ -420,7 +421,23 @@ impl CudnnConv3d {
                     Kind::BackwardFilter => [pa, po, pb],
                 };
                 let key = (g, op, T::DTYPE, ptrs.map(graph::alignment));
-                match graph::plan(&dev, key)? {
+                // benchmark mode: a plan's time on these tensors (each run writes only the
+                // output, which the chosen plan then writes again), one warm-up, mean of two
+                let time = |p: &graph::Plan| -> Result<f64> {
+                    let mut ws = workspace(p.workspace)?;
+                    let (pw, _gw) = ws.as_mut().map(|w| w.device_ptr_mut(&stream)).unzip();
+                    let pw = pw.unwrap_or(0);
+                    graph::execute(&dev, p, ptrs, pw)?;
+                    stream.synchronize()?;
+                    let t = std::time::Instant::now();
+                    for _ in 0..2 {
+                        graph::execute(&dev, p, ptrs, pw)?;
+                    }
+                    stream.synchronize()?;
+                    Ok(t.elapsed().as_secs_f64() / 2.0)
+                };
+                let time: Option<&graph::Timer<'_>> = benchmark().then_some(&time);
+                match graph::plan(&dev, key, time)? {
                     Some(plan) => {
                         let mut ws = workspace(plan.workspace)?;
                         let (pw, _gw) = ws.as_mut().map(|w| w.device_ptr_mut(&stream)).unzip();

@@ -12,6 +12,10 @@
 //! non-deterministic ones, so that a seeded training run repeats; the first that builds is kept
 //! for the shape. Where none builds, the caller falls back to the legacy API.
 //!
+//! With `CLOPA_CUDNN_BENCHMARK=1` as well, the first few usable plans of each shape are timed on
+//! its first call and the fastest kept — PyTorch's `cudnn.benchmark` in this API; written after
+//! the GPU runs below, not yet run on a GPU.
+//!
 //! Opt-in (`CLOPA_CUDNN_API=graph`): measured on an H200 (BENCHMARKS.md, 2026-11-28) it agrees
 //! with the CPU as the legacy API does and builds a plan for every shape of the network, but it is
 //! not faster where it counts: convolution alone 14.8 against 15.6 ms (fp32) and 7.0 against 8.3
@@ -114,10 +118,12 @@ impl Drop for Desc {
     }
 }
 
-/// A built execution plan and the descriptors it was built from (kept alive with it).
+/// A built execution plan and the descriptors it was built from (kept alive with it: its engine
+/// config, and the graph and tensors it shares with the shape's other candidates).
 pub(crate) struct Plan {
     plan: Desc,
-    _keep: Vec<Desc>,
+    _cfg: Desc,
+    _graph: Rc<Vec<Desc>>,
     /// workspace bytes the plan needs
     pub workspace: usize,
 }
@@ -158,15 +164,40 @@ fn handle(dev: &CudaDevice) -> Result<sys::cudnnHandle_t> {
     })
 }
 
+/// Seconds a plan takes on the caller's tensors (`Err`: it cannot run).
+pub(crate) type Timer<'a> = dyn Fn(&Plan) -> Result<f64> + 'a;
+
+/// How many of the heuristics' usable plans [`plan`] times when asked to (PyTorch's
+/// `cudnn.benchmark` times every one; the heuristics' order puts the good ones first).
+const TIMED: usize = 6;
+
 /// The plan for `key`, built once; `None` when no engine could be built for it (said once on
-/// stderr: the legacy API then runs it).
-pub(crate) fn plan(dev: &CudaDevice, key: Key) -> Result<Option<Rc<Plan>>> {
+/// stderr: the legacy API then runs it). With `time` (seconds one plan takes on the caller's
+/// tensors; `Err` = it cannot run) the fastest of the first [`TIMED`] usable plans, else the
+/// first.
+pub(crate) fn plan(
+    dev: &CudaDevice,
+    key: Key,
+    time: Option<&Timer<'_>>,
+) -> Result<Option<Rc<Plan>>> {
     if let Some(p) = PLANS.with(|c| c.borrow().get(&key).cloned()) {
         return Ok(p);
     }
     let h = handle(dev)?;
     let mut tried = String::new();
-    let p = match build(h, key, &mut tried) {
+    let max = if time.is_some() { TIMED } else { 1 };
+    let fastest = |plans: Vec<Plan>| -> Option<Plan> {
+        let Some(time) = time else {
+            return plans.into_iter().next();
+        };
+        // (a plan that fails to run is passed over, as PyTorch's benchmark does)
+        plans
+            .into_iter()
+            .filter_map(|p| time(&p).ok().map(|t| (t, p)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, p)| p)
+    };
+    let p = match build(h, key, &mut tried, max).map(fastest) {
         Ok(Some(p)) => Some(Rc::new(p)),
         Ok(None) => {
             eprintln!(
@@ -236,13 +267,14 @@ fn tensor(dt: sys::cudnnDataType_t, dims: [usize; 5], uid: i64, align: i64) -> R
     Ok(t)
 }
 
-/// Builds the operation graph of `key` and the first plan the heuristics' configs allow; says in
-/// `tried` what became of the configs.
+/// Builds the operation graph of `key` and the first `max` plans the heuristics' configs allow;
+/// says in `tried` what became of the configs.
 fn build(
     h: sys::cudnnHandle_t,
     (g, op, dt, align): Key,
     tried: &mut String,
-) -> Result<Option<Plan>> {
+    max: usize,
+) -> Result<Vec<Plan>> {
     let data = data_type(dt)?;
     let t1 = tensor(data, g.in_dims(), 1, align[0])?;
     let t2 = tensor(data, g.w_dims(), 2, align[1])?;
@@ -337,8 +369,8 @@ fn build(
         .set_descs(Attr::CUDNN_ATTR_OPERATIONGRAPH_OPS, &[&operation])?
         .finalize()?;
 
-    let mut keep = vec![t1, t2, t3, conv, operation];
-    for mode in [
+    let mut built: Vec<(Desc, Desc, usize)> = Vec::new();
+    'modes: for mode in [
         sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A,
         sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK,
     ] {
@@ -372,16 +404,22 @@ fn build(
                 tried.push_str(&format!(", one needs {workspace} bytes"));
                 continue;
             }
-            keep.push(graph);
-            keep.push(cfg);
-            return Ok(Some(Plan {
-                plan,
-                _keep: keep,
-                workspace,
-            }));
+            built.push((plan, cfg, workspace));
+            if built.len() == max {
+                break 'modes;
+            }
         }
     }
-    Ok(None)
+    let shared = Rc::new(vec![t1, t2, t3, conv, operation, graph]);
+    Ok(built
+        .into_iter()
+        .map(|(plan, cfg, workspace)| Plan {
+            plan,
+            _cfg: cfg,
+            _graph: shared.clone(),
+            workspace,
+        })
+        .collect())
 }
 
 /// The engine configs cuDNN's heuristics (in `mode`) list for `graph`, best first.
