@@ -14,15 +14,15 @@
 //!
 //! With `CLOPA_CUDNN_BENCHMARK=1` as well, the first few usable plans of each shape are timed on
 //! its first call and the fastest kept — PyTorch's `cudnn.benchmark` in this API; written after
-//! the GPU runs below, not yet run on a GPU.
+//! the GPU runs described next, not yet run on a GPU.
 //!
 //! Opt-in (`CLOPA_CUDNN_API=graph`): measured on an H200 (BENCHMARKS.md, 2026-11-28) it agrees
 //! with the CPU as the legacy API does and builds a plan for every shape of the network, but it is
 //! not faster where it counts: convolution alone 14.8 against 15.6 ms (fp32) and 7.0 against 8.3
 //! ms (fp16), the network's forward the same (0.182 s), and the 192³ training step 1.69 s against
 //! 0.96 s — the first deterministic engine of the heuristics for the backward-data convolutions is
-//! a poor one. Timing the candidates per shape (what PyTorch's `cudnn.benchmark` does with this
-//! API), or allowing non-deterministic engines, are what a next GPU run could try.
+//! a poor one. Hence the timed plans above; allowing non-deterministic engines, or heuristics mode
+//! B (the neural-network one TensorFlow uses), are the other things a next GPU run could try.
 //!
 //! Built only with the `cuda` feature and exercised on a lent GPU by `examples/gpu_check`.
 
