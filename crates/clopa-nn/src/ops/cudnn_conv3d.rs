@@ -31,6 +31,8 @@ use candle_core::{
 
 use super::conv3d::ConvGeom;
 use super::cudnn_graph as graph;
+// (the three computations, as the graph API numbers their tensors)
+use super::cudnn_graph::Op as Kind;
 use super::{ConvPrecision, grad_if, invalid};
 
 thread_local! {
@@ -281,17 +283,6 @@ impl Drop for Raw {
     }
 }
 
-/// Which of the three computations an op runs.
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    /// (x, w) → y
-    Forward,
-    /// (dy, w) → dx
-    BackwardData,
-    /// (x, dy) → dw
-    BackwardFilter,
-}
-
 #[derive(Clone, Debug)]
 struct CudnnConv3d {
     g: ConvGeom,
@@ -405,11 +396,6 @@ impl CudnnConv3d {
             })
         };
         if graph_api() {
-            let op = match self.kind {
-                Kind::Forward => graph::Op::Forward,
-                Kind::BackwardData => graph::Op::BackwardData,
-                Kind::BackwardFilter => graph::Op::BackwardFilter,
-            };
             let ran = {
                 let (pa, _ga) = a.device_ptr(&stream);
                 let (pb, _gb) = b.device_ptr(&stream);
@@ -420,7 +406,7 @@ impl CudnnConv3d {
                     Kind::BackwardData => [po, pb, pa],
                     Kind::BackwardFilter => [pa, po, pb],
                 };
-                let key = (g, op, T::DTYPE, ptrs.map(graph::alignment));
+                let key = (g, self.kind, T::DTYPE, ptrs.map(graph::alignment));
                 // benchmark mode: a plan's time on these tensors (each run writes only the
                 // output, which the chosen plan then writes again), one warm-up, mean of two
                 let time = |p: &graph::Plan| -> Result<f64> {

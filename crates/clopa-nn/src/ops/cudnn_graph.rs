@@ -42,12 +42,16 @@ use sys::cudnnBackendAttributeName_t as Attr;
 use sys::cudnnBackendAttributeType_t as Ty;
 use sys::cudnnBackendDescriptorType_t as Kind;
 
-/// Which computation a plan runs; the tensors are numbered alike in all three: 1 has the
-/// input's dims (x or dx), 2 the kernel's (w or dw), 3 the output's (y or dy).
+/// Which of the three computations a convolution op (and a plan) runs; the tensors are numbered
+/// alike in all three: 1 has the input's dims (x or dx), 2 the kernel's (w or dw), 3 the output's
+/// (y or dy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Op {
+    /// (x, w) → y
     Forward,
+    /// (dy, w) → dx
     BackwardData,
+    /// (x, dy) → dw
     BackwardFilter,
 }
 
