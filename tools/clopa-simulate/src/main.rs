@@ -100,7 +100,7 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     data_root: Option<PathBuf>,
 
-    /// Worker threads [default: all cores].
+    /// Worker threads [default: all cores]. Changes the speed, not the result.
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
 

@@ -111,9 +111,8 @@ struct Cli {
     #[arg(long)]
     no_augment: bool,
 
-    /// Seed of patches, augmentation and clicks [default: the profile's]. A run is repeated bit
-    /// for bit with the same seed and the same number of threads; another thread count sums the
-    /// gradients in another order (weights then differ by ~1e-4).
+    /// Seed of patches, augmentation and clicks [default: the profile's]. On the CPU a run is
+    /// repeated bit for bit with the same seed, whatever the number of threads.
     #[arg(long)]
     seed: Option<u64>,
 
@@ -131,8 +130,7 @@ struct Cli {
     #[arg(long, value_name = "P", value_parser = ["fp32", "fp16", "bf16"])]
     precision: Option<String>,
 
-    /// Worker threads [default: all cores; fix it to repeat a run on another machine bit for
-    /// bit].
+    /// Worker threads [default: all cores]. Changes the speed, not the result.
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
 

@@ -311,6 +311,27 @@ fn a_bad_group_is_a_usage_error() {
 }
 
 #[test]
+fn the_thread_count_does_not_change_the_trained_weights() {
+    // --seed repeats a run bit for bit on any machine: 1 and 3 threads train the same tensors
+    // (the kernel gradients once summed in as many parts as threads: weights moved by ~1e-4).
+    let f = Fixture::new();
+    let train = |threads: &str| {
+        let ck = f.path(&format!("t{threads}.safetensors"));
+        f.cmd(1, "all", &ck)
+            .args(["--threads", threads, "--patch", "20"])
+            .assert()
+            .success();
+        clopa_nn::read_episode_checkpoint(&ck).unwrap()
+    };
+    let (one, three) = (train("1"), train("3"));
+    assert_eq!(one.metadata, three.metadata);
+    assert!(!one.tensors.is_empty());
+    for (n, t) in &one.tensors {
+        assert!(bits(t) == bits(&three.tensors[n]), "{n} differs");
+    }
+}
+
+#[test]
 fn episode_last_trains_a_specialist_on_the_whole_stream_from_the_base() {
     let f = Fixture::new();
     let ck = f.path("expert.safetensors");

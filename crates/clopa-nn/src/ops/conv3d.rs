@@ -29,6 +29,23 @@ use super::{
 /// this was tuned on (64 Ki .. 1 Mi floats tried: 1 MiB was fastest for 32 and 64 channels).
 pub(super) const TILE_FLOATS: usize = 1 << 18;
 
+/// Into how many partial sums a kernel gradient splits its work items (tiles): each part sums its
+/// tiles in order into its own `Cout × Cin·k³` accumulator, and the parts are added in f64, in
+/// order, at the end. The count is fixed — never derived from the thread count — because it
+/// decides the order of the sums and so their bits: with it fixed, a seeded training run repeats
+/// bit for bit on any machine and with any `--threads` (`tests/threads.rs`). 16 gives 2–4 cores a
+/// few parts each (a thread slowed by another process does not stall the reduction); more cores
+/// are kept busy by splitting the output channels (`conv3d_direct::channel_groups`), which does
+/// not change any sum. The partials cost `16 · Cout·Cin·k³` floats: 177 MB at nnInteractive's
+/// widest layer (320 → 320), where the tiles are few anyway.
+pub(super) const DW_PARTS: usize = 16;
+
+/// [`DW_PARTS`], or fewer when there are fewer items: (parts, items per part).
+pub(super) fn dw_parts(items: usize) -> (usize, usize) {
+    let parts = DW_PARTS.clamp(1, items.max(1));
+    (parts, items.div_ceil(parts))
+}
+
 /// Geometry of a 3D convolution with a cubic kernel `k`, stride `s` and zero padding `p`.
 /// `(d, h, w)` is the input size, `(od, oh, ow)` the output size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -527,10 +544,9 @@ fn conv_dw_gemm(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
     let rpt = g.rows_per_tile();
     let ntiles = rows.div_ceil(rpt);
     let items = g.b * ntiles;
-    // A few accumulators per thread, so that a thread slowed by another process does not stall
-    // the whole reduction; each task sums its tiles through gemm's accumulate mode.
-    let nchunks = (4 * rayon::current_num_threads()).clamp(1, items.max(1));
-    let per = items.div_ceil(nchunks);
+    // A fixed number of accumulators (see `DW_PARTS`); each task sums its tiles through gemm's
+    // accumulate mode.
+    let (nchunks, per) = dw_parts(items);
     let partials: Vec<Vec<f32>> = (0..nchunks)
         .into_par_iter()
         .map(|c| {
@@ -925,6 +941,44 @@ pub(super) mod tests {
         // and the gemm dW path (the one without AVX-512) must agree with whichever ran
         let dwg = conv_dw_gemm(&x, &dy, &g);
         assert_close("dw gemm vs conv_dw", &dwg, &f64v(&dw), 1e-5);
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        // Enough tiles that 1, 3 and 7 threads would split the kernel gradient's sums
+        // differently if the split followed the thread count (it did, once: weights trained on
+        // 1 and 2 threads differed by ~1e-4).
+        let g = ConvGeom::new(2, 16, 8, (32, 32, 32), 3, 1, 1).expect("geometry");
+        assert!(g.b * (g.od * g.oh).div_ceil(g.rows_per_tile()) > DW_PARTS);
+        let mut rng = Lcg(29);
+        let x = rng.vec(g.b * g.cin * g.in_vol());
+        let w = rng.vec(g.cout * g.kk());
+        let dy = rng.vec(g.b * g.cout * g.out_vol());
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            pool.install(|| {
+                [
+                    conv_fwd(&x, &w, None, &g),
+                    conv_dx(&dy, &w, None, &g),
+                    conv_dw(&x, &dy, &g),
+                    conv_dw_gemm(&x, &dy, &g),
+                ]
+                .map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
+            })
+        };
+        let one = run(1);
+        for threads in [3, 7] {
+            let other = run(threads);
+            for (name, (a, b)) in ["forward", "dx", "dw", "dw gemm"]
+                .iter()
+                .zip(one.iter().zip(&other))
+            {
+                assert!(a == b, "{name}: {threads} threads differ from 1");
+            }
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@
 
 use rayon::prelude::*;
 
-use super::conv3d::{ConvGeom, im2row_part};
+use super::conv3d::{ConvGeom, dw_parts, im2row_part};
 use super::isa::{Isa, isa};
 use super::{SyncPtr, zeroed};
 
@@ -243,9 +243,11 @@ impl Plan {
     }
 }
 
-/// Splits `ncb` output-channel blocks into groups when `items` (tiles) are fewer than two per
-/// thread, so that every thread gets work (each group rebuilds its tile's strips, a copy
-/// ~1/(3·Cout/G) of the group's FMAs). Returns (groups, blocks per group).
+/// Splits `ncb` output-channel blocks into groups when `items` (tiles, or the kernel gradient's
+/// tile ranges) are fewer than two per thread, so that every thread gets work (each group
+/// rebuilds its tile's strips, a copy ~1/(3·Cout/G) of the group's FMAs). Returns (groups, blocks
+/// per group). The only place the thread count enters: a group computes whole output channels,
+/// each summed in the same order as without groups, so results do not depend on it.
 fn channel_groups(items: usize, ncb: usize) -> (usize, usize) {
     let want = 2 * rayon::current_num_threads();
     let groups = if items >= want {
@@ -382,11 +384,10 @@ fn kernel_grad(x: &[f32], dy: &[f32], g: &ConvGeom, kern: Kernels) -> Vec<f32> {
     let npl = g.cin * K;
     let tiles = g.b * ntiles;
     let ndb = g.cout.div_ceil(DC);
-    let (groups, per_group) = channel_groups(tiles, ndb);
-    // A few tile ranges per thread, so that a thread slowed by another process does not stall
-    // the whole reduction.
-    let nranges = (4 * rayon::current_num_threads()).clamp(1, tiles.max(1));
-    let per_range = tiles.div_ceil(nranges);
+    // A fixed number of tile ranges, whatever the thread count (`DW_PARTS` says why); cores
+    // beyond two per range split the output channels instead.
+    let (nranges, per_range) = dw_parts(tiles);
+    let (groups, per_group) = channel_groups(nranges, ndb);
     let partials: Vec<(usize, Vec<f32>)> = (0..nranges * groups)
         .into_par_iter()
         .map(|item| {
