@@ -879,7 +879,7 @@ fn task_names(b: &RecordBatch) -> anyhow::Result<BTreeSet<String>> {
     let Some(col) = b.column_by_name("task") else {
         return Ok(BTreeSet::new());
     };
-    // polars writes Utf8View, arrow-rs Utf8: cast to one
+    // clopa-frame writes LargeUtf8, arrow-rs Utf8 (other polars writers Utf8View): cast to one
     let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8)?;
     let col = col
         .as_any()
