@@ -92,8 +92,14 @@ impl EpisodeConfig {
                 ),
             ));
         }
-        if self.batch == 0 {
-            return Err(bad("batch", "0".into(), "must be at least 1"));
+        for (key, v) in [
+            ("batch", self.batch),
+            ("epochs", self.epochs),
+            ("steps_per_epoch", self.steps_per_epoch),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "0".into(), "must be at least 1"));
+            }
         }
         if !(self.lr >= 0.0 && self.lr.is_finite()) {
             return Err(bad("lr", self.lr.to_string(), "must be finite and >= 0"));

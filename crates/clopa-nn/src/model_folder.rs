@@ -316,6 +316,17 @@ pub(crate) fn read_safetensors(path: &Path, keep_dtype: bool) -> Result<Safetens
         .map_err(|e| NnError::checkpoint(path, e.to_string()))?;
     let mut tensors = BTreeMap::new();
     for (k, t) in loaded {
+        // An integer tensor is not a weight (a header whose dtype was edited reads the float
+        // bytes as integers, and converting those to f32 would run the network on garbage).
+        if !t.dtype().is_float() {
+            return Err(NnError::checkpoint(
+                path,
+                format!(
+                    "tensor `{k}` is {:?}: weights are floating point (F32, F16, BF16 or F64)",
+                    t.dtype()
+                ),
+            ));
+        }
         // Weights with NaN or Inf give NaN logits (every Dice 0) or a NaN loss that training
         // would carry into every later checkpoint: refuse them where they are read.
         if !all_finite(&t)? {
@@ -600,6 +611,19 @@ mod tests {
             );
         }
         assert!(all_finite(&Tensor::new(&[1u32, 2], &Device::Cpu)?)?);
+
+        // An integer tensor is no weight, even where its values would convert (written by
+        // candle as it is: our writer stores f32).
+        let upd = HashMap::from([(name.clone(), Tensor::new(&[1i64, 2], &Device::Cpu)?)]);
+        let int = dir.path().join("int.safetensors");
+        candle_core::safetensors::save(&upd, &int)?;
+        let msg = read_episode_checkpoint(&int)
+            .expect_err("integer weights")
+            .to_string();
+        assert!(
+            msg.contains("int.safetensors") && msg.contains(&name) && msg.contains("I64"),
+            "{msg}"
+        );
         Ok(())
     }
 

@@ -451,6 +451,44 @@ fn damaged_checkpoint_bytes_are_an_error_naming_the_file() -> R<()> {
     Ok(())
 }
 
+/// A NaN weight in an intact archive (a diverged training run saved as it was): refused by the
+/// import, which would otherwise write a model folder every later tool refuses.
+#[test]
+fn non_finite_weights_are_an_error_naming_the_file() -> R<()> {
+    let dir = temp_folder()?;
+    let ck = dir.path().join("fold_0/checkpoint_final.pth");
+    let mut zin = zip::ZipArchive::new(std::io::Cursor::new(std::fs::read(&ck)?))?;
+    let mut out = zip::ZipWriter::new(std::fs::File::create(&ck)?);
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut hit = false;
+    for i in 0..zin.len() {
+        let mut f = zin.by_index(i)?;
+        let name = f.name()?.to_string();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut bytes)?;
+        // data/0 is the first tensor saved, the stem convolution's f32 weight (2·8·27 floats)
+        if name.ends_with("/data/0") {
+            assert_eq!(bytes.len(), 2 * 8 * 27 * 4);
+            bytes[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+            hit = true;
+        }
+        out.start_file(name, stored)?;
+        std::io::Write::write_all(&mut out, &bytes)?;
+    }
+    out.finish()?;
+    assert!(hit);
+    let err = import_nnunet_folder(dir.path()).expect_err("NaN weight");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("checkpoint_final.pth")
+            && msg.contains("encoder.stem.convs.0.conv.weight")
+            && msg.contains("non-finite"),
+        "{msg}"
+    );
+    Ok(())
+}
+
 #[test]
 fn checkpoint_not_matching_the_plans_names_file_and_tensor() -> R<()> {
     let dir = temp_folder()?;

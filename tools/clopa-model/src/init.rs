@@ -192,10 +192,16 @@ pub fn bake(dir: &Path, checkpoints: &[PathBuf], out: &Path) -> anyhow::Result<(
         );
     }
     let mut model = load_model_folder(dir)?;
+    let chain = checkpoints
+        .iter()
+        .map(|p| read_episode_checkpoint(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    // One training run and group in ascending episodes, as clopa-simulate requires: a repeated
+    // or mixed chain would bake a model no training run produced.
+    clopa_nn::check_chain(&chain)?;
     model.apply_checkpoints(checkpoints)?;
     let mut applied = Vec::new();
-    for p in checkpoints {
-        let ck = read_episode_checkpoint(p)?;
+    for (p, ck) in checkpoints.iter().zip(chain) {
         applied.push(serde_json::json!({
             "path": p.display().to_string(),
             "sha256": sha256_file(p)?,

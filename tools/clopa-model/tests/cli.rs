@@ -367,7 +367,7 @@ fn bake_folds_checkpoints_into_a_new_model() {
     let base_sha = sha(&base.join("model.safetensors"));
     let base_model = clopa_nn::load_model_folder(&base).unwrap();
     // a checkpoint holds every tensor of its group (clopa-nn refuses one that does not)
-    let write_ck = |name: &str, value: f32, base_sha: &str| {
+    let write_ck = |name: &str, value: f32, base_sha: &str, episode: u32| {
         let mut t = base_model.group_tensors(clopa_nn::ParamGroup::In);
         t.insert(
             "encoder.stem.convs.0.norm.weight".to_string(),
@@ -376,12 +376,13 @@ fn bake_folds_checkpoints_into_a_new_model() {
         let mut md = std::collections::BTreeMap::new();
         md.insert("clopa.base_sha256".to_string(), base_sha.to_string());
         md.insert("clopa.group".to_string(), "in".to_string());
+        md.insert("clopa.episode".to_string(), episode.to_string());
         let p = tmp.path().join(name);
         clopa_nn::model_folder::write_episode_checkpoint(&p, &t, &md).unwrap();
         p
     };
-    let ep1 = write_ck("ep1.safetensors", 2.0, &base_sha);
-    let ep2 = write_ck("ep2.safetensors", 3.0, &base_sha);
+    let ep1 = write_ck("ep1.safetensors", 2.0, &base_sha, 1);
+    let ep2 = write_ck("ep2.safetensors", 3.0, &base_sha, 2);
     let baked = tmp.path().join("baked");
     let out = model_cmd()
         .arg("bake")
@@ -412,7 +413,7 @@ fn bake_folds_checkpoints_into_a_new_model() {
     assert_eq!(m.meta.source["checkpoints"].as_array().unwrap().len(), 2);
 
     // A checkpoint of the baked model does not apply to the base: exit 1 naming it.
-    let foreign = write_ck("foreign.safetensors", 4.0, &m.weights_sha256);
+    let foreign = write_ck("foreign.safetensors", 4.0, &m.weights_sha256, 1);
     let out = model_cmd()
         .arg("bake")
         .arg(&base)
@@ -429,6 +430,27 @@ fn bake_folds_checkpoints_into_a_new_model() {
         stderr_of(&out)
     );
     assert!(!tmp.path().join("x").exists());
+    // Nor does a chain out of order (or one checkpoint twice): exit 1 naming the later one.
+    for chain in [[&ep2, &ep1], [&ep1, &ep1]] {
+        let out = model_cmd()
+            .arg("bake")
+            .arg(&base)
+            .arg("--checkpoint")
+            .arg(chain[0])
+            .arg("--checkpoint")
+            .arg(chain[1])
+            .arg("-o")
+            .arg(tmp.path().join("z"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("ascending order") && err.contains("ep1"),
+            "{err}"
+        );
+        assert!(!tmp.path().join("z").exists());
+    }
     // No checkpoint at all is a usage error.
     let out = model_cmd()
         .arg("bake")

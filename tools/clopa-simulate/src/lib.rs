@@ -176,10 +176,19 @@ fn keys(req: &Request) -> anyhow::Result<Keys> {
         Some(r) => Some(r),
         None => Some(meta_u32(ck, "clopa.run")?),
     };
+    // Episode 0 is the base model's label in every table: a checkpoint claiming it would mix
+    // its rows with the base's.
+    let episode = meta_u32(ck, "clopa.episode")?;
+    if episode == 0 {
+        bail!(
+            "checkpoint {}: metadata `clopa.episode` is 0, the base model's; episodes count from 1",
+            last.display()
+        );
+    }
     Ok(Keys {
         method,
         run,
-        episode: meta_u32(ck, "clopa.episode")?,
+        episode,
         n_seen: meta_u32(ck, "clopa.n_seen")?,
     })
 }
@@ -367,6 +376,8 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
     let mut rows = Vec::new();
     for (id, entry) in &entries {
         let case = entry.load_checked(&dataset, &manifest)?;
+        // A case's problems (a constant image) are its image file's: name it.
+        let image = entry.image.display();
         for infer_run in 0..profile.infer_runs as u32 {
             pb.set_prefix(format!("{id} run {infer_run}"));
             let mut rng = case_rng(profile.seed, id, infer_run);
@@ -380,7 +391,7 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
                 profile.edits,
                 &mut rng,
             )
-            .with_context(|| format!("case {id}, inference run {infer_run}"))?;
+            .with_context(|| format!("case {id} ({image}), inference run {infer_run}"))?;
             let last = sim
                 .steps
                 .last()
@@ -442,8 +453,13 @@ fn automatic_rows(
         pb.set_prefix(id.clone());
         let case = entry.load_checked(dataset, manifest)?;
         let t0 = std::time::Instant::now();
-        let (image, _) = clopa_interact::zscore(&case.image.data, case.image.shape)
-            .with_context(|| format!("case {id}: cannot normalise the image"))?;
+        let (image, _) =
+            clopa_interact::zscore(&case.image.data, case.image.shape).with_context(|| {
+                format!(
+                    "case {id}: cannot normalise the image {}",
+                    entry.image.display()
+                )
+            })?;
         let seg = clopa_interact::predict_automatic(&mut predictor, &image, case.mask.shape, patch)
             .with_context(|| format!("case {id}: automatic prediction failed"))?;
         let (dice, nsd) = clopa_metrics::is_validate::dice_nsd(

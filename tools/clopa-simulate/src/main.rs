@@ -43,7 +43,8 @@ included); --force recomputes. `-o -` writes the Parquet table to stdout.";
 /// inference run; the paper's pipelines/paper.toml has 100 and 3), the patch size from the model
 /// unless a profile or --patch is given, and flags override them. The model, checkpoints, split,
 /// dataset and output place are checked before anything is computed, each case file when it is
-/// read; nothing is written on error.
+/// read; on an error the table is not written (with --save-masks, the masks of the cases
+/// finished before it stay, each whole).
 #[derive(Parser, Debug)]
 #[command(name = "clopa-simulate", version, after_help = AFTER_HELP, args_override_self = true)]
 struct Cli {

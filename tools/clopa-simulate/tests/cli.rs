@@ -202,6 +202,22 @@ fn a_checkpoint_of_another_base_is_refused() {
 }
 
 #[test]
+fn a_checkpoint_labelled_episode_0_is_refused() {
+    // episode 0 labels the base model's rows: a checkpoint's rows must not join them
+    let f = Fixture::new();
+    let sha = clopa_nn::sha256_file(&f.path("model/model.safetensors")).unwrap();
+    let ck = f.checkpoint("ep0.safetensors", &sha);
+    let mut c = clopa_nn::read_episode_checkpoint(&ck).unwrap();
+    c.metadata.insert("clopa.episode".into(), "0".into());
+    clopa_nn::write_episode_checkpoint(&ck, &c.tensors, &c.metadata).unwrap();
+    let out = f.path("steps.parquet");
+    let mut cmd = f.cmd(&out);
+    cmd.arg("--checkpoint").arg(&ck);
+    let err = fails_with(cmd, &out, "ep0.safetensors");
+    assert!(err.contains("episodes count from 1"), "{err}");
+}
+
+#[test]
 fn a_checkpoint_chain_must_be_one_run_and_group_in_ascending_episodes() {
     let f = Fixture::new();
     let sha = clopa_nn::sha256_file(&f.path("model/model.safetensors")).unwrap();
@@ -278,6 +294,16 @@ fn a_nan_image_is_refused_naming_the_file() {
     let out = f.path("steps.parquet");
     let err = fails_with(f.cmd(&out), &out, "imagesTr/toy_001.nii.gz");
     assert!(err.contains("NaN"), "{err}");
+}
+
+#[test]
+fn a_constant_image_is_refused_naming_the_file() {
+    // z-score normalisation would divide by zero (nnInteractive fills such an image with NaN)
+    let f = Fixture::new();
+    corrupt_image(&f, |v| v.data.fill(7.0));
+    let out = f.path("steps.parquet");
+    let err = fails_with(f.cmd(&out), &out, "imagesTr/toy_001.nii.gz");
+    assert!(err.contains("constant"), "{err}");
 }
 
 #[test]

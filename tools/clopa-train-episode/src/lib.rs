@@ -331,8 +331,11 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
     let load = |ids: &[&str]| -> anyhow::Result<Vec<TrainCase>> {
         ids.iter()
             .map(|id| {
-                let case = ds.case(id)?.load_checked(&ds, &manifest)?;
-                Ok(TrainCase::new(id, &case.image, &case.mask)?)
+                let files = ds.case(id)?;
+                let case = files.load_checked(&ds, &manifest)?;
+                // The case's problems (a constant image) are the image file's: name it.
+                TrainCase::new(id, &case.image, &case.mask)
+                    .with_context(|| format!("image {}", files.image.display()))
             })
             .collect()
     };

@@ -26,6 +26,12 @@ it records the same base model and settings (--force retrains); with other setti
 The settings include the cache's case ids, their files' sizes and times, and the sha256 of each
 --init checkpoint.";
 
+/// A count of 1 or more: 0 epochs, steps or patches would write an untrained checkpoint as if
+/// trained, so it is a usage error (exit 2) like the profile's check.
+fn at_least_1() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
 /// Train one CLoPA episode: tune one parameter group on the cache's cases with simulated clicks.
 ///
 /// Each gradient step draws --batch cache cases, cuts one augmented patch from each (centred on
@@ -78,11 +84,11 @@ struct Cli {
     profile: Option<PathBuf>,
 
     /// Epochs [default: the profile's].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_1())]
     epochs: Option<usize>,
 
     /// Gradient steps per epoch [default: the profile's].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_1())]
     steps_per_epoch: Option<usize>,
 
     /// Patch size, one number or X,Y,Z [default: the profile's].
@@ -90,7 +96,7 @@ struct Cli {
     patch: Option<[usize; 3]>,
 
     /// Patches (cases) per gradient step [default: the profile's].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_1())]
     batch: Option<usize>,
 
     /// Adam learning rate [default: the profile's].

@@ -308,6 +308,18 @@ fn a_bad_group_is_a_usage_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid training setting `lr` = -1"), "{err}");
     assert!(!f.path("x.safetensors").exists());
+    // zero epochs, steps or patches would write the incoming model as if trained
+    for flag in ["--epochs", "--steps-per-epoch", "--batch"] {
+        let out = f
+            .cmd(1, "in", &f.path("x.safetensors"))
+            .args([flag, "0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag) && err.contains("1.."), "{err}");
+        assert!(!f.path("x.safetensors").exists());
+    }
 }
 
 #[test]
@@ -539,4 +551,23 @@ fn a_split_of_another_task_nan_weights_and_stdout_are_refused() {
     // A checkpoint with a log beside it cannot go to stdout: a usage error, no file `-`.
     let out = f.cmd(1, "in", Path::new("-")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_constant_image_is_refused_naming_the_file() {
+    // z-score normalisation would divide by zero: exit 1 naming the image file, nothing written
+    let f = Fixture::new();
+    let p = f.path("data/toy/imagesTr/toy_001.nii.gz");
+    let mut v = clopa_volume::read_image(&p, 0).unwrap();
+    v.data.fill(7.0);
+    clopa_volume::write_nifti(&p, &v).unwrap();
+    let ck = f.path("out/ep1.safetensors");
+    let out = f.cmd(1, "in", &ck).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("imagesTr/toy_001.nii.gz") && err.contains("constant"),
+        "{err}"
+    );
+    assert!(!ck.exists());
 }
