@@ -16,6 +16,29 @@ use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// The files `clopa-eval` and `clopa-rank` write into their output folders (DESIGN.md), named
+/// once for the tools and for `clopa-reproduce`, which plans and checks them.
+pub mod outputs {
+    /// `clopa-eval -o DIR`'s tables; the last one only with `--split`.
+    pub const EVAL: [&str; 4] = [
+        "cases.parquet",
+        "episodes.parquet",
+        "final.parquet",
+        TRAJECTORY,
+    ];
+    /// `clopa-eval`'s trajectory table (`--split`).
+    pub const TRAJECTORY: &str = "trajectory.parquet";
+    /// Everything `clopa-rank -o DIR` writes.
+    pub const RANK: [&str; 6] = [
+        "pairs.parquet",
+        "ranking.parquet",
+        "table2.md",
+        "table3.md",
+        "fig2.png",
+        "fig2.svg",
+    ];
+}
+
 /// Sets up logging to stderr (`-v` for debug, `-q` for errors only, `RUST_LOG` overrides),
 /// runs `f`, and maps the result to an exit code: 0 on success, 1 on error (the error chain
 /// is printed as `tool: error: ...` followed by its causes).

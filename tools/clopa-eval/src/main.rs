@@ -169,11 +169,18 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         bail!("-o DIR is required")
     };
     clopa_cli::check_output_dir(out_dir)?;
+    // Each output file too, before the work: a folder in a file's place would otherwise fail
+    // the last write and leave the first tables of a set beside it.
+    for name in clopa_cli::outputs::EVAL {
+        clopa_cli::check_output(&out_dir.join(name))?;
+    }
+    let mut manifest_task = None;
     let (threshold, threshold_source) = match (args.threshold, &args.manifest) {
         (Some(t), _) => (t, "--threshold".to_string()),
         (None, Some(m)) => {
             let manifest = clopa_config::Manifest::load(m)
                 .with_context(|| format!("cannot read the manifest {}", m.display()))?;
+            manifest_task = Some((manifest.name.clone(), m));
             (
                 manifest.expert_dice,
                 format!("expert_dice of {}", m.display()),
@@ -186,6 +193,23 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     }
 
     let table = steps::read_steps(&args.steps)?;
+    // The manifest's expert Dice is its task's: steps of another task would be scored against
+    // the wrong threshold.
+    if let Some((task, path)) = &manifest_task {
+        let others: std::collections::BTreeSet<&str> = table
+            .curves
+            .keys()
+            .map(|k| k.task.as_str())
+            .filter(|t| t != task)
+            .collect();
+        if !others.is_empty() {
+            bail!(
+                "the step tables hold task(s) {others:?}, but the manifest {} is task {task:?}: \
+                 its expert_dice is no threshold for them (one task per run; or --threshold)",
+                path.display()
+            );
+        }
+    }
     tracing::info!(
         "{} curves of {} steps from {} file(s)",
         table.curves.len(),
@@ -235,7 +259,7 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         ("final.parquet", output::cases_frame(&finals)?),
     ];
     if let Some(t) = &trajectories {
-        frames.push(("trajectory.parquet", output::trajectory_frame(t)?));
+        frames.push((clopa_cli::outputs::TRAJECTORY, output::trajectory_frame(t)?));
     }
     for (name, mut df) in frames {
         let path = out_dir.join(name);
@@ -249,6 +273,16 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
             },
         )?;
         tracing::info!("wrote {} ({} rows)", path.display(), df.height());
+    }
+    // A trajectory of an earlier run with --split would sit beside tables it does not belong to.
+    let stale = out_dir.join(clopa_cli::outputs::TRAJECTORY);
+    if trajectories.is_none() && stale.is_file() {
+        std::fs::remove_file(&stale)
+            .with_context(|| format!("cannot remove the stale {}", stale.display()))?;
+        tracing::warn!(
+            "removed {}, an earlier run's (without --split there is none)",
+            stale.display()
+        );
     }
     Ok(())
 }

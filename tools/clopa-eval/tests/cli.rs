@@ -398,6 +398,18 @@ fn threshold_from_manifest_and_no_split_means_no_trajectory() {
     )
     .unwrap();
     let out = dir.path().join("eval");
+    // an earlier run with --split left a trajectory: it does not belong to the new tables
+    let (_, _, split) = example(dir.path());
+    bin()
+        .arg(&p1)
+        .arg(&p2)
+        .args(["--threshold", "0.5", "--split"])
+        .arg(&split)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    assert!(out.join("trajectory.parquet").exists());
     bin()
         .arg(&p1)
         .arg(&p2)
@@ -406,7 +418,8 @@ fn threshold_from_manifest_and_no_split_means_no_trajectory() {
         .arg("-o")
         .arg(&out)
         .assert()
-        .success();
+        .success()
+        .stderr(predicate::str::contains("removed"));
     assert!(!out.join("trajectory.parquet").exists());
     let cases = read(&out.join("cases.parquet"));
     // At 0.35 base case A (0.3, 0.5, 0.4) passes at step 2.
@@ -483,6 +496,37 @@ fn fails_with(args: &[&std::ffi::OsStr], out: &Path, needles: &[&str]) {
         !out.exists() || std::fs::read_dir(out).unwrap().next().is_none(),
         "partial output"
     );
+}
+
+#[test]
+fn a_manifest_of_another_task_and_an_unwritable_output_fail_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p1, p2, _) = example(dir.path());
+    // the steps are task "t": another task's expert Dice is no threshold for them
+    let m = dir.path().join("other.toml");
+    std::fs::write(
+        &m,
+        "name = \"other\"\ndataset = \"O\"\nchannel = 0\nlabels = [1]\n\
+         largest_component = false\nnsd_tolerance_mm = 1.0\nexpert_dice = 0.35\n",
+    )
+    .unwrap();
+    let out = dir.path().join("eval");
+    fails_with(
+        &[p1.as_os_str(), "--manifest".as_ref(), m.as_os_str()],
+        &out,
+        &["other.toml", "\"other\"", "\"t\""],
+    );
+    // a folder where final.parquet goes: refused before cases.parquet is written
+    std::fs::create_dir_all(out.join("final.parquet")).unwrap();
+    bin()
+        .arg(&p1)
+        .arg(&p2)
+        .args(["--threshold", "0.5", "-o"])
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("final.parquet"));
+    assert!(!out.join("cases.parquet").exists());
 }
 
 #[test]

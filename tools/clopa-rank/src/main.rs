@@ -117,6 +117,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Mode::Challenger => RankMode::ChallengeR,
     };
     clopa_cli::check_output_dir(&args.output)?;
+    // Each output file too, before the work: a folder in a file's place would otherwise fail a
+    // late write and leave the first outputs of the set beside it.
+    for name in clopa_cli::outputs::RANK {
+        clopa_cli::check_output(&args.output.join(name))?;
+    }
     let (cases, settings) = input::read_cases(&args.cases)?;
     // nNoI needs the steps per curve; guessing the paper's 101 would print a wrong nNoI for
     // any other protocol (e.g. 5.94 instead of 100 for 6-step curves).
@@ -151,6 +156,19 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Some(path) => {
             let (rows, _) = input::read_cases(path)?;
             check_noi(&rows, n_steps, path)?;
+            // Table 2 and Table 3 must speak of the same tasks (one clopa-eval run's tables).
+            let tasks = |rows: &[input::CaseRow]| -> std::collections::BTreeSet<String> {
+                rows.iter().map(|r| r.task.clone()).collect()
+            };
+            let (of_final, of_cases) = (tasks(&rows), tasks(&cases));
+            if of_final != of_cases {
+                anyhow::bail!(
+                    "{} holds task(s) {of_final:?} but {} holds {of_cases:?}: give the \
+                     final.parquet of the same clopa-eval run",
+                    path.display(),
+                    args.cases.display()
+                );
+            }
             input::final_cases(&rows, path)?
         }
         None => input::final_cases(&cases, &args.cases)?,

@@ -374,6 +374,45 @@ fn several_training_runs_need_final_parquet() {
         .success();
     let table2 = std::fs::read_to_string(out.join("table2.md")).expect("table2");
     assert!(table2.contains("CLoPA-I.N"), "{table2}");
+
+    // A final.parquet of another task would put another task in Table 2 than in Table 3.
+    let mut other = read(&elsewhere);
+    let n = other.height();
+    other
+        .with_column(Column::new("task".into(), vec!["spleen"; n]))
+        .expect("task");
+    let other_path = dir.path().join("spleen-final.parquet");
+    ParquetWriter::new(std::fs::File::create(&other_path).expect("create"))
+        .finish(&mut other)
+        .expect("write");
+    let out2 = dir.path().join("report2");
+    rank()
+        .arg(&cases)
+        .arg("--final")
+        .arg(&other_path)
+        .arg("-o")
+        .arg(&out2)
+        .assert()
+        .code(1)
+        .stderr(
+            contains("spleen-final.parquet")
+                .and(contains("\"spleen\""))
+                .and(contains("\"liver\"")),
+        );
+    assert!(!out2.join("table2.md").exists());
+
+    // A folder where a late output goes is refused before any output is written.
+    std::fs::create_dir_all(out2.join("fig2.png")).expect("dir");
+    rank()
+        .arg(&cases)
+        .arg("--final")
+        .arg(&elsewhere)
+        .arg("-o")
+        .arg(&out2)
+        .assert()
+        .code(1)
+        .stderr(contains("fig2.png"));
+    assert!(!out2.join("pairs.parquet").exists() && !out2.join("table2.md").exists());
 }
 
 #[test]

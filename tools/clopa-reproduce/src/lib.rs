@@ -286,21 +286,9 @@ pub mod layout {
         out.join(task).join("eval")
     }
     /// The tables clopa-eval writes (and the merged ones at the top).
-    pub const EVAL_TABLES: [&str; 4] = [
-        "cases.parquet",
-        "episodes.parquet",
-        "final.parquet",
-        "trajectory.parquet",
-    ];
+    pub const EVAL_TABLES: [&str; 4] = clopa_cli::outputs::EVAL;
     /// What clopa-rank writes.
-    pub const RANK_OUTPUTS: [&str; 6] = [
-        "pairs.parquet",
-        "ranking.parquet",
-        "table2.md",
-        "table3.md",
-        "fig2.png",
-        "fig2.svg",
-    ];
+    pub const RANK_OUTPUTS: [&str; 6] = clopa_cli::outputs::RANK;
 }
 
 /// The profile after `--profile`, `--set` and `--seed`.

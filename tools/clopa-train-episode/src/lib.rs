@@ -137,6 +137,9 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         .filter(|r| r.task == manifest.name)
         .cloned()
         .collect();
+    if all_rows.is_empty() {
+        bail!("split {} has no rows", req.split.display());
+    }
     if rows.is_empty() {
         let tasks: std::collections::BTreeSet<_> = all_rows.iter().map(|r| &r.task).collect();
         bail!(
@@ -204,13 +207,23 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
             req.run
         );
     }
-    if !exists || train_ids.is_empty() {
+    if !exists {
         bail!(
             "{}: run {} has no episode {} (its episodes: {:?})",
             req.split.display(),
             req.run,
             req.episode,
             run_episodes(&rows, req.run)
+        );
+    }
+    if train_ids.is_empty() {
+        bail!(
+            "{}: the cache of run {} at episode {} holds no training case (only {} validation \
+             case(s)): nothing to train on",
+            req.split.display(),
+            req.run,
+            req.episode,
+            val_ids.len()
         );
     }
     let n_seen = train_ids.len() + val_ids.len();
@@ -250,23 +263,33 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         "train": cfg,
     });
     if req.output.is_file() && log.is_file() {
-        let same = read_episode_checkpoint(&req.output).is_ok_and(|c| {
-            c.metadata.get(META_BASE_SHA256) == Some(&base_sha)
-                && c.metadata.get("clopa.config") == Some(&settings.to_string())
-        });
-        if same && !req.force {
-            tracing::info!(
-                "{} and {} exist with these settings: episode done, skipping (--force retrains)",
-                req.output.display(),
-                log.display()
-            );
-            return Ok(());
-        }
-        if !same {
-            tracing::info!(
-                "{} exists from another base model or other settings; retraining",
-                req.output.display()
-            );
+        // Done only when both outputs read back whole and record this base and these settings.
+        let stale = match (
+            read_episode_checkpoint(&req.output),
+            clopa_adapt::read_epoch_log(&log),
+        ) {
+            (Err(e), _) => Some(format!("cannot be read ({e})")),
+            (_, Err(e)) => Some(format!("has a log that cannot be read ({e})")),
+            (Ok(c), _) if c.metadata.get(META_BASE_SHA256) != Some(&base_sha) => {
+                Some("is from another base model".to_string())
+            }
+            (Ok(c), _) if c.metadata.get("clopa.config") != Some(&settings.to_string()) => {
+                Some("was trained with other settings".to_string())
+            }
+            _ => None,
+        };
+        match stale {
+            None if !req.force => {
+                tracing::info!(
+                    "{} and {} exist with these settings: episode done, skipping (--force \
+                     retrains)",
+                    req.output.display(),
+                    log.display()
+                );
+                return Ok(());
+            }
+            None => {}
+            Some(why) => tracing::info!("{} {why}; retraining", req.output.display()),
         }
     }
     clopa_cli::check_output(&req.output)?;

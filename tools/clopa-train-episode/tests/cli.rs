@@ -233,6 +233,22 @@ fn an_episode_missing_from_the_split_is_refused() {
         err.contains("no training run 3") && err.contains("[0]"),
         "{err}"
     );
+    // An episode whose cache holds validation cases only, then a split with no rows at all.
+    let mut rows = clopa_table::read_split(&f.path("split.parquet")).unwrap();
+    for r in rows.iter_mut().filter(|r| r.episode == Some(1)) {
+        r.role = Some(Role::Val);
+    }
+    let prov = Provenance::new("test", "0", serde_json::json!({}), 0);
+    for (rows, want) in [
+        (rows, "holds no training case (only 5 validation"),
+        (Vec::new(), "has no rows"),
+    ] {
+        clopa_table::write_split(&f.path("split.parquet"), &rows, &prov).unwrap();
+        let out = f.cmd(1, "in", &f.path("x.safetensors")).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("split.parquet") && err.contains(want), "{err}");
+    }
 }
 
 #[test]
@@ -408,6 +424,30 @@ fn a_new_split_or_a_retrained_init_makes_an_episode_stale() {
     assert!(e.contains("other settings") && trained(&e), "{e}");
     let e = run(1, &ck1, &["--lr", "0.0005"]);
     assert!(e.contains("skipping"), "{e}");
+}
+
+#[test]
+fn a_damaged_checkpoint_or_log_is_retrained_not_skipped() {
+    let f = Fixture::new();
+    let ck = f.path("out/ep1.safetensors");
+    let log = f.path("out/ep1.log.parquet");
+    f.cmd(1, "in", &ck).assert().success();
+    for (damaged, why) in [
+        (&log, "has a log that cannot be read"),
+        (&ck, "cannot be read"),
+    ] {
+        let bytes = std::fs::read(damaged).unwrap();
+        std::fs::write(damaged, &bytes[..bytes.len() / 2]).unwrap();
+        let out = f.cmd(1, "in", &ck).output().unwrap();
+        assert!(out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(why) && err.contains("retraining") && err.contains("selected epoch"),
+            "{err}"
+        );
+        clopa_nn::read_episode_checkpoint(&ck).unwrap();
+        assert_eq!(clopa_adapt::read_epoch_log(&log).unwrap().len(), 2);
+    }
 }
 
 #[test]
