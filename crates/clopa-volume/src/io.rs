@@ -129,6 +129,12 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>, VolumeError> {
             source: e,
         },
     })?;
+    if raw.is_empty() {
+        return Err(VolumeError::Corrupt {
+            path: path.to_path_buf(),
+            detail: "the file is empty (0 bytes)".into(),
+        });
+    }
     let gz_name = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gz"));

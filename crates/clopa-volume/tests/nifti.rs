@@ -241,6 +241,14 @@ fn truncated_gzip_is_a_clear_error() {
         "{msg}"
     );
 
+    // An empty file (an interrupted copy), compressed name or not.
+    for name in ["empty.nii.gz", "empty.nii"] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, b"").unwrap();
+        let msg = read_image(&p, 0).unwrap_err().to_string();
+        assert!(msg.contains(name) && msg.contains("empty"), "{msg}");
+    }
+
     // Garbage that is not gzip at all.
     let p = dir.path().join("junk.nii.gz");
     std::fs::write(&p, b"this is not a nifti file").unwrap();

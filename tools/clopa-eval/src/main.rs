@@ -115,7 +115,7 @@ struct MasksArgs {
     #[arg(long = "ref", value_name = "R")]
     reference: PathBuf,
     /// NSD tolerance in mm.
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", value_parser = parse_tolerance, allow_negative_numbers = true)]
     tolerance_mm: f64,
 }
 
@@ -127,13 +127,15 @@ fn main() -> ExitCode {
     })
 }
 
-fn run_masks(args: &MasksArgs) -> anyhow::Result<()> {
-    if !args.tolerance_mm.is_finite() || args.tolerance_mm < 0.0 {
-        bail!(
-            "--tolerance-mm {} is not a non-negative number of millimetres",
-            args.tolerance_mm
-        );
+/// clap value parser for `--tolerance-mm`: a bad value is a usage error (exit 2).
+fn parse_tolerance(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a non-negative number of millimetres")),
     }
+}
+
+fn run_masks(args: &MasksArgs) -> anyhow::Result<()> {
     let read = |p: &Path| -> anyhow::Result<clopa_volume::Mask> {
         let labels = clopa_volume::read_labels(p)
             .with_context(|| format!("cannot read the mask {}", p.display()))?;

@@ -751,6 +751,21 @@ fn masks_prints_dice_and_nsd_and_rejects_other_grids() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("a.nii.gz").and(predicate::str::contains("c.nii")));
+
+    // a negative or NaN tolerance is a usage error
+    for t in ["-1", "NaN", "inf"] {
+        bin()
+            .args(["masks", "--pred"])
+            .arg(&pa)
+            .arg("--ref")
+            .arg(&pb)
+            .args(["--tolerance-mm", t])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(
+                "non-negative number of millimetres",
+            ));
+    }
 }
 
 #[test]
