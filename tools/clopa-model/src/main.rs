@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Inspect a model folder and run the network.
 #[derive(Parser, Debug)]
@@ -132,6 +132,39 @@ enum Arch {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // init's architecture arguments depend on each other (features per stage, a patch that the
+    // total stride divides): checked before anything runs, a bad combination is a usage error
+    // (exit 2) like a bad single value.
+    let init = match &cli.command {
+        Command::Init {
+            arch,
+            stages,
+            features,
+            blocks,
+            patch,
+            seed,
+            ..
+        } => {
+            let opts = clopa_model::init::InitOptions {
+                arch: match arch {
+                    Arch::Tiny => clopa_model::init::ArchPreset::Tiny,
+                    Arch::V1 => clopa_model::init::ArchPreset::V1,
+                },
+                stages: *stages,
+                features: features.clone(),
+                blocks: blocks.clone(),
+                patch: *patch,
+                seed: *seed,
+            };
+            if let Err(e) = clopa_model::init::init_meta(&opts) {
+                Cli::command()
+                    .error(clap::error::ErrorKind::ValueValidation, format!("{e:#}"))
+                    .exit();
+            }
+            Some(opts)
+        }
+        _ => None,
+    };
     clopa_cli::run_main("clopa-model", cli.verbose, cli.quiet, || {
         // The SIMD level of the CPU kernels (for benchmarks; the library reads no environment).
         clopa_nn::ops::cap_isa(std::env::var("CLOPA_MAX_ISA").ok().as_deref())
@@ -147,28 +180,9 @@ fn main() -> ExitCode {
                 checkpoints,
                 device,
             } => clopa_model::forward(&dir, &checkpoints, &input, &output, &device),
-            Command::Init {
-                arch,
-                stages,
-                features,
-                blocks,
-                patch,
-                seed,
-                output,
-                force,
-            } => {
+            Command::Init { output, force, .. } => {
                 clopa_model::check_new_model_folder(&output, force)?;
-                let opts = clopa_model::init::InitOptions {
-                    arch: match arch {
-                        Arch::Tiny => clopa_model::init::ArchPreset::Tiny,
-                        Arch::V1 => clopa_model::init::ArchPreset::V1,
-                    },
-                    stages,
-                    features,
-                    blocks,
-                    patch,
-                    seed,
-                };
+                let opts = init.expect("set above for init");
                 clopa_model::init::init(&opts, &output)
             }
             Command::Bake {

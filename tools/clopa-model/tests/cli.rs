@@ -274,6 +274,29 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let out = import_cmd().output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // init's arguments that do not fit together are usage errors too, nothing written
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, want) in [
+        (
+            &["--patch", "15"][..],
+            "multiple of the network's total stride",
+        ),
+        (
+            &["--features", "8,16", "--stages", "4", "--patch", "16"][..],
+            "--features",
+        ),
+    ] {
+        let out = model_cmd()
+            .arg("init")
+            .args(args)
+            .arg("-o")
+            .arg(tmp.path().join("m"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr_of(&out).contains(want), "{}", stderr_of(&out));
+        assert!(!tmp.path().join("m").exists());
+    }
 }
 
 #[test]
@@ -337,7 +360,7 @@ fn init_is_seeded_and_loads_with_the_requested_architecture() {
     let m = clopa_nn::load_model_folder(&tmp.path().join("d")).unwrap();
     assert_eq!(m.spec.features, vec![4, 8, 16]);
 
-    // A patch the network cannot take: exit 1 naming the value.
+    // A patch the network cannot take: a usage error naming the value.
     let out = init("0", "e");
     assert!(out.status.success());
     let out = model_cmd()
@@ -345,7 +368,7 @@ fn init_is_seeded_and_loads_with_the_requested_architecture() {
         .args(["init", "--arch", "tiny", "--patch", "44", "-o", "f"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr_of(&out).contains("--patch 44"),
         "{}",
