@@ -30,7 +30,8 @@ Examples:
   clopa-eval masks --pred pred.nii.gz --ref label.nii.gz --tolerance-mm 1.0
 
 Outputs (Parquet, schemas in DESIGN.md \"Tables\"): DIR/cases.parquet, DIR/episodes.parquet,
-DIR/final.parquet and, with --split, DIR/trajectory.parquet. Each curve is first averaged over
+DIR/final.parquet and, with --split, DIR/trajectory.parquet (without it, an earlier run's
+trajectory.parquet in DIR is removed). Each curve is first averaged over
 inference runs; NoI is the 1-based index of the first step whose Dice is strictly above the
 threshold (curve length if none). final.parquet (Table 2's input for clopa-rank) has the columns of
 cases.parquet with `run` null: per case, the curves of every training run's final episode averaged
