@@ -1,6 +1,8 @@
 //! A seeded run must repeat bit for bit on another machine, so nothing the network computes on the
-//! CPU may depend on how many threads compute it: the logits, the loss and every gradient of a
-//! training step are compared bit for bit between pools of 1, 2 and 5 threads.
+//! CPU may depend on how many threads compute it, nor on whether the CPU has AVX-512 or only
+//! AVX2: the logits, the loss and every gradient of a training step are compared bit for bit
+//! between pools of 1, 2 and 5 threads and the two SIMD levels. (One test in this binary: the
+//! SIMD level is a process-wide setting.)
 
 use std::collections::BTreeMap;
 
@@ -79,7 +81,7 @@ fn step(spec: &UNetSpec, threads: usize) -> R<BTreeMap<String, Vec<u32>>> {
 }
 
 #[test]
-fn a_training_step_is_bit_identical_on_1_2_and_5_threads() -> R<()> {
+fn a_training_step_is_bit_identical_on_1_2_and_5_threads_and_avx2() -> R<()> {
     let spec = spec()?;
     let one = step(&spec, 1)?;
     assert!(one.len() > 2, "no gradients");
@@ -97,5 +99,18 @@ fn a_training_step_is_bit_identical_on_1_2_and_5_threads() -> R<()> {
             one.len()
         );
     }
+    // The AVX2 kernels, where the CPU has AVX-512 (on an AVX2-only CPU both runs are AVX2).
+    let top = clopa_nn::ops::isa();
+    clopa_nn::ops::set_max_isa(clopa_nn::ops::Isa::Avx2);
+    let avx2 = step(&spec, 2);
+    clopa_nn::ops::set_max_isa(top);
+    let avx2 = avx2?;
+    let differ: Vec<&String> = one.keys().filter(|k| one[*k] != avx2[*k]).collect();
+    assert!(
+        differ.is_empty(),
+        "AVX2 differs from {top} in {} of {}: {differ:?}",
+        differ.len(),
+        one.len()
+    );
     Ok(())
 }

@@ -18,7 +18,8 @@
 //!
 //! AVX2 (8 lanes, 16 ymm registers) runs the same 48 × 8 block as six sub-blocks of 16 voxels ×
 //! 4 channels (8 accumulators), each over the whole reduction: every output voxel sums the same
-//! products in the same order as under AVX-512, so the two give identical bits. Everything
+//! products in the same order as under AVX-512, so the two give identical bits; the kernel
+//! gradient's AVX2 block keeps each AVX-512 accumulator as two halves, identical bits too. Everything
 //! else (tiles, strips, chunks) is shared. CPUs with neither (and other architectures) take the
 //! gemm paths (`conv3d::conv_fwd_s1`, `conv3d::conv_dw_gemm`); [`isa`] picks the level.
 
@@ -595,10 +596,13 @@ unsafe fn block_avx512(
     }
 }
 
-/// [`dw_block_avx512`] for AVX2: the same sums, as two passes of channel pairs (2 channels × 2
-/// rows × 3 taps = 12 ymm accumulators, plus 2 dY' vectors and one strip vector of the 16
-/// registers). Each lane sums every 8th product, so the result differs from the AVX-512 one by
-/// rounding only.
+/// [`dw_block_avx512`] for AVX2, bit for bit: each zmm accumulator is held as two ymm halves
+/// (lanes 0–7 and 8–15 of every 16-float step), so every lane sums the same products in the same
+/// order as on AVX-512, and the halves are reduced as `_mm512_reduce_add_ps` reduces its register
+/// (lower + upper half, then the 8-lane tree of [`hsum256`]); a test checks the bits. A seeded
+/// training run thus gives the same weights on AVX2 and AVX-512 CPUs. One channel per pass
+/// (2 rows × 3 taps × 2 halves = 12 accumulators, 2 dY' halves and 1 strip vector of the 16
+/// registers): the strip rows are read once per channel, from L1.
 ///
 /// # Safety
 /// As [`dw_block_avx512`], with AVX2 and FMA instead of AVX-512F.
@@ -610,34 +614,31 @@ unsafe fn dw_block_avx2(
     nvec: usize,
     sums: &mut [f32; DC * DQ * K],
 ) {
-    use std::arch::x86_64::{__m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps};
-    /// Channels per pass.
-    const CP: usize = 2;
+    use std::arch::x86_64::{
+        __m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps,
+    };
     const L: usize = 8;
-    for c0 in (0..DC).step_by(CP) {
-        let mut acc: [__m256; CP * DQ * K] = [_mm256_setzero_ps(); CP * DQ * K];
-        // SAFETY: v·8 + 8 ≤ 16·nvec and v·8 + kw + 8 ≤ 16·nvec + 2: inside the caller's extents.
+    for c in 0..DC {
+        // acc[(i·K + kw)·2 + half]
+        let mut acc: [__m256; DQ * K * 2] = [_mm256_setzero_ps(); DQ * K * 2];
+        // SAFETY: v·16 + 16 ≤ 16·nvec and v·16 + kw + 16 ≤ 16·nvec + 2: inside the caller's
+        // extents.
         unsafe {
-            for v in 0..2 * nvec {
-                let mut dv = [_mm256_setzero_ps(); CP];
-                for (c, dv) in dv.iter_mut().enumerate() {
-                    *dv = _mm256_loadu_ps(d[c0 + c].add(v * L));
-                }
+            for v in 0..nvec {
+                let dv = [0, 1].map(|h| _mm256_loadu_ps(d[c].add(v * LANES + h * L)));
                 for i in 0..DQ {
                     for kw in 0..K {
-                        let sv = _mm256_loadu_ps(s[i].add(v * L + kw));
-                        for c in 0..CP {
-                            let a = &mut acc[(c * DQ + i) * K + kw];
-                            *a = _mm256_fmadd_ps(dv[c], sv, *a);
+                        for (h, dv) in dv.iter().enumerate() {
+                            let sv = _mm256_loadu_ps(s[i].add(v * LANES + h * L + kw));
+                            let a = &mut acc[(i * K + kw) * 2 + h];
+                            *a = _mm256_fmadd_ps(*dv, sv, *a);
                         }
                     }
                 }
             }
         }
-        for c in 0..CP {
-            for t in 0..DQ * K {
-                sums[(c0 + c) * DQ * K + t] = hsum256(acc[c * DQ * K + t]);
-            }
+        for t in 0..DQ * K {
+            sums[c * DQ * K + t] = hsum256(_mm256_add_ps(acc[t * 2], acc[t * 2 + 1]));
         }
     }
 }
@@ -852,9 +853,18 @@ mod tests {
         let x = rng.vec(g.b * g.cin * g.in_vol());
         let dy = rng.vec(g.b * g.cout * g.out_vol());
         let want = naive_dw(&f64v(&x), &f64v(&dy), &g);
+        let mut first: Option<Vec<f32>> = None;
         for (isa, kern) in kernel_sets() {
             let dw = kernel_grad(&x, &dy, &g, kern);
             assert_close(&format!("direct dW {isa} {g:?}"), &dw, &want, 1e-5);
+            // Every level sums each weight's products in the same order (see `dw_block_avx2`).
+            match &first {
+                None => first = Some(dw),
+                Some(f) => assert!(
+                    dw.iter().zip(f).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "direct dW {isa} {g:?} differs in bits from the first level's"
+                ),
+            }
         }
     }
 
