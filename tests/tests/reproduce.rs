@@ -326,3 +326,158 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
         );
     }
 }
+
+/// Settings a tool would only refuse at its own step are refused before anything is written (a
+/// written profile.toml would then refuse the corrected profile for that folder), and a split
+/// that leaves the methods without an episode is an error, not tables without them.
+#[test]
+fn unusable_settings_fail_before_the_work_and_a_split_without_episodes_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    let data = tmp.path().join("data");
+    run(Command::new(tool("clopa-model"))
+        .args([
+            "init",
+            "--arch",
+            "tiny",
+            "--features",
+            "4,8,16,32",
+            "--patch",
+            "32",
+        ])
+        .arg("-o")
+        .arg(&model));
+    let reproduce = |dir: &Path, set: &str| {
+        Command::new(tool("clopa-reproduce"))
+            .current_dir(repo_root())
+            .args(["--profile", "pipelines/tiny.toml", "-q", "--set", set, "-o"])
+            .arg(dir)
+            .arg("--data-root")
+            .arg(&data)
+            .arg("--model")
+            .arg(&model)
+            .env_remove("CLOPA_DATA")
+            .output()
+            .unwrap()
+    };
+    for (i, (set, want)) in [
+        (
+            "patch=[7, 7, 7]",
+            "not a multiple of the total stride [8, 8, 8]",
+        ),
+        ("synth.size=[8, 8, 8]", "between 16 and 512"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = tmp.path().join(format!("bad{i}"));
+        let out = reproduce(&dir, set);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{set}: {err}");
+        assert!(err.contains(want), "{set}: {err}");
+        assert!(!dir.exists(), "{set}: wrote {}", dir.display());
+    }
+    // A stream of 4 cases is shorter than one episode (1/k_m = 5 cases).
+    let dir = tmp.path().join("short");
+    let out = reproduce(&dir, "max_stream=4");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("split.parquet") && err.contains("no training run of task"),
+        "{err}"
+    );
+    assert!(!dir.join("table2.md").exists());
+}
+
+/// (pid, parent pid, state) of every process, from /proc.
+fn processes() -> Vec<(i32, i32, char)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces, so split after its last ')'
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let mut rest = stat[close + 1..].split_whitespace();
+        let (Ok(pid), Some(state), Some(Ok(ppid))) = (
+            stat[..open].trim().parse::<i32>(),
+            rest.next().and_then(|s| s.chars().next()),
+            rest.next().map(str::parse::<i32>),
+        ) else {
+            continue;
+        };
+        out.push((pid, ppid, state));
+    }
+    out
+}
+
+/// A signal to clopa-reproduce's pid alone (not its group, as `kill PID` sends) ends the step it
+/// runs too, instead of leaving it writing while a rerun starts the same step: a training
+/// episode caught just after its start never writes its checkpoint.
+#[test]
+fn killing_reproduce_alone_ends_its_running_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    run(Command::new(tool("clopa-model"))
+        .args([
+            "init",
+            "--arch",
+            "tiny",
+            "--features",
+            "4,8,16,32",
+            "--patch",
+            "32",
+        ])
+        .arg("-o")
+        .arg(&model));
+    let mut child = Command::new(tool("clopa-reproduce"))
+        .current_dir(repo_root())
+        .args(["--profile", "pipelines/tiny.toml", "-q", "-o"])
+        .arg(tmp.path().join("run"))
+        .arg("--data-root")
+        .arg(tmp.path().join("data"))
+        .arg("--model")
+        .arg(&model)
+        .env_remove("CLOPA_DATA")
+        .spawn()
+        .unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    let t0 = std::time::Instant::now();
+    // the first training step, and the checkpoint it is to write (its `-o`)
+    let (step, output) = loop {
+        assert!(child.try_wait().unwrap().is_none(), "finished too soon");
+        assert!(t0.elapsed().as_secs() < 300, "no training step in 300 s");
+        let found = processes().into_iter().find_map(|(p, pp, _)| {
+            let args = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+            let args: Vec<String> = args
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let o = args.iter().position(|a| a == "-o")?;
+            (pp == pid && args[0].ends_with("clopa-train-episode"))
+                .then(|| (p, PathBuf::from(&args[o + 1])))
+        });
+        if let Some(f) = found {
+            break f;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    // SAFETY: plain syscall with integer arguments, to our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    child.wait().unwrap();
+    let t1 = std::time::Instant::now();
+    while processes()
+        .iter()
+        .any(|&(p, _, state)| p == step && state != 'Z' && state != 'X')
+    {
+        assert!(t1.elapsed().as_secs() < 120, "step {step} still runs");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        !output.exists(),
+        "the step outlived clopa-reproduce and wrote {}",
+        output.display()
+    );
+}

@@ -62,7 +62,8 @@ pub struct Profile {
     pub edits: usize,
     /// Inference runs per holdout case (their curves are averaged).
     pub infer_runs: usize,
-    /// Adaptation methods to train and evaluate (`in`, `cn`, ...); `base` is always evaluated.
+    /// Adaptation methods to train and evaluate (`in`, `cn`, `all`: the parameter group tuned);
+    /// `base` is always evaluated.
     pub methods: Vec<String>,
     /// Task manifests, relative to the working directory (the repository root).
     pub tasks: Vec<String>,
@@ -168,6 +169,9 @@ const KEYS: &[&str] = &[
     "synth",
 ];
 const SYNTH_KEYS: &[&str] = &["cases", "size", "seed", "datasets"];
+
+/// The methods a profile can train: clopa-train-episode's parameter groups.
+pub const METHODS: [&str; 3] = ["in", "cn", "all"];
 
 impl Default for Profile {
     /// The paper's settings (nnInteractive v1.0 on the eight MSD tasks); `device` is `cpu` so that
@@ -327,7 +331,7 @@ impl Profile {
         table.try_into().map_err(|e| parse_error(&origin, e))
     }
 
-    /// Checks the ranges the types cannot express.
+    /// Checks the ranges the types cannot express (and that `methods` are known groups).
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let frac_open = |key: &str, v: f64| {
             if v > 0.0 && v < 1.0 {
@@ -411,16 +415,21 @@ impl Profile {
         positive("steps_per_epoch", self.steps_per_epoch)?;
         positive("val_patches", self.val_patches)?;
         positive("infer_runs", self.infer_runs)?;
+        if self.tasks.is_empty() {
+            return Err(invalid(path, "tasks", "must list at least one task"));
+        }
         if self.methods.is_empty() {
             return Err(invalid(path, "methods", "must list at least one method"));
         }
         for (i, m) in self.methods.iter().enumerate() {
-            if m.is_empty()
-                || !m
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(invalid(path, "methods", format!("bad method name {m:?}")));
+            // A method is the parameter group clopa-train-episode tunes (clopa_nn::ParamGroup);
+            // another name would only fail at its first training step, after the others ran.
+            if !METHODS.contains(&m.as_str()) {
+                return Err(invalid(
+                    path,
+                    "methods",
+                    format!("{m:?} is not a method: in, cn or all (the parameter group tuned)"),
+                ));
             }
             if self.methods[..i].contains(m) {
                 return Err(invalid(path, "methods", format!("{m:?} is listed twice")));
@@ -627,6 +636,8 @@ mod tests {
             ("patch = [0, 64, 64]", "patch"),
             ("methods = []", "methods"),
             ("methods = [\"in\", \"in\"]", "methods"),
+            ("methods = [\"in\", \"xx\"]", "\"xx\" is not a method"),
+            ("tasks = []", "tasks"),
             ("lr = -1.0", "lr"),
             ("max_stream = 0", "max_stream"),
             ("[synth]\ncases = 0", "synth.cases"),

@@ -7,7 +7,9 @@
 //!
 //! The temporary keeps the target's full name as a suffix (`.clopa-<pid>-<n>-mask.nii.gz`), so
 //! writers that choose a format by extension still work, and it is created with the usual
-//! permissions (0644 under the default umask), not `tempfile`'s owner-only 0600.
+//! permissions (0644 under the default umask), not `tempfile`'s owner-only 0600. A writer killed
+//! outright (`kill -9`) cannot remove its temporary; the next write into that folder does, once
+//! the writer's process is gone and the file has sat unchanged for a minute.
 //!
 //! ```
 //! # fn main() -> Result<(), clopa_fs::IoError> {
@@ -69,6 +71,53 @@ fn temp_path(path: &Path) -> PathBuf {
     ))
 }
 
+/// How long a leftover temporary must have gone unmodified before [`remove_stale_temps`] takes
+/// it for dead (its writer's pid gone is the other condition): a writer on another machine
+/// sharing the folder has its own pids, but keeps its file's time moving while it writes.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the temporaries in `dir` left by writers killed before they could clean up (`kill
+/// -9`, a power cut): `.clopa-<pid>-<n>-<name>` files whose process is gone and which have not
+/// changed for [`STALE_AFTER`]. Best effort: what cannot be listed or removed stays.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        let mut parts = file
+            .strip_prefix(".clopa-")
+            .unwrap_or_default()
+            .splitn(3, '-');
+        let (Some(pid), Some(n), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), n.parse::<u64>()) else {
+            continue;
+        };
+        let idle = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_AFTER);
+        if pid != std::process::id() && !process_alive(pid) && idle {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether a process with this id runs on this machine (Linux: `/proc/<pid>`); elsewhere every
+/// process counts as alive, so nothing is removed.
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}
+
 /// Atomic output for writers that open the file themselves (a NIfTI or Parquet writer taking a
 /// path): `write` receives a temporary path beside `path` with the same extension(s); the file
 /// there is renamed over `path` when `write` succeeds and removed when it fails.
@@ -78,6 +127,7 @@ pub fn write_atomic_path<E: From<IoError>>(
 ) -> Result<(), E> {
     let dir = parent_dir(path);
     std::fs::create_dir_all(&dir).map_err(|e| IoError::new("create the folder", &dir, e))?;
+    remove_stale_temps(&dir);
     let tmp = temp_path(path);
     let result = write(&tmp).and_then(|()| {
         std::fs::rename(&tmp, path)
@@ -242,6 +292,34 @@ mod tests {
     }
 
     #[cfg(unix)]
+    #[test]
+    fn dead_writers_idle_temporaries_are_removed_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("case.nii.gz");
+        let old = std::time::SystemTime::now() - STALE_AFTER - std::time::Duration::from_secs(5);
+        // pid 4194304 is above Linux's pid_max: no process has it
+        let dead = dir.path().join(".clopa-4194304-3-case.nii.gz");
+        let alive = dir
+            .path()
+            .join(format!(".clopa-{}-999-case.nii.gz", std::process::id()));
+        let fresh = dir.path().join(".clopa-4194305-0-case.nii.gz");
+        let other = dir.path().join(".clopa-4194304-4-other.nii.gz");
+        for (p, t) in [(&dead, old), (&alive, old), (&other, old)] {
+            File::create(p).unwrap().set_modified(t).unwrap();
+        }
+        File::create(&fresh).unwrap();
+        write_bytes(&path, b"x").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"x");
+        if cfg!(target_os = "linux") {
+            assert!(!dead.exists(), "a dead writer's idle temporary stays");
+        }
+        // another output's goes too; this process's own and one still changing stay
+        if cfg!(target_os = "linux") {
+            assert!(!other.exists());
+        }
+        assert!(alive.exists() && fresh.exists());
+    }
+
     #[test]
     fn outputs_are_ordinary_files_not_owner_only() {
         use std::os::unix::fs::PermissionsExt;

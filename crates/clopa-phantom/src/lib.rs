@@ -153,7 +153,8 @@ impl SynthConfig {
         self.size.unwrap_or(self.kind.default_size())
     }
 
-    fn validate(&self) -> Result<(), PhantomError> {
+    /// Checks the size (each axis 16 to 512) and spacing before anything is generated.
+    pub fn validate(&self) -> Result<(), PhantomError> {
         let s = self.shape();
         if s.iter().any(|&n| !(16..=512).contains(&n)) {
             return Err(PhantomError::InvalidSize { size: s });

@@ -312,6 +312,60 @@ fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// Settings a tool would refuse only at its own step — after the earlier steps ran and
+/// `profile.toml` was written, which then refuses the corrected profile for that folder —
+/// checked before anything is written: the `[synth]` kinds and size (clopa-synth's rules) and a
+/// patch the model's total stride divides (clopa-simulate's and clopa-train-episode's).
+fn preflight(profile: &Profile, model: &Path) -> anyhow::Result<()> {
+    if let Some(synth) = &profile.synth {
+        for (folder, kind) in &synth.datasets {
+            let kind: clopa_phantom::TaskKind = kind
+                .parse()
+                .with_context(|| format!("profile [synth] datasets, {folder:?}"))?;
+            clopa_phantom::SynthConfig {
+                kind,
+                size: Some(synth.size),
+                spacing: None,
+            }
+            .validate()
+            .context("profile [synth] size")?;
+        }
+    }
+    let json = model.join("model.json");
+    let text = std::fs::read_to_string(&json)
+        .with_context(|| format!("cannot read {}", json.display()))?;
+    let meta: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", json.display()))?;
+    // Strides per stage, each a number or one per axis (nnU-Net writes both); anything else is
+    // left to the tools' own model loading, which names the problem.
+    let Some(strides) = meta
+        .pointer("/architecture/arch_kwargs/strides")
+        .and_then(|s| s.as_array())
+    else {
+        return Ok(());
+    };
+    let mut total = [1u64; 3];
+    for stage in strides {
+        let per_axis: Option<Vec<u64>> = match stage {
+            serde_json::Value::Array(a) => a.iter().map(|v| v.as_u64()).collect(),
+            v => v.as_u64().map(|n| vec![n; 3]),
+        };
+        match per_axis {
+            Some(s) if s.len() == 3 => (0..3).for_each(|d| total[d] *= s[d]),
+            _ => return Ok(()),
+        }
+    }
+    if (0..3).any(|d| total[d] == 0 || !(profile.patch[d] as u64).is_multiple_of(total[d])) {
+        bail!(
+            "the profile's patch {:?} is not a multiple of the total stride {total:?} of the model \
+             {} (per axis)",
+            profile.patch,
+            model.display()
+        );
+    }
+    Ok(())
+}
+
 /// Scheduled episodes of each training run in a split table: run -> sorted episode numbers.
 pub fn episodes_per_run(rows: &[SplitRow]) -> BTreeMap<u32, Vec<u32>> {
     let mut out: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
@@ -543,9 +597,10 @@ fn rank_step(ctx: &Ctx) -> Step {
 fn run_step(step: &Step, bin_dir: &Path) -> anyhow::Result<()> {
     let program = bin_dir.join(&step.program);
     tracing::debug!("$ {}", step.command_line(bin_dir));
-    let status = std::process::Command::new(&program)
-        .args(&step.args)
-        .stdin(std::process::Stdio::null())
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(&step.args).stdin(std::process::Stdio::null());
+    end_with_this_process(&mut cmd);
+    let status = cmd
         .status()
         .with_context(|| format!("cannot start {}", program.display()))?;
     if !status.success() {
@@ -557,6 +612,33 @@ fn run_step(step: &Step, bin_dir: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Makes the step end when clopa-reproduce does. A signal to clopa-reproduce's pid alone (`kill
+/// -TERM`, `kill -9`; Ctrl-C and `timeout` signal the whole group anyway) would otherwise leave
+/// the step running on its own, still writing while a rerun starts the same step. Linux only
+/// (`PR_SET_PDEATHSIG`, bound to the spawning thread: steps are spawned and awaited on one).
+#[cfg(target_os = "linux")]
+fn end_with_this_process(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions
+    // (prctl, getppid) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // clopa-reproduce may have died before the prctl took effect.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn end_with_this_process(_: &mut std::process::Command) {}
 
 /// Binaries the profile needs that `bin_dir` lacks.
 pub fn missing_binaries(profile: &Profile, bin_dir: &Path) -> Vec<String> {
@@ -611,6 +693,7 @@ pub fn reproduce(
             model.display()
         );
     }
+    preflight(&profile, &model)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create the output folder {}", opts.out.display()))?;
     let profile_file = layout::profile(&opts.out);
@@ -649,6 +732,20 @@ pub fn reproduce(
     for t in &tasks {
         let path = layout::split(&opts.out, &t.name);
         let rows = clopa_table::read_split(&path)?;
+        // Without an episode the methods would be left out of every table without a word.
+        let per_run = episodes_per_run(&rows);
+        if per_run.values().all(|e| e.is_empty()) {
+            let stream = rows.iter().filter(|r| r.run == Some(0)).count();
+            bail!(
+                "{}: no training run of task {} has an episode (a stream of {stream} cases; an \
+                 episode needs 1/k_m = {:.1} of them), so the methods {:?} have nothing to \
+                 train on: raise max_stream or k_m, or use a task with more cases",
+                path.display(),
+                t.name,
+                1.0 / profile.k_m,
+                profile.methods
+            );
+        }
         splits.insert(t.name.clone(), rows);
     }
     let rest = plan_rest(&ctx, &profile, &tasks, &splits);
