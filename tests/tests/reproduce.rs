@@ -126,41 +126,39 @@ fn count(v: &[String], x: &str) -> usize {
     v.iter().filter(|s| *s == x).count()
 }
 
+/// A random tiny network in `dir/model`: enough to exercise the chain (speed, not quality,
+/// matters here).
+fn tiny_model(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
+    run(Command::new(tool("clopa-model"))
+        .args(["init", "--arch", "tiny", "--features", "4,8,16,32"])
+        .args(["--patch", "32", "--seed", "1", "-o"])
+        .arg(&model));
+    model
+}
+
+/// `clopa-reproduce` with the tiny profile into `out`, data under `data`, on `model`.
+fn reproduce_cmd(model: &Path, data: &Path, out: &Path) -> Command {
+    let mut c = Command::new(tool("clopa-reproduce"));
+    c.current_dir(repo_root())
+        .args(["--profile", "pipelines/tiny.toml", "-o"])
+        .arg(out)
+        .arg("--data-root")
+        .arg(data)
+        .arg("--model")
+        .arg(model)
+        .env_remove("CLOPA_DATA")
+        .env("RAYON_NUM_THREADS", "2");
+    c
+}
+
 #[test]
 fn tiny_profile_end_to_end_then_rerun_skips_everything() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
+    let model = tiny_model(tmp.path());
     let data = tmp.path().join("data");
     let out = tmp.path().join("run");
-    // A random tiny network is enough to exercise the chain (speed, not quality, matters here).
-    run(Command::new(tool("clopa-model"))
-        .args([
-            "init",
-            "--arch",
-            "tiny",
-            "--features",
-            "4,8,16,32",
-            "--patch",
-            "32",
-            "--seed",
-            "1",
-            "-o",
-        ])
-        .arg(&model));
-
-    let reproduce_into = |dir: &Path| {
-        let mut c = Command::new(tool("clopa-reproduce"));
-        c.current_dir(repo_root())
-            .args(["--profile", "pipelines/tiny.toml", "-o"])
-            .arg(dir)
-            .arg("--data-root")
-            .arg(&data)
-            .arg("--model")
-            .arg(&model)
-            .env_remove("CLOPA_DATA")
-            .env("RAYON_NUM_THREADS", "2");
-        c
-    };
+    let reproduce_into = |dir: &Path| reproduce_cmd(&model, &data, dir);
     let reproduce = || reproduce_into(&out);
     let first = run(&mut reproduce());
     assert!(first.contains("skipped"), "{first}");
@@ -333,30 +331,11 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
 #[test]
 fn unusable_settings_fail_before_the_work_and_a_split_without_episodes_fails() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
+    let model = tiny_model(tmp.path());
     let data = tmp.path().join("data");
-    run(Command::new(tool("clopa-model"))
-        .args([
-            "init",
-            "--arch",
-            "tiny",
-            "--features",
-            "4,8,16,32",
-            "--patch",
-            "32",
-        ])
-        .arg("-o")
-        .arg(&model));
     let reproduce = |dir: &Path, set: &str| {
-        Command::new(tool("clopa-reproduce"))
-            .current_dir(repo_root())
-            .args(["--profile", "pipelines/tiny.toml", "-q", "--set", set, "-o"])
-            .arg(dir)
-            .arg("--data-root")
-            .arg(&data)
-            .arg("--model")
-            .arg(&model)
-            .env_remove("CLOPA_DATA")
+        reproduce_cmd(&model, &data, dir)
+            .args(["-q", "--set", set])
             .output()
             .unwrap()
     };
@@ -419,28 +398,10 @@ fn processes() -> Vec<(i32, i32, char)> {
 #[test]
 fn killing_reproduce_alone_ends_its_running_step() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
-    run(Command::new(tool("clopa-model"))
-        .args([
-            "init",
-            "--arch",
-            "tiny",
-            "--features",
-            "4,8,16,32",
-            "--patch",
-            "32",
-        ])
-        .arg("-o")
-        .arg(&model));
-    let mut child = Command::new(tool("clopa-reproduce"))
-        .current_dir(repo_root())
-        .args(["--profile", "pipelines/tiny.toml", "-q", "-o"])
-        .arg(tmp.path().join("run"))
-        .arg("--data-root")
-        .arg(tmp.path().join("data"))
-        .arg("--model")
-        .arg(&model)
-        .env_remove("CLOPA_DATA")
+    let model = tiny_model(tmp.path());
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("run"));
+    let mut child = reproduce_cmd(&model, &data, &out)
+        .arg("-q")
         .spawn()
         .unwrap();
     let pid = i32::try_from(child.id()).unwrap();
