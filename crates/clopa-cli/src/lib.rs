@@ -184,6 +184,15 @@ pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// clap value parser for `--set KEY=VALUE` (a profile override): anything else is a usage error
+/// (exit 2). Key and value are trimmed; the value is parsed by the profile.
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
 /// `-o -` means standard output.
 pub fn is_stdout(path: &Path) -> bool {
     path.as_os_str() == "-"

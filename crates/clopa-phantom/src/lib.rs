@@ -129,6 +129,9 @@ impl FromStr for TaskKind {
     }
 }
 
+/// Voxels per axis a generated image may have.
+pub const SIZE_RANGE: std::ops::RangeInclusive<usize> = 16..=512;
+
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthConfig {
@@ -156,7 +159,7 @@ impl SynthConfig {
     /// Checks the size (each axis 16 to 512) and spacing before anything is generated.
     pub fn validate(&self) -> Result<(), PhantomError> {
         let s = self.shape();
-        if s.iter().any(|&n| !(16..=512).contains(&n)) {
+        if s.iter().any(|n| !SIZE_RANGE.contains(n)) {
             return Err(PhantomError::InvalidSize { size: s });
         }
         if let Some(sp) = self.spacing

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 
 /// Run the whole CLoPA protocol of a pipeline profile and write the paper's tables and figure.
@@ -32,8 +32,8 @@ struct Args {
     #[arg(short, long, value_name = "DIR", value_parser = clopa_cli::not_stdout)]
     output: PathBuf,
     /// Override one profile key, e.g. `--set train_runs=1` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<String>,
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = clopa_cli::parse_key_value)]
+    sets: Vec<(String, String)>,
     /// Seed of all other randomness (overrides the profile's `seed`).
     #[arg(long)]
     seed: Option<u64>,
@@ -55,14 +55,7 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let sets = args
-        .sets
-        .iter()
-        .map(|s| match s.split_once('=') {
-            Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
-            None => bail!("--set {s}: expected KEY=VALUE"),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sets = args.sets;
     let bin_dir = match args.bin_dir {
         Some(d) => d,
         None => std::env::current_exe()

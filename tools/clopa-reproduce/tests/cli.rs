@@ -81,10 +81,12 @@ fn bad_profile_and_bad_set_exit_1_naming_them() {
             .unwrap()
             .contains("no_such_key")
     );
+    // not KEY=VALUE at all: a usage error
     let out = cmd()
         .args(["--set", "epochs", "-o"])
         .arg(tmp.path().join("run"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("KEY=VALUE"));
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use clopa_config::{Manifest, Profile};
 use clopa_dataset::Dataset;
 use clopa_schedule::{SplitSettings, format_schedule, schedule, split, stream_of};
@@ -48,8 +48,8 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Override one profile key, e.g. `--set train_runs=1` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = clopa_cli::parse_key_value)]
+    set: Vec<(String, String)>,
     /// Folder that relative manifest `dataset` paths start from [default: ./data].
     #[arg(long, value_name = "DIR", env = "CLOPA_DATA", hide_env_values = true)]
     data_root: Option<PathBuf>,
@@ -66,28 +66,24 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if clopa_cli::is_stdout(&args.output) && args.show_schedule {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--show-schedule prints to stdout, so it cannot be combined with `-o -`",
+            )
+            .exit();
+    }
     clopa_cli::run_main("clopa-split", args.verbose, args.quiet, || run(&args))
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let to_stdout = clopa_cli::is_stdout(&args.output);
-    if to_stdout && args.show_schedule {
-        bail!("--show-schedule prints to stdout, so it cannot be combined with `-o -`");
-    }
     // before reading every case: a bad -o would otherwise fail after the work
     clopa_cli::check_output(&args.output)?;
     let manifest = Manifest::load(&args.manifest)?;
     let mut profile = Profile::load_or_quick(args.profile.as_deref())?;
-    let sets = args
-        .set
-        .iter()
-        .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.trim(), v.trim()))
-                .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    profile.set_all(&sets)?;
+    profile.set_all(&args.set)?;
     if let Some(seed) = args.seed {
         profile.split_seed = seed;
     }

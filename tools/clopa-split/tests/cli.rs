@@ -465,11 +465,30 @@ fn bad_set_override_is_refused() {
         .code(1)
         .stderr(predicate::str::contains("epochz"));
     assert!(!f.out.exists());
+    // not KEY=VALUE at all: a usage error
+    f.cmd()
+        .args(["--set", "train_runs"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("KEY=VALUE"));
+    assert!(!f.out.exists());
 }
 
 #[test]
 fn usage_errors_exit_2() {
     Command::cargo_bin("clopa-split").unwrap().assert().code(2);
+    // the schedule goes to stdout, so the table cannot
+    let f = Fixture::new();
+    Command::cargo_bin("clopa-split")
+        .unwrap()
+        .env_remove("CLOPA_DATA")
+        .arg("--data-root")
+        .arg(&f.root)
+        .arg(&f.manifest)
+        .args(["--show-schedule", "-o", "-"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--show-schedule"));
 }
 
 #[test]

@@ -58,6 +58,14 @@ fn parse_size(s: &str) -> Result<[usize; 3], String> {
     if out.contains(&0) {
         return Err(bad());
     }
+    let r = clopa_phantom::SIZE_RANGE;
+    if out.iter().any(|n| !r.contains(n)) {
+        return Err(format!(
+            "\"{s}\": each axis must be between {} and {} voxels",
+            r.start(),
+            r.end()
+        ));
+    }
     Ok(out)
 }
 
