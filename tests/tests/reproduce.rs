@@ -366,6 +366,15 @@ fn unusable_settings_fail_before_the_work_and_a_split_without_episodes_fails() {
         "{err}"
     );
     assert!(!dir.join("table2.md").exists());
+    // ... and the corrected profile may run into the same folder (its profile.toml is gone)
+    assert!(!dir.join("profile.toml").exists());
+    let out = reproduce(&dir, "max_stream=5");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.join("table2.md").exists());
 }
 
 /// (pid, parent pid, state) of every process, from /proc.

@@ -291,7 +291,6 @@ mod tests {
         assert!(e.to_string().contains("not a file"), "{e}");
     }
 
-    #[cfg(unix)]
     #[test]
     fn dead_writers_idle_temporaries_are_removed_by_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
@@ -320,6 +319,7 @@ mod tests {
         assert!(alive.exists() && fresh.exists());
     }
 
+    #[cfg(unix)]
     #[test]
     fn outputs_are_ordinary_files_not_owner_only() {
         use std::os::unix::fs::PermissionsExt;

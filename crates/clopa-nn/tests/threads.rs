@@ -1,6 +1,6 @@
 //! A seeded run must repeat bit for bit on another machine, so nothing the network computes on the
-//! CPU may depend on how many threads compute it, nor on whether the CPU has AVX-512 or only
-//! AVX2: the logits, the loss and every gradient of a training step are compared bit for bit
+//! CPU may depend on how many threads compute it, nor (in clopa's own kernels) on whether the CPU
+//! has AVX-512 or only AVX2: the logits, the loss and every gradient of a training step are compared bit for bit
 //! between pools of 1, 2 and 5 threads and the two SIMD levels. (One test in this binary: the
 //! SIMD level is a process-wide setting.)
 
@@ -99,7 +99,9 @@ fn a_training_step_is_bit_identical_on_1_2_and_5_threads_and_avx2() -> R<()> {
             one.len()
         );
     }
-    // The AVX2 kernels, where the CPU has AVX-512 (on an AVX2-only CPU both runs are AVX2).
+    // clopa's AVX2 kernels, where the CPU has AVX-512 (on an AVX2-only CPU both runs are AVX2).
+    // The layers computed through the gemm crate (stride 2, 1×1) pick their own SIMD level and
+    // run the same code both times: this does not compare them across CPU kinds.
     let top = clopa_nn::ops::isa();
     clopa_nn::ops::set_max_isa(clopa_nn::ops::Isa::Avx2);
     let avx2 = step(&spec, 2);

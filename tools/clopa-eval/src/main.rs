@@ -175,7 +175,9 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     // Each output file too, before the work: a folder in a file's place would otherwise fail
     // the last write and leave the first tables of a set beside it.
     for name in clopa_cli::outputs::EVAL {
-        clopa_cli::check_output(&out_dir.join(name))?;
+        if name != clopa_cli::outputs::TRAJECTORY || args.split.is_some() {
+            clopa_cli::check_output(&out_dir.join(name))?;
+        }
     }
     let mut manifest_task = None;
     let (threshold, threshold_source) = match (args.threshold, &args.manifest) {

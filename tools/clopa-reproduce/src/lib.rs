@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use arrow::array::RecordBatch;
-use arrow::datatypes::Schema;
+use arrow::datatypes::{DataType, Schema};
 use clopa_config::{Manifest, Profile};
 use clopa_table::{Provenance, SplitRow};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -735,6 +735,9 @@ pub fn reproduce(
         // Without an episode the methods would be left out of every table without a word.
         let per_run = episodes_per_run(&rows);
         if per_run.values().all(|e| e.is_empty()) {
+            // Every run of this profile stops here, so the folder holds nothing past the splits:
+            // without its profile.toml a corrected profile may run into the same -o.
+            let _ = std::fs::remove_file(&ctx.profile_file);
             let stream = rows.iter().filter(|r| r.run == Some(0)).count();
             bail!(
                 "{}: no training run of task {} has an episode (a stream of {stream} cases; an \
@@ -896,10 +899,24 @@ pub fn merge_tables(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
             .unwrap_or(serde_json::Value::Null);
         let threshold = settings["threshold"].clone();
         settings_list.push(settings);
-        let this = builder.schema().clone();
-        // Arrow schemas carry the file's metadata; compare the fields only.
+        // Arrow schemas carry the file's metadata; compare the fields only, with text as plain
+        // Utf8: clopa-eval has written Utf8View (before clopa-frame wrote LargeUtf8), and a run
+        // folder resumed across that change holds both.
+        let this = Schema::new(
+            builder
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| match f.data_type() {
+                    DataType::LargeUtf8 | DataType::Utf8View => {
+                        Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8))
+                    }
+                    _ => f.clone(),
+                })
+                .collect::<Vec<_>>(),
+        );
         match &schema {
-            None => schema = Some(Arc::new(Schema::new(this.fields().clone()))),
+            None => schema = Some(Arc::new(this.clone())),
             Some(s) if s.fields() != this.fields() => bail!(
                 "{} has other columns than {}: cannot merge them into {}",
                 path.display(),
@@ -920,9 +937,16 @@ pub fn merge_tables(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
                     task_thresholds.insert(task, threshold.clone());
                 }
             }
-            let s = schema.clone().unwrap_or_else(|| b.schema());
+            let columns = b
+                .columns()
+                .iter()
+                .zip(this.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let s = schema.clone().unwrap_or_else(|| Arc::new(this.clone()));
             batches.push(
-                RecordBatch::try_new(s, b.columns().to_vec())
+                RecordBatch::try_new(s, columns)
                     .with_context(|| format!("cannot read {}", path.display()))?,
             );
         }
@@ -1154,6 +1178,45 @@ mod tests {
         assert_eq!(
             clopa_table::read_provenance(&out)?.settings["threshold"],
             0.8
+        );
+
+        // Text as Utf8View (clopa-eval's tables before clopa-frame wrote LargeUtf8) beside Utf8:
+        // a run folder resumed across that change merges.
+        let view = dir.path().join("view.parquet");
+        let file = File::open(&paths[1])?;
+        let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(file)?
+            .build()?
+            .collect::<Result<_, _>>()?;
+        let cast = |b: &RecordBatch| -> anyhow::Result<RecordBatch> {
+            let cols = b
+                .columns()
+                .iter()
+                .map(|c| match c.data_type() {
+                    DataType::Utf8 => arrow::compute::cast(c, &DataType::Utf8View),
+                    _ => Ok(c.clone()),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(RecordBatch::try_from_iter(
+                b.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .zip(cols),
+            )?)
+        };
+        let viewed: Vec<RecordBatch> = batches.iter().map(cast).collect::<Result<_, _>>()?;
+        assert_eq!(viewed[0].schema().field(0).data_type(), &DataType::Utf8View);
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(File::create(&view)?, viewed[0].schema(), None)?;
+        for b in &viewed {
+            w.write(b)?;
+        }
+        w.close()?;
+        merge_tables(&[paths[0].clone(), view], &out)?;
+        let rows = clopa_table::read_split(&out)?;
+        assert_eq!(
+            rows.iter().map(|r| r.task.as_str()).collect::<Vec<_>>(),
+            ["t0", "t1"]
         );
         Ok(())
     }

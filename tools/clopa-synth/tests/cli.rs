@@ -128,8 +128,8 @@ fn bad_size_cases_and_output_exit_2() {
         ["--cases", "1", "--size", "0,0,0", "-o", "x"],
         ["--cases", "1", "--size", "1,1,1", "-o", "x"],
         ["--cases", "1", "--size", "16,16,513", "-o", "x"],
-        ["--cases", "0", "--size", "8,8,8", "-o", "x"],
-        ["--cases", "1", "--size", "8,8,8", "-o", "-"],
+        ["--cases", "0", "--size", "16,16,16", "-o", "x"],
+        ["--cases", "1", "--size", "16,16,16", "-o", "-"],
     ] {
         let tmp = tempfile::tempdir().unwrap();
         synth()

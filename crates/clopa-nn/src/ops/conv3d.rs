@@ -33,11 +33,12 @@ pub(super) const TILE_FLOATS: usize = 1 << 18;
 /// tiles in order into its own `Cout × Cin·k³` accumulator, and the parts are added in f64, in
 /// order, at the end. The count is fixed — never derived from the thread count — because it
 /// decides the order of the sums and so their bits: with it fixed, a seeded training run repeats
-/// bit for bit on any machine and with any `--threads` (`tests/threads.rs`). 16 gives 2–4 cores a
-/// few parts each (a thread slowed by another process does not stall the reduction); more cores
-/// are kept busy by splitting the output channels (`conv3d_direct::channel_groups`), which does
-/// not change any sum. The partials cost `16 · Cout·Cin·k³` floats: 177 MB at nnInteractive's
-/// widest layer (320 → 320), where the tiles are few anyway.
+/// bit for bit with any `--threads` (`tests/threads.rs`). 16 gives 2–4 cores a few parts each (a
+/// thread slowed by another process does not stall the reduction); in the direct kernel more
+/// cores are kept busy by splitting the output channels (`conv3d_direct::channel_groups`), which
+/// does not change any sum; the gemm path (`conv_dw_gemm`) uses at most 16 threads. The
+/// partials cost `16 · Cout·Cin·k³` floats: 177 MB at nnInteractive's widest layer (320 → 320),
+/// where the tiles are few anyway.
 pub(super) const DW_PARTS: usize = 16;
 
 /// [`DW_PARTS`], or fewer when there are fewer items: (parts, items per part).
