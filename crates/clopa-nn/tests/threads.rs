@@ -101,7 +101,8 @@ fn a_training_step_is_bit_identical_on_1_2_and_5_threads_and_avx2() -> R<()> {
     }
     // clopa's AVX2 kernels, where the CPU has AVX-512 (on an AVX2-only CPU both runs are AVX2).
     // The layers computed through the gemm crate (stride 2, 1×1) pick their own SIMD level and
-    // run the same code both times: this does not compare them across CPU kinds.
+    // run the same code both times: this does not compare them across CPU kinds (BENCHMARKS.md:
+    // with gemm's AVX2 kernels only the 1×1 weight gradients differ, by rounding).
     let top = clopa_nn::ops::isa();
     clopa_nn::ops::set_max_isa(clopa_nn::ops::Isa::Avx2);
     let avx2 = step(&spec, 2);

@@ -600,8 +600,9 @@ unsafe fn block_avx512(
 /// (lanes 0–7 and 8–15 of every 16-float step), so every lane sums the same products in the same
 /// order as on AVX-512, and the halves are reduced as `_mm512_reduce_add_ps` reduces its register
 /// (lower + upper half, then the 8-lane tree of [`hsum256`]); a test checks the bits. A seeded
-/// training run's direct-kernel layers thus give the same weights on AVX2 and AVX-512 CPUs (the
-/// gemm crate's layers were not compared across CPU kinds). One channel per pass
+/// training run's direct-kernel layers thus give the same weights on AVX2 and AVX-512 CPUs (of
+/// the gemm crate's layers, the 1×1 weight gradients differ by rounding: BENCHMARKS.md). One
+/// channel per pass
 /// (2 rows × 3 taps × 2 halves = 12 accumulators, 2 dY' halves and 1 strip vector of the 16
 /// registers): the strip rows are read once per channel, from L1.
 ///
