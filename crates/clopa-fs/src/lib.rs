@@ -78,8 +78,20 @@ const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Removes the temporaries in `dir` left by writers killed before they could clean up (`kill
 /// -9`, a power cut): `.clopa-<pid>-<n>-<name>` files whose process is gone and which have not
-/// changed for [`STALE_AFTER`]. Best effort: what cannot be listed or removed stays.
+/// changed for [`STALE_AFTER`]. Once per folder and process — a tool writing a file per case
+/// into one folder would otherwise list it for every file. Best effort: what cannot be listed
+/// or removed stays.
 fn remove_stale_temps(dir: &Path) {
+    static SWEPT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    {
+        let mut swept = SWEPT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if swept.iter().any(|d| d == dir) {
+            return;
+        }
+        swept.push(dir.to_path_buf());
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

@@ -405,20 +405,8 @@ pub fn read_pth_weights(path: &Path, spec: &UNetSpec) -> Result<BTreeMap<String,
             .get(name)
             .map_err(|e| NnError::checkpoint(path, format!("tensor `{name}`: {e}")))?
             .ok_or_else(|| NnError::checkpoint(path, format!("tensor `{name}` vanished")))?;
-        // As for safetensors weights (`model_folder::read_safetensors`): refused here rather
-        // than written into a model folder every later tool refuses.
-        if !t.dtype().is_float() {
-            return Err(NnError::checkpoint(
-                path,
-                format!("tensor `{name}` is {:?}, not floating point", t.dtype()),
-            ));
-        }
-        if !crate::model_folder::all_finite(&t)? {
-            return Err(NnError::checkpoint(
-                path,
-                format!("tensor `{name}` holds non-finite values (NaN or infinite)"),
-            ));
-        }
+        // Refused here rather than written into a model folder every later tool refuses.
+        crate::model_folder::check_weight(path, name, &t)?;
         out.insert(name.clone(), t.to_dtype(DType::F32)?.contiguous()?);
     }
     Ok(out)

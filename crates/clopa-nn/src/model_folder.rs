@@ -316,25 +316,7 @@ pub(crate) fn read_safetensors(path: &Path, keep_dtype: bool) -> Result<Safetens
         .map_err(|e| NnError::checkpoint(path, e.to_string()))?;
     let mut tensors = BTreeMap::new();
     for (k, t) in loaded {
-        // An integer tensor is not a weight (a header whose dtype was edited reads the float
-        // bytes as integers, and converting those to f32 would run the network on garbage).
-        if !t.dtype().is_float() {
-            return Err(NnError::checkpoint(
-                path,
-                format!(
-                    "tensor `{k}` is {:?}: weights are floating point (F32, F16, BF16 or F64)",
-                    t.dtype()
-                ),
-            ));
-        }
-        // Weights with NaN or Inf give NaN logits (every Dice 0) or a NaN loss that training
-        // would carry into every later checkpoint: refuse them where they are read.
-        if !all_finite(&t)? {
-            return Err(NnError::checkpoint(
-                path,
-                format!("tensor `{k}` holds non-finite values (NaN or infinite)"),
-            ));
-        }
+        check_weight(path, &k, &t)?;
         let t = if keep_dtype {
             t
         } else {
@@ -343,6 +325,29 @@ pub(crate) fn read_safetensors(path: &Path, keep_dtype: bool) -> Result<Safetens
         tensors.insert(k, t);
     }
     Ok((tensors, metadata, sha))
+}
+
+/// Refuses a tensor read from `path` as the weight `name` unless it is floating point and finite:
+/// an integer tensor (a header whose dtype was edited reads the float bytes as integers) would
+/// run the network on garbage, and NaN or Inf give NaN logits (every Dice 0) or a NaN loss that
+/// training carries into every later checkpoint. Every reader of weights calls this.
+pub(crate) fn check_weight(path: &Path, name: &str, t: &Tensor) -> Result<()> {
+    if !t.dtype().is_float() {
+        return Err(NnError::checkpoint(
+            path,
+            format!(
+                "tensor `{name}` is {:?}: weights are floating point (F32, F16, BF16 or F64)",
+                t.dtype()
+            ),
+        ));
+    }
+    if !all_finite(t)? {
+        return Err(NnError::checkpoint(
+            path,
+            format!("tensor `{name}` holds non-finite values (NaN or infinite)"),
+        ));
+    }
+    Ok(())
 }
 
 /// True when every value of `t` is finite (integer tensors always are).

@@ -1,8 +1,8 @@
 //! A seeded run must repeat bit for bit on another machine, so nothing the network computes on the
 //! CPU may depend on how many threads compute it, nor (in clopa's own kernels) on whether the CPU
-//! has AVX-512 or only AVX2: the logits, the loss and every gradient of a training step are compared bit for bit
-//! between pools of 1, 2 and 5 threads and the two SIMD levels. (One test in this binary: the
-//! SIMD level is a process-wide setting.)
+//! has AVX-512 or only AVX2: the logits, the loss and every gradient of a training step are
+//! compared bit for bit between pools of 1, 2 and 5 threads and the two SIMD levels. (One test in
+//! this binary: the SIMD level is a process-wide setting.)
 
 use std::collections::BTreeMap;
 
@@ -80,6 +80,25 @@ fn step(spec: &UNetSpec, threads: usize) -> R<BTreeMap<String, Vec<u32>>> {
     })
 }
 
+/// Asserts that `other` holds the same tensors as `one`, bit for bit, naming those that differ.
+fn assert_same_bits(
+    one: &BTreeMap<String, Vec<u32>>,
+    other: &BTreeMap<String, Vec<u32>>,
+    what: &str,
+) {
+    assert_eq!(
+        one.keys().collect::<Vec<_>>(),
+        other.keys().collect::<Vec<_>>()
+    );
+    let differ: Vec<&String> = one.keys().filter(|k| one[*k] != other[*k]).collect();
+    assert!(
+        differ.is_empty(),
+        "{what} differs in {} of {}: {differ:?}",
+        differ.len(),
+        one.len()
+    );
+}
+
 #[test]
 fn a_training_step_is_bit_identical_on_1_2_and_5_threads_and_avx2() -> R<()> {
     let spec = spec()?;
@@ -87,17 +106,7 @@ fn a_training_step_is_bit_identical_on_1_2_and_5_threads_and_avx2() -> R<()> {
     assert!(one.len() > 2, "no gradients");
     for threads in [2, 5] {
         let other = step(&spec, threads)?;
-        assert_eq!(
-            one.keys().collect::<Vec<_>>(),
-            other.keys().collect::<Vec<_>>()
-        );
-        let differ: Vec<&String> = one.keys().filter(|k| one[*k] != other[*k]).collect();
-        assert!(
-            differ.is_empty(),
-            "{threads} threads differ from 1 in {} of {}: {differ:?}",
-            differ.len(),
-            one.len()
-        );
+        assert_same_bits(&one, &other, &format!("{threads} threads against 1"));
     }
     // clopa's AVX2 kernels, where the CPU has AVX-512 (on an AVX2-only CPU both runs are AVX2).
     // The layers computed through the gemm crate (stride 2, 1×1) pick their own SIMD level and
@@ -107,13 +116,6 @@ fn a_training_step_is_bit_identical_on_1_2_and_5_threads_and_avx2() -> R<()> {
     clopa_nn::ops::set_max_isa(clopa_nn::ops::Isa::Avx2);
     let avx2 = step(&spec, 2);
     clopa_nn::ops::set_max_isa(top);
-    let avx2 = avx2?;
-    let differ: Vec<&String> = one.keys().filter(|k| one[*k] != avx2[*k]).collect();
-    assert!(
-        differ.is_empty(),
-        "AVX2 differs from {top} in {} of {}: {differ:?}",
-        differ.len(),
-        one.len()
-    );
+    assert_same_bits(&one, &avx2?, &format!("AVX2 against {top}"));
     Ok(())
 }

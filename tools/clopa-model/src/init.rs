@@ -158,12 +158,12 @@ pub fn init_tensors(spec: &UNetSpec, seed: u64) -> anyhow::Result<BTreeMap<Strin
     Ok(out)
 }
 
-/// `clopa-model init`: writes a model folder with fresh weights to `out`.
-pub fn init(opts: &InitOptions, out: &Path) -> anyhow::Result<()> {
-    let meta = init_meta(opts)?;
+/// `clopa-model init`: writes a model folder with `meta` ([`init_meta`]) and fresh weights of
+/// `seed` to `out`.
+pub fn init(meta: &ModelJson, seed: u64, out: &Path) -> anyhow::Result<()> {
     let spec = meta.spec()?;
-    let tensors = init_tensors(&spec, opts.seed)?;
-    write_model_folder(out, &meta, &tensors)
+    let tensors = init_tensors(&spec, seed)?;
+    write_model_folder(out, meta, &tensors)
         .with_context(|| format!("cannot write the model folder {}", out.display()))?;
     tracing::info!(
         "wrote {} ({} parameters, features {:?}, blocks {:?})",

@@ -3,9 +3,10 @@
 //! fresh weights, [`init::bake`] folds episode checkpoints into a new model folder.
 //!
 //! ```no_run
-//! use clopa_model::init::{ArchPreset, InitOptions, init};
+//! use clopa_model::init::{ArchPreset, InitOptions, init, init_meta};
 //! let opts = InitOptions { arch: ArchPreset::Tiny, stages: None, features: None, blocks: None, patch: 48, seed: 0 };
-//! init(&opts, std::path::Path::new("models/random-tiny"))?;
+//! let meta = init_meta(&opts)?; // checks the options
+//! init(&meta, opts.seed, std::path::Path::new("models/random-tiny"))?;
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 

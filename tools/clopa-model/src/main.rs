@@ -156,12 +156,12 @@ fn main() -> ExitCode {
                 patch: *patch,
                 seed: *seed,
             };
-            if let Err(e) = clopa_model::init::init_meta(&opts) {
-                Cli::command()
+            match clopa_model::init::init_meta(&opts) {
+                Ok(meta) => Some((meta, opts.seed)),
+                Err(e) => Cli::command()
                     .error(clap::error::ErrorKind::ValueValidation, format!("{e:#}"))
-                    .exit();
+                    .exit(),
             }
-            Some(opts)
         }
         _ => None,
     };
@@ -182,8 +182,8 @@ fn main() -> ExitCode {
             } => clopa_model::forward(&dir, &checkpoints, &input, &output, &device),
             Command::Init { output, force, .. } => {
                 clopa_model::check_new_model_folder(&output, force)?;
-                let opts = init.expect("set above for init");
-                clopa_model::init::init(&opts, &output)
+                let (meta, seed) = init.expect("set above for init");
+                clopa_model::init::init(&meta, seed, &output)
             }
             Command::Bake {
                 dir,

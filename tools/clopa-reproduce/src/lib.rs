@@ -285,10 +285,6 @@ pub mod layout {
     pub fn eval_dir(out: &Path, task: &str) -> PathBuf {
         out.join(task).join("eval")
     }
-    /// The tables clopa-eval writes (and the merged ones at the top).
-    pub const EVAL_TABLES: [&str; 4] = clopa_cli::outputs::EVAL;
-    /// What clopa-rank writes.
-    pub const RANK_OUTPUTS: [&str; 6] = clopa_cli::outputs::RANK;
 }
 
 /// The profile after `--profile`, `--set` and `--seed`.
@@ -554,7 +550,7 @@ fn plan_rest(
             }
         }
         let eval_dir = layout::eval_dir(out, &t.name);
-        let outputs = layout::EVAL_TABLES
+        let outputs = clopa_cli::outputs::EVAL
             .iter()
             .map(|n| eval_dir.join(n))
             .collect();
@@ -578,7 +574,10 @@ fn plan_rest(
 
 fn rank_step(ctx: &Ctx) -> Step {
     let out = &ctx.opts.out;
-    let outputs = layout::RANK_OUTPUTS.iter().map(|n| out.join(n)).collect();
+    let outputs = clopa_cli::outputs::RANK
+        .iter()
+        .map(|n| out.join(n))
+        .collect();
     let s = Step::new("rank".into(), "clopa-rank", outputs)
         .arg(out.join("cases.parquet"))
         .arg("--final")
@@ -752,7 +751,7 @@ pub fn reproduce(
         splits.insert(t.name.clone(), rows);
     }
     let rest = plan_rest(&ctx, &profile, &tasks, &splits);
-    let merge_outputs: Vec<PathBuf> = layout::EVAL_TABLES
+    let merge_outputs: Vec<PathBuf> = clopa_cli::outputs::EVAL
         .iter()
         .map(|n| opts.out.join(n))
         .collect();
@@ -777,7 +776,7 @@ pub fn reproduce(
     }
     // Never run as a command: the arguments are the task tables, for is_done's time check.
     let merge = Step::new("merge the task tables".into(), "", merge_outputs.clone()).args(
-        layout::EVAL_TABLES.iter().flat_map(|name| {
+        clopa_cli::outputs::EVAL.iter().flat_map(|name| {
             tasks
                 .iter()
                 .map(move |t| layout::eval_dir(&opts.out, &t.name).join(name))
@@ -788,7 +787,7 @@ pub fn reproduce(
         summary.skipped += 1;
     } else {
         tracing::info!("{} {}", at(rest.len()), merge.label);
-        for name in layout::EVAL_TABLES {
+        for name in clopa_cli::outputs::EVAL {
             let inputs: Vec<PathBuf> = tasks
                 .iter()
                 .map(|t| layout::eval_dir(&opts.out, &t.name).join(name))

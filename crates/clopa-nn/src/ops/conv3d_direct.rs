@@ -19,8 +19,8 @@
 //! AVX2 (8 lanes, 16 ymm registers) runs the same 48 × 8 block as six sub-blocks of 16 voxels ×
 //! 4 channels (8 accumulators), each over the whole reduction: every output voxel sums the same
 //! products in the same order as under AVX-512, so the two give identical bits; the kernel
-//! gradient's AVX2 block keeps each AVX-512 accumulator as two halves, identical bits too. Everything
-//! else (tiles, strips, chunks) is shared. CPUs with neither (and other architectures) take the
+//! gradient's AVX2 block keeps each AVX-512 accumulator as two halves, identical bits too.
+//! Everything else (tiles, strips, chunks) is shared. CPUs with neither (and other architectures) take the
 //! gemm paths (`conv3d::conv_fwd_s1`, `conv3d::conv_dw_gemm`); [`isa`] picks the level.
 
 use rayon::prelude::*;
@@ -602,9 +602,8 @@ unsafe fn block_avx512(
 /// (lower + upper half, then the 8-lane tree of [`hsum256`]); a test checks the bits. A seeded
 /// training run's direct-kernel layers thus give the same weights on AVX2 and AVX-512 CPUs (of
 /// the gemm crate's layers, the 1×1 weight gradients differ by rounding: BENCHMARKS.md). One
-/// channel per pass
-/// (2 rows × 3 taps × 2 halves = 12 accumulators, 2 dY' halves and 1 strip vector of the 16
-/// registers): the strip rows are read once per channel, from L1.
+/// channel per pass (2 rows × 3 taps × 2 halves = 12 accumulators, 2 dY' halves and 1 strip
+/// vector of the 16 registers): the strip rows are read once per channel, from L1.
 ///
 /// # Safety
 /// As [`dw_block_avx512`], with AVX2 and FMA instead of AVX-512F.
