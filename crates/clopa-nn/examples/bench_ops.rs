@@ -6,6 +6,9 @@
 //! line per case, `case fwd_s fwd_gflops fwdbwd_s fwdbwd_gflops peak_rss_mb`, times the best of
 //! several iterations after a warm-up; "fwd+bwd" = forward + `(y·r).sum()` + `backward()`, with
 //! gradients for every input and parameter, like `scripts/bench_ops.py` does for PyTorch.
+//! The `dw_*` cases time the kernel gradient alone: their second time is `backward()` of a kept
+//! graph whose input is frozen (the weight's gradient and the small `(y·r).sum()` backward), and
+//! their GFLOP/s count the kernel gradient's FLOPs once.
 
 use candle_core::{Device, Result, Tensor, Var};
 use clopa_nn::ops;
@@ -13,8 +16,17 @@ use std::time::Instant;
 
 #[derive(Clone, Copy)]
 enum Kind {
-    Conv { k: usize, s: usize },
+    Conv {
+        k: usize,
+        s: usize,
+    },
     ConvT,
+    /// The kernel gradient alone of a convolution (k, s) / of a 2×2×2 transposed convolution.
+    Dw {
+        k: usize,
+        s: usize,
+    },
+    DwT,
     Norm,
     LeakyRelu,
     AddLeakyRelu,
@@ -85,6 +97,39 @@ fn cases() -> Vec<Case> {
         cout: 320,
         kind: Kind::ConvT,
     });
+    // Kernel gradients of the geometries the direct kernel does not take (stride 2, 1×1, the
+    // transposed convolutions); `to2` is a segmentation head.
+    for (c, size, cout, k, s) in [
+        (32, 64, 32, 3, 2),
+        (64, 48, 64, 3, 2),
+        (32, 64, 32, 1, 1),
+        (64, 48, 64, 1, 1),
+        (32, 64, 2, 1, 1),
+    ] {
+        let to = if cout == c {
+            String::new()
+        } else {
+            format!("to{cout}")
+        };
+        v.push(Case {
+            name: format!("dw_k{k}s{s}_{c}x{size}{to}"),
+            b: 1,
+            c,
+            size,
+            cout,
+            kind: Kind::Dw { k, s },
+        });
+    }
+    for (c, size, cout) in [(64, 32, 32), (320, 8, 320)] {
+        v.push(Case {
+            name: format!("dw_convT_s2_{c}x{size}to{cout}"),
+            b: 1,
+            c,
+            size,
+            cout,
+            kind: Kind::DwT,
+        });
+    }
     for (c, size) in [(32, 64), (64, 48)] {
         v.push(Case {
             name: format!("inorm_lrelu_{c}x{size}"),
@@ -157,6 +202,29 @@ fn run_case(c: &Case) -> Result<()> {
             let fb = best(iters, || f()?.mul(&r)?.sum_all()?.backward().map(|_| ()))?;
             (fwd, fb, flops)
         }
+        Kind::Dw { k, s } => {
+            let p = (k - 1) / 2;
+            let x = x.as_tensor().detach();
+            let w = Var::from_tensor(&randn(&[c.cout, ci, k, k, k], 0.05)?)?;
+            let f = || ops::conv3d(&x, w.as_tensor(), None, s, p);
+            let y = f()?;
+            let flops = 2.0 * (ci * c.cout * k * k * k * y.elem_count() / c.cout) as f64;
+            let loss = y.mul(&randn(y.dims(), 1.0)?)?.sum_all()?;
+            let fwd = best(iters, || f().map(|_| ()))?;
+            let dw = best(iters, || loss.backward().map(|_| ()))?;
+            (fwd, dw, flops)
+        }
+        Kind::DwT => {
+            let x = x.as_tensor().detach();
+            let w = Var::from_tensor(&randn(&[ci, c.cout, 2, 2, 2], 0.05)?)?;
+            let f = || ops::conv_transpose3d(&x, w.as_tensor(), None, 2);
+            let y = f()?;
+            let flops = 2.0 * (ci * c.cout * 8 * b * n * n * n) as f64;
+            let loss = y.mul(&randn(y.dims(), 1.0)?)?.sum_all()?;
+            let fwd = best(iters, || f().map(|_| ()))?;
+            let dw = best(iters, || loss.backward().map(|_| ()))?;
+            (fwd, dw, flops)
+        }
         Kind::ConvT => {
             let w = Var::from_tensor(&randn(&[ci, c.cout, 2, 2, 2], 0.05)?)?;
             let bias = Var::from_tensor(&randn(&[c.cout], 0.1)?)?;
@@ -214,7 +282,14 @@ fn run_case(c: &Case) -> Result<()> {
         fwd,
         gf(fwd, 1.0),
         fb,
-        gf(fb, 3.0),
+        gf(
+            fb,
+            if matches!(c.kind, Kind::Dw { .. } | Kind::DwT) {
+                1.0
+            } else {
+                3.0
+            }
+        ),
         peak_rss_mb()
     );
     Ok(())

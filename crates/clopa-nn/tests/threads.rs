@@ -109,9 +109,10 @@ fn a_training_step_is_bit_identical_on_1_2_and_5_threads_and_avx2() -> R<()> {
         assert_same_bits(&one, &other, &format!("{threads} threads against 1"));
     }
     // clopa's AVX2 kernels, where the CPU has AVX-512 (on an AVX2-only CPU both runs are AVX2).
-    // The layers computed through the gemm crate (stride 2, 1×1) pick their own SIMD level and
-    // run the same code both times: this does not compare them across CPU kinds (BENCHMARKS.md:
-    // with gemm's AVX2 kernels only the 1×1 weight gradients differ, by rounding).
+    // Every kernel gradient is clopa's own; the forward and input gradient of the stride-2 and
+    // 1×1 convolutions go through the gemm crate, which picks its own SIMD level and so runs the
+    // same code both times: this does not compare those across CPU kinds (BENCHMARKS.md: a build
+    // with gemm's AVX2 kernels gave the same bits in every tensor of this step).
     let top = clopa_nn::ops::isa();
     clopa_nn::ops::set_max_isa(clopa_nn::ops::Isa::Avx2);
     let avx2 = step(&spec, 2);

@@ -5,25 +5,27 @@
 //! kernel with `gemm`, writing straight into the output. Tiles run in parallel with rayon.
 //! A 1×1×1 stride-1 convolution skips im2col (the input *is* the column matrix).
 //!
-//! Backward: `dW = Σ_tiles dY_tile · col_tileᵀ` with one accumulator per task. For stride 1,
+//! Backward: `dW = Σ_tiles dY_tile · col_tileᵀ` with one accumulator per part (on CPUs with AVX2
+//! or AVX-512 by `conv3d_dw_simd.rs`, so the bits do not depend on the CPU
+//! kind; through gemm on others). For stride 1,
 //! dX is the forward convolution of dY with the flipped, transposed kernel (padding `k−1−p`);
 //! otherwise `dX = col2im(Wᵀ · dY_tile)` over slabs of output depth planes processed in two phases
 //! (even slabs, then odd slabs) so that concurrently running slabs never touch the same input voxel.
 //! The same three kernels implement the transposed convolution (`conv_transpose3d.rs`).
 //!
-//! On CPUs with AVX-512F the stride-1 3×3×3 forward (and with it dX) and dW go through the
-//! direct microkernels of `conv3d_direct.rs` instead; the gemm paths here stay for every other
-//! geometry and CPU, and are tested on their own.
+//! On CPUs with AVX-512F or AVX2 the stride-1 3×3×3 forward (and with it dX) and dW go through
+//! the direct microkernels of `conv3d_direct.rs` instead; the gemm paths here stay for every
+//! other geometry and CPU (dW: every other CPU), and are tested on their own.
 
 use candle_core::{Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::conv3d_direct;
 use super::portable;
 use super::{
     Kernel, Op, SyncPtr, check_layout, check_vec, dims5, grad_if, invalid, sum_f64, zeroed,
 };
+use super::{conv3d_direct, conv3d_dw_simd};
 
 /// Target size of one im2col tile in f32 elements (1 MiB): the L2 size per core on the machine
 /// this was tuned on (64 Ki .. 1 Mi floats tried: 1 MiB was fastest for 32 and 64 channels).
@@ -35,8 +37,9 @@ pub(super) const TILE_FLOATS: usize = 1 << 18;
 /// decides the order of the sums and so their bits: with it fixed, a seeded training run repeats
 /// bit for bit with any `--threads` (`tests/threads.rs`). 16 gives 2–4 cores a few parts each (a
 /// thread slowed by another process does not stall the reduction); in the direct kernel more
-/// cores are kept busy by splitting the output channels (`conv3d_direct::channel_groups`), which
-/// does not change any sum; the gemm path (`conv_dw_gemm`) uses at most 16 threads. The
+/// cores are kept busy by splitting the output channels (`conv3d_direct::channel_groups`, also
+/// in `conv3d_dw_simd`), which does not change any sum; the gemm path (`conv_dw_gemm`, CPUs
+/// without AVX2) uses at most 16 threads. The
 /// partials cost `16 · Cout·Cin·k³` floats: 177 MB at nnInteractive's widest layer (320 → 320),
 /// where the tiles are few anyway.
 pub(super) const DW_PARTS: usize = 16;
@@ -112,11 +115,11 @@ impl ConvGeom {
         [self.cout, self.cin, self.k, self.k, self.k]
     }
     /// 1×1×1, stride 1, no padding: the input is already the column matrix.
-    fn is_pointwise(&self) -> bool {
+    pub(super) fn is_pointwise(&self) -> bool {
         self.k == 1 && self.s == 1 && self.p == 0
     }
     /// Output rows (`od·oh + oh`, each `ow` voxels long) per tile.
-    fn rows_per_tile(&self) -> usize {
+    pub(super) fn rows_per_tile(&self) -> usize {
         (TILE_FLOATS / self.kk() / self.ow).clamp(1, self.od * self.oh)
     }
     /// Output depth planes per dX slab such that slabs `j` and `j + 2` never touch the same input
@@ -139,7 +142,7 @@ fn valid_range(on: usize, n: usize, s: usize, p: usize, kx: usize) -> (usize, us
 
 /// Fills `col` (`kk × t`, row-major, `t = (r1 − r0)·ow`) with the im2col matrix of output rows
 /// `[r0, r1)` of one sample `x_b` (`Cin × D·H·W`).
-fn im2col(x_b: &[f32], g: &ConvGeom, r0: usize, r1: usize, col: &mut [f32]) {
+pub(super) fn im2col(x_b: &[f32], g: &ConvGeom, r0: usize, r1: usize, col: &mut [f32]) {
     let (k, s, p) = (g.k, g.s, g.p);
     let t = (r1 - r0) * g.ow;
     let plane = g.h * g.w;
@@ -534,11 +537,17 @@ fn flip_transpose(wt: &[f32], g: &ConvGeom) -> Vec<f32> {
 }
 
 /// Kernel gradient: `x` (B, Cin, D, H, W), `dy` (B, Cout, OD, OH, OW) → (Cout, Cin·k³).
+/// The direct kernel for stride-1 3×3×3, SIMD kernels for every other geometry, gemm on CPUs
+/// with neither AVX2 nor AVX-512.
 pub(crate) fn conv_dw(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
-    conv3d_direct::conv_dw_direct(x, dy, g).unwrap_or_else(|| conv_dw_gemm(x, dy, g))
+    conv3d_direct::conv_dw_direct(x, dy, g)
+        .or_else(|| conv3d_dw_simd::conv_dw_simd(x, dy, g))
+        .unwrap_or_else(|| conv_dw_gemm(x, dy, g))
 }
 
-/// [`conv_dw`] through im2col tiles and gemm: any geometry, any CPU.
+/// [`conv_dw`] through im2col tiles and gemm: any geometry, any CPU. (Its sums follow gemm's
+/// blocking, which depends on the SIMD level gemm picks: the weights' bits differ between CPU
+/// kinds, unlike the SIMD kernels'.)
 fn conv_dw_gemm(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f32> {
     let (pin, pout, kk) = (g.in_vol(), g.out_vol(), g.kk());
     let rows = g.od * g.oh;

@@ -57,26 +57,23 @@ impl Kernels {
     /// The kernels of `isa`; `None` for [`Isa::Baseline`] and for a level this CPU lacks, so
     /// that holding a `Kernels` means its instructions can run.
     fn for_isa(isa: Isa) -> Option<Self> {
-        if isa > Isa::detected() {
-            return None;
-        }
         #[cfg(target_arch = "x86_64")]
-        match isa {
-            Isa::Avx512 => {
-                return Some(Self {
-                    block: block_avx512,
-                    dw: dw_block_avx512,
-                });
-            }
-            Isa::Avx2 => {
-                return Some(Self {
-                    block: block_avx2,
-                    dw: dw_block_avx2,
-                });
-            }
-            Isa::Baseline => {}
+        return super::isa::select(
+            isa,
+            || Self {
+                block: block_avx512,
+                dw: dw_block_avx512,
+            },
+            || Self {
+                block: block_avx2,
+                dw: dw_block_avx2,
+            },
+        );
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = isa; // no hand-written kernels on other architectures
+            None
         }
-        None
     }
 }
 
@@ -249,7 +246,7 @@ impl Plan {
 /// rebuilds its tile's strips, a copy ~1/(3·Cout/G) of the group's FMAs). Returns (groups, blocks
 /// per group). The only place the thread count enters: a group computes whole output channels,
 /// each summed in the same order as without groups, so results do not depend on it.
-fn channel_groups(items: usize, ncb: usize) -> (usize, usize) {
+pub(super) fn channel_groups(items: usize, ncb: usize) -> (usize, usize) {
     let want = 2 * rayon::current_num_threads();
     let groups = if items >= want {
         1
@@ -600,8 +597,8 @@ unsafe fn block_avx512(
 /// (lanes 0–7 and 8–15 of every 16-float step), so every lane sums the same products in the same
 /// order as on AVX-512, and the halves are reduced as `_mm512_reduce_add_ps` reduces its register
 /// (lower + upper half, then the 8-lane tree of [`hsum256`]); a test checks the bits. A seeded
-/// training run's direct-kernel layers thus give the same weights on AVX2 and AVX-512 CPUs (of
-/// the gemm crate's layers, the 1×1 weight gradients differ by rounding: BENCHMARKS.md). One
+/// training run's direct-kernel layers thus give the same weights on AVX2 and AVX-512 CPUs (the
+/// other layers' kernel gradients likewise, `conv3d_dw_simd`). One
 /// channel per pass (2 rows × 3 taps × 2 halves = 12 accumulators, 2 dY' halves and 1 strip
 /// vector of the 16 registers): the strip rows are read once per channel, from L1.
 ///
@@ -647,7 +644,7 @@ unsafe fn dw_block_avx2(
 /// The sum of a ymm register's 8 lanes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
+pub(super) fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
     use std::arch::x86_64::{
         _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_movehl_ps, _mm_shuffle_ps,
         _mm256_castps256_ps128, _mm256_extractf128_ps,

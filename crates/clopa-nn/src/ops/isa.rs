@@ -99,6 +99,25 @@ pub fn cap_isa(value: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
+/// The kernel set of level `isa` among a module's hand-written ones: `avx512()` or `avx2()` where
+/// this CPU runs that level, `None` at the baseline (no hand-written kernels) and above the CPU's
+/// level — so that holding a kernel set means its instructions can run.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn select<T>(
+    isa: Isa,
+    avx512: impl FnOnce() -> T,
+    avx2: impl FnOnce() -> T,
+) -> Option<T> {
+    if isa > Isa::detected() {
+        return None;
+    }
+    match isa {
+        Isa::Avx512 => Some(avx512()),
+        Isa::Avx2 => Some(avx2()),
+        Isa::Baseline => None,
+    }
+}
+
 /// The current level as a byte; `UNSET` until first asked.
 static LEVEL: AtomicU8 = AtomicU8::new(UNSET);
 const UNSET: u8 = u8::MAX;

@@ -98,6 +98,7 @@ mod avg_pool3d;
 mod cat_channels;
 mod conv3d;
 mod conv3d_direct;
+mod conv3d_dw_simd;
 mod conv_norm;
 mod conv_transpose3d;
 #[cfg(feature = "cuda")]
