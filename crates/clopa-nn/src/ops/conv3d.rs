@@ -6,8 +6,8 @@
 //! A 1×1×1 stride-1 convolution skips im2col (the input *is* the column matrix).
 //!
 //! Backward: `dW = Σ_tiles dY_tile · col_tileᵀ` with one accumulator per part (on CPUs with AVX2
-//! or AVX-512 by `conv3d_dw_simd.rs`, so the bits do not depend on the CPU
-//! kind; through gemm on others). For stride 1,
+//! or AVX-512 by `conv3d_dw_simd.rs`, so the bits do not depend on the CPU kind; through gemm on
+//! others). For stride 1,
 //! dX is the forward convolution of dY with the flipped, transposed kernel (padding `k−1−p`);
 //! otherwise `dX = col2im(Wᵀ · dY_tile)` over slabs of output depth planes processed in two phases
 //! (even slabs, then odd slabs) so that concurrently running slabs never touch the same input voxel.
@@ -44,10 +44,13 @@ pub(super) const TILE_FLOATS: usize = 1 << 18;
 /// where the tiles are few anyway.
 pub(super) const DW_PARTS: usize = 16;
 
-/// [`DW_PARTS`], or fewer when there are fewer items: (parts, items per part).
+/// [`DW_PARTS`], or fewer when there are fewer items: (parts, items per part). Every part has
+/// items (22 items are 11 parts of 2, not 16 with 5 empty), so that no task zeroes and merges
+/// an accumulator for nothing and the channel split sees the real count; an empty part added
+/// nothing, so the sums are the same either way.
 pub(super) fn dw_parts(items: usize) -> (usize, usize) {
-    let parts = DW_PARTS.clamp(1, items.max(1));
-    (parts, items.div_ceil(parts))
+    let per = items.div_ceil(DW_PARTS.clamp(1, items.max(1))).max(1);
+    (items.div_ceil(per).max(1), per)
 }
 
 /// Geometry of a 3D convolution with a cubic kernel `k`, stride `s` and zero padding `p`.

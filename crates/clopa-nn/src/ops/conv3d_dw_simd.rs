@@ -1,7 +1,8 @@
 //! Kernel gradient of every convolution the direct kernel does not take — stride 2 (the
 //! encoder's downsampling), 1×1 (segmentation heads, residual skips), and through them the
 //! transposed convolutions' 2×2×2: `dW[co][q] = Σ_v dY[co][v] · col[q][v]` over each tile's
-//! voxels `v`, where `col` is the tile's im2col matrix (for a 1×1 convolution the input itself).
+//! voxels `v`, where `col` is the tile's im2col matrix (for a 1×1 stride-1 convolution the input
+//! itself).
 //!
 //! Why not gemm (which these layers used, and which CPUs without AVX2 still use): gemm picks its
 //! own SIMD level and blocking, so a seeded training run gave different weight bits on AVX2 and
@@ -34,9 +35,10 @@ const LANES: usize = 16;
 const MV: usize = 3;
 /// Rows per block.
 const NR: usize = 8;
-/// Voxels per FMA chain: a block's slice of the transposed chain (256 × 48 floats, 48 KiB)
-/// stays in L1/L2 across the row blocks; the chain's sum is added to memory once per 256 FMAs.
-const CHAIN: usize = 256;
+/// Voxels per FMA chain: a block's slice of the transposed chain (128 × 48 floats, 24 KiB) stays
+/// in L1 while every row block of the kernel entries passes it (8 rows × 128 voxels each, from
+/// L2); each lane's chain is added to memory once per 128 FMAs.
+const CHAIN: usize = 128;
 /// dY rows × column rows of the voxel-lane block.
 const VA: usize = 2;
 const VB: usize = 4;
@@ -115,7 +117,8 @@ impl TileRows<'_> {
 }
 
 /// The tiles of a work item: tile count per sample, and a walker that calls `f` with the rows of
-/// tiles `[t0, t1)` in order (building each one's im2col matrix in `col`, except for 1×1).
+/// tiles `[t0, t1)` in order (building each one's im2col matrix in `col`, except for a 1×1
+/// stride-1 convolution, whose input is its column matrix).
 struct Tiles<'a> {
     x: &'a [f32],
     dy: &'a [f32],
@@ -189,7 +192,9 @@ fn channel_lanes(x: &[f32], dy: &[f32], g: &ConvGeom, blocks: [BlockFn; MV]) -> 
             if c0 >= c1 {
                 return (c0, ld, acc);
             }
-            let (mut col, mut lt) = (Vec::new(), Vec::new());
+            // The chain's dY, voxel-major: lt[v · ld + co − c0]. The padding lanes past c1 − c0
+            // are zeroed here once and never written.
+            let (mut col, mut lt) = (Vec::new(), vec![0f32; CHAIN * ld]);
             let span = (
                 range * per_range,
                 ((range + 1) * per_range).min(tiles.count()),
@@ -197,31 +202,32 @@ fn channel_lanes(x: &[f32], dy: &[f32], g: &ConvGeom, blocks: [BlockFn; MV]) -> 
             tiles.walk(span, &mut col, |tr| {
                 for v0 in (0..tr.nv).step_by(CHAIN) {
                     let n = CHAIN.min(tr.nv - v0);
-                    // The chain's dY, voxel-major: lt[v · ld + co − c0].
-                    lt.clear();
-                    lt.resize(n * ld, 0.0);
                     for co in c0..c1 {
-                        for (v, &d) in tr.dy(co)[v0..v0 + n].iter().enumerate() {
-                            lt[v * ld + co - c0] = d;
+                        let dst = lt[co - c0..].iter_mut().step_by(ld);
+                        for (d, &s) in dst.zip(&tr.dy(co)[v0..v0 + n]) {
+                            *d = s;
                         }
                     }
                     let base = acc.as_mut_ptr();
-                    for q0 in (0..kk).step_by(NR) {
-                        let nr = NR.min(kk - q0);
-                        // A partial block repeats its last row; only nr rows are stored.
-                        let rows: [*const f32; NR] =
-                            std::array::from_fn(|j| tr.col(q0 + j.min(nr - 1))[v0..].as_ptr());
-                        for lv in (0..ld / LANES).step_by(MV) {
-                            let m = MV.min(ld / LANES - lv);
-                            // SAFETY (pointer arithmetic): row q0 + j < kk, lane lv·16 < ld.
+                    // Lane blocks outside, so that a block's slice of lt stays in L1 while the
+                    // row blocks pass.
+                    for lv in (0..ld / LANES).step_by(MV) {
+                        let m = MV.min(ld / LANES - lv);
+                        for q0 in (0..kk).step_by(NR) {
+                            let nr = NR.min(kk - q0);
+                            // A partial block repeats its last row; only nr rows are stored.
+                            let rows: [*const f32; NR] =
+                                std::array::from_fn(|j| tr.col(q0 + j.min(nr - 1))[v0..].as_ptr());
+                            // SAFETY (pointer arithmetic): row q0 + min(j, nr − 1) < kk, lane
+                            // lv·16 < ld.
                             let out: [*mut f32; NR] = std::array::from_fn(|j| unsafe {
                                 base.add((q0 + j.min(nr - 1)) * ld + lv * LANES)
                             });
-                            // SAFETY: the CPU runs the block (`Kernels::for_isa`); lt holds n
-                            // rows of ld floats, read at lanes lv·16 .. (lv + m)·16 ≤ ld; each
-                            // row pointer has n floats (a column row's voxels v0 .. v0 + n ≤
-                            // nv); each out row has (lv + m)·16 ≤ ld floats of acc's row, and
-                            // only the nr distinct rows are written.
+                            // SAFETY: the CPU runs the block (`Kernels::for_isa`); lt holds
+                            // n ≤ CHAIN rows of ld floats, read at lanes lv·16 .. (lv + m)·16 ≤
+                            // ld; each row pointer has n floats (a column row's voxels v0 ..
+                            // v0 + n ≤ nv); each out row has (lv + m)·16 ≤ ld floats of acc's
+                            // row, and only the nr distinct rows are written.
                             unsafe {
                                 blocks[m - 1](lt[lv * LANES..].as_ptr(), ld, rows, nr, n, out)
                             };
@@ -265,7 +271,13 @@ fn voxel_lanes(x: &[f32], dy: &[f32], g: &ConvGeom, voxel: VoxelFn) -> Vec<f32> 
     let tiles = Tiles::new(x, dy, g);
     let nqb = kk.div_ceil(VB);
     let (nranges, per_range) = dw_parts(tiles.count());
-    let (groups, per_group) = channel_groups(nranges, nqb);
+    // Groups of entries only where the column rows are the input's: elsewhere each group would
+    // build the tile's whole im2col matrix for its few rows.
+    let (groups, per_group) = if g.is_pointwise() {
+        channel_groups(nranges, nqb)
+    } else {
+        (1, nqb)
+    };
     let partials: Vec<(usize, Vec<f32>)> = (0..nranges * groups)
         .into_par_iter()
         .map(|item| {
@@ -273,11 +285,11 @@ fn voxel_lanes(x: &[f32], dy: &[f32], g: &ConvGeom, voxel: VoxelFn) -> Vec<f32> 
             let q0 = (grp * per_group * VB).min(kk);
             let q1 = ((grp + 1) * per_group * VB).min(kk);
             let nq = q1 - q0;
-            // lanes[(co · nq + q − q0) · 16 + l]
-            let mut lanes = vec![0f32; g.cout * nq * LANES];
             if nq == 0 {
                 return (q0, Vec::new());
             }
+            // lanes[(co · nq + q − q0) · 16 + l]
+            let mut lanes = vec![0f32; g.cout * nq * LANES];
             let mut col = Vec::new();
             let span = (
                 range * per_range,
@@ -588,22 +600,25 @@ mod tests {
         usize,
     );
 
-    const GEOMETRIES: [Geometry; 11] = [
-        // Fewer than 16 output channels (lanes along the kernel entries): 1×1 with Cin below,
-        // at and above one vector, partial row blocks, tiles shorter than a chain; batch 2.
+    const GEOMETRIES: [Geometry; 12] = [
+        // Fewer than 16 output channels (voxel lanes): 1×1 stride 1 with 5, 2 and 33 entries
+        // (partial blocks of 4 entries), 3 and 1 channels (partial pairs), tiles of 60, 7 and
+        // 960 voxels (a partial last vector, one shorter than a vector); batch 2.
         (2, 5, 3, (4, 3, 5), 1, 1, 0),
         (1, 2, 1, (1, 1, 7), 1, 1, 0),
         (2, 33, 2, (6, 8, 20), 1, 1, 0),
-        // ... stride 2 with 108 entries (lane blocks of 3, 3 and 1 vectors); 1×1 stride 2.
+        // ... stride 2 (108 entries: im2col rows), and 1×1 with stride 2 (3 entries).
         (1, 4, 9, (16, 18, 34), 3, 2, 1),
         (1, 3, 2, (5, 4, 3), 1, 2, 0),
-        // 16 or more output channels (lanes along the channels): 17 (a padded vector), one long
-        // 1×1 tile of many chains (the last partial), 3 rows (a partial row block).
+        // 16 or more output channels (channel lanes): 17 (one padded vector pair, M = 2), one
+        // long 1×1 tile of many chains (the last partial), 3 entries (a partial row block).
         (1, 3, 17, (9, 17, 31), 1, 1, 0),
         (2, 3, 16, (7, 6, 5), 3, 2, 1),
-        // 50 channels (lane blocks of 3 and 1 vectors), 135 entries, stride 2, batch 2.
+        // 50 channels (lane blocks of 3 and 1 vectors), 135 entries, stride 2, batch 2; 100
+        // channels (blocks of 3, 3 and 1 vectors).
         (2, 5, 50, (7, 6, 5), 3, 2, 1),
-        // 2×2×2 stride 2 (the transposed convolution's dW geometry), both lane sides.
+        (1, 2, 100, (5, 6, 7), 3, 2, 1),
+        // 2×2×2 stride 2 (the transposed convolution's dW geometry), both layouts.
         (2, 6, 5, (8, 10, 12), 2, 2, 0),
         (1, 6, 20, (8, 10, 12), 2, 2, 0),
         // Many tiles (more than DW_PARTS ranges) and a 1-voxel-wide output.
