@@ -18,10 +18,13 @@ use clap::{Args, Parser, Subcommand};
 
 const AFTER_HELP: &str = "\
 Examples:
-  # evaluate the base model and two CLoPA runs against the manifest's expert Dice
-  clopa-eval runs/hippo/base/steps.parquet runs/hippo/in-*/steps.parquet \\
-      --manifest data-manifests/msd-hippocampus.toml --split runs/hippo/split.parquet \\
-      -o runs/hippo/eval
+  # the base model and every CLoPA-I.N episode of a task, against the
+  # manifest's expert Dice (clopa-reproduce's layout)
+  clopa-eval runs/quick/synth-organ/base/steps.parquet \\
+      runs/quick/synth-organ/in/run*/ep*.steps.parquet \\
+      --manifest data-manifests/synth-organ.toml \\
+      --split runs/quick/synth-organ/split.parquet \\
+      -o runs/quick/synth-organ/eval
 
   # a fixed threshold, no trajectories (no split given)
   clopa-eval steps.parquet --threshold 0.9 -o eval/

@@ -220,17 +220,26 @@ pub fn read_steps(paths: &[PathBuf]) -> anyhow::Result<StepsTable> {
     let mut n_steps: Option<(usize, String)> = None;
     for (key, runs) in &curves {
         for (ir, curve) in runs {
+            // (the file of the curve's last row: every curve has one)
+            let file = curve.steps.iter().rev().flatten().next().map(|s| s.2);
             let what = format!(
-                "task {:?}, method {:?}, run {:?}, episode {}, case {:?}, infer_run {ir}",
-                key.task, key.method, key.run, key.episode, key.case_id
+                "{}'s curve of task {:?}, method {:?}, run {}, episode {}, case {:?}, \
+                 infer_run {ir}",
+                file.map_or_else(|| "?".into(), |f| paths[f].display().to_string()),
+                key.task,
+                key.method,
+                key.run.map_or_else(|| "none".into(), |r| r.to_string()),
+                key.episode,
+                key.case_id
             );
             if let Some(missing) = curve.steps.iter().position(Option::is_none) {
-                bail!("the curve of {what} has no step {missing} but has later steps");
+                bail!("{what} has no step {missing} but has later steps");
             }
             match &n_steps {
                 None => n_steps = Some((curve.steps.len(), what)),
                 Some((len, first)) if *len != curve.steps.len() => bail!(
-                    "inconsistent curve lengths: {what} has {} steps but {first} has {len}",
+                    "inconsistent curve lengths: {what} has {} steps but {first} has {len} \
+                     (were the tables simulated with different --edits or profiles?)",
                     curve.steps.len()
                 ),
                 Some(_) => {}

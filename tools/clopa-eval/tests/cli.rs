@@ -612,7 +612,14 @@ fn bad_inputs_are_errors_without_output() {
     fails_with(
         &[p1.as_os_str(), long.as_os_str(), thr[0], thr[1]],
         &out,
-        &["inconsistent curve lengths"],
+        // both files named, the run as a number or "none", the likely cause
+        &[
+            "inconsistent curve lengths",
+            "long.parquet's curve",
+            "base.parquet's curve",
+            "run none",
+            "different --edits",
+        ],
     );
 
     // trajectories without base rows

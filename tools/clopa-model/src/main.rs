@@ -15,7 +15,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 #[command(
     name = "clopa-model",
     version,
-    after_help = "Examples:\n  clopa-import nnInteractive_v1.0 -o models/nnInteractive_v1.0\n  clopa-model info models/nnInteractive_v1.0 --json\n  clopa-model forward models/nnInteractive_v1.0 --input patch.safetensors -o logits.safetensors\n  clopa-model init --arch tiny --patch 48 --seed 0 -o models/random-tiny\n  clopa-model bake models/random-tiny --checkpoint ep1.safetensors -o models/clopa-tiny"
+    after_help = "Examples:\n  clopa-import nnInteractive_v1.0 -o models/nnInteractive_v1.0\n  clopa-model info models/nnInteractive_v1.0 --json\n  clopa-model forward models/nnInteractive_v1.0 --input patch.safetensors \\\n      -o logits.safetensors\n  clopa-model init --arch tiny --patch 48 --seed 0 -o models/random-tiny\n  clopa-model bake models/random-tiny --checkpoint ep1.safetensors \\\n      -o models/my-tiny"
 )]
 struct Cli {
     /// More logging (-v debug, -vv trace).
@@ -49,7 +49,7 @@ enum Command {
     /// Writes a safetensors file with `logits` (B, classes, D, H, W) f32. D, H and W must be
     /// multiples of the network's total stride (32 for nnInteractive).
     #[command(
-        after_help = "Example:\n  clopa-model forward models/nnInteractive_v1.0 --input x.safetensors -o logits.safetensors"
+        after_help = "Example:\n  clopa-model forward models/nnInteractive_v1.0 --input x.safetensors \\\n      -o logits.safetensors"
     )]
     Forward {
         /// The clopa model folder.
@@ -72,7 +72,7 @@ enum Command {
     /// An interactive ResidualEncoderUNet with 8 input channels (image + 7 prompt channels) and 2
     /// classes. The same arguments and seed always give the same model.safetensors.
     #[command(
-        after_help = "Examples:\n  clopa-model init --arch tiny --patch 48 --seed 0 -o models/random-tiny\n  clopa-model init --arch tiny --features 8,16,32,64,128 --blocks 1,2,2,2,2 --patch 64 -o m5"
+        after_help = "Examples:\n  clopa-model init --arch tiny --patch 48 --seed 0 -o models/random-tiny\n  clopa-model init --arch tiny --features 8,16,32,64,128 --blocks 1,2,2,2,2 \\\n      --patch 64 -o models/tiny5"
     )]
     Init {
         /// Architecture family supplying the defaults.
@@ -105,7 +105,7 @@ enum Command {
     /// The checkpoints are applied in order (each must name DIR's model.safetensors as its base);
     /// NEWDIR gets new weights (a new sha256) and a model.json recording the base and checkpoints.
     #[command(
-        after_help = "Example:\n  clopa-model bake models/random-tiny --checkpoint pretrain/ep1.safetensors -o models/clopa-tiny"
+        after_help = "Example:\n  clopa-model bake models/random-tiny --checkpoint pretrain/ep1.safetensors \\\n      -o models/my-tiny"
     )]
     Bake {
         /// The base model folder.

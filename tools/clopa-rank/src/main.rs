@@ -59,7 +59,7 @@ enum Mode {
     name = "clopa-rank",
     version,
     args_override_self = true,
-    after_help = "Examples:\n  clopa-eval steps/*.parquet --split split.parquet --threshold 0.9 -o eval/\n  clopa-rank eval/cases.parquet --trajectory eval/trajectory.parquet -o report/\n  # (Table 2 from eval/final.parquet, found next to cases.parquet)\n  clopa-rank eval/cases.parquet -o report-msd/ --mode challenger"
+    after_help = "Examples:\n  clopa-eval steps/*.parquet --split split.parquet --threshold 0.9 -o eval/\n  clopa-rank eval/cases.parquet --trajectory eval/trajectory.parquet \\\n      -o report/\n  # (Table 2 from eval/final.parquet, found next to cases.parquet)\n  clopa-rank eval/cases.parquet -o report-msd/ --mode challenger"
 )]
 struct Args {
     /// cases.parquet from clopa-eval.

@@ -22,7 +22,7 @@ use clap::Parser;
 #[command(
     name = "clopa-reproduce",
     version,
-    after_help = "Example:\n  export CLOPA_DATA=data\n  clopa-reproduce --profile pipelines/quick.toml -o runs/quick\n  # -> runs/quick/{profile.toml, table2.md, table3.md, fig2.png, fig2.svg, cases.parquet,\n  #    episodes.parquet, final.parquet, trajectory.parquet, pairs.parquet, ranking.parquet}\n  #    and runs/quick/<task>/{split.parquet, base/, in/run0/ep1.safetensors, ..., eval/}"
+    after_help = "Example:\n  export CLOPA_DATA=data\n  clopa-reproduce --profile pipelines/quick.toml -o runs/quick\n  # -> runs/quick/{profile.toml, table2.md, table3.md, fig2.png, fig2.svg,\n  #      cases.parquet, episodes.parquet, final.parquet, trajectory.parquet,\n  #      pairs.parquet, ranking.parquet}\n  #    runs/quick/<task>/{split.parquet, base/, in/run0/ep1.safetensors, ...,\n  #      eval/}"
 )]
 struct Args {
     /// Pipeline profile [default: the embedded pipelines/quick.toml].

@@ -7,20 +7,29 @@ use clap::Parser;
 
 const AFTER_HELP: &str = "\
 Examples:
-  # the base model on the holdout cases (no --profile: the quick one, 10 edits, 1 inference run)
-  clopa-simulate --model models/clopa-tiny --manifest data-manifests/synth-organ.toml \\
-      --split runs/quick/synth-organ/split.parquet -o runs/quick/synth-organ/base/steps.parquet
+  # the base model on the holdout cases, the quick profile's settings
+  # (10 edits, 1 inference run, 32^3 patches), as clopa-reproduce runs it
+  clopa-simulate --model models/clopa-tiny \\
+      --manifest data-manifests/synth-organ.toml \\
+      --split runs/quick/synth-organ/split.parquet \\
+      --profile pipelines/quick.toml \\
+      -o runs/quick/synth-organ/base/steps.parquet
 
-  # an episode checkpoint (method, run, episode and n_seen come from its metadata); the chain of
-  # checkpoints is given in order, as clopa-reproduce does
-  clopa-simulate --model models/clopa-tiny --checkpoint runs/quick/synth-organ/in/run0/ep1.safetensors \\
+  # an episode checkpoint (method, run, episode and n_seen come from its
+  # metadata); the chain of checkpoints in order, as clopa-reproduce does
+  clopa-simulate --model models/clopa-tiny \\
+      --checkpoint runs/quick/synth-organ/in/run0/ep1.safetensors \\
       --checkpoint runs/quick/synth-organ/in/run0/ep2.safetensors \\
-      --manifest data-manifests/synth-organ.toml --split runs/quick/synth-organ/split.parquet \\
-      --profile pipelines/quick.toml -o runs/quick/synth-organ/in/run0/ep2.steps.parquet
+      --manifest data-manifests/synth-organ.toml \\
+      --split runs/quick/synth-organ/split.parquet \\
+      --profile pipelines/quick.toml \\
+      -o runs/quick/synth-organ/in/run0/ep2.steps.parquet
 
-  # the paper's settings (100 edits, 3 inference runs) on a GPU
-  clopa-simulate --model models/nnInteractive_v1.0 --manifest data-manifests/msd-liver.toml \\
-      --split runs/paper/msd-liver/split.parquet --profile pipelines/paper.toml \\
+  # the paper's settings (100 edits, 3 inference runs, 192^3, on the GPU)
+  clopa-simulate --model models/nnInteractive_v1.0 \\
+      --manifest data-manifests/msd-liver.toml \\
+      --split runs/paper/msd-liver/split.parquet \\
+      --profile pipelines/paper.toml \\
       -o runs/paper/msd-liver/base/steps.parquet
 
 Per holdout case and inference run: one initial click pair (background, then foreground), then

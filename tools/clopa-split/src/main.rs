@@ -29,8 +29,9 @@ position gets the episode at which it joins the cache and its role (train or val
 
 Example:
   export CLOPA_DATA=~/data
-  clopa-split data-manifests/msd-hippocampus.toml --profile pipelines/paper.toml \\
-      -o results/hippocampus/split.parquet --show-schedule";
+  clopa-split data-manifests/msd-hippocampus.toml \\
+      --profile pipelines/paper.toml \\
+      -o runs/paper/msd-hippocampus/split.parquet --show-schedule";
 
 /// Check a task's dataset and write its train/holdout split and stream schedule (split.parquet).
 #[derive(Debug, Parser)]

@@ -18,7 +18,7 @@ use clopa_phantom::{CaseStatus, TaskKind, write_dataset_with};
 #[command(
     name = "clopa-synth",
     version,
-    after_help = "Example:\n  clopa-synth --task vessels --cases 20 --seed 1 -o data/synth_vessels\n  \
+    after_help = "Example:\n  clopa-synth --task vessels --cases 20 --seed 1 -o data/my-vessels\n  \
                   clopa-synth --task organ --cases 4 --seed 7 --size 48,48,40 -o /tmp/organ -q"
 )]
 struct Args {

@@ -7,20 +7,25 @@ use clap::Parser;
 
 const AFTER_HELP: &str = "\
 Examples:
-  # episode 1 of training run 0, CLoPA-I.N, quick profile
-  clopa-train-episode --model models/clopa-tiny --manifest data-manifests/synth-organ.toml \\
-      --split runs/q/organ/split.parquet --run 0 --episode 1 --group in \\
-      --profile pipelines/quick.toml -o runs/q/organ/in-run0/ep1.safetensors
+  # episode 1 of training run 0, CLoPA-I.N, quick profile (reproduce's layout)
+  clopa-train-episode --model models/clopa-tiny \\
+      --manifest data-manifests/synth-organ.toml \\
+      --split runs/quick/synth-organ/split.parquet --run 0 --episode 1 \\
+      --group in --profile pipelines/quick.toml \\
+      -o runs/quick/synth-organ/in/run0/ep1.safetensors
 
   # episode 2 warm-starts from episode 1
-  clopa-train-episode ... --episode 2 --init runs/q/organ/in-run0/ep1.safetensors \\
-      -o runs/q/organ/in-run0/ep2.safetensors
+  clopa-train-episode ... --episode 2 \\
+      --init runs/quick/synth-organ/in/run0/ep1.safetensors \\
+      -o runs/quick/synth-organ/in/run0/ep2.safetensors
 
-  # a specialist (expert threshold): every parameter, no prompts, the run's final cache
-  clopa-train-episode ... --episode last --group all --no-prompts -o runs/experts/organ.safetensors
+  # a specialist (expert threshold): every parameter, no prompts, the run's
+  # final cache
+  clopa-train-episode ... --episode last --group all --no-prompts \\
+      -o runs/experts/synth-organ.safetensors
 
 Writes CKPT (safetensors: only the group's tensors, metadata clopa.base_sha256, clopa.group,
-clopa.run, clopa.episode, clopa.n_seen, clopa.config) and CKPT's stem + .log.parquet (per epoch:
+clopa.run, clopa.episode, clopa.n_seen, clopa.selected_epoch, clopa.config) and CKPT's stem + .log.parquet (per epoch:
 train_loss, val_score, val_ema, selected, seconds). An existing CKPT with its log is skipped when
 it records the same base model and settings (--force retrains); with other settings, or when
 either file does not read back whole, it is retrained.
@@ -118,8 +123,10 @@ struct Cli {
     #[arg(long)]
     no_augment: bool,
 
-    /// Seed of patches, augmentation and clicks [default: the profile's]. On the CPU a run is
-    /// repeated bit for bit with the same seed, whatever the number of threads.
+    /// Seed of patches, augmentation and clicks [default: the profile's]. Each (run, episode)
+    /// draws from its own stream, seed · 1000003 + run · 1000 + episode, which is the seed the
+    /// log and clopa.config record. On the CPU a run is repeated bit for bit with the same seed,
+    /// whatever the number of threads.
     #[arg(long)]
     seed: Option<u64>,
 
@@ -134,7 +141,7 @@ struct Cli {
     /// GPU convolutions: fp32, or bf16 with fp32 accumulation (PyTorch's autocast; fp16 is
     /// refused: without loss scaling its gradients underflow) [default: the profile's
     /// `train_precision`, else fp32; the CPU computes fp32].
-    #[arg(long, value_name = "P", value_parser = ["fp32", "fp16", "bf16"])]
+    #[arg(long, value_name = "P", value_parser = parse_train_precision)]
     precision: Option<String>,
 
     /// Worker threads [default: all cores]. Changes the speed, not the result.
@@ -159,6 +166,20 @@ fn parse_episode(s: &str) -> Result<u32, String> {
         _ => Err(format!(
             "expected an episode number >= 1 or `last`, got {s:?}"
         )),
+    }
+}
+
+/// `--precision`: fp32 or bf16. fp16 is a usage error with its reason (a profile's
+/// `train_precision = "fp16"` is refused by the tool itself, with the same reason).
+fn parse_train_precision(s: &str) -> Result<String, String> {
+    match s {
+        "fp32" | "bf16" => Ok(s.to_string()),
+        "fp16" => Err(
+            "fp16 cannot train here (no loss scaling: the gradients underflow); \
+                       use bf16 or fp32 (fp16 is for clopa-simulate's inference)"
+                .into(),
+        ),
+        _ => Err("expected fp32 or bf16".into()),
     }
 }
 

@@ -511,14 +511,15 @@ fn a_rerun_with_other_settings_retrains_and_force_retrains_the_same_settings() {
     assert!(c.metadata["clopa.config"].contains("\"precision\":\"bf16\""));
     let out = f.cmd(1, "in", &ck).args(["--precision", "fp8"]).output();
     assert_eq!(out.unwrap().status.code(), Some(2));
-    // fp16 would underflow the gradients (no loss scaling): refused, the checkpoint untouched
+    // fp16 would underflow the gradients (no loss scaling): a usage error saying so, the
+    // checkpoint untouched
     let before = std::fs::read(&ck).unwrap();
     let out = f
         .cmd(1, "in", &ck)
         .args(["--precision", "fp16"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("fp16") && e.contains("bf16"), "{e}");
     assert_eq!(std::fs::read(&ck).unwrap(), before);
