@@ -792,7 +792,7 @@ pub fn reproduce(
                 .iter()
                 .map(|t| layout::eval_dir(&opts.out, &t.name).join(name))
                 .collect();
-            merge_tables(&inputs, &opts.out.join(name))?;
+            merge_tables(&inputs, &opts.out.join(name), "clopa-reproduce")?;
         }
         summary.ran += 1;
     }
@@ -868,10 +868,12 @@ fn exec(
 }
 
 /// Concatenates Parquet tables of one schema (clopa-eval's per-task outputs) into `out`,
-/// atomically. The key-value metadata is the first input's, except `clopa.settings`: the first
-/// input's settings with `threshold` kept only when every input agrees (else null), plus
-/// `thresholds` (one per input) and `sources` (the input paths).
-pub fn merge_tables(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+/// atomically, recording `tool` as the writer (clopa-reproduce, or clopa-merge for a user). The
+/// key-value metadata is the first input's, except `clopa.settings`: the first input's settings
+/// with `threshold` kept only when every input agrees (else null), plus `thresholds` (one per
+/// input), `task_thresholds` and `sources` (the input paths). A task in two inputs is an error
+/// (its rows would count twice in the ranking).
+pub fn merge_tables(inputs: &[PathBuf], out: &Path, tool: &str) -> anyhow::Result<()> {
     let Some(first) = inputs.first() else {
         bail!("nothing to merge into {}", out.display());
     };
@@ -880,7 +882,9 @@ pub fn merge_tables(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
     let mut settings_list = Vec::new();
     // task -> threshold, for Fig. 2's per-task red lines when the tasks' thresholds differ
     let mut task_thresholds = serde_json::Map::new();
-    for path in inputs {
+    // task -> the input it came from (an index: the same file given twice is two inputs)
+    let mut task_files: BTreeMap<String, usize> = BTreeMap::new();
+    for (k, path) in inputs.iter().enumerate() {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .with_context(|| format!("{} is not a Parquet file", path.display()))?;
@@ -929,10 +933,23 @@ pub fn merge_tables(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read {}", path.display()))?;
         for b in reader {
             let b = b.with_context(|| format!("cannot read {}", path.display()))?;
-            if !threshold.is_null() {
-                for task in task_names(&b)
-                    .with_context(|| format!("cannot read the tasks of {}", path.display()))?
-                {
+            for task in task_names(&b)
+                .with_context(|| format!("cannot read the tasks of {}", path.display()))?
+            {
+                match task_files.get(task.as_str()) {
+                    Some(&other) if other != k => bail!(
+                        "task {task:?} is in both {} and {}: cannot merge them into {} \
+                         (its rows would count twice)",
+                        inputs[other].display(),
+                        path.display(),
+                        out.display()
+                    ),
+                    Some(_) => {}
+                    None => {
+                        task_files.insert(task.clone(), k);
+                    }
+                }
+                if !threshold.is_null() {
                     task_thresholds.insert(task, threshold.clone());
                 }
             }
@@ -976,7 +993,7 @@ pub fn merge_tables(inputs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
             .map(|p| serde_json::Value::String(p.display().to_string()))
             .collect(),
     );
-    let prov = Provenance::new("clopa-reproduce", env!("CARGO_PKG_VERSION"), settings, 0);
+    let prov = Provenance::new(tool, env!("CARGO_PKG_VERSION"), settings, 0);
     clopa_table::write_batches(out, schema, &batches, &prov)
         .with_context(|| format!("cannot write {}", out.display()))?;
     Ok(())
@@ -1157,7 +1174,7 @@ mod tests {
             paths.push(p);
         }
         let out = dir.path().join("merged.parquet");
-        merge_tables(&paths, &out)?;
+        merge_tables(&paths, &out, "clopa-reproduce")?;
         let rows = clopa_table::read_split(&out)?;
         assert_eq!(
             rows.iter().map(|r| r.task.as_str()).collect::<Vec<_>>(),
@@ -1172,8 +1189,21 @@ mod tests {
             prov.settings["task_thresholds"],
             serde_json::json!({"t0": 0.8, "t1": 0.9})
         );
+        // A task in two inputs (here the same file twice) would count twice: refused, naming
+        // both, and nothing is written.
+        let again = dir.path().join("again.parquet");
+        let Err(e) = merge_tables(&[paths[0].clone(), paths[0].clone()], &again, "clopa-merge")
+        else {
+            bail!("the same table twice merged");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("\"t0\" is in both") && e.contains("s0.parquet"),
+            "{e}"
+        );
+        assert!(!again.exists());
         // Equal thresholds are kept.
-        merge_tables(&paths[..1], &out)?;
+        merge_tables(&paths[..1], &out, "clopa-reproduce")?;
         assert_eq!(
             clopa_table::read_provenance(&out)?.settings["threshold"],
             0.8
@@ -1211,7 +1241,7 @@ mod tests {
             w.write(b)?;
         }
         w.close()?;
-        merge_tables(&[paths[0].clone(), view], &out)?;
+        merge_tables(&[paths[0].clone(), view], &out, "clopa-reproduce")?;
         let rows = clopa_table::read_split(&out)?;
         assert_eq!(
             rows.iter().map(|r| r.task.as_str()).collect::<Vec<_>>(),

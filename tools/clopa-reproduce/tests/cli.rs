@@ -90,3 +90,131 @@ fn bad_profile_and_bad_set_exit_1_naming_them() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8(out.stderr).unwrap().contains("KEY=VALUE"));
 }
+
+mod merge {
+    //! `clopa-merge`: the merge step of clopa-reproduce as a tool.
+
+    use super::*;
+    use clopa_table::{Provenance, SplitKind, SplitRow};
+
+    fn merge() -> Command {
+        Command::cargo_bin("clopa-merge").unwrap()
+    }
+
+    /// A one-row table of task `task` whose clopa-eval used `threshold`.
+    fn table(dir: &std::path::Path, name: &str, task: &str, threshold: f64) -> std::path::PathBuf {
+        let row = SplitRow {
+            task: task.into(),
+            case_id: "c".into(),
+            split: SplitKind::Holdout,
+            run: None,
+            position: None,
+            episode: None,
+            role: None,
+        };
+        let p = dir.join(name);
+        let prov = Provenance::new(
+            "clopa-eval",
+            "0",
+            serde_json::json!({ "threshold": threshold }),
+            0,
+        );
+        clopa_table::write_split(&p, &[row], &prov).unwrap();
+        p
+    }
+
+    #[test]
+    fn tables_of_two_tasks_merge_with_their_thresholds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = table(tmp.path(), "a.parquet", "organ", 0.94);
+        let b = table(tmp.path(), "b.parquet", "vessels", 0.85);
+        let out = tmp.path().join("cases.parquet");
+        merge()
+            .args([&a, &b])
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .success();
+        let rows = clopa_table::read_split(&out).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.task.as_str()).collect::<Vec<_>>(),
+            ["organ", "vessels"]
+        );
+        let prov = clopa_table::read_provenance(&out).unwrap();
+        assert_eq!(prov.tool, "clopa-merge");
+        assert_eq!(
+            prov.settings["task_thresholds"],
+            serde_json::json!({"organ": 0.94, "vessels": 0.85})
+        );
+    }
+
+    #[test]
+    fn a_task_twice_other_columns_and_stdout_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = table(tmp.path(), "a.parquet", "organ", 0.94);
+        let a2 = table(tmp.path(), "a2.parquet", "organ", 0.94);
+        let out = tmp.path().join("merged.parquet");
+        let o = merge()
+            .args([&a, &a2])
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            e.contains("\"organ\" is in both")
+                && e.contains("a.parquet")
+                && e.contains("a2.parquet"),
+            "{e}"
+        );
+        assert!(!out.exists());
+        // a table of another kind (a safetensors file is not Parquet at all; a steps table has
+        // other columns)
+        let steps = tmp.path().join("steps.parquet");
+        let prov = Provenance::new("clopa-simulate", "0", serde_json::json!({}), 0);
+        clopa_table::write_steps(&steps, &[], &prov).unwrap();
+        let o = merge()
+            .args([&a, &steps])
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            e.contains("other columns") && e.contains("steps.parquet"),
+            "{e}"
+        );
+        assert!(!out.exists());
+        // usage errors: no input, stdout
+        assert_eq!(
+            merge()
+                .args(["-o", "x.parquet"])
+                .output()
+                .unwrap()
+                .status
+                .code(),
+            Some(2)
+        );
+        let o = merge().arg(&a).args(["-o", "-"]).output().unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("not to stdout"));
+    }
+
+    #[test]
+    fn help_has_the_by_hand_chain() {
+        let out = merge().arg("--help").output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains("clopa-eval")
+                && text.contains("clopa-merge")
+                && text.contains("clopa-rank"),
+            "{text}"
+        );
+        // every example line fits an 80-column terminal (clap would break a longer one)
+        let ex = &text[text.find("Example").unwrap()..];
+        assert!(ex.lines().all(|l| l.chars().count() <= 78), "{ex}");
+    }
+}
