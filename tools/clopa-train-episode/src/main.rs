@@ -25,10 +25,10 @@ Examples:
       -o runs/experts/synth-organ.safetensors
 
 Writes CKPT (safetensors: only the group's tensors, metadata clopa.base_sha256, clopa.group,
-clopa.run, clopa.episode, clopa.n_seen, clopa.selected_epoch, clopa.config) and CKPT's stem + .log.parquet (per epoch:
-train_loss, val_score, val_ema, selected, seconds). An existing CKPT with its log is skipped when
-it records the same base model and settings (--force retrains); with other settings, or when
-either file does not read back whole, it is retrained.
+clopa.run, clopa.episode, clopa.n_seen, clopa.selected_epoch, clopa.config) and CKPT's stem +
+.log.parquet (per epoch: train_loss, val_score, val_ema, selected, seconds). An existing CKPT
+with its log is skipped when it records the same base model and settings (--force retrains); with
+other settings, or when either file does not read back whole, it is retrained.
 The settings include the cache's case ids, their files' sizes and times, and the sha256 of each
 --init checkpoint.";
 
