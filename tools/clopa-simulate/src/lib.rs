@@ -366,6 +366,18 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
         print_mean_dice(&manifest.name, &rows, &req.output);
         return Ok(Outcome::Written);
     }
+    // The resolved settings, before the long part: a profile that lacks a key takes the paper's
+    // value (e.g. 192³ patches), and without a terminal there is no progress bar to show it.
+    tracing::info!(
+        "{}: {} holdout cases x {} inference run(s) x (1 + {} edits) steps, patch {:?}, {} on {}",
+        manifest.name,
+        entries.len(),
+        profile.infer_runs,
+        profile.edits,
+        patch,
+        profile.precision,
+        profile.device
+    );
     let mut session = InferenceSession::new(NetPredictor::new(net, device), config)?;
 
     let pb = clopa_cli::progress_bar(

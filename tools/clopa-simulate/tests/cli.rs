@@ -394,6 +394,18 @@ fn a_complete_output_is_skipped_unless_forced_or_the_settings_differ() {
     assert!(is_skipped(&["--edits", "4", "--precision", "fp32"]));
     assert!(!is_skipped(&["--edits", "4", "--precision", "fp16"]));
     assert!(is_skipped(&["--edits", "4", "--precision", "fp16"]));
+    // a computing run says its resolved settings first (no progress bar without a terminal)
+    let o = f
+        .cmd_with(&out, false)
+        .args(["--edits", "4", "--precision", "bf16"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("x 2 inference run(s) x (1 + 4 edits) steps, patch [")
+            && e.contains("bf16 on cpu"),
+        "{e}"
+    );
 
     // a holdout case's image rewritten (size or time differ) is other data: recomputed once
     let img = corrupt_image(&f, |v| v.data[5] += 1.0);
