@@ -331,7 +331,8 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
     });
     if !req.force
         && !clopa_cli::is_stdout(&req.output)
-        && req.output.exists()
+        // (a folder in the output's place is not a table to recompute: check_output refuses it)
+        && req.output.is_file()
         && masks_done
         && is_complete(&req.output, &prov, expected_rows)
     {

@@ -453,6 +453,15 @@ fn an_output_that_cannot_be_written_fails_before_the_work() {
         !err.contains("simulated"),
         "failed only after simulating: {err}"
     );
+    // A folder in the output's place: refused, without first saying it will be recomputed.
+    std::fs::create_dir(f.path("a-folder")).unwrap();
+    let o = f.cmd_with(&f.path("a-folder"), false).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("a-folder") && !err.contains("recomputing"),
+        "{err}"
+    );
 }
 
 #[test]
