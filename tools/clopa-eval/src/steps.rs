@@ -217,30 +217,38 @@ pub fn read_steps(paths: &[PathBuf]) -> anyhow::Result<StepsTable> {
         }
     }
     // Every curve must be complete and all must have one length.
-    let mut n_steps: Option<(usize, String)> = None;
+    // (described only for an error message: formatting every curve's description cost a String
+    // per curve)
+    let describe = |key: &CaseKey, ir: u32, curve: &Curve| {
+        // the file of the curve's last row: every curve has one
+        let file = curve.steps.iter().rev().flatten().next().map(|s| s.2);
+        format!(
+            "{}'s curve of task {:?}, method {:?}, run {}, episode {}, case {:?}, infer_run {ir}",
+            file.map_or_else(|| "?".into(), |f| paths[f].display().to_string()),
+            key.task,
+            key.method,
+            key.run.map_or_else(|| "none".into(), |r| r.to_string()),
+            key.episode,
+            key.case_id
+        )
+    };
+    let mut n_steps: Option<(usize, (&CaseKey, u32, &Curve))> = None;
     for (key, runs) in &curves {
-        for (ir, curve) in runs {
-            // (the file of the curve's last row: every curve has one)
-            let file = curve.steps.iter().rev().flatten().next().map(|s| s.2);
-            let what = format!(
-                "{}'s curve of task {:?}, method {:?}, run {}, episode {}, case {:?}, \
-                 infer_run {ir}",
-                file.map_or_else(|| "?".into(), |f| paths[f].display().to_string()),
-                key.task,
-                key.method,
-                key.run.map_or_else(|| "none".into(), |r| r.to_string()),
-                key.episode,
-                key.case_id
-            );
+        for (&ir, curve) in runs {
             if let Some(missing) = curve.steps.iter().position(Option::is_none) {
-                bail!("{what} has no step {missing} but has later steps");
+                bail!(
+                    "{} has no step {missing} but has later steps",
+                    describe(key, ir, curve)
+                );
             }
-            match &n_steps {
-                None => n_steps = Some((curve.steps.len(), what)),
-                Some((len, first)) if *len != curve.steps.len() => bail!(
-                    "inconsistent curve lengths: {what} has {} steps but {first} has {len} \
+            match n_steps {
+                None => n_steps = Some((curve.steps.len(), (key, ir, curve))),
+                Some((len, first)) if len != curve.steps.len() => bail!(
+                    "inconsistent curve lengths: {} has {} steps but {} has {len} \
                      (were the tables simulated with different --edits or profiles?)",
-                    curve.steps.len()
+                    describe(key, ir, curve),
+                    curve.steps.len(),
+                    describe(first.0, first.1, first.2)
                 ),
                 Some(_) => {}
             }

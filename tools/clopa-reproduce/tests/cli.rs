@@ -154,39 +154,29 @@ mod merge {
         let a = table(tmp.path(), "a.parquet", "organ", 0.94);
         let a2 = table(tmp.path(), "a2.parquet", "organ", 0.94);
         let out = tmp.path().join("merged.parquet");
-        let o = merge()
-            .args([&a, &a2])
-            .arg("-o")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(1));
-        let e = String::from_utf8_lossy(&o.stderr);
+        // exit 1, nothing written; the message
+        let refused = |inputs: [&std::path::PathBuf; 2]| {
+            let o = merge().args(inputs).arg("-o").arg(&out).output().unwrap();
+            assert_eq!(o.status.code(), Some(1));
+            assert!(!out.exists());
+            String::from_utf8_lossy(&o.stderr).into_owned()
+        };
+        let e = refused([&a, &a2]);
         assert!(
             e.contains("\"organ\" is in both")
                 && e.contains("a.parquet")
                 && e.contains("a2.parquet"),
             "{e}"
         );
-        assert!(!out.exists());
-        // a table of another kind (a safetensors file is not Parquet at all; a steps table has
-        // other columns)
+        // a table of another kind (a steps table has other columns)
         let steps = tmp.path().join("steps.parquet");
         let prov = Provenance::new("clopa-simulate", "0", serde_json::json!({}), 0);
         clopa_table::write_steps(&steps, &[], &prov).unwrap();
-        let o = merge()
-            .args([&a, &steps])
-            .arg("-o")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(1));
-        let e = String::from_utf8_lossy(&o.stderr);
+        let e = refused([&a, &steps]);
         assert!(
             e.contains("other columns") && e.contains("steps.parquet"),
             "{e}"
         );
-        assert!(!out.exists());
         // usage errors: no input, stdout
         assert_eq!(
             merge()

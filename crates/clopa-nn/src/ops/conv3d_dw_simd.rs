@@ -117,7 +117,7 @@ impl TileRows<'_> {
 }
 
 /// The tiles of a work item: tile count per sample, and a walker that calls `f` with the rows of
-/// tiles `[t0, t1)` in order (building each one's im2col matrix in `col`, except for a 1×1
+/// the tiles of range `range` (`per` tiles each, from `dw_parts`) in order (building each one's im2col matrix in `col`, except for a 1×1
 /// stride-1 convolution, whose input is its column matrix).
 struct Tiles<'a> {
     x: &'a [f32],
@@ -145,7 +145,8 @@ impl<'a> Tiles<'a> {
         self.g.b * self.ntiles
     }
 
-    fn walk(&self, (t0, t1): (usize, usize), col: &mut Vec<f32>, mut f: impl FnMut(&TileRows)) {
+    fn walk(&self, (range, per): (usize, usize), col: &mut Vec<f32>, mut f: impl FnMut(&TileRows)) {
+        let (t0, t1) = (range * per, ((range + 1) * per).min(self.count()));
         let g = self.g;
         let (pin, pout, kk, rows) = (g.in_vol(), g.out_vol(), g.kk(), g.od * g.oh);
         for t in t0..t1 {
@@ -195,11 +196,7 @@ fn channel_lanes(x: &[f32], dy: &[f32], g: &ConvGeom, blocks: [BlockFn; MV]) -> 
             // The chain's dY, voxel-major: lt[v · ld + co − c0]. The padding lanes past c1 − c0
             // are zeroed here once and never written.
             let (mut col, mut lt) = (Vec::new(), vec![0f32; CHAIN * ld]);
-            let span = (
-                range * per_range,
-                ((range + 1) * per_range).min(tiles.count()),
-            );
-            tiles.walk(span, &mut col, |tr| {
+            tiles.walk((range, per_range), &mut col, |tr| {
                 for v0 in (0..tr.nv).step_by(CHAIN) {
                     let n = CHAIN.min(tr.nv - v0);
                     for co in c0..c1 {
@@ -291,11 +288,7 @@ fn voxel_lanes(x: &[f32], dy: &[f32], g: &ConvGeom, voxel: VoxelFn) -> Vec<f32> 
             // lanes[(co · nq + q − q0) · 16 + l]
             let mut lanes = vec![0f32; g.cout * nq * LANES];
             let mut col = Vec::new();
-            let span = (
-                range * per_range,
-                ((range + 1) * per_range).min(tiles.count()),
-            );
-            tiles.walk(span, &mut col, |tr| {
+            tiles.walk((range, per_range), &mut col, |tr| {
                 for qb in (q0..q1).step_by(VB) {
                     let nb = VB.min(q1 - qb);
                     let b: [*const f32; VB] =
