@@ -158,9 +158,17 @@ fn main() -> ExitCode {
             };
             match clopa_model::init::init_meta(&opts) {
                 Ok(meta) => Some((meta, opts.seed)),
-                Err(e) => Cli::command()
-                    .error(clap::error::ErrorKind::ValueValidation, format!("{e:#}"))
-                    .exit(),
+                // Raised on `init`'s own command, so that the usage line shown is init's.
+                Err(e) => {
+                    let mut cli_cmd = Cli::command();
+                    cli_cmd.build();
+                    let init_cmd = cli_cmd
+                        .find_subcommand_mut("init")
+                        .expect("clopa-model has an init subcommand");
+                    init_cmd
+                        .error(clap::error::ErrorKind::ValueValidation, format!("{e:#}"))
+                        .exit()
+                }
             }
         }
         _ => None,

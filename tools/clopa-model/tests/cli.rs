@@ -295,6 +295,12 @@ fn usage_errors_exit_2() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(stderr_of(&out).contains(want), "{}", stderr_of(&out));
+        // the usage line shown is init's, not the top-level `clopa-model <COMMAND>`
+        assert!(
+            stderr_of(&out).contains("Usage: clopa-model init "),
+            "{}",
+            stderr_of(&out)
+        );
         assert!(!tmp.path().join("m").exists());
     }
 }
