@@ -264,6 +264,53 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
     let sixth = run(&mut reproduce());
     assert!(sixth.contains(" 0 steps ran"), "{sixth}");
 
+    // A steps table made by another command (by hand, 2 edits instead of the profile's 5) but
+    // newer than its inputs is done by make's rule; commands.json says otherwise, so the step
+    // runs and clopa-simulate, finding other settings, recomputes it: the tables come out as
+    // before (taken as done, eval would have read 2-edit curves).
+    let current = snapshot(&out);
+    let base_steps = out.join("synth-vessels/base/steps.parquet");
+    let by_hand = tmp.path().join("by-hand.parquet");
+    run(Command::new(tool("clopa-simulate"))
+        .current_dir(repo_root())
+        .args(["-q", "--edits", "2", "--model"])
+        .arg(&model)
+        .args(["--manifest", "data-manifests/synth-vessels.toml", "--split"])
+        .arg(out.join("synth-vessels/split.parquet"))
+        .arg("--data-root")
+        .arg(&data)
+        .arg("--profile")
+        .arg(out.join("profile.toml"))
+        .arg("-o")
+        .arg(&by_hand));
+    std::fs::copy(&by_hand, &base_steps).unwrap();
+    let commands: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("commands.json")).unwrap()).unwrap();
+    let recorded = commands["synth-vessels/base/steps.parquet"]["command"]
+        .as_str()
+        .unwrap();
+    assert!(recorded.starts_with("clopa-simulate "), "{commands}");
+    let seventh = run(&mut reproduce());
+    assert!(
+        seventh.contains("simulate synth-vessels base (commands.json does not record"),
+        "{seventh}"
+    );
+    let after = snapshot(&out);
+    for name in ["table2.md", "table3.md"] {
+        let k = Path::new(name);
+        assert!(current[k] == after[k], "{name} differs from the last run's");
+    }
+    // the recomputed table holds the profile's curves again (its `seconds` are new timings)
+    let last = tmp.path().join("last.parquet");
+    std::fs::write(&last, &current[Path::new("synth-vessels/base/steps.parquet")]).unwrap();
+    for column in ["case_id", "step", "dice", "nsd", "fg_clicks", "bg_clicks"] {
+        assert_eq!(
+            strings(&base_steps, column),
+            strings(&last, column),
+            "steps.parquet column {column}"
+        );
+    }
+
     // Another profile into the same folder is refused: its outputs would mix settings.
     let out3 = reproduce().args(["--set", "edits=3"]).output().unwrap();
     assert_eq!(out3.status.code(), Some(1));

@@ -7,7 +7,9 @@
 //! previous episode) followed by `clopa-simulate` with the checkpoint chain; then `clopa-eval` per
 //! task, [`merge_tables`] into one `cases.parquet` / `episodes.parquet` / `trajectory.parquet`, and
 //! `clopa-rank`. Each step is a [`Step`]: a command and the files it writes. The tools write
-//! atomically, so a step whose outputs all exist is complete and is skipped.
+//! atomically, so a step whose outputs all exist, look whole and are newer than its inputs is
+//! complete and is skipped, if [`Commands`] (`OUT/commands.json`) records that its command made
+//! them.
 //!
 //! Layout of `OUT` (see [`layout`]): `<task>/split.parquet`, `<task>/base/steps.parquet`,
 //! `<task>/<method>/run<r>/ep<e>.safetensors` (+ `.log.parquet`, `.steps.parquet`),
@@ -78,6 +80,9 @@ pub struct Step {
     /// Dataset folders the step reads through `--manifest` and `--data-root`, which its
     /// arguments do not name file by file: their files count as inputs too ([`Step::is_done`]).
     pub data_dirs: Vec<PathBuf>,
+    /// `-q` or `-v`: passed to the tool after `args` but not part of its [`Step::recipe`], so
+    /// that a rerun with other logging is not a change of the step.
+    pub log_flag: Option<String>,
 }
 
 impl Step {
@@ -88,7 +93,22 @@ impl Step {
             args: Vec::new(),
             outputs,
             data_dirs: Vec::new(),
+            log_flag: None,
         }
+    }
+
+    /// Sets the logging flag passed to the tool: `None` = `-q`, `Some(0)` = none, `Some(n)` =
+    /// `-v` (repeated `n` times where `many_v`, else once).
+    fn logging(mut self, verbosity: Option<u8>, many_v: bool) -> Step {
+        self.log_flag = match verbosity {
+            None => Some("-q".into()),
+            Some(0) => None,
+            Some(n) => Some(format!(
+                "-{}",
+                "v".repeat(if many_v { n.into() } else { 1 })
+            )),
+        };
+        self
     }
 
     fn arg(mut self, a: impl Into<OsString>) -> Step {
@@ -168,11 +188,27 @@ impl Step {
     /// The command line, shell-quoted, for logs and error messages.
     pub fn command_line(&self, bin_dir: &Path) -> String {
         let mut s = quote(&bin_dir.join(&self.program).to_string_lossy());
-        for a in &self.args {
+        s.push_str(&self.quoted_args());
+        if let Some(flag) = &self.log_flag {
             s.push(' ');
-            s.push_str(&quote(&a.to_string_lossy()));
+            s.push_str(flag);
         }
         s
+    }
+
+    /// What makes the step's outputs, as [`Commands`] records it: the program's name and its
+    /// arguments, shell-quoted, without the binaries' folder (another build of the same tools
+    /// does not redo a run) and without the logging flag.
+    pub fn recipe(&self) -> String {
+        quote(&self.program) + &self.quoted_args()
+    }
+
+    /// ` arg1 arg2 ...`, each shell-quoted.
+    fn quoted_args(&self) -> String {
+        self.args
+            .iter()
+            .map(|a| format!(" {}", quote(&a.to_string_lossy())))
+            .collect()
     }
 }
 
@@ -227,6 +263,124 @@ fn looks_whole(path: &Path, len: u64) -> bool {
     read().unwrap_or(false)
 }
 
+/// What made each output of a run folder, kept in `OUT/commands.json` (as ninja keeps its log):
+/// make's rule alone ([`Step::is_done`]) takes an output for done whatever made it, so a steps
+/// table written by hand with other settings, or a run with another `--data-root` or model path,
+/// would be skipped. Each output is recorded with the step's command and the file's size and
+/// modification time once the step has run; a step whose outputs are not all recorded so (made
+/// by another command, replaced since, or from a folder older than this record) runs again, and
+/// its tool then decides what is current: clopa-simulate and clopa-train-episode keep an output
+/// whose recorded settings and inputs match, the others rewrite theirs.
+#[derive(Debug)]
+pub struct Commands {
+    path: PathBuf,
+    out: PathBuf,
+    made_by: BTreeMap<String, Made>,
+}
+
+/// How one output was made, and the file it then was.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Made {
+    command: String,
+    bytes: u64,
+    modified_ns: u128,
+}
+
+impl Made {
+    /// `command` and the file at `path` as it is now; `None` if it cannot be read.
+    fn now(command: &str, path: &Path) -> Option<Made> {
+        let meta = std::fs::metadata(path).ok()?;
+        let modified_ns = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_nanos();
+        Some(Made {
+            command: command.to_string(),
+            bytes: meta.len(),
+            modified_ns,
+        })
+    }
+}
+
+impl Commands {
+    /// The record's file name in the run folder.
+    pub const FILE: &str = "commands.json";
+
+    /// The record of run folder `out`; empty when there is none. One that cannot be read is
+    /// taken as empty (with a warning): that only makes every step's tool check its outputs.
+    pub fn load(out: &Path) -> Commands {
+        let path = out.join(Self::FILE);
+        let made_by = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read {}: {e}; every step checks its outputs",
+                    path.display()
+                );
+                BTreeMap::new()
+            }
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "{} is not clopa-reproduce's record of outputs ({e}); every step checks \
+                     its outputs",
+                    path.display()
+                );
+                BTreeMap::new()
+            }),
+        };
+        Commands {
+            path,
+            out: out.to_path_buf(),
+            made_by,
+        }
+    }
+
+    /// An output's key: its path inside the run folder.
+    fn key(&self, output: &Path) -> String {
+        output
+            .strip_prefix(&self.out)
+            .unwrap_or(output)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Whether every output of `step` is recorded as made by the step's command
+    /// ([`Step::recipe`]) and is still the file it was then (size and modification time).
+    pub fn made(&self, step: &Step) -> bool {
+        let recipe = step.recipe();
+        !step.outputs.is_empty()
+            && step.outputs.iter().all(|o| {
+                self.made_by.get(&self.key(o)).is_some_and(|m| {
+                    m.command == recipe && Made::now(&recipe, o).as_ref() == Some(m)
+                })
+            })
+    }
+
+    /// Records that `step`'s command made its outputs as they are now, and rewrites the file
+    /// (atomically).
+    pub fn record(&mut self, step: &Step) -> anyhow::Result<()> {
+        let recipe = step.recipe();
+        for o in &step.outputs {
+            let made = Made::now(&recipe, o)
+                .with_context(|| format!("{} did not write {}", step.program, o.display()))?;
+            self.made_by.insert(self.key(o), made);
+        }
+        let text = serde_json::to_string_pretty(&self.made_by)?;
+        clopa_cli::write_atomic(&self.path, |f| {
+            use std::io::Write;
+            Ok(f.write_all(text.as_bytes())?)
+        })
+        .with_context(|| {
+            format!(
+                "cannot record the step's command in {}",
+                self.path.display()
+            )
+        })
+    }
+}
+
 fn quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
@@ -243,7 +397,7 @@ fn quote(s: &str) -> String {
 pub struct Summary {
     /// Steps whose command ran.
     pub ran: usize,
-    /// Steps skipped because their outputs existed.
+    /// Steps skipped because their outputs were done and made by the step's command.
     pub skipped: usize,
     /// Steps that always run because the tool checks and skips by itself (clopa-synth).
     pub checked: usize,
@@ -415,12 +569,9 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn common(&self, step: Step) -> Step {
-        let step = match self.opts.child_verbosity {
-            None => step.arg("-q"),
-            Some(0) => step,
-            Some(n) => step.arg(format!("-{}", "v".repeat(n.into()))),
-        };
-        step.arg("--profile").arg(&self.profile_file)
+        step.logging(self.opts.child_verbosity, true)
+            .arg("--profile")
+            .arg(&self.profile_file)
     }
 
     /// A step that reads task `t`'s cases.
@@ -447,11 +598,7 @@ fn plan_prepare(ctx: &Ctx, profile: &Profile, tasks: &[Task]) -> Vec<Step> {
                 .arg(format!("{x},{y},{z}"))
                 .arg("-o")
                 .arg(ctx.opts.data_root.join(folder))
-                .arg(if ctx.opts.child_verbosity.is_none() {
-                    "-q"
-                } else {
-                    "-v"
-                });
+                .logging(ctx.opts.child_verbosity.map(|_| 1), false);
             steps.push(step);
         }
     }
@@ -554,7 +701,7 @@ fn plan_rest(
             .iter()
             .map(|n| eval_dir.join(n))
             .collect();
-        let mut eval = Step::new(format!("eval {}", t.name), "clopa-eval", outputs)
+        let eval = Step::new(format!("eval {}", t.name), "clopa-eval", outputs)
             .args(all_steps)
             .arg("--manifest")
             .arg(&t.manifest_path)
@@ -562,12 +709,7 @@ fn plan_rest(
             .arg(&split)
             .arg("-o")
             .arg(&eval_dir);
-        eval = match ctx.opts.child_verbosity {
-            None => eval.arg("-q"),
-            Some(0) => eval,
-            Some(_) => eval.arg("-v"),
-        };
-        steps.push(eval);
+        steps.push(eval.logging(ctx.opts.child_verbosity, false));
     }
     steps
 }
@@ -586,18 +728,16 @@ fn rank_step(ctx: &Ctx) -> Step {
         .arg(out.join("trajectory.parquet"))
         .arg("-o")
         .arg(out);
-    match ctx.opts.child_verbosity {
-        None => s.arg("-q"),
-        Some(0) => s,
-        Some(_) => s.arg("-v"),
-    }
+    s.logging(ctx.opts.child_verbosity, false)
 }
 
 fn run_step(step: &Step, bin_dir: &Path) -> anyhow::Result<()> {
     let program = bin_dir.join(&step.program);
     tracing::debug!("$ {}", step.command_line(bin_dir));
     let mut cmd = std::process::Command::new(&program);
-    cmd.args(&step.args).stdin(std::process::Stdio::null());
+    cmd.args(&step.args)
+        .args(step.log_flag.iter())
+        .stdin(std::process::Stdio::null());
     end_with_this_process(&mut cmd);
     let status = cmd
         .status()
@@ -715,6 +855,7 @@ pub fn reproduce(
         model,
     };
     let mut summary = Summary::default();
+    let mut commands = Commands::load(&opts.out);
     let prepare = plan_prepare(&ctx, &profile, &tasks);
     // Two phases, each counted on its own in the log: how many steps the protocol has is only
     // known once the splits (written by the first phase) give the episode schedule.
@@ -725,7 +866,15 @@ pub fn reproduce(
             i,
             n: prepare.len(),
         };
-        exec(step, (i, total), at, &mut summary, progress, &opts.bin_dir)?;
+        exec(
+            step,
+            (i, total),
+            at,
+            &mut summary,
+            progress,
+            &opts.bin_dir,
+            &mut commands,
+        )?;
     }
     let mut splits = BTreeMap::new();
     for t in &tasks {
@@ -771,10 +920,12 @@ pub fn reproduce(
             &mut summary,
             progress,
             &opts.bin_dir,
+            &mut commands,
         )?;
         i += 1;
     }
-    // Never run as a command: the arguments are the task tables, for is_done's time check.
+    // Never run as a command: the arguments are the task tables, for is_done's time check (by
+    // make's rule alone: the task tables it names are its only input, no settings).
     let merge = Step::new("merge the task tables".into(), "", merge_outputs.clone()).args(
         clopa_cli::outputs::EVAL.iter().flat_map(|name| {
             tasks
@@ -804,6 +955,7 @@ pub fn reproduce(
         &mut summary,
         progress,
         &opts.bin_dir,
+        &mut commands,
     )?;
     Ok(summary)
 }
@@ -831,20 +983,29 @@ fn exec(
     summary: &mut Summary,
     progress: &mut dyn FnMut(&Step, usize, usize),
     bin_dir: &Path,
+    commands: &mut Commands,
 ) -> anyhow::Result<()> {
     progress(step, i, total);
-    if step.is_done() {
-        tracing::debug!("{at} skip {} (done)", step.label);
-        summary.skipped += 1;
-        return Ok(());
-    }
     if step.outputs.is_empty() {
         tracing::info!("{at} {} (the tool skips what is done)", step.label);
         run_step(step, bin_dir)?;
         summary.checked += 1;
         return Ok(());
     }
-    tracing::info!("{at} {}", step.label);
+    if step.is_done() {
+        if commands.made(step) {
+            tracing::debug!("{at} skip {} (done)", step.label);
+            summary.skipped += 1;
+            return Ok(());
+        }
+        tracing::info!(
+            "{at} {} ({} does not record its outputs as this command's: the tool checks them)",
+            step.label,
+            Commands::FILE
+        );
+    } else {
+        tracing::info!("{at} {}", step.label);
+    }
     run_step(step, bin_dir)?;
     // The tool may have found its output current and left it as it was (clopa-simulate and
     // clopa-train-episode check the inputs' sha256): mark it current, or its older time would
@@ -863,6 +1024,7 @@ fn exec(
             }
         }
     }
+    commands.record(step)?;
     summary.ran += 1;
     Ok(())
 }
@@ -1067,6 +1229,75 @@ mod tests {
         assert!(!Step::new("y".into(), "p", vec![]).is_done());
         std::fs::write(&a, "").expect("write");
         assert!(!s.is_done(), "an emptied output is not done");
+    }
+
+    /// commands.json: a step's outputs count as its own only when recorded with its command
+    /// (logging flags and the binaries' folder aside) and unchanged since; the record survives
+    /// a reload.
+    #[test]
+    fn commands_record_what_made_each_output() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path();
+        std::fs::create_dir(out.join("t"))?;
+        let step = |args: &[&str], verbosity| {
+            Step::new(
+                "s".into(),
+                "clopa-x",
+                vec![out.join("t/a.parquet"), out.join("b")],
+            )
+            .args(args.iter().copied())
+            .logging(verbosity, true)
+        };
+        let mut c = Commands::load(out);
+        let made = step(&["--edits", "3"], None);
+        assert!(c.record(&made).is_err(), "outputs not written");
+        std::fs::write(out.join("t/a.parquet"), "table")?;
+        std::fs::write(out.join("b"), "log")?;
+        assert!(!c.made(&made), "nothing recorded yet");
+        c.record(&made)?;
+        assert!(c.made(&made));
+        assert!(
+            c.made(&step(&["--edits", "3"], Some(2))),
+            "-q / -vv is no change"
+        );
+        assert!(
+            !c.made(&step(&["--edits", "2"], None)),
+            "another argument is"
+        );
+        assert!(
+            !c.made(&Step::new("s".into(), "clopa-x", vec![])),
+            "no outputs"
+        );
+        // every output must be recorded with the command
+        let mut partial = step(&["--edits", "3"], None);
+        partial.outputs.push(out.join("c"));
+        std::fs::write(out.join("c"), "x")?;
+        assert!(!c.made(&partial));
+
+        let reloaded = Commands::load(out);
+        assert!(reloaded.made(&made));
+        let text = std::fs::read_to_string(out.join(Commands::FILE))?;
+        assert!(
+            text.contains("\"command\": \"clopa-x --edits 3\""),
+            "{text}"
+        );
+        assert!(text.contains("\"t/a.parquet\": {"), "{text}");
+        assert_eq!(
+            made.command_line(Path::new("bin")),
+            "bin/clopa-x --edits 3 -q"
+        );
+
+        // An output replaced since (same size, later time: by hand, or another tool) is not.
+        let f = File::options().write(true).open(out.join("b"))?;
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))?;
+        assert!(!reloaded.made(&made));
+
+        // An unreadable record is an empty one: every step then checks its outputs.
+        c.record(&made)?;
+        assert!(Commands::load(out).made(&made));
+        std::fs::write(out.join(Commands::FILE), "[1, 2")?;
+        assert!(!Commands::load(out).made(&made));
+        Ok(())
     }
 
     /// make's rule: an input rewritten after the outputs makes the step run again.

@@ -14,15 +14,16 @@ use clap::Parser;
 /// profile's [synth] datasets, clopa-split, clopa-simulate for the base model, then for each
 /// training run, scheduled episode and method clopa-train-episode (warm-started from the previous
 /// episode) and clopa-simulate with the checkpoint chain, clopa-eval per task and clopa-rank.
-/// Every step whose outputs exist, look whole and are not older than the input files on its
-/// command line and its task's dataset files is skipped (the tools write atomically), so an
-/// interrupted run is resumed by running the same command again, and a checkpoint or table
-/// rewritten by hand, or a case replaced in a dataset, reruns the steps after it.
+/// Every step whose outputs exist, look whole, are not older than the input files on its
+/// command line and its task's dataset files, and are as the step's own command left them
+/// (OUT/commands.json) is skipped (the tools write atomically), so an interrupted run is resumed
+/// by running the same command again, and a checkpoint or table rewritten by hand, or a case
+/// replaced in a dataset, reruns its step and the steps after it.
 #[derive(Parser, Debug)]
 #[command(
     name = "clopa-reproduce",
     version,
-    after_help = "Example:\n  export CLOPA_DATA=data\n  clopa-reproduce --profile pipelines/quick.toml -o runs/quick\n  # -> runs/quick/{profile.toml, table2.md, table3.md, fig2.png, fig2.svg,\n  #      cases.parquet, episodes.parquet, final.parquet, trajectory.parquet,\n  #      pairs.parquet, ranking.parquet}\n  #    runs/quick/<task>/{split.parquet, base/, in/run0/ep1.safetensors, ...,\n  #      eval/}"
+    after_help = "Example:\n  export CLOPA_DATA=data\n  clopa-reproduce --profile pipelines/quick.toml -o runs/quick\n  # -> runs/quick/{profile.toml, commands.json, table2.md, table3.md, fig2.png,\n  #      fig2.svg, cases.parquet, episodes.parquet, final.parquet,\n  #      trajectory.parquet, pairs.parquet, ranking.parquet}\n  #    runs/quick/<task>/{split.parquet, base/, in/run0/ep1.safetensors, ...,\n  #      eval/}"
 )]
 struct Args {
     /// Pipeline profile [default: the embedded pipelines/quick.toml].
