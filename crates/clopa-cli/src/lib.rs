@@ -48,6 +48,7 @@ pub fn run_main(
     quiet: bool,
     f: impl FnOnce() -> anyhow::Result<()>,
 ) -> ExitCode {
+    keep_freed_memory();
     init_logging(verbose, quiet);
     match f() {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,6 +66,36 @@ pub fn run_main(
         }
     }
 }
+
+/// Makes glibc's malloc keep freed memory for reuse. By default it maps every buffer of 32 MiB
+/// and more freshly (mmap) and unmaps it when freed, and returns the heap's free top to the
+/// system past 128 KiB: at nnInteractive's sizes (one 32-channel 96³ activation is 108 MiB)
+/// every activation of every forward then costs page faults, the kernel's zeroing of the pages
+/// and TLB shootdowns when unmapped, ~10 % of a training step on the CPU (BENCHMARKS.md,
+/// "allocator"). Kept in the heap instead, a freed activation serves the next one; the
+/// process's memory stays at its peak, which it reaches anyway. A user's own malloc settings
+/// (`GLIBC_TUNABLES` with `glibc.malloc.*`, or a `MALLOC_*_` variable) are left as they are.
+/// [`run_main`] calls it first; public for benchmarks and the test that checks it takes effect.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn keep_freed_memory() {
+    let user_tuned = std::env::vars_os().any(|(k, v)| {
+        let k = k.to_string_lossy();
+        (k == "GLIBC_TUNABLES" && v.to_string_lossy().contains("glibc.malloc."))
+            || (k.starts_with("MALLOC_") && k.ends_with('_'))
+    });
+    if !user_tuned {
+        // SAFETY: mallopt only sets two of malloc's parameters (under malloc's own lock); it is
+        // called before this process allocates anything large.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, libc::c_int::MAX);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+        }
+    }
+}
+
+/// Elsewhere malloc is left as it is.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn keep_freed_memory() {}
 
 /// The error and its causes, one `caused by:` line each, leaving out a cause that the message
 /// before it already ends with (`cannot read x.toml: No such file ...` followed by
