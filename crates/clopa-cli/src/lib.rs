@@ -138,20 +138,116 @@ fn init_logging(verbose: u8, quiet: bool) {
         .try_init();
 }
 
-/// A progress bar on stderr, hidden when stderr is not a terminal or when `quiet` is set.
+/// A progress bar on stderr; hidden with `quiet`. When stderr is not a terminal (a batch job's
+/// log, `2> run.log`) the bar is not redrawn in place but logged as a plain line (`cases: 3/12
+/// (25 %), 2m so far, about 6m left`) at most once every [`LOG_PROGRESS_EVERY`], so that a long
+/// run's log shows how far it got without a line per step.
 pub fn progress_bar(len: u64, message: &str, quiet: bool) -> ProgressBar {
+    let target = if quiet {
+        Progress::Hidden
+    } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        Progress::Terminal
+    } else {
+        Progress::Log(LOG_PROGRESS_EVERY)
+    };
+    progress_bar_to(len, message, target)
+}
+
+/// How often a progress bar on a non-terminal stderr logs a line.
+pub const LOG_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Where a progress bar goes ([`progress_bar`] picks it).
+#[derive(Clone, Copy, Debug)]
+enum Progress {
+    Hidden,
+    Terminal,
+    /// A log line at most this often.
+    Log(std::time::Duration),
+}
+
+fn progress_bar_to(len: u64, message: &str, target: Progress) -> ProgressBar {
     let pb = ProgressBar::new(len);
-    if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
+    let template = match target {
+        Progress::Hidden => {
+            pb.set_draw_target(ProgressDrawTarget::hidden());
+            ""
+        }
+        Progress::Terminal => "{msg} [{elapsed_precise}] {bar:30} {pos}/{len} eta {eta} {prefix}",
+        Progress::Log(every) => {
+            pb.set_draw_target(ProgressDrawTarget::term_like(Box::new(LogLines::new(
+                every,
+            ))));
+            "{msg}: {pos}/{len} ({percent} %), {elapsed} so far, about {eta} left {prefix}"
+        }
+    };
     pb.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{elapsed_precise}] {bar:30} {pos}/{len} eta {eta} {prefix}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb.set_message(message.to_string());
     pb
+}
+
+/// indicatif's terminal, as a log: each drawn line becomes an info log line, at most one per
+/// `every` (the first once `every` has passed since the bar was made: the tools log their
+/// start themselves); cursor movements and clearing mean nothing in a log.
+#[derive(Debug)]
+struct LogLines {
+    every: std::time::Duration,
+    last: std::sync::Mutex<std::time::Instant>,
+}
+
+impl LogLines {
+    fn new(every: std::time::Duration) -> LogLines {
+        LogLines {
+            every,
+            last: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    fn log(&self, line: &str) -> std::io::Result<()> {
+        let line = line.trim();
+        if line.is_empty() {
+            return Ok(());
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if now.duration_since(*last) >= self.every {
+            *last = now;
+            tracing::info!("{line}");
+        }
+        Ok(())
+    }
+}
+
+impl indicatif::TermLike for LogLines {
+    fn width(&self) -> u16 {
+        // no wrapping: a log line may be as long as it needs
+        u16::MAX
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.log(s)
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.log(s)
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes a file atomically: `write` fills a temporary file in the target's folder, which is
@@ -262,6 +358,65 @@ pub fn check_output_dir(dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// What `f` logs through tracing, as text.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Captured {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+            type Writer = Captured;
+            fn make_writer(&'a self) -> Captured {
+                self.clone()
+            }
+        }
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = captured.0.lock().expect("lock").clone();
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    #[test]
+    fn progress_on_a_log_is_a_plain_line_at_most_every_interval() {
+        let out = logged(|| {
+            let pb = progress_bar_to(4, "cases", Progress::Log(Duration::ZERO));
+            pb.inc(1);
+            pb.set_prefix("case_007");
+            pb.inc(1);
+            pb.finish_and_clear();
+        });
+        assert!(out.contains("cases: 1/4 (25 %), "), "{out}");
+        assert!(out.contains("cases: 2/4 (50 %), "), "{out}");
+        assert!(out.contains(" left case_007"), "{out}");
+        assert!(!out.contains('\u{1b}') && !out.contains('\r'), "{out:?}");
+        // Within the interval nothing is logged, however much happens.
+        let out = logged(|| {
+            let pb = progress_bar_to(4, "cases", Progress::Log(Duration::from_secs(3600)));
+            pb.inc(1);
+            pb.inc(3);
+            pb.finish();
+        });
+        assert_eq!(out, "");
+        let out = logged(|| {
+            let pb = progress_bar_to(4, "cases", Progress::Hidden);
+            pb.inc(1);
+        });
+        assert_eq!(out, "");
+    }
 
     #[test]
     fn error_reports_skip_causes_already_quoted() {
