@@ -216,6 +216,11 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
     }
     let table2 = std::fs::read_to_string(out.join("table2.md")).unwrap();
     assert!(table2.contains("synth-vessels"), "{table2}");
+    // the base rows carry the base model's folder name: this is not nnInteractive
+    assert!(
+        table2.contains("| model |") && !table2.contains("nnInteractive"),
+        "{table2}"
+    );
 
     // A rerun finds everything done and changes nothing.
     let before = snapshot(&out);
@@ -302,7 +307,11 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
     }
     // the recomputed table holds the profile's curves again (its `seconds` are new timings)
     let last = tmp.path().join("last.parquet");
-    std::fs::write(&last, &current[Path::new("synth-vessels/base/steps.parquet")]).unwrap();
+    std::fs::write(
+        &last,
+        &current[Path::new("synth-vessels/base/steps.parquet")],
+    )
+    .unwrap();
     for column in ["case_id", "step", "dice", "nsd", "fg_clicks", "bg_clicks"] {
         assert_eq!(
             strings(&base_steps, column),

@@ -151,17 +151,22 @@ const PANEL_H: u32 = 420;
 /// Writes the figure as PNG or SVG (by `format`) to `path`. Text needs a system font (plotters'
 /// `ttf` feature, through fontconfig); when none can be loaded, the figure is drawn again
 /// without any text rather than not at all, and `Ok(false)` says so.
-pub fn write_figure(path: &Path, svg: bool, panels: &[Panel]) -> anyhow::Result<bool> {
+pub fn write_figure(
+    path: &Path,
+    svg: bool,
+    panels: &[Panel],
+    base_label: &str,
+) -> anyhow::Result<bool> {
     let size = (PANEL_W * panels.len().max(1) as u32, PANEL_H);
     let attempt = |text: bool| -> anyhow::Result<()> {
         if svg {
             let root = SVGBackend::new(path, size).into_drawing_area();
-            draw(&root, panels, text)?;
+            draw(&root, panels, text, base_label)?;
             root.present()
                 .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
         } else {
             let root = BitMapBackend::new(path, size).into_drawing_area();
-            draw(&root, panels, text)?;
+            draw(&root, panels, text, base_label)?;
             root.present()
                 .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
         }
@@ -184,6 +189,7 @@ fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     panels: &[Panel],
     text: bool,
+    base_label: &str,
 ) -> anyhow::Result<()> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e}");
     root.fill(&WHITE).map_err(err)?;
@@ -235,7 +241,7 @@ fn draw<DB: DrawingBackend>(
                 ))
                 .map_err(err)?;
             if text {
-                let name = display_name(&curve.method);
+                let name = display_name(&curve.method, base_label);
                 series.label(name).legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
@@ -323,7 +329,7 @@ mod tests {
         panels[1].threshold = Some(0.25);
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("f.svg");
-        write_figure(&path, true, &panels)?;
+        write_figure(&path, true, &panels, "nnInteractive")?;
         let svg = std::fs::read_to_string(&path)?;
         assert_eq!(svg.matches("#FF0000").count(), 2, "{svg}");
         Ok(())

@@ -89,6 +89,10 @@ struct Args {
     /// clopa-eval recorded in cases.parquet's metadata; needed when that metadata was lost].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     steps: Option<u32>,
+    /// Name of the base model's rows in the tables and the figure (method `base`), e.g. the
+    /// model a CPU run adapts instead of nnInteractive.
+    #[arg(long, value_name = "NAME", default_value = "nnInteractive")]
+    base_label: String,
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -204,12 +208,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "failed",
         ],
         &iter_label,
+        &args.base_label,
     );
     let table3 = report::markdown(
         "Table 3. Trajectory AUC performance. AUCs of the expected-performance trajectories over the stream (nNoI and NoF in %). Bold: rank 1 per metric and task.",
         &traj_results,
         &report::TRAJECTORY_METRICS,
         &iter_label,
+        &args.base_label,
     );
 
     let all: Vec<&MetricRanking> = final_results.iter().chain(&traj_results).collect();
@@ -219,6 +225,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         "trajectory": args.trajectory.as_ref().map(|p| p.display().to_string()),
         "mode": format!("{mode}"),
         "alpha": args.alpha,
+        "base_label": args.base_label,
     });
     let mut pairs = pairs_frame(&all)?;
     let mut ranking = ranking_frame(&all)?;
@@ -257,7 +264,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let path = out.join(name);
         let mut with_text = true;
         clopa_cli::write_atomic_path(&path, |tmp| {
-            with_text = figure::write_figure(tmp, svg, &panels)?;
+            with_text = figure::write_figure(tmp, svg, &panels, &args.base_label)?;
             Ok(())
         })?;
         if !with_text {

@@ -62,10 +62,11 @@ pub fn method_order<'a>(methods: impl IntoIterator<Item = &'a String>) -> Vec<St
     v
 }
 
-/// The name a method has in the paper's tables.
-pub fn display_name(method: &str) -> String {
+/// The name a method has in the paper's tables; the base model's rows are labelled `base_label`
+/// (`nnInteractive` in the paper, `--base-label`).
+pub fn display_name(method: &str, base_label: &str) -> String {
     match method {
-        "base" => "nnInteractive".to_string(),
+        "base" => base_label.to_string(),
         "in" => "CLoPA-I.N".to_string(),
         "cn" => "CLoPA-C.N".to_string(),
         other => other.to_string(),
@@ -273,6 +274,7 @@ pub fn markdown(
     results: &[MetricRanking],
     metric_order: &[&str],
     iter_label: &str,
+    base_label: &str,
 ) -> String {
     let mut s = String::new();
     s.push_str(&format!("{title}\n\n"));
@@ -292,7 +294,10 @@ pub fn markdown(
         let methods = method_order(per_metric.iter().flatten().flat_map(|r| r.display.keys()));
         for (i, method) in methods.iter().enumerate() {
             let task_cell = if i == 0 { task.as_str() } else { "" };
-            s.push_str(&format!("| {task_cell} | {} |", display_name(method)));
+            s.push_str(&format!(
+                "| {task_cell} | {} |",
+                display_name(method, base_label)
+            ));
             for (metric, r) in metric_order.iter().zip(&per_metric) {
                 let cell = match r {
                     Some(r) => {
@@ -363,8 +368,9 @@ mod tests {
             "in".to_string(),
         ];
         assert_eq!(method_order(m.iter()), vec!["base", "in", "cn", "zeta"]);
-        assert_eq!(display_name("base"), "nnInteractive");
-        assert_eq!(display_name("cn"), "CLoPA-C.N");
-        assert_eq!(display_name("two-phase"), "two-phase");
+        assert_eq!(display_name("base", "nnInteractive"), "nnInteractive");
+        assert_eq!(display_name("base", "clopa-tiny"), "clopa-tiny");
+        assert_eq!(display_name("cn", "clopa-tiny"), "CLoPA-C.N");
+        assert_eq!(display_name("two-phase", "x"), "two-phase");
     }
 }

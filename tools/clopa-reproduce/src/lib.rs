@@ -720,7 +720,7 @@ fn rank_step(ctx: &Ctx) -> Step {
         .iter()
         .map(|n| out.join(n))
         .collect();
-    let s = Step::new("rank".into(), "clopa-rank", outputs)
+    let mut s = Step::new("rank".into(), "clopa-rank", outputs)
         .arg(out.join("cases.parquet"))
         .arg("--final")
         .arg(out.join("final.parquet"))
@@ -728,6 +728,13 @@ fn rank_step(ctx: &Ctx) -> Step {
         .arg(out.join("trajectory.parquet"))
         .arg("-o")
         .arg(out);
+    // The base rows are nnInteractive's only when the base model is (the paper's profile);
+    // the CPU profiles' tiny model is named by its folder.
+    if let Some(name) = ctx.model.file_name().map(|n| n.to_string_lossy())
+        && !name.to_lowercase().contains("nninteractive")
+    {
+        s = s.arg("--base-label").arg(name.as_ref());
+    }
     s.logging(ctx.opts.child_verbosity, false)
 }
 
