@@ -177,14 +177,40 @@ fn progress_bar_to(len: u64, message: &str, target: Progress) -> ProgressBar {
             pb.set_draw_target(ProgressDrawTarget::term_like(Box::new(LogLines::new(
                 every,
             ))));
-            "{msg}: {pos}/{len} ({percent} %), {elapsed} so far, about {eta} left {prefix}"
+            "{msg}: {pos}/{len} ({percent} %), {so_far} so far, about {mean_eta} left | {prefix}"
         }
     };
     pb.set_style(
-        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key(
+                "so_far",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{}", human(state.elapsed()));
+                },
+            )
+            .with_key("mean_eta", mean_eta),
     );
     pb.set_message(message.to_string());
     pb
+}
+
+/// The time left at the mean rate so far. indicatif's `{eta}` follows the last ~15 s, right for a
+/// bar redrawn ten times a second but not for a line a minute about steps that take minutes
+/// (a step in progress for 15 s reads as "no progress": hours left).
+fn mean_eta(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
+    let (pos, len) = (state.pos(), state.len().unwrap_or(0));
+    let _ = if pos == 0 || len < pos {
+        write!(w, "?")
+    } else {
+        let left = state.elapsed().mul_f64((len - pos) as f64 / pos as f64);
+        write!(w, "{}", human(left))
+    };
+}
+
+/// A duration in words, to the second: "3 minutes", "45 seconds".
+fn human(d: std::time::Duration) -> indicatif::HumanDuration {
+    indicatif::HumanDuration(std::time::Duration::from_secs(d.as_secs()))
 }
 
 /// indicatif's terminal, as a log: each drawn line becomes an info log line, at most one per
@@ -205,7 +231,8 @@ impl LogLines {
     }
 
     fn log(&self, line: &str) -> std::io::Result<()> {
-        let line = line.trim();
+        // an empty `{prefix}` leaves the template's separator at the end
+        let line = line.trim().trim_end_matches('|').trim_end();
         if line.is_empty() {
             return Ok(());
         }
@@ -401,8 +428,22 @@ mod tests {
         });
         assert!(out.contains("cases: 1/4 (25 %), "), "{out}");
         assert!(out.contains("cases: 2/4 (50 %), "), "{out}");
-        assert!(out.contains(" left case_007"), "{out}");
+        assert!(out.contains(" left | case_007\n"), "{out}");
+        assert!(
+            out.contains("cases: 0/4 (0 %), 0 seconds so far, about ? left\n"),
+            "{out}"
+        );
         assert!(!out.contains('\u{1b}') && !out.contains('\r'), "{out:?}");
+        // The time left at the mean rate so far: 1 of 4 after two minutes, six minutes left.
+        let out = logged(|| {
+            let pb = progress_bar_to(4, "cases", Progress::Log(Duration::ZERO))
+                .with_elapsed(Duration::from_secs(120));
+            pb.inc(1);
+        });
+        assert!(
+            out.contains("cases: 1/4 (25 %), 2 minutes so far, about 6 minutes left\n"),
+            "{out}"
+        );
         // Within the interval nothing is logged, however much happens.
         let out = logged(|| {
             let pb = progress_bar_to(4, "cases", Progress::Log(Duration::from_secs(3600)));
