@@ -100,12 +100,17 @@ struct EvalArgs {
 enum Command {
     /// Dice and NSD of one predicted mask against a reference, as one JSON line on stdout.
     ///
-    /// Both files are NIfTI label maps on the same grid; any non-zero voxel is foreground. The
-    /// spacing comes from the files. Empty masks follow the IS_Validate convention: both empty
-    /// gives 1, one empty gives 0.
+    /// Both files are NIfTI label maps on the same grid. The prediction's non-zero voxels are its
+    /// foreground; the reference's are too, or with --label only those of the given label values
+    /// (a task's `labels` in its manifest, e.g. one structure of a multi-label map). The spacing
+    /// comes from the files. Empty masks follow the IS_Validate convention: both empty gives 1,
+    /// one empty gives 0.
     #[command(
-        after_help = "Example:\n  clopa-eval masks --pred pred.nii.gz --ref label.nii.gz --tolerance-mm 1.0\n  \
-                      # {\"dice\":0.912,\"nsd\":0.957}"
+        after_help = "Examples:\n  clopa-eval masks --pred pred.nii.gz --ref label.nii.gz --tolerance-mm 1.0\n  \
+                      # {\"dice\":0.912,\"nsd\":0.957}\n  \
+                      # label 2 of a multi-label reference only:\n  \
+                      clopa-eval masks --pred pred.nii.gz --ref label.nii.gz --label 2 \\\n      \
+                      --tolerance-mm 1.0"
     )]
     Masks(MasksArgs),
 }
@@ -121,6 +126,19 @@ struct MasksArgs {
     /// NSD tolerance in mm.
     #[arg(long, value_name = "T", value_parser = parse_tolerance, allow_negative_numbers = true)]
     tolerance_mm: f64,
+    /// Reference label value(s) that make its foreground, comma-separated or repeated; each must
+    /// occur in the reference [default: every non-zero value].
+    #[arg(long = "label", value_name = "L", value_delimiter = ',', value_parser = parse_label)]
+    labels: Vec<u16>,
+}
+
+/// clap value parser for `--label`: a label value (0 is the background, not a label).
+fn parse_label(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(0) => Err("0 is the background, not a label value".into()),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!("{s:?} is not a label value (1 to 65535)")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -140,13 +158,33 @@ fn parse_tolerance(s: &str) -> Result<f64, String> {
 }
 
 fn run_masks(args: &MasksArgs) -> anyhow::Result<()> {
-    let read = |p: &Path| -> anyhow::Result<clopa_volume::Mask> {
-        let labels = clopa_volume::read_labels(p)
-            .with_context(|| format!("cannot read the mask {}", p.display()))?;
-        Ok(labels.map(|v| u8::from(*v != 0)))
+    let read = |p: &Path| {
+        clopa_volume::read_labels(p)
+            .with_context(|| format!("cannot read the mask {}", p.display()))
     };
-    let pred = read(&args.pred)?;
+    let pred = read(&args.pred)?.map(|v| u8::from(*v != 0));
     let reference = read(&args.reference)?;
+    let reference = if args.labels.is_empty() {
+        reference.map(|v| u8::from(*v != 0))
+    } else {
+        // A label value the reference lacks is a typo or another dataset's numbering, not an
+        // empty structure: scoring it would report the IS_Validate convention's 0 or 1.
+        let present: std::collections::BTreeSet<u16> = reference.data.iter().copied().collect();
+        let missing: Vec<u16> = args
+            .labels
+            .iter()
+            .copied()
+            .filter(|l| !present.contains(l))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "label value(s) {missing:?} do not occur in {} (its values: {:?})",
+                args.reference.display(),
+                present
+            );
+        }
+        reference.map(|v| u8::from(args.labels.contains(v)))
+    };
     if let Some(what) = pred.grid_difference(&reference) {
         bail!(
             "{} and {} are not on the same grid ({what}; shape, spacing and affine must match)",

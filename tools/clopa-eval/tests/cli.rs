@@ -759,6 +759,65 @@ fn masks_prints_dice_and_nsd_and_rejects_other_grids() {
         .code(1)
         .stderr(predicate::str::contains("a.nii.gz").and(predicate::str::contains("c.nii")));
 
+    // --label: the reference's foreground is those label values only. A multi-label reference:
+    // b's block as label 2, and a second structure (label 3) that the prediction misses.
+    let multi: Vec<u16> = (0..216)
+        .map(|i| match (b[i], i < 36) {
+            (1, _) => 2,
+            (_, true) => 3,
+            _ => 0,
+        })
+        .collect();
+    let pm = dir.path().join("multi.nii.gz");
+    write_nifti(
+        &pm,
+        &Volume::from_shape(shape, [1.0, 1.0, 2.0], multi).unwrap(),
+    )
+    .unwrap();
+    let dice_with = |labels: &[&str]| {
+        let mut cmd = bin();
+        cmd.args(["masks", "--pred"])
+            .arg(&pa)
+            .arg("--ref")
+            .arg(&pm)
+            .args(["--tolerance-mm", "2.0"]);
+        for l in labels {
+            cmd.args(["--label", l]);
+        }
+        let out = cmd.assert().success().get_output().stdout.clone();
+        let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        line["dice"].as_f64().unwrap()
+    };
+    assert!((dice_with(&["2"]) - 2.0 / 3.0).abs() < 1e-12);
+    let all = dice_with(&[]);
+    assert!(all < 0.5, "label 3 counts without --label: {all}");
+    assert_eq!(dice_with(&["2,3"]), all);
+    assert_eq!(dice_with(&["3", "2"]), all);
+    // a label value the reference lacks is an error naming it and the file's values
+    bin()
+        .args(["masks", "--pred"])
+        .arg(&pa)
+        .arg("--ref")
+        .arg(&pm)
+        .args(["--tolerance-mm", "2.0", "--label", "2,5"])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("[5] do not occur in")
+                .and(predicate::str::contains("multi.nii.gz"))
+                .and(predicate::str::contains("{0, 2, 3}")),
+        );
+    for bad in ["0", "x", "-1"] {
+        bin()
+            .args(["masks", "--pred"])
+            .arg(&pa)
+            .arg("--ref")
+            .arg(&pm)
+            .args(["--tolerance-mm", "2.0", "--label", bad])
+            .assert()
+            .code(2);
+    }
+
     // a negative or NaN tolerance is a usage error
     for t in ["-1", "NaN", "inf"] {
         bin()
