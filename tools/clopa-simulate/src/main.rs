@@ -77,7 +77,7 @@ struct Cli {
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
 
-    /// Edit steps after the initialisation [default: the profile's].
+    /// Edit steps after the initialisation [default: the profile's `edits`].
     #[arg(long, value_name = "N")]
     edits: Option<usize>,
 
