@@ -297,7 +297,8 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
     assert!(recorded.starts_with("clopa-simulate "), "{commands}");
     let seventh = run(&mut reproduce());
     assert!(
-        seventh.contains("simulate synth-vessels base (commands.json does not record"),
+        seventh
+            .contains("simulate synth-vessels base (its outputs are not recorded in commands.json"),
         "{seventh}"
     );
     let after = snapshot(&out);
@@ -319,6 +320,35 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
             "steps.parquet column {column}"
         );
     }
+
+    // The same run folder and data spelled otherwise: nothing to do.
+    let eighth = run(&mut reproduce_cmd(
+        &model,
+        &tmp.path().join(".").join("data"),
+        &tmp.path().join(".").join("run"),
+    ));
+    assert!(eighth.contains(" 0 steps ran"), "{eighth}");
+
+    // A folder without commands.json (written before there was one): every step runs once more,
+    // nothing is retrained or re-simulated (the tools keep what matches), the tables are the
+    // same, and the record is back.
+    let current = snapshot(&out);
+    std::fs::remove_file(out.join("commands.json")).unwrap();
+    let ninth = run(&mut reproduce());
+    assert!(ninth.contains("has no commands.json"), "{ninth}");
+    assert!(!ninth.contains(" 0 steps ran"), "{ninth}");
+    let after = snapshot(&out);
+    for (name, bytes) in &current {
+        let name = name.to_string_lossy();
+        if name.ends_with(".safetensors")
+            || name.ends_with("steps.parquet")
+            || name.ends_with(".md")
+        {
+            assert!(after[Path::new(&*name)] == *bytes, "{name} changed");
+        }
+    }
+    let tenth = run(&mut reproduce());
+    assert!(tenth.contains(" 0 steps ran"), "{tenth}");
 
     // Another profile into the same folder is refused: its outputs would mix settings.
     let out3 = reproduce().args(["--set", "edits=3"]).output().unwrap();

@@ -48,8 +48,9 @@ pub fn run_main(
     quiet: bool,
     f: impl FnOnce() -> anyhow::Result<()>,
 ) -> ExitCode {
-    keep_freed_memory();
+    let malloc = keep_freed_memory();
     init_logging(verbose, quiet);
+    tracing::debug!("malloc: {malloc:?}");
     match f() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -67,35 +68,85 @@ pub fn run_main(
     }
 }
 
+/// What [`keep_freed_memory`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MallocSetting {
+    /// glibc now keeps freed memory.
+    Kept,
+    /// Left to the user, who set this variable (or `CLOPA_MALLOC=glibc`).
+    LeftToUser(String),
+    /// This glibc refuses so high a threshold (older ones cap it at 32 MiB): left as it was.
+    Refused,
+    /// Not glibc: nothing to do.
+    NotGlibc,
+}
+
 /// Makes glibc's malloc keep freed memory for reuse. By default it maps every buffer of 32 MiB
 /// and more freshly (mmap) and unmaps it when freed, and returns the heap's free top to the
 /// system past 128 KiB: at nnInteractive's sizes (one 32-channel 96³ activation is 108 MiB)
 /// every activation of every forward then costs page faults, the kernel's zeroing of the pages
 /// and TLB shootdowns when unmapped, ~10 % of a training step on the CPU (BENCHMARKS.md,
 /// "allocator"). Kept in the heap instead, a freed activation serves the next one; the
-/// process's memory stays at its peak, which it reaches anyway. A user's own malloc settings
-/// (`GLIBC_TUNABLES` with `glibc.malloc.*`, or a `MALLOC_*_` variable) are left as they are.
-/// [`run_main`] calls it first; public for benchmarks and the test that checks it takes effect.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn keep_freed_memory() {
-    let user_tuned = std::env::vars_os().any(|(k, v)| {
-        let k = k.to_string_lossy();
-        (k == "GLIBC_TUNABLES" && v.to_string_lossy().contains("glibc.malloc."))
-            || (k.starts_with("MALLOC_") && k.ends_with('_'))
-    });
-    if !user_tuned {
-        // SAFETY: mallopt only sets two of malloc's parameters (under malloc's own lock); it is
-        // called before this process allocates anything large.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, libc::c_int::MAX);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
-        }
-    }
+/// process's memory stays at its peak, which it reaches anyway. This holds for buffers the
+/// calling thread allocates, as candle and clopa-nn allocate every activation (a worker thread's
+/// arena still maps anything over 64 MiB).
+///
+/// Left alone when the user chose: any of glibc's variables for these settings
+/// (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_`, `MALLOC_MMAP_MAX_`, or
+/// them in `GLIBC_TUNABLES`), or `CLOPA_MALLOC=glibc` for glibc's own defaults. [`run_main`]
+/// calls it first; it must run before the process starts threads (mallopt is not thread-safe).
+pub fn keep_freed_memory() -> MallocSetting {
+    static ONCE: std::sync::OnceLock<MallocSetting> = std::sync::OnceLock::new();
+    ONCE.get_or_init(set_malloc).clone()
 }
 
-/// Elsewhere malloc is left as it is.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn set_malloc() -> MallocSetting {
+    if let Some(var) = users_malloc_choice(|k| std::env::var(k).ok()) {
+        return MallocSetting::LeftToUser(var);
+    }
+    // SAFETY: mallopt sets malloc's parameters; called from run_main before any thread exists.
+    // The threshold first: where an older glibc refuses it (at most 32 MiB there) nothing is
+    // changed, as the trim threshold alone would pin the mmap threshold at 128 KiB.
+    unsafe {
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, libc::c_int::MAX) != 1 {
+            return MallocSetting::Refused;
+        }
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
+    MallocSetting::Kept
+}
+
+/// The variable by which the user chose malloc's settings themselves, if any (`var` reads one).
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+fn users_malloc_choice(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    const VARS: [&str; 4] = [
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "MALLOC_TOP_PAD_",
+        "MALLOC_MMAP_MAX_",
+    ];
+    const TUNABLES: [&str; 4] = [
+        "glibc.malloc.mmap_threshold",
+        "glibc.malloc.trim_threshold",
+        "glibc.malloc.top_pad",
+        "glibc.malloc.mmap_max",
+    ];
+    if var("CLOPA_MALLOC").is_some_and(|v| v == "glibc") {
+        return Some("CLOPA_MALLOC".into());
+    }
+    if let Some(v) = VARS.iter().find(|v| var(v).is_some()) {
+        return Some((*v).into());
+    }
+    var("GLIBC_TUNABLES")
+        .is_some_and(|t| TUNABLES.iter().any(|k| t.contains(k)))
+        .then(|| "GLIBC_TUNABLES".into())
+}
+
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn keep_freed_memory() {}
+fn set_malloc() -> MallocSetting {
+    MallocSetting::NotGlibc
+}
 
 /// The error and its causes, one `caused by:` line each, leaving out a cause that the message
 /// before it already ends with (`cannot read x.toml: No such file ...` followed by
@@ -248,8 +299,9 @@ impl LogLines {
 
 impl indicatif::TermLike for LogLines {
     fn width(&self) -> u16 {
-        // no wrapping: a log line may be as long as it needs
-        u16::MAX
+        // Wide enough for any of the tools' lines (indicatif pads each draw to this width with
+        // spaces, which `log` trims).
+        1000
     }
     fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
         Ok(())
@@ -457,6 +509,40 @@ mod tests {
             pb.inc(1);
         });
         assert_eq!(out, "");
+    }
+
+    #[test]
+    fn malloc_settings_of_the_user_win() {
+        let choice = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            users_malloc_choice(|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+        };
+        assert_eq!(choice(&[]), None);
+        assert_eq!(
+            choice(&[("CLOPA_MALLOC", "glibc")]).as_deref(),
+            Some("CLOPA_MALLOC")
+        );
+        assert_eq!(choice(&[("CLOPA_MALLOC", "keep")]), None);
+        assert_eq!(
+            choice(&[("MALLOC_TOP_PAD_", "131072")]).as_deref(),
+            Some("MALLOC_TOP_PAD_")
+        );
+        // debugging switches and arena counts do not touch these settings
+        assert_eq!(
+            choice(&[("MALLOC_PERTURB_", "1"), ("MALLOC_ARENA_MAX", "2")]),
+            None
+        );
+        assert_eq!(
+            choice(&[("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")]).as_deref(),
+            Some("GLIBC_TUNABLES")
+        );
+        assert_eq!(
+            choice(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")]),
+            None
+        );
     }
 
     #[test]

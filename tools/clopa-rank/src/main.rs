@@ -91,7 +91,7 @@ struct Args {
     steps: Option<u32>,
     /// Name of the base model's rows in the tables and the figure (method `base`), e.g. the
     /// model a CPU run adapts instead of nnInteractive.
-    #[arg(long, value_name = "NAME", default_value = "nnInteractive")]
+    #[arg(long, value_name = "NAME", default_value = "nnInteractive", value_parser = parse_label)]
     base_label: String,
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -99,6 +99,15 @@ struct Args {
     /// Only errors.
     #[arg(short, long)]
     quiet: bool,
+}
+
+/// `--base-label`: a name to print, so not empty.
+fn parse_label(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("the base rows need a name".into())
+    } else {
+        Ok(s.to_string())
+    }
 }
 
 fn parse_alpha(s: &str) -> Result<f64, String> {

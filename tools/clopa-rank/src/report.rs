@@ -296,7 +296,8 @@ pub fn markdown(
             let task_cell = if i == 0 { task.as_str() } else { "" };
             s.push_str(&format!(
                 "| {task_cell} | {} |",
-                display_name(method, base_label)
+                // a `|` in a name would end its cell
+                display_name(method, base_label).replace('|', "\\|")
             ));
             for (metric, r) in metric_order.iter().zip(&per_metric) {
                 let cell = match r {

@@ -311,6 +311,30 @@ fn single_method_writes_tables_without_pairs() {
             && out.join("fig2.png").is_file()
             && out.join("fig2.svg").is_file()
     );
+
+    // --base-label names the base rows (a `|` escaped for Markdown), also in the figure's legend
+    rank()
+        .arg(&cases)
+        .args(["-o"])
+        .arg(&out)
+        .args(["-q", "--base-label", "tiny|v2"])
+        .assert()
+        .success();
+    let table2 = std::fs::read_to_string(out.join("table2.md")).expect("table2");
+    assert!(
+        table2.contains("| tiny\\|v2 |") && !table2.contains("nnInteractive"),
+        "{table2}"
+    );
+    let svg = std::fs::read_to_string(out.join("fig2.svg")).expect("svg");
+    assert!(svg.contains("tiny|v2") || !svg.contains("<text"), "{svg}");
+    rank()
+        .arg(&cases)
+        .arg("-o")
+        .arg(&out)
+        .args(["--base-label", " "])
+        .assert()
+        .code(2)
+        .stderr(contains("the base rows need a name"));
 }
 
 #[test]

@@ -196,13 +196,6 @@ impl Step {
         s
     }
 
-    /// What makes the step's outputs, as [`Commands`] records it: the program's name and its
-    /// arguments, shell-quoted, without the binaries' folder (another build of the same tools
-    /// does not redo a run) and without the logging flag.
-    pub fn recipe(&self) -> String {
-        quote(&self.program) + &self.quoted_args()
-    }
-
     /// ` arg1 arg2 ...`, each shell-quoted.
     fn quoted_args(&self) -> String {
         self.args
@@ -265,8 +258,9 @@ fn looks_whole(path: &Path, len: u64) -> bool {
 
 /// What made each output of a run folder, kept in `OUT/commands.json` (as ninja keeps its log):
 /// make's rule alone ([`Step::is_done`]) takes an output for done whatever made it, so a steps
-/// table written by hand with other settings, or a run with another `--data-root` or model path,
-/// would be skipped. Each output is recorded with the step's command and the file's size and
+/// table written by hand with other settings, or a run with another `--data-root`, would be
+/// skipped. The command is recorded as its [`Commands::recipe`], which does not depend on how the
+/// run folder and the other paths were spelled. Each output is recorded with the step's command and the file's size and
 /// modification time once the step has run; a step whose outputs are not all recorded so (made
 /// by another command, replaced since, or from a folder older than this record) runs again, and
 /// its tool then decides what is current: clopa-simulate and clopa-train-episode keep an output
@@ -276,6 +270,8 @@ pub struct Commands {
     path: PathBuf,
     out: PathBuf,
     made_by: BTreeMap<String, Made>,
+    /// Whether the folder had a record (a folder from before it has none).
+    pub found: bool,
 }
 
 /// How one output was made, and the file it then was.
@@ -283,19 +279,20 @@ pub struct Commands {
 struct Made {
     command: String,
     bytes: u64,
-    modified_ns: u128,
+    modified_ns: u64,
 }
 
 impl Made {
-    /// `command` and the file at `path` as it is now; `None` if it cannot be read.
+    /// `command` and the file at `path` as it is now; `None` if it does not exist or its time is
+    /// not one after 1970 in nanoseconds (the record would not recognise it).
     fn now(command: &str, path: &Path) -> Option<Made> {
         let meta = std::fs::metadata(path).ok()?;
-        let modified_ns = meta
+        let since_1970 = meta
             .modified()
             .ok()?
             .duration_since(std::time::UNIX_EPOCH)
-            .ok()?
-            .as_nanos();
+            .ok()?;
+        let modified_ns = u64::try_from(since_1970.as_nanos()).ok()?;
         Some(Made {
             command: command.to_string(),
             bytes: meta.len(),
@@ -312,8 +309,12 @@ impl Commands {
     /// taken as empty (with a warning): that only makes every step's tool check its outputs.
     pub fn load(out: &Path) -> Commands {
         let path = out.join(Self::FILE);
+        let mut found = true;
         let made_by = match std::fs::read(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                found = false;
+                BTreeMap::new()
+            }
             Err(e) => {
                 tracing::warn!(
                     "cannot read {}: {e}; every step checks its outputs",
@@ -334,7 +335,38 @@ impl Commands {
             path,
             out: out.to_path_buf(),
             made_by,
+            found,
         }
+    }
+
+    /// The step's command as recorded: the program's name and its arguments, shell-quoted,
+    /// without the binaries' folder (another build of the same tools does not redo a run) and
+    /// without the logging flag; a path inside the run folder is written `$OUT/...` and any other
+    /// path absolute, so a rerun with the run folder or the data root spelled otherwise
+    /// (`runs/q`, `./runs/q`, `/home/me/runs/q`) is the same command.
+    pub fn recipe(&self, step: &Step) -> String {
+        let mut s = quote(&step.program);
+        for a in &step.args {
+            let p = Path::new(a);
+            let text = if let Ok(inside) = p.strip_prefix(&self.out) {
+                let inside = inside.to_string_lossy();
+                if inside.is_empty() {
+                    "$OUT".to_string()
+                } else {
+                    format!("$OUT/{inside}")
+                }
+            } else if p.components().count() > 1 || p.exists() {
+                std::path::absolute(p)
+                    .unwrap_or_else(|_| p.to_path_buf())
+                    .to_string_lossy()
+                    .into_owned()
+            } else {
+                a.to_string_lossy().into_owned()
+            };
+            s.push(' ');
+            s.push_str(&quote(&text));
+        }
+        s
     }
 
     /// An output's key: its path inside the run folder.
@@ -347,9 +379,9 @@ impl Commands {
     }
 
     /// Whether every output of `step` is recorded as made by the step's command
-    /// ([`Step::recipe`]) and is still the file it was then (size and modification time).
+    /// ([`Commands::recipe`]) and is still the file it was then (size and modification time).
     pub fn made(&self, step: &Step) -> bool {
-        let recipe = step.recipe();
+        let recipe = self.recipe(step);
         !step.outputs.is_empty()
             && step.outputs.iter().all(|o| {
                 self.made_by.get(&self.key(o)).is_some_and(|m| {
@@ -361,10 +393,14 @@ impl Commands {
     /// Records that `step`'s command made its outputs as they are now, and rewrites the file
     /// (atomically).
     pub fn record(&mut self, step: &Step) -> anyhow::Result<()> {
-        let recipe = step.recipe();
+        let recipe = self.recipe(step);
         for o in &step.outputs {
-            let made = Made::now(&recipe, o)
-                .with_context(|| format!("{} did not write {}", step.program, o.display()))?;
+            let made = Made::now(&recipe, o).with_context(|| {
+                format!(
+                    "{} is missing or its modification time is not one after 1970",
+                    o.display()
+                )
+            })?;
             self.made_by.insert(self.key(o), made);
         }
         let text = serde_json::to_string_pretty(&self.made_by)?;
@@ -728,10 +764,11 @@ fn rank_step(ctx: &Ctx) -> Step {
         .arg(out.join("trajectory.parquet"))
         .arg("-o")
         .arg(out);
-    // The base rows are nnInteractive's only when the base model is (the paper's profile);
-    // the CPU profiles' tiny model is named by its folder.
+    // The base rows are nnInteractive's only when the base model is nnInteractive's own folder
+    // (`nnInteractive_v1.0`, the paper's profile); any other, e.g. the CPU profiles' tiny model,
+    // is named by its folder.
     if let Some(name) = ctx.model.file_name().map(|n| n.to_string_lossy())
-        && !name.to_lowercase().contains("nninteractive")
+        && !name.starts_with("nnInteractive")
     {
         s = s.arg("--base-label").arg(name.as_ref());
     }
@@ -844,8 +881,9 @@ pub fn reproduce(
         .with_context(|| format!("cannot create the output folder {}", opts.out.display()))?;
     let profile_file = layout::profile(&opts.out);
     let text = profile.to_toml_string()?;
+    let mut resumed = false;
     match std::fs::read_to_string(&profile_file) {
-        Ok(old) if old == text => {}
+        Ok(old) if old == text => resumed = true,
         Ok(_) => bail!(
             "{} holds another profile than this run's: its outputs would mix settings; \
              choose another -o or remove that folder",
@@ -863,6 +901,15 @@ pub fn reproduce(
     };
     let mut summary = Summary::default();
     let mut commands = Commands::load(&opts.out);
+    if resumed && !commands.found {
+        tracing::info!(
+            "{} has no {} (a run folder from before clopa-reproduce kept one, or it was \
+             removed): every step runs once more; clopa-simulate and clopa-train-episode keep \
+             the outputs whose settings and inputs match, the other tools rewrite theirs",
+            opts.out.display(),
+            Commands::FILE
+        );
+    }
     let prepare = plan_prepare(&ctx, &profile, &tasks);
     // Two phases, each counted on its own in the log: how many steps the protocol has is only
     // known once the splits (written by the first phase) give the episode schedule.
@@ -931,17 +978,20 @@ pub fn reproduce(
         )?;
         i += 1;
     }
-    // Never run as a command: the arguments are the task tables, for is_done's time check (by
-    // make's rule alone: the task tables it names are its only input, no settings).
-    let merge = Step::new("merge the task tables".into(), "", merge_outputs.clone()).args(
-        clopa_cli::outputs::EVAL.iter().flat_map(|name| {
-            tasks
-                .iter()
-                .map(move |t| layout::eval_dir(&opts.out, &t.name).join(name))
-        }),
-    );
+    // Run here, not as a command: what clopa-merge does with these tables, kind by kind. The
+    // arguments (the task tables) serve is_done's time check and the record.
+    let merge = Step::new(
+        "merge the task tables".into(),
+        "clopa-merge",
+        merge_outputs.clone(),
+    )
+    .args(clopa_cli::outputs::EVAL.iter().flat_map(|name| {
+        tasks
+            .iter()
+            .map(move |t| layout::eval_dir(&opts.out, &t.name).join(name))
+    }));
     progress(&merge, i, total);
-    if merge.is_done() {
+    if merge.is_done() && commands.made(&merge) {
         summary.skipped += 1;
     } else {
         tracing::info!("{} {}", at(rest.len()), merge.label);
@@ -951,6 +1001,9 @@ pub fn reproduce(
                 .map(|t| layout::eval_dir(&opts.out, &t.name).join(name))
                 .collect();
             merge_tables(&inputs, &opts.out.join(name), "clopa-reproduce")?;
+        }
+        if let Err(e) = commands.record(&merge) {
+            tracing::warn!("{e:#}");
         }
         summary.ran += 1;
     }
@@ -1005,11 +1058,17 @@ fn exec(
             summary.skipped += 1;
             return Ok(());
         }
-        tracing::info!(
-            "{at} {} ({} does not record its outputs as this command's: the tool checks them)",
+        let why = format!(
+            "{at} {} (its outputs are not recorded in {} as this command's: it runs again)",
             step.label,
             Commands::FILE
         );
+        // Without a record at all the run started with one line saying why every step runs.
+        if commands.found {
+            tracing::info!("{why}");
+        } else {
+            tracing::debug!("{why}");
+        }
     } else {
         tracing::info!("{at} {}", step.label);
     }
@@ -1031,7 +1090,11 @@ fn exec(
             }
         }
     }
-    commands.record(step)?;
+    // The step is done either way: a record that cannot be written only costs the next run a
+    // check by the tool.
+    if let Err(e) = commands.record(step) {
+        tracing::warn!("{e:#}");
+    }
     summary.ran += 1;
     Ok(())
 }
@@ -1304,6 +1367,40 @@ mod tests {
         assert!(Commands::load(out).made(&made));
         std::fs::write(out.join(Commands::FILE), "[1, 2")?;
         assert!(!Commands::load(out).made(&made));
+        Ok(())
+    }
+
+    /// The recorded command does not depend on how the run folder or other paths are spelled.
+    #[test]
+    fn recipes_name_paths_the_same_however_spelled() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("run"))?;
+        let spellings = [dir.path().join("run"), dir.path().join(".").join("run")];
+        let recipes: Vec<String> = spellings
+            .iter()
+            .map(|out| {
+                let step = Step::new("s".into(), "clopa-x", vec![out.join("a.parquet")])
+                    .arg(out.join("t").join("split.parquet"))
+                    .args(["--run", "0", "--data-root"])
+                    .arg(dir.path().join(".").join("data"))
+                    .arg("-o")
+                    .arg(out);
+                Commands::load(out).recipe(&step)
+            })
+            .collect();
+        assert_eq!(recipes[0], recipes[1]);
+        let data = dir.path().join("data").to_string_lossy().into_owned();
+        assert_eq!(
+            recipes[0],
+            format!("clopa-x '$OUT/t/split.parquet' --run 0 --data-root {data} -o '$OUT'")
+        );
+        // a relative path is made absolute; a bare word that names no file stays as it is
+        let step = Step::new("s".into(), "clopa-x", vec![]).args(["data-manifests/x.toml", "in"]);
+        let cwd = std::env::current_dir()?;
+        assert_eq!(
+            Commands::load(dir.path()).recipe(&step),
+            format!("clopa-x {}/data-manifests/x.toml in", cwd.display())
+        );
         Ok(())
     }
 
