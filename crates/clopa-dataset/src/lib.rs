@@ -368,6 +368,7 @@ impl CaseFiles {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use clopa_volume::write_nifti;

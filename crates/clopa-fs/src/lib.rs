@@ -230,6 +230,7 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

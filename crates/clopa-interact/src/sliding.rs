@@ -218,9 +218,7 @@ mod tests {
                 "prompt channels must be empty"
             );
             let mut out = vec![0f32; 2 * pv];
-            for t in 0..pv {
-                out[pv + t] = input[t];
-            }
+            out[pv..].copy_from_slice(&input[..pv]);
             Ok(out)
         };
         let seg = predict_automatic(&mut rule, &image, shape, patch).unwrap();

@@ -321,6 +321,7 @@ pub fn markdown(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
