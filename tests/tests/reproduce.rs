@@ -76,7 +76,8 @@ fn touch(path: &Path) {
         .unwrap();
 }
 
-/// Every file under `dir` (relative path -> bytes).
+/// Every file under `dir` (relative path -> bytes), but clopa-reproduce's lock (the pid of the
+/// last run).
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -85,7 +86,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else {
+            } else if p.file_name() != Some(".clopa-reproduce.lock".as_ref()) {
                 out.insert(
                     p.strip_prefix(dir).unwrap().to_path_buf(),
                     std::fs::read(&p).unwrap(),

@@ -879,6 +879,7 @@ pub fn reproduce(
     preflight(&profile, &model)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create the output folder {}", opts.out.display()))?;
+    let _lock = lock_run_folder(&opts.out)?;
     let profile_file = layout::profile(&opts.out);
     let text = profile.to_toml_string()?;
     let mut resumed = false;
@@ -1018,6 +1019,49 @@ pub fn reproduce(
         &mut commands,
     )?;
     Ok(summary)
+}
+
+/// Takes `OUT/.clopa-reproduce.lock` for as long as the returned file is open (the system drops
+/// the lock when the process ends, however it ends). A second clopa-reproduce on the same folder
+/// would run the same steps at the same time: every tool writes atomically, but both would do
+/// the work, and each would overwrite the other's record of it in commands.json.
+fn lock_run_folder(out: &Path) -> anyhow::Result<File> {
+    use std::io::{Read, Seek, Write};
+    let path = out.join(".clopa-reproduce.lock");
+    let mut f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {
+            // the holder's pid, for the message of the one refused
+            f.set_len(0)?;
+            f.rewind()?;
+            write!(f, "{}", std::process::id())?;
+            Ok(f)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            bail!(
+                "another clopa-reproduce (pid {}) is running in {}: wait for it to end, or give \
+                 another -o",
+                pid.trim(),
+                out.display()
+            )
+        }
+        // A file system without locks (some network mounts): run unguarded, as before.
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!(
+                "cannot lock {} ({e}): runs into this folder are not guarded",
+                path.display()
+            );
+            Ok(f)
+        }
+    }
 }
 
 /// A step's place within its phase, as the log shows it: `data [2/6]`.
@@ -1367,6 +1411,23 @@ mod tests {
         assert!(Commands::load(out).made(&made));
         std::fs::write(out.join(Commands::FILE), "[1, 2")?;
         assert!(!Commands::load(out).made(&made));
+        Ok(())
+    }
+
+    /// One run per folder at a time: a second lock of the same folder is refused naming the first
+    /// holder's pid, and the lock ends with its file.
+    #[test]
+    fn a_second_run_into_the_same_folder_is_refused() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let first = lock_run_folder(dir.path())?;
+        let e = lock_run_folder(dir.path()).expect_err("locked twice");
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains(&format!("(pid {})", std::process::id())) && msg.contains("is running in"),
+            "{msg}"
+        );
+        drop(first);
+        lock_run_folder(dir.path())?;
         Ok(())
     }
 
