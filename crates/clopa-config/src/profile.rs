@@ -328,7 +328,16 @@ impl Profile {
                 }
             }
         }
-        table.try_into().map_err(|e| parse_error(&origin, e))
+        table.try_into().map_err(|e| {
+            let message = e.to_string();
+            match plain_type_error(&message) {
+                Some(plain) => ConfigError::Parse {
+                    path: origin,
+                    message: plain,
+                },
+                None => parse_error(&origin, e),
+            }
+        })
     }
 
     /// Checks the ranges the types cannot express (and that `methods` are known groups).
@@ -469,6 +478,27 @@ impl Profile {
 }
 
 /// A flag value as TOML, or as a plain string when it is not valid TOML (`cuda`, `models/x`).
+/// serde's type error for a `--set` value ("invalid type: string \"abc\", expected f64\nin
+/// `k_d`") in words: "`k_d` must be a number, not string \"abc\"". `None` for any other error.
+fn plain_type_error(message: &str) -> Option<String> {
+    let (what, key) = message.trim_end().rsplit_once("\nin `")?;
+    let key = key.strip_suffix('`')?;
+    let rest = what
+        .strip_prefix("invalid type: ")
+        .or_else(|| what.strip_prefix("invalid value: "))?;
+    let (got, expected) = rest.rsplit_once(", expected ")?;
+    let expected = match expected {
+        "f64" | "f32" => "a number",
+        "usize" | "u64" | "u32" | "u16" | "u8" => "a whole number, 0 or more",
+        "i64" | "i32" => "a whole number",
+        "a boolean" => "true or false",
+        "a sequence" => "a list, e.g. [\"in\", \"cn\"]",
+        "an array of length 3" => "a list of 3 numbers, e.g. [64, 64, 64]",
+        other => other,
+    };
+    Some(format!("`{key}` must be {expected}, not {got}"))
+}
+
 fn parse_value(value: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {value}")) {
         Ok(mut t) => t
@@ -584,6 +614,36 @@ mod tests {
         assert!(e.contains("synth.casez"), "{e}");
         let e = p.set("epochs", "three").unwrap_err().to_string();
         assert!(e.contains("epochs"), "{e}");
+        // serde's type names in words
+        for (key, value, want) in [
+            ("k_d", "abc", "`k_d` must be a number, not string \"abc\""),
+            (
+                "train_runs",
+                "-1",
+                "`train_runs` must be a whole number, 0 or more, not integer `-1`",
+            ),
+            (
+                "patch",
+                "3",
+                "`patch` must be a list of 3 numbers, e.g. [64, 64, 64], not integer `3`",
+            ),
+            (
+                "methods",
+                "in",
+                "`methods` must be a list, e.g. [\"in\", \"cn\"], not string \"in\"",
+            ),
+            (
+                "synth.cases",
+                "1.5",
+                "`synth.cases` must be a whole number, 0 or more, not floating point `1.5`",
+            ),
+        ] {
+            let e = p.set(key, value).unwrap_err().to_string();
+            assert!(
+                e.contains(want) && e.contains(&format!("`{key}={value}`")),
+                "{e}"
+            );
+        }
         let e = p.set("k_m", "1.5").unwrap_err().to_string();
         assert!(e.contains("k_m"), "{e}");
         let e = p.set("device", "tpu").unwrap_err().to_string();
