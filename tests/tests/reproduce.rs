@@ -238,6 +238,27 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
     // outputs current, and the next rerun has nothing left to do.
     let ep1 = out.join("synth-vessels/in/run0/ep1.safetensors");
     touch(&ep1);
+    // -n says what would run and why, and writes nothing.
+    let listed = reproduce().arg("-n").output().unwrap();
+    assert!(listed.status.success());
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    for line in [
+        "done  split synth-vessels\n",
+        "done  simulate synth-vessels base\n",
+        "done  train synth-vessels cn run0 ep2\n",
+        "run   train synth-vessels in run0 ep1: synth-vessels/in/run0/ep1.safetensors changed \
+         since commands.json recorded it\n",
+        "run   simulate synth-vessels in run0 ep1: ",
+        "run   train synth-vessels in run0 ep2: ",
+        "run   rank: ",
+    ] {
+        assert!(listed.contains(line), "{line:?} not in\n{listed}");
+    }
+    let touched = snapshot(&out);
+    assert!(
+        before.keys().eq(touched.keys()) && before == touched,
+        "-n changed the folder"
+    );
     let third = run(&mut reproduce());
     assert!(!third.contains(" 0 steps ran"), "{third}");
     let fourth = run(&mut reproduce());
@@ -298,8 +319,10 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
     assert!(recorded.starts_with("clopa-simulate "), "{commands}");
     let seventh = run(&mut reproduce());
     assert!(
-        seventh
-            .contains("simulate synth-vessels base (its outputs are not recorded in commands.json"),
+        seventh.contains(
+            "simulate synth-vessels base (synth-vessels/base/steps.parquet changed since \
+             commands.json recorded it: it runs again)"
+        ),
         "{seventh}"
     );
     let after = snapshot(&out);

@@ -127,25 +127,36 @@ impl Step {
     /// arguments. So a checkpoint retrained or a model re-baked by hand makes the steps that read
     /// it run again, and their new outputs then do the same for the steps after them.
     pub fn is_done(&self) -> bool {
+        self.pending().is_none()
+    }
+
+    /// Why the step is not done by make's rule ([`Step::is_done`]), in words; `None` when it is.
+    pub fn pending(&self) -> Option<String> {
         if self.outputs.is_empty() {
-            return false;
+            return Some("the tool checks what is done".into());
         }
-        let mut oldest_output = None;
+        let mut oldest_output: Option<(std::time::SystemTime, &PathBuf)> = None;
         for p in &self.outputs {
             let Ok(meta) = std::fs::metadata(p) else {
-                return false;
+                return Some(format!("{} does not exist", p.display()));
             };
             let Ok(t) = meta.modified() else {
-                return false;
+                return Some(format!("{} has no modification time", p.display()));
             };
             if !meta.is_file() || !looks_whole(p, meta.len()) {
-                return false;
+                return Some(format!("{} is not a whole file", p.display()));
             }
-            oldest_output = Some(oldest_output.map_or(t, |o: std::time::SystemTime| o.min(t)));
+            if oldest_output.is_none_or(|(o, _)| t < o) {
+                oldest_output = Some((t, p));
+            }
         }
-        match (self.newest_input(), oldest_output) {
-            (Some(i), Some(o)) => i <= o,
-            _ => true,
+        match (self.newest_input_file(), oldest_output) {
+            (Some((i, input)), Some((o, output))) if i > o => Some(format!(
+                "{} is newer than {}",
+                input.display(),
+                output.display()
+            )),
+            _ => None,
         }
     }
 
@@ -155,6 +166,11 @@ impl Step {
     /// files and those one folder down (`dataset.json`, `imagesTr/*`, `labelsTr/*`), so a case
     /// replaced or added reruns the task; other folders (outputs) do not count.
     fn newest_input(&self) -> Option<std::time::SystemTime> {
+        self.newest_input_file().map(|(t, _)| t)
+    }
+
+    /// [`Step::newest_input`] and the file it is.
+    fn newest_input_file(&self) -> Option<(std::time::SystemTime, PathBuf)> {
         let named = self
             .args
             .iter()
@@ -179,10 +195,13 @@ impl Step {
         });
         named
             .chain(data)
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .filter(std::fs::Metadata::is_file)
-            .filter_map(|m| m.modified().ok())
-            .max()
+            .filter_map(|p| {
+                let m = std::fs::metadata(&p)
+                    .ok()
+                    .filter(std::fs::Metadata::is_file)?;
+                Some((m.modified().ok()?, p))
+            })
+            .max_by_key(|(t, _)| *t)
     }
 
     /// The command line, shell-quoted, for logs and error messages.
@@ -381,13 +400,30 @@ impl Commands {
     /// Whether every output of `step` is recorded as made by the step's command
     /// ([`Commands::recipe`]) and is still the file it was then (size and modification time).
     pub fn made(&self, step: &Step) -> bool {
+        self.not_made(step).is_none()
+    }
+
+    /// Why [`Commands::made`] does not hold, in words; `None` when it does.
+    pub fn not_made(&self, step: &Step) -> Option<String> {
         let recipe = self.recipe(step);
-        !step.outputs.is_empty()
-            && step.outputs.iter().all(|o| {
-                self.made_by.get(&self.key(o)).is_some_and(|m| {
-                    m.command == recipe && Made::now(&recipe, o).as_ref() == Some(m)
-                })
-            })
+        if step.outputs.is_empty() {
+            return Some("no outputs to record".into());
+        }
+        for o in &step.outputs {
+            let key = self.key(o);
+            let why = match self.made_by.get(&key) {
+                None => format!("{} has no record of {key}", Self::FILE),
+                Some(m) if m.command != recipe => {
+                    format!("{key} was made by another command ({})", m.command)
+                }
+                Some(m) if Made::now(&recipe, o).as_ref() != Some(m) => {
+                    format!("{key} changed since {} recorded it", Self::FILE)
+                }
+                Some(_) => continue,
+            };
+            return Some(why);
+        }
+        None
     }
 
     /// Records that `step`'s command made its outputs as they are now, and rewrites the file
@@ -842,12 +878,9 @@ pub fn missing_binaries(profile: &Profile, bin_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Runs the whole chain. `progress(step, index, total)` is called before each step (the total
-/// grows once the splits are known).
-pub fn reproduce(
-    opts: &Options,
-    progress: &mut dyn FnMut(&Step, usize, usize),
-) -> anyhow::Result<Summary> {
+/// What a run needs before its first step, checked: the resolved profile, its tasks and the
+/// base model folder (the tools, the model and the settings a tool would refuse only later).
+fn setup(opts: &Options) -> anyhow::Result<(Profile, Vec<Task>, PathBuf)> {
     let profile = resolve_profile(opts)?;
     clopa_cli::check_output_dir(&opts.out)?;
     let missing = missing_binaries(&profile, &opts.bin_dir);
@@ -877,6 +910,108 @@ pub fn reproduce(
         );
     }
     preflight(&profile, &model)?;
+    Ok((profile, tasks, model))
+}
+
+/// The step that merges the task tables: run here, not as a command; what clopa-merge does with
+/// these tables, kind by kind. The arguments (the task tables) serve is_done's time check and
+/// the record.
+fn merge_step(out: &Path, tasks: &[Task]) -> Step {
+    let outputs = clopa_cli::outputs::EVAL
+        .iter()
+        .map(|n| out.join(n))
+        .collect();
+    Step::new("merge the task tables".into(), "clopa-merge", outputs).args(
+        clopa_cli::outputs::EVAL.iter().flat_map(|name| {
+            tasks
+                .iter()
+                .map(move |t| layout::eval_dir(out, &t.name).join(name))
+        }),
+    )
+}
+
+/// One step of [`plan`]: what it is, its command line, and why it would run (`None`: done).
+#[derive(Clone, Debug)]
+pub struct Planned {
+    pub label: String,
+    pub command: String,
+    pub why: Option<String>,
+}
+
+/// What [`reproduce`] would do now, step by step, without running or writing anything (`-n`).
+/// The steps after the splits are listed only when every split exists (the episode schedule
+/// comes from them): the flag says whether the list is complete. A step that would run makes
+/// every later step that reads one of its outputs run too, as it would then be newer.
+pub fn plan(opts: &Options) -> anyhow::Result<(Vec<Planned>, bool)> {
+    let (profile, tasks, model) = setup(opts)?;
+    let profile_file = layout::profile(&opts.out);
+    if let Ok(old) = std::fs::read_to_string(&profile_file)
+        && old != profile.to_toml_string()?
+    {
+        bail!(
+            "{} holds another profile than this run's: a run would refuse this folder",
+            profile_file.display()
+        );
+    }
+    let commands = Commands::load(&opts.out);
+    let ctx = Ctx {
+        opts,
+        profile_file,
+        model,
+    };
+    let mut remade: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut planned = Vec::new();
+    let mut judge = |step: &Step| {
+        let why = if step.outputs.is_empty() {
+            // clopa-synth: runs every time, and changes nothing that is current
+            Some("the tool checks what is done".to_string())
+        } else {
+            let why = step
+                .args
+                .iter()
+                .map(Path::new)
+                .find(|a| remade.contains(*a))
+                .map(|a| format!("{} would be remade first", a.display()))
+                .or_else(|| step.pending())
+                .or_else(|| commands.not_made(step));
+            if why.is_some() {
+                remade.extend(step.outputs.iter().cloned());
+            }
+            why
+        };
+        planned.push(Planned {
+            label: step.label.clone(),
+            command: step.command_line(&opts.bin_dir),
+            why,
+        });
+    };
+    for step in plan_prepare(&ctx, &profile, &tasks) {
+        judge(&step);
+    }
+    let mut splits = BTreeMap::new();
+    for t in &tasks {
+        match clopa_table::read_split(&layout::split(&opts.out, &t.name)) {
+            Ok(rows) => {
+                splits.insert(t.name.clone(), rows);
+            }
+            Err(_) => return Ok((planned, false)),
+        }
+    }
+    for step in plan_rest(&ctx, &profile, &tasks, &splits) {
+        judge(&step);
+    }
+    judge(&merge_step(&opts.out, &tasks));
+    judge(&rank_step(&ctx));
+    Ok((planned, true))
+}
+
+/// Runs the whole chain. `progress(step, index, total)` is called before each step (the total
+/// grows once the splits are known).
+pub fn reproduce(
+    opts: &Options,
+    progress: &mut dyn FnMut(&Step, usize, usize),
+) -> anyhow::Result<Summary> {
+    let (profile, tasks, model) = setup(opts)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create the output folder {}", opts.out.display()))?;
     let _lock = lock_run_folder(&opts.out)?;
@@ -955,10 +1090,6 @@ pub fn reproduce(
         splits.insert(t.name.clone(), rows);
     }
     let rest = plan_rest(&ctx, &profile, &tasks, &splits);
-    let merge_outputs: Vec<PathBuf> = clopa_cli::outputs::EVAL
-        .iter()
-        .map(|n| opts.out.join(n))
-        .collect();
     let rank = rank_step(&ctx);
     total = prepare.len() + rest.len() + 2;
     let at = |j: usize| Counter {
@@ -979,18 +1110,7 @@ pub fn reproduce(
         )?;
         i += 1;
     }
-    // Run here, not as a command: what clopa-merge does with these tables, kind by kind. The
-    // arguments (the task tables) serve is_done's time check and the record.
-    let merge = Step::new(
-        "merge the task tables".into(),
-        "clopa-merge",
-        merge_outputs.clone(),
-    )
-    .args(clopa_cli::outputs::EVAL.iter().flat_map(|name| {
-        tasks
-            .iter()
-            .map(move |t| layout::eval_dir(&opts.out, &t.name).join(name))
-    }));
+    let merge = merge_step(&opts.out, &tasks);
     progress(&merge, i, total);
     if merge.is_done() && commands.made(&merge) {
         summary.skipped += 1;
@@ -1097,16 +1217,12 @@ fn exec(
         return Ok(());
     }
     if step.is_done() {
-        if commands.made(step) {
+        let Some(not_made) = commands.not_made(step) else {
             tracing::debug!("{at} skip {} (done)", step.label);
             summary.skipped += 1;
             return Ok(());
-        }
-        let why = format!(
-            "{at} {} (its outputs are not recorded in {} as this command's: it runs again)",
-            step.label,
-            Commands::FILE
-        );
+        };
+        let why = format!("{at} {} ({not_made}: it runs again)", step.label);
         // Without a record at all the run started with one line saying why every step runs.
         if commands.found {
             tracing::info!("{why}");

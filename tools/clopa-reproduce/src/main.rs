@@ -23,7 +23,7 @@ use clap::Parser;
 #[command(
     name = "clopa-reproduce",
     version,
-    after_help = "Example:\n  export CLOPA_DATA=data\n  clopa-reproduce --profile pipelines/quick.toml -o runs/quick\n  # -> runs/quick/{profile.toml, commands.json, table2.md, table3.md, fig2.png,\n  #      fig2.svg, cases.parquet, episodes.parquet, final.parquet,\n  #      trajectory.parquet, pairs.parquet, ranking.parquet}\n  #    runs/quick/<task>/{split.parquet, base/, in/run0/ep1.safetensors, ...,\n  #      eval/}"
+    after_help = "Example:\n  export CLOPA_DATA=data\n  clopa-reproduce --profile pipelines/quick.toml -o runs/quick\n  # -> runs/quick/{profile.toml, commands.json, table2.md, table3.md, fig2.png,\n  #      fig2.svg, cases.parquet, episodes.parquet, final.parquet,\n  #      trajectory.parquet, pairs.parquet, ranking.parquet}\n  #    runs/quick/<task>/{split.parquet, base/, in/run0/ep1.safetensors, ...,\n  #      eval/}\n  # what a rerun would do, and why, without doing it:\n  clopa-reproduce --profile pipelines/quick.toml -o runs/quick -n"
 )]
 struct Args {
     /// Pipeline profile [default: the embedded pipelines/quick.toml].
@@ -47,6 +47,10 @@ struct Args {
     /// Folder holding the clopa tools [default: this binary's folder].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+    /// Print each step and whether it would run, and why, without running or writing anything
+    /// (with -v, each command line too).
+    #[arg(short = 'n', long)]
+    dry_run: bool,
     /// More logging (-v: every command; -vv: the tools' own logs too).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -78,6 +82,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             n => Some(n - 1),
         },
     };
+    if args.dry_run {
+        return dry_run(&opts, args.verbose > 0);
+    }
     let pb = clopa_cli::progress_bar(1, "reproduce", args.quiet);
     let start = std::time::Instant::now();
     let summary = clopa_reproduce::reproduce(&opts, &mut |step, i, total| {
@@ -94,6 +101,32 @@ fn run(args: Args) -> anyhow::Result<()> {
         summary.checked,
         opts.out.display()
     );
+    Ok(())
+}
+
+/// `-n`: the plan on stdout, one line per step (`run` with the reason, or `done`).
+fn dry_run(opts: &clopa_reproduce::Options, commands: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let (steps, complete) = clopa_reproduce::plan(opts)?;
+    let mut out = std::io::stdout().lock();
+    for s in &steps {
+        match &s.why {
+            Some(why) => writeln!(out, "run   {}: {why}", s.label)?,
+            None => writeln!(out, "done  {}", s.label)?,
+        }
+        if commands && s.why.is_some() {
+            writeln!(out, "      $ {}", s.command)?;
+        }
+    }
+    if !complete {
+        writeln!(
+            out,
+            "then  the training, simulation, evaluation and ranking steps, planned once every \
+             split exists"
+        )?;
+    }
+    let would = steps.iter().filter(|s| s.why.is_some()).count();
+    tracing::info!("{would} of {} steps would run", steps.len());
     Ok(())
 }
 
