@@ -353,12 +353,17 @@ fn tiny_profile_end_to_end_then_rerun_skips_everything() {
     ));
     assert!(eighth.contains(" 0 steps ran"), "{eighth}");
 
-    // A folder without commands.json (written before there was one): every step runs once more,
-    // nothing is retrained or re-simulated (the tools keep what matches), the tables are the
-    // same, and the record is back.
+    // A folder without commands.json (written before there was one), rerun with its paths
+    // spelled otherwise: every step runs once more, nothing is retrained or re-simulated (the
+    // tools compare what the paths name, not how they are spelled), the tables are the same,
+    // and the record is back.
     let current = snapshot(&out);
     std::fs::remove_file(out.join("commands.json")).unwrap();
-    let ninth = run(&mut reproduce());
+    let ninth = run(&mut reproduce_cmd(
+        &model,
+        &tmp.path().join(".").join("data"),
+        &tmp.path().join(".").join("run"),
+    ));
     assert!(ninth.contains("has no commands.json"), "{ninth}");
     assert!(!ninth.contains(" 0 steps ran"), "{ninth}");
     let after = snapshot(&out);

@@ -51,6 +51,11 @@ pub fn run_main(
     let malloc = keep_freed_memory();
     init_logging(verbose, quiet);
     tracing::debug!("malloc: {malloc:?}");
+    if let Ok(v) = std::env::var("CLOPA_MALLOC")
+        && v != "glibc"
+    {
+        tracing::warn!("CLOPA_MALLOC={v:?} means nothing (only `glibc` does): ignored");
+    }
     match f() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -357,10 +362,12 @@ pub fn parse_patch(s: &str) -> Result<[usize; 3], String> {
         .split(',')
         .map(|p| p.trim().parse::<usize>().map_err(|e| format!("{p:?}: {e}")))
         .collect::<Result<_, _>>()?;
+    let max = clopa_config::MAX_PATCH;
+    let ok = |p: &usize| (1..=max).contains(p);
     match v.as_slice() {
-        [p] if *p > 0 => Ok([*p; 3]),
-        [a, b, c] if *a > 0 && *b > 0 && *c > 0 => Ok([*a, *b, *c]),
-        _ => Err(format!("expected P or X,Y,Z (positive), got {s:?}")),
+        [p] if ok(p) => Ok([*p; 3]),
+        [a, b, c] if ok(a) && ok(b) && ok(c) => Ok([*a, *b, *c]),
+        _ => Err(format!("expected P or X,Y,Z (each 1 to {max}), got {s:?}")),
     }
 }
 
@@ -567,7 +574,17 @@ mod tests {
     fn patch_sizes_are_a_cube_or_three_axes() {
         assert_eq!(parse_patch("48"), Ok([48; 3]));
         assert_eq!(parse_patch("32, 48,64"), Ok([32, 48, 64]));
-        for bad in ["", "0", "1,2", "a", "8,8,0", "1,2,3,4"] {
+        assert_eq!(parse_patch("512"), Ok([512; 3]));
+        for bad in [
+            "",
+            "0",
+            "1,2",
+            "a",
+            "8,8,0",
+            "1,2,3,4",
+            "513",
+            "64,64,1000000",
+        ] {
             assert!(parse_patch(bad).is_err(), "{bad:?}");
         }
     }

@@ -33,6 +33,11 @@ mod profile;
 pub use manifest::{DEFAULT_DATA_ROOT, Manifest};
 pub use profile::{Profile, SynthSettings, cuda_ordinal};
 
+/// The largest patch side clopa takes (profiles, `--patch`, model folders). nnInteractive uses
+/// 192; one 32-channel f32 activation of a 512³ patch is already 17 GB, and a larger side is a
+/// typo that would otherwise end in an allocation failure deep in the network.
+pub const MAX_PATCH: usize = 512;
+
 use std::path::PathBuf;
 
 /// Everything that can be wrong with a manifest or a profile. Each variant names the file (or

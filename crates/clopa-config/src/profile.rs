@@ -398,11 +398,15 @@ impl Profile {
                 "must be at least 1 (or absent)",
             ));
         }
-        if self.patch.contains(&0) {
+        if self.patch.contains(&0) || self.patch.iter().any(|&p| p > crate::MAX_PATCH) {
             return Err(invalid(
                 path,
                 "patch",
-                format!("sizes must be positive, got {:?}", self.patch),
+                format!(
+                    "sizes must lie in 1..={}, got {:?}",
+                    crate::MAX_PATCH,
+                    self.patch
+                ),
             ));
         }
         positive("batch", self.batch)?;
@@ -694,6 +698,7 @@ mod tests {
             ("holdout_fraction = 1.0", "holdout_fraction"),
             ("k_m = 0.0", "k_m"),
             ("patch = [0, 64, 64]", "patch"),
+            ("patch = [64, 64, 1000000]", "1..=512"),
             ("methods = []", "methods"),
             ("methods = [\"in\", \"in\"]", "methods"),
             ("methods = [\"in\", \"xx\"]", "\"xx\" is not a method"),

@@ -442,6 +442,16 @@ pub fn read_model_json(dir: &Path) -> Result<ModelJson> {
     }
     meta.spec()
         .map_err(|e| NnError::json(&path, e.to_string()))?;
+    let max = clopa_config::MAX_PATCH;
+    if meta.patch_size.iter().any(|&p| p == 0 || p > max) {
+        return Err(NnError::json(
+            &path,
+            format!(
+                "patch_size {:?}: each side must lie in 1..={max}",
+                meta.patch_size
+            ),
+        ));
+    }
     Ok(meta)
 }
 

@@ -128,7 +128,13 @@ struct MasksArgs {
     tolerance_mm: f64,
     /// Reference label value(s) that make its foreground, comma-separated or repeated; each must
     /// occur in the reference [default: every non-zero value].
-    #[arg(long = "label", value_name = "L", value_delimiter = ',', value_parser = parse_label)]
+    #[arg(
+        long = "label",
+        value_name = "L",
+        value_delimiter = ',',
+        value_parser = parse_label,
+        allow_negative_numbers = true
+    )]
     labels: Vec<u16>,
 }
 
@@ -177,10 +183,15 @@ fn run_masks(args: &MasksArgs) -> anyhow::Result<()> {
             .filter(|l| !present.contains(l))
             .collect();
         if !missing.is_empty() {
+            // an image given as the reference has thousands of values: name the first few
+            let mut values: Vec<String> = present.iter().take(12).map(u16::to_string).collect();
+            if present.len() > values.len() {
+                values.push(format!("… {} values in all", present.len()));
+            }
             bail!(
-                "label value(s) {missing:?} do not occur in {} (its values: {:?})",
+                "label value(s) {missing:?} do not occur in {} (its values: {})",
                 args.reference.display(),
-                present
+                values.join(", ")
             );
         }
         reference.map(|v| u8::from(args.labels.contains(v)))

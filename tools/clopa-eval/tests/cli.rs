@@ -805,9 +805,13 @@ fn masks_prints_dice_and_nsd_and_rejects_other_grids() {
         .stderr(
             predicate::str::contains("[5] do not occur in")
                 .and(predicate::str::contains("multi.nii.gz"))
-                .and(predicate::str::contains("{0, 2, 3}")),
+                .and(predicate::str::contains("(its values: 0, 2, 3)")),
         );
-    for bad in ["0", "x", "-1"] {
+    for (bad, want) in [
+        ("0", "0 is the background"),
+        ("x", "is not a label value"),
+        ("-1", "is not a label value"),
+    ] {
         bin()
             .args(["masks", "--pred"])
             .arg(&pa)
@@ -815,7 +819,8 @@ fn masks_prints_dice_and_nsd_and_rejects_other_grids() {
             .arg(&pm)
             .args(["--tolerance-mm", "2.0", "--label", bad])
             .assert()
-            .code(2);
+            .code(2)
+            .stderr(predicate::str::contains(want));
     }
 
     // a negative or NaN tolerance is a usage error

@@ -118,6 +118,13 @@ pub fn init_meta(opts: &InitOptions) -> anyhow::Result<ModelJson> {
     };
     let spec = meta.spec()?;
     let stride = spec.total_stride();
+    if opts.patch > clopa_config::MAX_PATCH {
+        bail!(
+            "--patch {} is larger than clopa takes ({})",
+            opts.patch,
+            clopa_config::MAX_PATCH
+        );
+    }
     if opts.patch == 0 || !opts.patch.is_multiple_of(stride) {
         bail!(
             "--patch {} is not a positive multiple of the network's total stride {stride}",

@@ -88,7 +88,7 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         blocks: Option<Vec<usize>>,
         /// Cubic patch size recorded in model.json (a multiple of the total stride).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_cube, allow_negative_numbers = true)]
         patch: usize,
         /// Seed of the weights.
         #[arg(long, default_value_t = 0)]
@@ -128,6 +128,14 @@ enum Arch {
     Tiny,
     /// nnInteractive v1.0: 6 stages, features 32-64-128-256-320-320, blocks 1-3-4-6-6-6.
     V1,
+}
+
+/// `init --patch`: one side of a cube (the other tools' `--patch` also take X,Y,Z; a model's
+/// own patch is a cube).
+fn parse_cube(s: &str) -> Result<usize, String> {
+    s.trim().parse::<usize>().map_err(|_| {
+        format!("expected one whole number, the side of a cubic patch (e.g. 48), got {s:?}")
+    })
 }
 
 fn main() -> ExitCode {

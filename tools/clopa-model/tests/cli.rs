@@ -285,6 +285,8 @@ fn usage_errors_exit_2() {
             &["--features", "8,16", "--stages", "4", "--patch", "16"][..],
             "--features",
         ),
+        // a typo'd size would end in an allocation failure of the tools that use the model
+        (&["--patch", "1000000"][..], "larger than clopa takes (512)"),
     ] {
         let out = model_cmd()
             .arg("init")
@@ -302,6 +304,20 @@ fn usage_errors_exit_2() {
             stderr_of(&out)
         );
         assert!(!tmp.path().join("m").exists());
+    }
+    // a value that is no cube side: clap's own usage error, with the reason
+    for bad in ["30,32,32", "-32"] {
+        let out = model_cmd()
+            .args(["init", "--patch", bad, "-o"])
+            .arg(tmp.path().join("m"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(
+            stderr_of(&out).contains("the side of a cubic patch"),
+            "{}",
+            stderr_of(&out)
+        );
     }
 }
 

@@ -101,10 +101,14 @@ struct Args {
     quiet: bool,
 }
 
-/// `--base-label`: a name to print, so not empty.
+/// `--base-label`: a name to print in a table cell, so not empty and on one line.
 fn parse_label(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
         Err("the base rows need a name".into())
+    } else if s.chars().any(char::is_control) {
+        Err(format!(
+            "{s:?}: a name on one line, without control characters"
+        ))
     } else {
         Ok(s.to_string())
     }

@@ -335,6 +335,14 @@ fn single_method_writes_tables_without_pairs() {
         .assert()
         .code(2)
         .stderr(contains("the base rows need a name"));
+    rank()
+        .arg(&cases)
+        .arg("-o")
+        .arg(&out)
+        .args(["--base-label", "a\nb"])
+        .assert()
+        .code(2)
+        .stderr(contains("a name on one line"));
 }
 
 #[test]

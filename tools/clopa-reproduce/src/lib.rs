@@ -160,6 +160,29 @@ impl Step {
         }
     }
 
+    /// After the step ran: gives each output at least the time of the newest input. The tool may
+    /// have found its output current and left it as it was (clopa-simulate and
+    /// clopa-train-episode check the inputs' sha256), and an input may carry a time in the future:
+    /// an output older than an input would make every later run redo the step. The mark is the
+    /// newest input's own time, not the clock's: file times are taken from the kernel's coarser
+    /// clock, so "now" can lie after the time of a file the next step writes.
+    fn mark_current(&self) -> anyhow::Result<()> {
+        let Some(newest) = self.newest_input() else {
+            return Ok(());
+        };
+        for p in &self.outputs {
+            let f = File::options()
+                .write(true)
+                .open(p)
+                .with_context(|| format!("{} did not write {}", self.program, p.display()))?;
+            if f.metadata()?.modified()? < newest {
+                f.set_modified(newest)
+                    .with_context(|| format!("cannot set the time of {}", p.display()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The modification time of the newest input file named in the arguments. A model folder
     /// (`--model DIR`) counts by its `model.json` and `model.safetensors`, so a model imported or
     /// re-baked in place reruns what it feeds; a dataset folder ([`Step::data_dirs`]) by its
@@ -291,6 +314,8 @@ pub struct Commands {
     made_by: BTreeMap<String, Made>,
     /// Whether the folder had a record (a folder from before it has none).
     pub found: bool,
+    /// Whether a failed write was reported already.
+    warned: bool,
 }
 
 /// How one output was made, and the file it then was.
@@ -355,33 +380,46 @@ impl Commands {
             out: out.to_path_buf(),
             made_by,
             found,
+            warned: false,
         }
     }
 
     /// The step's command as recorded: the program's name and its arguments, shell-quoted,
     /// without the binaries' folder (another build of the same tools does not redo a run) and
     /// without the logging flag; a path inside the run folder is written `$OUT/...` and any other
-    /// path absolute, so a rerun with the run folder or the data root spelled otherwise
-    /// (`runs/q`, `./runs/q`, `/home/me/runs/q`) is the same command.
+    /// path (an argument with a `/`, or the data root) as the file system resolves it, so a
+    /// rerun with the run folder or the data root spelled otherwise (`runs/q`, `./runs/q`,
+    /// `/home/me/runs/q`, `data/`, `../x/data`) is the same command. A bare word stays a word
+    /// (`in`, `0`) even where a file of that name exists.
     pub fn recipe(&self, step: &Step) -> String {
         let mut s = quote(&step.program);
+        let mut previous: Option<&OsString> = None;
         for a in &step.args {
             let p = Path::new(a);
-            let text = if let Ok(inside) = p.strip_prefix(&self.out) {
+            let is_path = a.to_string_lossy().contains(std::path::MAIN_SEPARATOR)
+                || previous.is_some_and(|f| f == "--data-root");
+            // (built from the run folder as given: `OUT/x`, never `OUT/../x`)
+            let inside = p.strip_prefix(&self.out).ok().filter(|rest| {
+                rest.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+            });
+            let text = if let Some(inside) = inside {
                 let inside = inside.to_string_lossy();
                 if inside.is_empty() {
                     "$OUT".to_string()
                 } else {
                     format!("$OUT/{inside}")
                 }
-            } else if p.components().count() > 1 || p.exists() {
-                std::path::absolute(p)
+            } else if is_path {
+                std::fs::canonicalize(p)
+                    .or_else(|_| std::path::absolute(p))
                     .unwrap_or_else(|_| p.to_path_buf())
                     .to_string_lossy()
                     .into_owned()
             } else {
                 a.to_string_lossy().into_owned()
             };
+            previous = Some(a);
             s.push(' ');
             s.push_str(&quote(&text));
         }
@@ -424,6 +462,20 @@ impl Commands {
             return Some(why);
         }
         None
+    }
+
+    /// [`Commands::record`], warning (once a run) where it cannot: the step is done either way,
+    /// and a missing record only costs the next run a check by the tool.
+    pub fn record_or_warn(&mut self, step: &Step) {
+        if let Err(e) = self.record(step)
+            && !self.warned
+        {
+            self.warned = true;
+            tracing::warn!(
+                "{e} ({}); the next run will check these steps again",
+                e.root_cause()
+            );
+        }
     }
 
     /// Records that `step`'s command made its outputs as they are now, and rewrites the file
@@ -802,9 +854,10 @@ fn rank_step(ctx: &Ctx) -> Step {
         .arg(out);
     // The base rows are nnInteractive's only when the base model is nnInteractive's own folder
     // (`nnInteractive_v1.0`, the paper's profile); any other, e.g. the CPU profiles' tiny model,
-    // is named by its folder.
-    if let Some(name) = ctx.model.file_name().map(|n| n.to_string_lossy())
-        && !name.starts_with("nnInteractive")
+    // is named by its folder (as resolved: `models/x/..` names `models`).
+    let folder = std::fs::canonicalize(&ctx.model).unwrap_or_else(|_| ctx.model.clone());
+    if let Some(name) = folder.file_name().map(|n| n.to_string_lossy())
+        && !(name == "nnInteractive" || name.starts_with("nnInteractive_v"))
     {
         s = s.arg("--base-label").arg(name.as_ref());
     }
@@ -1113,6 +1166,7 @@ pub fn reproduce(
     let merge = merge_step(&opts.out, &tasks);
     progress(&merge, i, total);
     if merge.is_done() && commands.made(&merge) {
+        tracing::debug!("{} skip {} (done)", at(rest.len()), merge.label);
         summary.skipped += 1;
     } else {
         tracing::info!("{} {}", at(rest.len()), merge.label);
@@ -1123,9 +1177,8 @@ pub fn reproduce(
                 .collect();
             merge_tables(&inputs, &opts.out.join(name), "clopa-reproduce")?;
         }
-        if let Err(e) = commands.record(&merge) {
-            tracing::warn!("{e:#}");
-        }
+        merge.mark_current()?;
+        commands.record_or_warn(&merge);
         summary.ran += 1;
     }
     i += 1;
@@ -1233,28 +1286,8 @@ fn exec(
         tracing::info!("{at} {}", step.label);
     }
     run_step(step, bin_dir)?;
-    // The tool may have found its output current and left it as it was (clopa-simulate and
-    // clopa-train-episode check the inputs' sha256): mark it current, or its older time would
-    // make every later run redo the step. The mark is the newest input's own time, not the
-    // clock's: file times are taken from the kernel's coarser clock, so "now" can lie after the
-    // time of a file the next step writes.
-    if let Some(newest) = step.newest_input() {
-        for p in &step.outputs {
-            let f = File::options()
-                .write(true)
-                .open(p)
-                .with_context(|| format!("{} did not write {}", step.program, p.display()))?;
-            if f.metadata()?.modified()? < newest {
-                f.set_modified(newest)
-                    .with_context(|| format!("cannot set the time of {}", p.display()))?;
-            }
-        }
-    }
-    // The step is done either way: a record that cannot be written only costs the next run a
-    // check by the tool.
-    if let Err(e) = commands.record(step) {
-        tracing::warn!("{e:#}");
-    }
+    step.mark_current()?;
+    commands.record_or_warn(step);
     summary.ran += 1;
     Ok(())
 }
@@ -1552,30 +1585,46 @@ mod tests {
     fn recipes_name_paths_the_same_however_spelled() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         std::fs::create_dir(dir.path().join("run"))?;
-        let spellings = [dir.path().join("run"), dir.path().join(".").join("run")];
-        let recipes: Vec<String> = spellings
+        std::fs::create_dir(dir.path().join("data"))?;
+        let data_spellings = [
+            dir.path().join("data"),
+            dir.path().join(".").join("data").join(""),
+            dir.path().join("run").join("..").join("data"),
+        ];
+        let recipes: Vec<String> = [dir.path().join("run"), dir.path().join(".").join("run")]
             .iter()
-            .map(|out| {
+            .zip(&data_spellings)
+            .map(|(out, data)| {
                 let step = Step::new("s".into(), "clopa-x", vec![out.join("a.parquet")])
                     .arg(out.join("t").join("split.parquet"))
                     .args(["--run", "0", "--data-root"])
-                    .arg(dir.path().join(".").join("data"))
+                    .arg(data)
                     .arg("-o")
                     .arg(out);
                 Commands::load(out).recipe(&step)
             })
             .collect();
         assert_eq!(recipes[0], recipes[1]);
-        let data = dir.path().join("data").to_string_lossy().into_owned();
+        let data = std::fs::canonicalize(dir.path().join("data"))?;
         assert_eq!(
             recipes[0],
-            format!("clopa-x '$OUT/t/split.parquet' --run 0 --data-root {data} -o '$OUT'")
+            format!(
+                "clopa-x '$OUT/t/split.parquet' --run 0 --data-root {} -o '$OUT'",
+                data.display()
+            )
         );
-        // a relative path is made absolute; a bare word that names no file stays as it is
+        let step = |data: &Path| {
+            Step::new("s".into(), "clopa-x", vec![])
+                .arg("--data-root")
+                .arg(data)
+        };
+        let c = Commands::load(&dir.path().join("run"));
+        assert_eq!(c.recipe(&step(&data_spellings[2])), c.recipe(&step(&data)));
+        // a relative path is made absolute; a bare word stays a word
         let step = Step::new("s".into(), "clopa-x", vec![]).args(["data-manifests/x.toml", "in"]);
         let cwd = std::env::current_dir()?;
         assert_eq!(
-            Commands::load(dir.path()).recipe(&step),
+            c.recipe(&step),
             format!("clopa-x {}/data-manifests/x.toml in", cwd.display())
         );
         Ok(())

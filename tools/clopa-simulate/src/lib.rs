@@ -82,9 +82,37 @@ pub enum Outcome {
 }
 
 /// True when `path` holds a readable table with exactly this provenance and `rows` rows.
+/// Whether a table's recorded provenance is this request's, paths aside: the model, checkpoint,
+/// manifest and split paths (and the profile's model and tasks) are recorded as typed, but what
+/// they name is compared by content (the weights' and checkpoints' sha256, the case ids, the
+/// case files' sizes and times), so a rerun with `runs/q` spelled `./runs/q` or from another
+/// folder is the same request and keeps its table.
+fn same_request(old: &Provenance, new: &Provenance) -> bool {
+    fn without_paths(settings: &serde_json::Value) -> serde_json::Value {
+        let mut s = settings.clone();
+        for key in ["model", "checkpoints", "manifest", "split"] {
+            if let Some(v) = s.get_mut(key) {
+                *v = serde_json::Value::Null;
+            }
+        }
+        if let Some(profile) = s.get_mut("profile") {
+            for key in ["model", "tasks"] {
+                if let Some(v) = profile.get_mut(key) {
+                    *v = serde_json::Value::Null;
+                }
+            }
+        }
+        s
+    }
+    old.tool == new.tool
+        && old.version == new.version
+        && old.seed == new.seed
+        && without_paths(&old.settings) == without_paths(&new.settings)
+}
+
 fn is_complete(path: &Path, prov: &Provenance, rows: usize) -> bool {
     match clopa_table::read_provenance(path) {
-        Ok(old) if old == *prov => {}
+        Ok(old) if same_request(&old, prov) => {}
         Ok(_) => {
             tracing::info!("{} exists with other settings; recomputing", path.display());
             return false;

@@ -111,6 +111,22 @@ pub fn resolve(req: &Request) -> anyhow::Result<(Profile, EpisodeConfig)> {
 }
 
 /// The episodes of training run `run` in a split, ascending.
+/// Whether a checkpoint's recorded `clopa.config` is these settings, the `--init` paths aside:
+/// they are recorded as typed, but the chain is compared by its bytes (`init_sha256`), so a
+/// rerun with the run folder spelled otherwise (`runs/q`, `./runs/q`) keeps the checkpoint.
+fn same_settings(recorded: Option<&String>, settings: &serde_json::Value) -> bool {
+    let without_init = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(init) = v.get_mut("init") {
+            *init = serde_json::Value::Null;
+        }
+        v
+    };
+    recorded
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+        .is_some_and(|old| without_init(&old) == without_init(settings))
+}
+
 fn run_episodes(rows: &[clopa_table::SplitRow], run: u32) -> Vec<u32> {
     let mut eps: Vec<u32> = rows
         .iter()
@@ -273,7 +289,7 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
             (Ok(c), _) if c.metadata.get(META_BASE_SHA256) != Some(&base_sha) => {
                 Some("is from another base model".to_string())
             }
-            (Ok(c), _) if c.metadata.get("clopa.config") != Some(&settings.to_string()) => {
+            (Ok(c), _) if !same_settings(c.metadata.get("clopa.config"), &settings) => {
                 Some("was trained with other settings".to_string())
             }
             _ => None,

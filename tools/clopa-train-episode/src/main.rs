@@ -111,8 +111,8 @@ struct Cli {
     #[arg(long, value_name = "LR", allow_negative_numbers = true)]
     lr: Option<f64>,
 
-    /// Edit passes after the initialisation pass [default: the profile's `train_edits`, whose
-    /// name is the alias; simulate's --edits is the profile's `edits`].
+    /// Edit passes after the initialisation pass [default: the profile's `train_edits`; the
+    /// profile's `edits` is clopa-simulate's --edits].
     #[arg(long, visible_alias = "train-edits", value_name = "N")]
     edits: Option<usize>,
 
