@@ -80,8 +80,8 @@ pub struct Step {
     /// Dataset folders the step reads through `--manifest` and `--data-root`, which its
     /// arguments do not name file by file: their files count as inputs too ([`Step::is_done`]).
     pub data_dirs: Vec<PathBuf>,
-    /// `-q` or `-v`: passed to the tool after `args` but not part of its [`Step::recipe`], so
-    /// that a rerun with other logging is not a change of the step.
+    /// `-q` or `-v`: passed to the tool after `args` but not part of the step's recorded command
+    /// ([`Commands::recipe`]), so that a rerun with other logging is not a change of the step.
     pub log_flag: Option<String>,
 }
 
@@ -301,8 +301,8 @@ fn looks_whole(path: &Path, len: u64) -> bool {
 /// What made each output of a run folder, kept in `OUT/commands.json` (as ninja keeps its log):
 /// make's rule alone ([`Step::is_done`]) takes an output for done whatever made it, so a steps
 /// table written by hand with other settings, or a run with another `--data-root`, would be
-/// skipped. The command is recorded as its [`Commands::recipe`], which does not depend on how the
-/// run folder and the other paths were spelled. Each output is recorded with the step's command and the file's size and
+/// skipped. Each output is recorded with the step's command ([`Commands::recipe`], which does not
+/// depend on how the run folder and the data root were spelled) and the file's size and
 /// modification time once the step has run; a step whose outputs are not all recorded so (made
 /// by another command, replaced since, or from a folder older than this record) runs again, and
 /// its tool then decides what is current: clopa-simulate and clopa-train-episode keep an output
