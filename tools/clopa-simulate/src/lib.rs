@@ -82,24 +82,35 @@ pub enum Outcome {
 }
 
 /// True when `path` holds a readable table with exactly this provenance and `rows` rows.
-/// Whether a table's recorded provenance is this request's, paths aside: the model, checkpoint,
-/// manifest and split paths (and the profile's model and tasks) are recorded as typed, but what
-/// they name is compared by content (the weights' and checkpoints' sha256, the case ids, the
-/// case files' sizes and times), so a rerun with `runs/q` spelled `./runs/q` or from another
-/// folder is the same request and keeps its table.
+/// Whether a table's recorded provenance is this request's, however its paths were spelled. The
+/// paths are recorded as typed; the checkpoints' and the split's are left out of the comparison
+/// (what they name is compared by content: the checkpoints' sha256, the case ids), the model's
+/// and the manifests' are compared by the files they name (the manifest's labels and tolerance
+/// are in no other setting), so a rerun with `runs/q` spelled `./runs/q` or from another folder
+/// keeps its table.
 fn same_request(old: &Provenance, new: &Provenance) -> bool {
-    fn without_paths(settings: &serde_json::Value) -> serde_json::Value {
-        let mut s = settings.clone();
-        for key in ["model", "checkpoints", "manifest", "split"] {
-            if let Some(v) = s.get_mut(key) {
-                *v = serde_json::Value::Null;
+    fn comparable(settings: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        fn resolve(v: &mut Value) {
+            match v {
+                Value::String(p) => {
+                    if let Ok(real) = std::fs::canonicalize(&*p) {
+                        *p = real.to_string_lossy().into_owned();
+                    }
+                }
+                Value::Array(items) => items.iter_mut().for_each(resolve),
+                _ => {}
             }
         }
-        if let Some(profile) = s.get_mut("profile") {
-            for key in ["model", "tasks"] {
-                if let Some(v) = profile.get_mut(key) {
-                    *v = serde_json::Value::Null;
-                }
+        let mut s = settings.clone();
+        for key in ["checkpoints", "split"] {
+            if let Some(v) = s.get_mut(key) {
+                *v = Value::Null;
+            }
+        }
+        for pointer in ["/model", "/manifest", "/profile/model", "/profile/tasks"] {
+            if let Some(v) = s.pointer_mut(pointer) {
+                resolve(v);
             }
         }
         s
@@ -107,7 +118,7 @@ fn same_request(old: &Provenance, new: &Provenance) -> bool {
     old.tool == new.tool
         && old.version == new.version
         && old.seed == new.seed
-        && without_paths(&old.settings) == without_paths(&new.settings)
+        && comparable(&old.settings) == comparable(&new.settings)
 }
 
 fn is_complete(path: &Path, prov: &Provenance, rows: usize) -> bool {

@@ -418,6 +418,33 @@ fn a_complete_output_is_skipped_unless_forced_or_the_settings_differ() {
     assert!(!is_skipped(&["--edits", "4", "--precision", "fp16"]));
     assert!(is_skipped(&["--edits", "4", "--precision", "fp16"]));
 
+    // The same files under other spellings are the same request (clopa-reproduce reruns with
+    // `./runs/q` for `runs/q`); another manifest file, even a copy, is not: a manifest's labels
+    // and tolerance are in no other setting.
+    let spelled = |manifest: &Path| {
+        let o = Command::cargo_bin("clopa-simulate")
+            .unwrap()
+            .env_remove("CLOPA_DATA")
+            .arg("--model")
+            .arg(f.path("model").join("."))
+            .arg("--manifest")
+            .arg(manifest)
+            .arg("--split")
+            .arg(f.path(".").join("split.parquet"))
+            .arg("--data-root")
+            .arg(f.path("data").join(""))
+            .args(["--edits", "4", "--infer-runs", "2", "--seed", "5"])
+            .args(["--precision", "fp16", "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).contains("already complete")
+    };
+    assert!(spelled(&f.path(".").join("toy.toml")));
+    std::fs::copy(f.path("toy.toml"), f.path("toy-copy.toml")).unwrap();
+    assert!(!spelled(&f.path("toy-copy.toml")));
+
     // a truncated (unreadable) output is recomputed
     std::fs::write(&out, b"PAR1 not really").unwrap();
     f.cmd(&out).args(["--edits", "4"]).assert().success();
