@@ -1088,8 +1088,7 @@ pub fn reproduce(
         profile_file,
         model,
     };
-    let mut summary = Summary::default();
-    let mut commands = Commands::load(&opts.out);
+    let commands = Commands::load(&opts.out);
     if resumed && !commands.found {
         tracing::info!(
             "{} has no {} (a run folder from before clopa-reproduce kept one, or it was \
@@ -1099,6 +1098,12 @@ pub fn reproduce(
             Commands::FILE
         );
     }
+    let mut runner = Runner {
+        summary: Summary::default(),
+        progress,
+        commands,
+        bin_dir: &opts.bin_dir,
+    };
     let prepare = plan_prepare(&ctx, &profile, &tasks);
     // Two phases, each counted on its own in the log: how many steps the protocol has is only
     // known once the splits (written by the first phase) give the episode schedule.
@@ -1109,15 +1114,7 @@ pub fn reproduce(
             i,
             n: prepare.len(),
         };
-        exec(
-            step,
-            (i, total),
-            at,
-            &mut summary,
-            progress,
-            &opts.bin_dir,
-            &mut commands,
-        )?;
+        runner.tool(step, (i, total), at)?;
     }
     let mut splits = BTreeMap::new();
     for t in &tasks {
@@ -1152,46 +1149,28 @@ pub fn reproduce(
     };
     let mut i = prepare.len();
     for (j, step) in rest.iter().enumerate() {
-        exec(
-            step,
-            (i, total),
-            at(j),
-            &mut summary,
-            progress,
-            &opts.bin_dir,
-            &mut commands,
-        )?;
+        runner.tool(step, (i, total), at(j))?;
         i += 1;
     }
-    let merge = merge_step(&opts.out, &tasks);
-    progress(&merge, i, total);
-    if merge.is_done() && commands.made(&merge) {
-        tracing::debug!("{} skip {} (done)", at(rest.len()), merge.label);
-        summary.skipped += 1;
-    } else {
-        tracing::info!("{} {}", at(rest.len()), merge.label);
-        for name in clopa_cli::outputs::EVAL {
-            let inputs: Vec<PathBuf> = tasks
-                .iter()
-                .map(|t| layout::eval_dir(&opts.out, &t.name).join(name))
-                .collect();
-            merge_tables(&inputs, &opts.out.join(name), "clopa-reproduce")?;
-        }
-        merge.mark_current()?;
-        commands.record_or_warn(&merge);
-        summary.ran += 1;
-    }
-    i += 1;
-    exec(
-        &rank,
+    // The merge runs here, as the step clopa-merge would be.
+    runner.exec(
+        &merge_step(&opts.out, &tasks),
         (i, total),
-        at(rest.len() + 1),
-        &mut summary,
-        progress,
-        &opts.bin_dir,
-        &mut commands,
+        at(rest.len()),
+        |_| {
+            for name in clopa_cli::outputs::EVAL {
+                let inputs: Vec<PathBuf> = tasks
+                    .iter()
+                    .map(|t| layout::eval_dir(&opts.out, &t.name).join(name))
+                    .collect();
+                merge_tables(&inputs, &opts.out.join(name), "clopa-reproduce")?;
+            }
+            Ok(())
+        },
     )?;
-    Ok(summary)
+    i += 1;
+    runner.tool(&rank, (i, total), at(rest.len() + 1))?;
+    Ok(runner.summary)
 }
 
 /// Takes `OUT/.clopa-reproduce.lock` for as long as the returned file is open (the system drops
@@ -1251,45 +1230,60 @@ impl std::fmt::Display for Counter {
     }
 }
 
-/// Reports, then runs a step unless it is done. `(i, total)` is the step's place in the whole
-/// run (for the progress callback), `at` its place in its phase (for the log).
-fn exec(
-    step: &Step,
-    (i, total): (usize, usize),
-    at: Counter,
-    summary: &mut Summary,
-    progress: &mut dyn FnMut(&Step, usize, usize),
-    bin_dir: &Path,
-    commands: &mut Commands,
-) -> anyhow::Result<()> {
-    progress(step, i, total);
-    if step.outputs.is_empty() {
-        tracing::info!("{at} {} (the tool skips what is done)", step.label);
-        run_step(step, bin_dir)?;
-        summary.checked += 1;
-        return Ok(());
+/// What the steps of one run share: the tally, the progress callback, the record of what made
+/// each output, and where the tools are.
+struct Runner<'a> {
+    summary: Summary,
+    progress: &'a mut dyn FnMut(&Step, usize, usize),
+    commands: Commands,
+    bin_dir: &'a Path,
+}
+
+impl Runner<'_> {
+    /// [`Runner::exec`] of a tool's step: runs the tool.
+    fn tool(&mut self, step: &Step, place: (usize, usize), at: Counter) -> anyhow::Result<()> {
+        let bin_dir = self.bin_dir;
+        self.exec(step, place, at, |s| run_step(s, bin_dir))
     }
-    if step.is_done() {
-        let Some(not_made) = commands.not_made(step) else {
-            tracing::debug!("{at} skip {} (done)", step.label);
-            summary.skipped += 1;
+
+    /// Reports, then runs a step (`run`) unless it is done. `(i, total)` is the step's place in
+    /// the whole run (for the progress callback), `at` its place in its phase (for the log).
+    fn exec(
+        &mut self,
+        step: &Step,
+        (i, total): (usize, usize),
+        at: Counter,
+        run: impl FnOnce(&Step) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        (self.progress)(step, i, total);
+        if step.outputs.is_empty() {
+            tracing::info!("{at} {} (the tool skips what is done)", step.label);
+            run(step)?;
+            self.summary.checked += 1;
             return Ok(());
-        };
-        let why = format!("{at} {} ({not_made}: it runs again)", step.label);
-        // Without a record at all the run started with one line saying why every step runs.
-        if commands.found {
-            tracing::info!("{why}");
-        } else {
-            tracing::debug!("{why}");
         }
-    } else {
-        tracing::info!("{at} {}", step.label);
+        if step.is_done() {
+            let Some(not_made) = self.commands.not_made(step) else {
+                tracing::debug!("{at} skip {} (done)", step.label);
+                self.summary.skipped += 1;
+                return Ok(());
+            };
+            let why = format!("{at} {} ({not_made}: it runs again)", step.label);
+            // Without a record at all the run started with one line saying why every step runs.
+            if self.commands.found {
+                tracing::info!("{why}");
+            } else {
+                tracing::debug!("{why}");
+            }
+        } else {
+            tracing::info!("{at} {}", step.label);
+        }
+        run(step)?;
+        step.mark_current()?;
+        self.commands.record_or_warn(step);
+        self.summary.ran += 1;
+        Ok(())
     }
-    run_step(step, bin_dir)?;
-    step.mark_current()?;
-    commands.record_or_warn(step);
-    summary.ran += 1;
-    Ok(())
 }
 
 /// Concatenates Parquet tables of one schema (clopa-eval's per-task outputs) into `out`,
