@@ -28,10 +28,57 @@ pub fn device(name: &str) -> Result<Device> {
                 .into(),
         });
     }
-    Device::new_cuda(index).map_err(|e| NnError::Device {
+    let dev = Device::new_cuda(index).map_err(|e| NnError::Device {
         name: name.to_string(),
         reason: format!("cannot open GPU {index}: {e}"),
-    })
+    })?;
+    #[cfg(feature = "cuda")]
+    keep_freed_gpu_memory(&dev).map_err(|reason| NnError::Device {
+        name: name.to_string(),
+        reason,
+    })?;
+    Ok(dev)
+}
+
+/// Makes the GPU's memory pool keep what is freed, as PyTorch's caching allocator does.
+///
+/// candle allocates through cudarc with `cuMemAllocAsync`, from the device's default pool, whose
+/// release threshold is 0: at every stream synchronisation (each copy to the host: every loss
+/// read, every prediction) the pool hands all freed memory back to the driver, and the next
+/// forward maps tens of GiB of pages afresh. With the threshold at its maximum the pool keeps
+/// them and reuses them; nothing else on the GPU is starved, as the memory stays available to
+/// this process's later allocations. `CLOPA_CUDA_POOL=release` keeps the driver's default (to
+/// measure the difference: BENCHMARKS.md).
+#[cfg(feature = "cuda")]
+fn keep_freed_gpu_memory(dev: &Device) -> std::result::Result<(), String> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    if std::env::var("CLOPA_CUDA_POOL").is_ok_and(|v| v == "release") {
+        return Ok(());
+    }
+    let Device::Cuda(cuda) = dev else {
+        return Ok(());
+    };
+    let cu_device = cuda.cuda_stream().context().cu_device();
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: `pool` is written by the first call before the second reads it; the attribute's
+    // value is a u64 (cuuint64_t), as the driver API documents for the release threshold.
+    let status = unsafe {
+        match sys::cuDeviceGetDefaultMemPool(&mut pool, cu_device) {
+            sys::CUresult::CUDA_SUCCESS => sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            ),
+            e => e,
+        }
+    };
+    match status {
+        sys::CUresult::CUDA_SUCCESS => Ok(()),
+        e => Err(format!(
+            "cannot set its memory pool's release threshold: {e:?}"
+        )),
+    }
 }
 
 #[cfg(test)]
