@@ -47,11 +47,27 @@ struct State {
     t: u64,
 }
 
+/// The moments of every parameter in one flat tensor each, when every step updates the same
+/// parameters (the trainer's case): the update then runs ~15 elementwise kernels on one long
+/// vector instead of ~15 per parameter — on a GPU, group `in`'s ~140 small tensors made Adam
+/// ~2000 launches, 13 ms of a 192³ step against PyTorch's 3 ms (its foreach kernels).
+struct Flat {
+    /// the parameters, in the order of the flat tensors
+    names: Vec<String>,
+    m: Tensor,
+    v: Tensor,
+    t: u64,
+}
+
 /// Adam over named [`Var`]s.
 pub struct Adam {
     cfg: AdamConfig,
     vars: BTreeMap<String, Var>,
     state: BTreeMap<String, State>,
+    flat: Option<Flat>,
+    /// whether [`Self::step`] may update the parameters together (off: the per-tensor path the
+    /// tests compare it with)
+    fuse: bool,
 }
 
 impl Adam {
@@ -61,6 +77,8 @@ impl Adam {
             cfg,
             vars,
             state: BTreeMap::new(),
+            flat: None,
+            fuse: true,
         }
     }
 
@@ -70,18 +88,41 @@ impl Adam {
     }
 
     /// One update from `grads` (name → gradient, same shape as the parameter).
+    ///
+    /// The parameters are updated together in one flat vector while every step has gradients
+    /// for the same ones, all of one dtype on one device; otherwise each on its own. Both ways
+    /// run the same elementwise operations in the same order, so they give the same bits.
     pub fn step(&mut self, grads: &BTreeMap<String, Tensor>) -> Result<()> {
-        let c = self.cfg;
-        for (name, var) in &self.vars {
-            let Some(g) = grads.get(name) else { continue };
-            let theta = var.as_tensor();
-            let g = g.to_dtype(theta.dtype())?;
-            let g = if c.weight_decay != 0.0 {
-                (g + (theta.detach() * c.weight_decay)?)?
-            } else {
-                g
+        let live: Vec<(String, Var, Tensor)> = self
+            .vars
+            .iter()
+            .filter_map(|(k, v)| grads.get(k).map(|g| (k.clone(), v.clone(), g.clone())))
+            .collect();
+        let same_kind = live.windows(2).all(|w| {
+            let (a, b) = (w[0].1.as_tensor(), w[1].1.as_tensor());
+            a.dtype() == b.dtype() && a.device().same_device(b.device())
+        });
+        let same_names = |f: &Flat| f.names.iter().eq(live.iter().map(|(k, _, _)| k));
+        let flat_fits = self.fuse
+            && live.len() > 1
+            && same_kind
+            && match &self.flat {
+                Some(f) => same_names(f),
+                None => self.state.is_empty(),
             };
-            let st = match self.state.remove(name) {
+        if flat_fits {
+            let (names, (vars, grads)): (Vec<_>, (Vec<_>, Vec<_>)) =
+                live.into_iter().map(|(k, v, g)| (k, (v, g))).unzip();
+            return self.step_flat(names, &vars, &grads);
+        }
+        if let Some(f) = self.flat.take() {
+            self.unflatten(f)?;
+        }
+        let c = self.cfg;
+        for (name, var, g) in live {
+            let theta = var.as_tensor().detach();
+            let g = g.to_dtype(theta.dtype())?;
+            let st = match self.state.remove(&name) {
                 Some(s) => s,
                 None => State {
                     m: g.zeros_like()?,
@@ -89,19 +130,88 @@ impl Adam {
                     t: 0,
                 },
             };
-            let t = st.t + 1;
-            let m = ((st.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            let v = ((st.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let bc1 = 1.0 - c.beta1.powi(t as i32);
-            let bc2 = 1.0 - c.beta2.powi(t as i32);
-            let step_size = c.lr / bc1;
-            let denom = ((v.sqrt()? / bc2.sqrt())? + c.eps)?;
-            let upd = ((&m / denom)? * step_size)?;
-            var.set(&(theta.detach() - upd)?)?;
-            self.state.insert(name.clone(), State { m, v, t });
+            let (theta, m, v) = update(&c, &theta, &g, st.m, st.v, st.t + 1)?;
+            var.set(&theta)?;
+            self.state.insert(name, State { m, v, t: st.t + 1 });
         }
         Ok(())
     }
+
+    /// [`Self::step`] of `vars` (named `names`) together, with their gradients `grads`.
+    fn step_flat(&mut self, names: Vec<String>, vars: &[Var], grads: &[Tensor]) -> Result<()> {
+        let dtype = vars[0].as_tensor().dtype();
+        let cat = |ts: &mut dyn Iterator<Item = Result<Tensor>>| -> Result<Tensor> {
+            let parts = ts.collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&parts, 0)?)
+        };
+        let theta = cat(&mut vars
+            .iter()
+            .map(|v| Ok(v.as_tensor().detach().flatten_all()?)))?;
+        let g = cat(&mut grads.iter().map(|g| Ok(g.to_dtype(dtype)?.flatten_all()?)))?;
+        let (m, v, t) = match self.flat.take() {
+            Some(f) => (f.m, f.v, f.t),
+            None => (g.zeros_like()?, g.zeros_like()?, 0),
+        };
+        let (theta, m, v) = update(&self.cfg, &theta, &g, m, v, t + 1)?;
+        let mut at = 0;
+        for var in vars {
+            let n = var.as_tensor().elem_count();
+            var.set(&theta.narrow(0, at, n)?.reshape(var.as_tensor().shape())?)?;
+            at += n;
+        }
+        self.flat = Some(Flat {
+            names,
+            m,
+            v,
+            t: t + 1,
+        });
+        Ok(())
+    }
+
+    /// Moves the flat moments into per-parameter ones (a step updating other parameters).
+    fn unflatten(&mut self, f: Flat) -> Result<()> {
+        let mut at = 0;
+        for name in f.names {
+            let shape = self.vars[&name].as_tensor().shape().clone();
+            let n = shape.elem_count();
+            let part = |x: &Tensor| -> Result<Tensor> {
+                Ok(x.narrow(0, at, n)?.reshape(&shape)?.contiguous()?)
+            };
+            let st = State {
+                m: part(&f.m)?,
+                v: part(&f.v)?,
+                t: f.t,
+            };
+            self.state.insert(name, st);
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+/// One Adam update of `theta` (detached) by `g` at step `t` (from 1): the new θ and moments, in
+/// the expression order of PyTorch's single-tensor Adam.
+fn update(
+    c: &AdamConfig,
+    theta: &Tensor,
+    g: &Tensor,
+    m: Tensor,
+    v: Tensor,
+    t: u64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let g = if c.weight_decay != 0.0 {
+        (g + (theta * c.weight_decay)?)?
+    } else {
+        g.clone()
+    };
+    let m = ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+    let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+    let bc1 = 1.0 - c.beta1.powi(t as i32);
+    let bc2 = 1.0 - c.beta2.powi(t as i32);
+    let step_size = c.lr / bc1;
+    let denom = ((v.sqrt()? / bc2.sqrt())? + c.eps)?;
+    let upd = ((&m / denom)? * step_size)?;
+    Ok(((theta - upd)?, m, v))
 }
 
 #[cfg(test)]
@@ -157,6 +267,70 @@ mod tests {
         }
         // first step of Adam moves every coordinate by ~lr against the gradient sign
         assert!(got[0] < 1.0 - 0.15 && got[2] > 0.5 + 0.15);
+    }
+
+    /// Three parameters of other shapes, each Adam over its own copies.
+    fn three(dev: &Device) -> BTreeMap<String, Var> {
+        [("a", vec![2, 3]), ("b", vec![5]), ("c", vec![1, 2, 2])]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, shape))| {
+                let n: usize = shape.iter().product();
+                let v: Vec<f32> = (0..n).map(|j| ((i * 7 + j) as f32 * 0.37).sin()).collect();
+                let t = Tensor::from_vec(v, shape, dev).unwrap();
+                (k.to_string(), Var::from_tensor(&t).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn updating_together_gives_the_bits_of_updating_each_alone() {
+        let dev = Device::Cpu;
+        let (va, vb) = (three(&dev), three(&dev));
+        let cfg = AdamConfig {
+            lr: 0.05,
+            weight_decay: 0.01,
+            ..AdamConfig::default()
+        };
+        let mut together = Adam::new(va.clone(), cfg);
+        let mut alone = Adam::new(vb.clone(), cfg);
+        alone.fuse = false;
+        // steps 1-3 all three (together: flat), step 4 without "b" (the flat moments split),
+        // step 5 all three again (each alone from then on)
+        for step in 1..=5 {
+            let grads: BTreeMap<String, Tensor> = va
+                .iter()
+                .filter(|(k, _)| step != 4 || k.as_str() != "b")
+                .map(|(k, v)| {
+                    let g = ((v.as_tensor() * (step as f64 * 0.3))
+                        .unwrap()
+                        .cos()
+                        .unwrap()
+                        - 0.4)
+                        .unwrap();
+                    (k.clone(), g)
+                })
+                .collect();
+            together.step(&grads).unwrap();
+            alone.step(&grads).unwrap();
+            assert_eq!(together.flat.is_some(), step <= 3, "step {step}");
+            for (k, v) in &va {
+                let (a, b) = (v.as_tensor(), vb[k].as_tensor());
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    t.flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect()
+                };
+                assert_eq!(bits(a), bits(b), "{k} after step {step}");
+            }
+        }
+        // "b" skipped step 4: one step fewer in its bias correction than the others
+        assert_eq!(together.state["b"].t, 4);
+        assert_eq!(together.state["a"].t, 5);
     }
 
     #[test]
