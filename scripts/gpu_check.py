@@ -89,13 +89,35 @@ def main():
                          inplace=True)
         y.float().sum().backward()
 
+    # the backward's parts, as gpu_check's `ops` line: the conv alone (input gradient; and with
+    # the kernel's), the norm + LeakyReLU alone, the loss of 2 two-class logits at SIZE^3
+    def conv_fb(dw):
+        xv = xo.detach().requires_grad_(True)
+        wv = w.detach().requires_grad_(dw)
+        F.conv3d(xv, wv, padding=1).float().sum().backward()
+
+    def norm_fb():
+        xv = xo.detach().requires_grad_(True)
+        y = F.leaky_relu(F.instance_norm(xv, weight=g, bias=b, eps=1e-5), 0.01, inplace=True)
+        y.float().sum().backward()
+
+    logits = torch.rand(2, 2, size, size, size, device=dev) * 2 - 1
+    labels = (torch.rand(2, size, size, size, device=dev) > 0.5).long()
+
+    def loss_fb():
+        lv = logits.detach().requires_grad_(True)
+        pass_loss(lv, labels).backward()
+
     with torch.no_grad():
         conv_s = best_of(lambda: F.conv3d(xo, w, padding=1))
         norm_s = best_of(lambda: F.leaky_relu(F.instance_norm(xo, weight=g, bias=b, eps=1e-5), 0.01, inplace=True))
     print(json.dumps({"check": "torch-ops", "device": gpu, "shape": [1, 32, size, size, size],
                       "tf32": tf32, "autocast_fp16": autocast, "cudnn_benchmark": torch.backends.cudnn.benchmark, "conv3d_s": conv_s,
-                      "instance_norm_lrelu_s": norm_s, "conv_norm_lrelu_fwd_bwd_s": best_of(fwd_bwd)}))
-    del xo
+                      "instance_norm_lrelu_s": norm_s, "conv_norm_lrelu_fwd_bwd_s": best_of(fwd_bwd),
+                      "conv_fwd_bwd_s": best_of(lambda: conv_fb(False)),
+                      "conv_fwd_bwd_dw_s": best_of(lambda: conv_fb(True)),
+                      "norm_lrelu_fwd_bwd_s": best_of(norm_fb), "loss_fwd_bwd_s": best_of(loss_fb)}))
+    del xo, logits, labels
 
     for name, p in net.named_parameters():
         p.requires_grad = ".norm." in name

@@ -1,6 +1,7 @@
-//! With the `cuda` feature: compiles the fused instance-norm kernels (src/ops/cuda_norm.cu) to
-//! PTX with nvcc, for the compute capability `CUDA_COMPUTE_CAP`, else the GPU's (nvidia-smi), as
-//! candle-kernels does; else 90 (H100/H200). PTX for sm_N loads on GPUs of capability N and up.
+//! With the `cuda` feature: compiles the fused instance-norm and loss kernels
+//! (src/ops/cuda_norm.cu, src/ops/cuda_loss.cu) to PTX with nvcc, for the compute capability
+//! `CUDA_COMPUTE_CAP`, else the GPU's (nvidia-smi), as candle-kernels does; else 90 (H100/H200).
+//! PTX for sm_N loads on GPUs of capability N and up.
 //! nvcc is `$CUDA_ROOT/bin/nvcc` if `CUDA_ROOT` is set, else the one on the PATH
 //! (scripts/build-cuda.sh sets both). Without the feature it does nothing.
 
@@ -12,7 +13,6 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    println!("cargo::rerun-if-changed=src/ops/cuda_norm.cu");
     println!("cargo::rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo::rerun-if-env-changed=CUDA_ROOT");
     let cap = std::env::var("CUDA_COMPUTE_CAP")
@@ -27,24 +27,28 @@ fn main() {
         |r| PathBuf::from(r).join("bin/nvcc"),
     );
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let ptx = out.join("cuda_norm.ptx");
-    let status = Command::new(&nvcc)
-        .args(["--ptx", "-O3", "--std=c++17", &format!("-arch=sm_{cap}")])
-        .arg("src/ops/cuda_norm.cu")
-        .arg("-o")
-        .arg(&ptx)
-        .status()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} (the cuda feature needs nvcc): {e}",
-                nvcc.display()
-            )
-        });
-    assert!(
-        status.success(),
-        "{} failed on src/ops/cuda_norm.cu ({status})",
-        nvcc.display()
-    );
+    for kernels in ["cuda_norm", "cuda_loss"] {
+        let src = format!("src/ops/{kernels}.cu");
+        println!("cargo::rerun-if-changed={src}");
+        let ptx = out.join(format!("{kernels}.ptx"));
+        let status = Command::new(&nvcc)
+            .args(["--ptx", "-O3", "--std=c++17", &format!("-arch=sm_{cap}")])
+            .arg(&src)
+            .arg("-o")
+            .arg(&ptx)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} (the cuda feature needs nvcc): {e}",
+                    nvcc.display()
+                )
+            });
+        assert!(
+            status.success(),
+            "{} failed on {src} ({status})",
+            nvcc.display()
+        );
+    }
 }
 
 /// The first GPU's compute capability as nvidia-smi says it ("9.0" → "90"), if there is one.

@@ -37,7 +37,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use clopa_adapt::{Adam, AdamConfig};
-use clopa_nn::loss::clopa_pass_loss;
+use clopa_nn::loss::{clopa_pass_loss, clopa_pass_loss_per_sample};
 use clopa_nn::ops::ConvPrecision;
 use clopa_nn::{Architecture, ParamGroup, ParamStore, ResidualEncoderUNet, UNetSpec};
 
@@ -198,14 +198,96 @@ fn op_times(dev: &Device, size: usize, reps: usize) {
         let y = ops::conv_norm_act(xv.as_tensor(), &p, Some(0.01), None)?;
         y.sum_all()?.backward().map(drop)
     });
+    // the backward's parts: the convolution alone (input gradient; and with the kernel's), the
+    // norm + LeakyReLU alone, and the loss of a batch of 2 two-class logits at SIZE³
+    let conv_fb = time(&|| {
+        let xv = candle_core::Var::from_tensor(&x)?;
+        let y = ops::conv3d(xv.as_tensor(), &w, None, 1, 1)?;
+        y.sum_all()?.backward().map(drop)
+    });
+    let conv_fb_dw = time(&|| {
+        let (xv, wv) = (
+            candle_core::Var::from_tensor(&x)?,
+            candle_core::Var::from_tensor(&w)?,
+        );
+        let y = ops::conv3d(xv.as_tensor(), wv.as_tensor(), None, 1, 1)?;
+        y.sum_all()?.backward().map(drop)
+    });
+    let norm_fb = time(&|| {
+        let xv = candle_core::Var::from_tensor(&x)?;
+        let y = ops::instance_norm3d(xv.as_tensor(), &gamma, &beta, 1e-5, Some(0.01))?;
+        y.sum_all()?.backward().map(drop)
+    });
+    let (lx, ly) = batch(size, 4);
+    let logits = t(lx[..2 * 2 * n].to_vec(), &[2, 2, size, size, size]);
+    let labels = t(ly, &[2, size, size, size]);
+    let loss_fb = time(&|| {
+        let lv = candle_core::Var::from_tensor(&logits)?;
+        let l = clopa_pass_loss(lv.as_tensor(), &labels).map_err(candle_core::Error::wrap)?;
+        l.backward().map(drop)
+    });
     println!(
         "{}",
         serde_json::json!({
             "check": "ops", "device": format!("{dev:?}"), "shape": [1, 32, size, size, size],
             "conv3d_s": conv, "conv3d_fp16_s": conv16, "instance_norm_lrelu_s": norm,
-            "conv_norm_lrelu_fwd_bwd_s": fwd_bwd,
+            "conv_norm_lrelu_fwd_bwd_s": fwd_bwd, "conv_fwd_bwd_s": conv_fb,
+            "conv_fwd_bwd_dw_s": conv_fb_dw, "norm_lrelu_fwd_bwd_s": norm_fb,
+            "loss_fwd_bwd_s": loss_fb,
         })
     );
+}
+
+/// The trainer's loss on the GPU, composed of candle's ops (the default) and fused
+/// (`ops/cuda_loss.cu`, opt-in until this line shows it agrees), each against the CPU's
+/// composition: the per-patch losses and the gradient of their mean with respect to logits
+/// (2, 2, SIZE³), and the time of forward + backward, best of REPS. Errors are printed.
+fn loss_check(dev: &Device, size: usize, reps: usize) {
+    if dev.is_cpu() {
+        return;
+    }
+    let n = size * size * size;
+    let (lx, ly) = batch(size, 4);
+    let lx = &lx[..2 * 2 * n];
+    let dims = (2, 2, size, size, size);
+    let run = |d: &Device| -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+        let l = candle_core::Var::from_tensor(&Tensor::from_slice(lx, dims, d)?)?;
+        let y = Tensor::from_slice(&ly, (2, size, size, size), d)?;
+        let per =
+            clopa_pass_loss_per_sample(l.as_tensor(), &y).map_err(candle_core::Error::wrap)?;
+        let grads = per.mean_all()?.backward()?;
+        let g = grads
+            .get(l.as_tensor())
+            .expect("the logits have a gradient");
+        Ok((per.to_dtype(DType::F32)?.to_vec1()?, flat(g)))
+    };
+    let (cpu_loss, cpu_grad) = on(&Device::Cpu, true, || run(&Device::Cpu)).unwrap();
+    for fused in [false, true] {
+        clopa_nn::loss::set_fused_cuda_loss(fused);
+        let line = run(dev).and_then(|(loss, grad)| {
+            let mut best = f64::INFINITY;
+            for i in 0..=reps {
+                let (r, s) = timed(dev, || run(dev));
+                r?;
+                if i > 0 {
+                    best = best.min(s);
+                }
+            }
+            Ok(serde_json::json!({
+                "check": "loss", "device": format!("{dev:?}"), "fused": fused, "size": size,
+                "cpu_loss": cpu_loss, "device_loss": loss,
+                "loss_max_abs_diff_rel": rel(&loss, &cpu_loss).0,
+                "grads_max_abs_diff_rel": rel(&grad, &cpu_grad).0,
+                "grads_mean_abs_diff_rel": rel(&grad, &cpu_grad).1,
+                "device_s_with_copies": best,
+            }))
+        });
+        let line = line.unwrap_or_else(|e| {
+            serde_json::json!({"check": "loss", "fused": fused, "ok": false, "error": e.to_string()})
+        });
+        println!("{line}");
+    }
+    clopa_nn::loss::set_fused_cuda_loss(false);
 }
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -344,15 +426,23 @@ fn train_device_only(spec: &UNetSpec, dev: &Device, patch: usize) {
         }
         Ok((times, losses))
     };
-    // fp32, then bf16 convolutions (what clopa-train-episode --precision bf16 runs)
-    for p in [ConvPrecision::F32, ConvPrecision::Bf16] {
+    // fp32, then bf16 convolutions (what clopa-train-episode --precision bf16 runs), then fp32
+    // with the fused loss (ops/cuda_loss.cu, opt-in until checked: `loss` line)
+    let configs = [
+        (ConvPrecision::F32, false),
+        (ConvPrecision::Bf16, false),
+        (ConvPrecision::F32, true),
+    ];
+    for (p, fused) in configs {
         clopa_nn::ops::set_conv_precision(p);
+        clopa_nn::loss::set_fused_cuda_loss(fused);
         let r = run();
         clopa_nn::ops::set_conv_precision(ConvPrecision::F32);
+        clopa_nn::loss::set_fused_cuda_loss(false);
         let line = match r {
             Ok((t, losses)) => serde_json::json!({
                 "check": "train-device-only", "precision": format!("{p:?}"), "patch": patch,
-                "batch": 2, "group": "in", "ok": true,
+                "batch": 2, "group": "in", "ok": true, "fused_loss": fused,
                 "device_s_per_step": t[1].iter().sum::<f64>(),
                 "first_step_s": t[0].iter().sum::<f64>(),
                 "forward_loss_s": t[1][0], "backward_s": t[1][1], "adam_s": t[1][2],
@@ -360,7 +450,8 @@ fn train_device_only(spec: &UNetSpec, dev: &Device, patch: usize) {
             }),
             Err(e) => serde_json::json!({
                 "check": "train-device-only", "precision": format!("{p:?}"), "patch": patch,
-                "batch": 2, "group": "in", "ok": false, "error": e.to_string(),
+                "batch": 2, "group": "in", "ok": false, "fused_loss": fused,
+                "error": e.to_string(),
             }),
         };
         println!("{line}");
@@ -384,11 +475,13 @@ fn main() {
     println!(
         "{}",
         serde_json::json!({"check": "config", "device": format!("{dev:?}"),
-            "cudnn_benchmark": find, "cudnn_api": api})
+            "cudnn_benchmark": find, "cudnn_api": api,
+            "cuda_pool": std::env::var("CLOPA_CUDA_POOL").unwrap_or_else(|_| "keep".into())})
     );
     forward(&spec, &dev, size, reps);
     op_times(&dev, size, reps);
     train(&spec, &dev, patch, steps);
+    loss_check(&dev, size, reps);
     if args.len() <= 5 || args[5] != "--no-paper-size" {
         train_device_only(&spec, &dev, 192);
     }

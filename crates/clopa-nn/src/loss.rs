@@ -10,6 +10,8 @@
 //! sequential f32 sum over 64³..192³ voxels loses digits the gradient tests can see. The results
 //! are f64 scalars (or `(B,)` vectors) that can be `backward()`-ed directly.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use candle_core::{D, DType, Tensor};
 
 use crate::error::{NnError, Result};
@@ -28,8 +30,8 @@ pub struct LossParts {
     pub dice: Tensor,
 }
 
-/// Log-probabilities, probabilities and the one-hot target, all `(B, C, D, H, W)` f32.
-fn prepare(logits: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+/// The target as `(B, 1, D, H, W)`, after checking it matches the logits `(B, C, D, H, W)`.
+fn checked_target(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     let dims = logits.dims().to_vec();
     if dims.len() != 5 {
         return Err(NnError::InputShape {
@@ -37,7 +39,7 @@ fn prepare(logits: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor, Tensor)>
             reason: "logits must be (B, C, D, H, W)".into(),
         });
     }
-    let (b, c) = (dims[0], dims[1]);
+    let b = dims[0];
     let t = match target.rank() {
         4 => target.unsqueeze(1)?,
         _ => target.clone(),
@@ -51,7 +53,13 @@ fn prepare(logits: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor, Tensor)>
             ),
         });
     }
-    let t = t.to_dtype(DType::F32)?;
+    Ok(t)
+}
+
+/// Log-probabilities, probabilities and the one-hot target, all `(B, C, D, H, W)` f32.
+fn prepare(logits: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let c = logits.dims()[1];
+    let t = checked_target(logits, target)?.to_dtype(DType::F32)?;
     let onehot = (0..c)
         .map(|k| t.eq(k as f64)?.to_dtype(DType::F32))
         .collect::<candle_core::Result<Vec<_>>>()?;
@@ -103,7 +111,18 @@ pub fn dc_and_ce_loss(logits: &Tensor, target: &Tensor) -> Result<LossParts> {
 /// `dice_b = (2 Σ p·g + 1e-5) / (Σ p + Σ g + 1e-5)` over the foreground channel(s) of patch b
 /// (averaged over foreground classes) and `ce_b` its mean voxel cross-entropy. The trainer
 /// averages this over the still-active patches and divides by the number of passes.
+///
+/// On a GPU (the `cuda` feature) with at most 8 classes and [`fused_cuda_loss`] on, it runs as
+/// fused kernels (`ops/cuda_loss.cu`: the same terms, in f32 per voxel and f64 sums) instead of
+/// this composition of ~60 candle kernels (48 ms for 2 × 2 × 192³ logits on an H200, PyTorch 1.7).
 pub fn clopa_pass_loss_per_sample(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if logits.device().is_cuda() && fused_cuda_loss() {
+        let t = checked_target(logits, target)?;
+        if (2..=crate::ops::cuda_loss::MAX_C).contains(&logits.dims()[1]) {
+            return Ok(crate::ops::cuda_loss::pass_loss_per_sample(logits, &t)?);
+        }
+    }
     let (logp, p, onehot) = prepare(logits, target)?;
     let c = logits.dims()[1];
     let ce = ce_per_sample(&logp, &onehot)?;
@@ -114,6 +133,26 @@ pub fn clopa_pass_loss_per_sample(logits: &Tensor, target: &Tensor) -> Result<Te
     let ts = sum_from(&tf, 2)?;
     let dice = (((i * 2.0)? + DICE_SMOOTH)? / ((ps + ts)? + DICE_SMOOTH)?)?.mean(1)?; // (B,)
     Ok(((dice.neg()? + 1.0)? + ce)?)
+}
+
+/// 0: as `CLOPA_CUDA_LOSS` says; 1: fused; 2: composed.
+static FUSED: AtomicU8 = AtomicU8::new(0);
+
+/// Whether [`clopa_pass_loss_per_sample`] of CUDA logits runs the fused kernels:
+/// `CLOPA_CUDA_LOSS=fused`, or as [`set_fused_cuda_loss`] last set. **Off by default**: the
+/// kernels were written after the last lent GPU's time was spent and have not yet run on a GPU
+/// (the formulas were checked against PyTorch's autograd in f64; `examples/gpu_check`'s `loss`
+/// line compares them with the CPU). Without the `cuda` feature it changes nothing.
+pub fn fused_cuda_loss() -> bool {
+    match FUSED.load(Ordering::Relaxed) {
+        0 => std::env::var("CLOPA_CUDA_LOSS").is_ok_and(|v| v == "fused"),
+        v => v == 1,
+    }
+}
+
+/// Sets [`fused_cuda_loss`] for the process (over `CLOPA_CUDA_LOSS`).
+pub fn set_fused_cuda_loss(on: bool) {
+    FUSED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
 /// Mean of [`clopa_pass_loss_per_sample`] over the batch (f64 scalar).

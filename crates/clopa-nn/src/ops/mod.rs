@@ -102,6 +102,8 @@ mod conv3d_dw_simd;
 mod conv_norm;
 mod conv_transpose3d;
 #[cfg(feature = "cuda")]
+pub(crate) mod cuda_loss;
+#[cfg(feature = "cuda")]
 mod cuda_norm;
 #[cfg(feature = "cuda")]
 mod cudnn_conv3d;
