@@ -49,8 +49,12 @@ struct State {
 
 /// The moments of every parameter in one flat tensor each, when every step updates the same
 /// parameters (the trainer's case): the update then runs ~15 elementwise kernels on one long
-/// vector instead of ~15 per parameter — on a GPU, group `in`'s ~140 small tensors made Adam
-/// ~2000 launches, 13 ms of a 192³ step against PyTorch's 3 ms (its foreach kernels).
+/// vector instead of ~15 per parameter. On a GPU group `in`'s 124 small tensors (nnInteractive
+/// v1.0) made Adam ~2000 launches, 13–15 ms of a 192³ step against PyTorch's 3–6 ms (its foreach
+/// kernels); flat, 3.0 ms (BENCHMARKS.md).
+///
+/// Only up to [`FLAT_MAX`] elements: the flat path's temporaries are whole-vector copies, and
+/// beyond that (group `all`: 102 M parameters) launches cost nothing next to the arithmetic.
 struct Flat {
     /// the parameters, in the order of the flat tensors
     names: Vec<String>,
@@ -58,6 +62,9 @@ struct Flat {
     v: Tensor,
     t: u64,
 }
+
+/// The most elements [`Flat`] moments hold (64 MiB of f32 per vector).
+const FLAT_MAX: usize = 1 << 24;
 
 /// Adam over named [`Var`]s.
 pub struct Adam {
@@ -90,7 +97,8 @@ impl Adam {
     /// One update from `grads` (name → gradient, same shape as the parameter).
     ///
     /// The parameters are updated together in one flat vector while every step has gradients
-    /// for the same ones, all of one dtype on one device; otherwise each on its own. Both ways
+    /// for the same ones, all of one dtype on one device and at most [`FLAT_MAX`] elements in
+    /// all; otherwise each on its own. Both ways
     /// run the same elementwise operations in the same order, so they give the same bits.
     pub fn step(&mut self, grads: &BTreeMap<String, Tensor>) -> Result<()> {
         let live: Vec<(String, Var, Tensor)> = self
@@ -103,8 +111,13 @@ impl Adam {
             a.dtype() == b.dtype() && a.device().same_device(b.device())
         });
         let same_names = |f: &Flat| f.names.iter().eq(live.iter().map(|(k, _, _)| k));
+        let elems: usize = live
+            .iter()
+            .map(|(_, v, _)| v.as_tensor().elem_count())
+            .sum();
         let flat_fits = self.fuse
             && live.len() > 1
+            && elems <= FLAT_MAX
             && same_kind
             && match &self.flat {
                 Some(f) => same_names(f),
