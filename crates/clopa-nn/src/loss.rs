@@ -112,17 +112,27 @@ pub fn dc_and_ce_loss(logits: &Tensor, target: &Tensor) -> Result<LossParts> {
 /// (averaged over foreground classes) and `ce_b` its mean voxel cross-entropy. The trainer
 /// averages this over the still-active patches and divides by the number of passes.
 ///
-/// On a GPU (the `cuda` feature) with at most 8 classes and [`fused_cuda_loss`] on, it runs as
-/// fused kernels (`ops/cuda_loss.cu`: the same terms, in f32 per voxel and f64 sums) instead of
-/// this composition of ~60 candle kernels (48 ms for 2 × 2 × 192³ logits on an H200, PyTorch 1.7).
+/// With 2 to 8 classes it runs as one fused op (`ops/pass_loss.rs`: the same per-voxel terms in
+/// f32, sums in f64 in fixed blocks, the gradient by formula) on the CPU, and on a GPU where
+/// [`fused_cuda_loss`] says so; otherwise as [`composed_pass_loss_per_sample`], which the fused
+/// op is tested against and is ~7× slower on 2 cores (15 ms for 2 × 2 × 32³ logits).
 pub fn clopa_pass_loss_per_sample(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if logits.device().is_cuda() && fused_cuda_loss() {
-        let t = checked_target(logits, target)?;
-        if (2..=crate::ops::cuda_loss::MAX_C).contains(&logits.dims()[1]) {
-            return Ok(crate::ops::cuda_loss::pass_loss_per_sample(logits, &t)?);
-        }
+    let t = checked_target(logits, target)?;
+    let fused = (2..=crate::ops::pass_loss::MAX_C).contains(&logits.dims()[1])
+        && match logits.device() {
+            candle_core::Device::Cpu => true,
+            d => d.is_cuda() && fused_cuda_loss(),
+        };
+    if fused {
+        return Ok(crate::ops::pass_loss::pass_loss_per_sample(logits, &t)?);
     }
+    composed_pass_loss_per_sample(logits, target)
+}
+
+/// [`clopa_pass_loss_per_sample`] composed of candle's ops (log-softmax, one-hot, f64 sums),
+/// autograd giving the gradient: the reference for the fused op, and the way on devices it does
+/// not cover.
+pub fn composed_pass_loss_per_sample(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     let (logp, p, onehot) = prepare(logits, target)?;
     let c = logits.dims()[1];
     let ce = ce_per_sample(&logp, &onehot)?;
@@ -138,11 +148,12 @@ pub fn clopa_pass_loss_per_sample(logits: &Tensor, target: &Tensor) -> Result<Te
 /// 0: as `CLOPA_CUDA_LOSS` says; 1: fused; 2: composed.
 static FUSED: AtomicU8 = AtomicU8::new(0);
 
-/// Whether [`clopa_pass_loss_per_sample`] of CUDA logits runs the fused kernels:
-/// `CLOPA_CUDA_LOSS=fused`, or as [`set_fused_cuda_loss`] last set. **Off by default**: the
-/// kernels were written after the last lent GPU's time was spent and have not yet run on a GPU
-/// (the formulas were checked against PyTorch's autograd in f64; `examples/gpu_check`'s `loss`
-/// line compares them with the CPU). Without the `cuda` feature it changes nothing.
+/// Whether [`clopa_pass_loss_per_sample`] of CUDA logits runs the fused kernels
+/// (`ops/cuda_loss.cu`): `CLOPA_CUDA_LOSS=fused`, or as [`set_fused_cuda_loss`] last set. **Off
+/// by default**: the kernels were written after the last lent GPU's time was spent and have not
+/// yet run on a GPU (their terms are the CPU op's, which is tested against the composition;
+/// `examples/gpu_check`'s `loss` line compares them with the CPU). Without the `cuda` feature it
+/// changes nothing.
 pub fn fused_cuda_loss() -> bool {
     match FUSED.load(Ordering::Relaxed) {
         0 => std::env::var("CLOPA_CUDA_LOSS").is_ok_and(|v| v == "fused"),
@@ -206,6 +217,90 @@ mod tests {
         assert!((parts.ce.to_scalar::<f64>()? - ce).abs() < 1e-6);
         let cl = clopa_pass_loss(&logits, &target)?.to_scalar::<f64>()?;
         assert!((cl - (1.0 - dice + ce)).abs() < 1e-6);
+        Ok(())
+    }
+
+    /// Logits (2, C, 5, 7, 131) — 4585 voxels a patch, two of the fused op's blocks — and labels
+    /// 0..=C (the value C names no class) from a fixed generator.
+    fn case(c: usize) -> Result<(Tensor, Tensor)> {
+        let dev = Device::Cpu;
+        let n = 5 * 7 * 131;
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let l: Vec<f32> = (0..2 * c * n)
+            .map(|_| (next() * 8.0 - 4.0) as f32)
+            .collect();
+        let y: Vec<u8> = (0..2 * n)
+            .map(|_| (next() * (c + 1) as f64) as u8)
+            .collect();
+        Ok((
+            Tensor::from_vec(l, (2, c, 5, 7, 131), &dev)?,
+            Tensor::from_vec(y, (2, 1, 5, 7, 131), &dev)?,
+        ))
+    }
+
+    /// The loss per patch and the gradient of `0.3·L_0 − 0.7·L_1` with respect to the logits.
+    fn loss_and_grad(
+        f: fn(&Tensor, &Tensor) -> Result<Tensor>,
+        logits: &Tensor,
+        target: &Tensor,
+    ) -> Result<(Vec<f64>, Vec<f32>)> {
+        let v = candle_core::Var::from_tensor(logits)?;
+        let per = f(v.as_tensor(), target)?;
+        let w = Tensor::new(&[0.3f64, -0.7], &Device::Cpu)?;
+        let grads = (&per * &w)?.sum_all()?.backward()?;
+        let g = grads
+            .get(v.as_tensor())
+            .expect("a gradient")
+            .flatten_all()?;
+        Ok((per.to_vec1()?, g.to_vec1()?))
+    }
+
+    #[test]
+    fn the_fused_loss_and_gradient_match_the_composition() -> Result<()> {
+        for c in [2, 3] {
+            let (logits, target) = case(c)?;
+            let (want, want_g) = loss_and_grad(composed_pass_loss_per_sample, &logits, &target)?;
+            let (got, got_g) = loss_and_grad(clopa_pass_loss_per_sample, &logits, &target)?;
+            // the same f32 terms per voxel; only the order of the f64 sums differs
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-12 * b.abs(),
+                    "C={c}: {got:?} vs {want:?}"
+                );
+            }
+            let scale = want_g.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = got_g
+                .iter()
+                .zip(&want_g)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                worst <= 1e-6 * scale,
+                "C={c}: gradient off by {worst} of {scale}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_fused_loss_does_not_depend_on_the_thread_count() -> Result<()> {
+        let (logits, target) = case(2)?;
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a pool");
+            pool.install(|| loss_and_grad(clopa_pass_loss_per_sample, &logits, &target))
+        };
+        let (one, one_g) = run(1)?;
+        let (three, three_g) = run(3)?;
+        assert_eq!(one, three);
+        assert_eq!(one_g, three_g);
         Ok(())
     }
 

@@ -102,8 +102,6 @@ mod conv3d_dw_simd;
 mod conv_norm;
 mod conv_transpose3d;
 #[cfg(feature = "cuda")]
-pub(crate) mod cuda_loss;
-#[cfg(feature = "cuda")]
 mod cuda_norm;
 #[cfg(feature = "cuda")]
 mod cudnn_conv3d;
@@ -112,6 +110,7 @@ mod cudnn_graph;
 mod instance_norm;
 mod isa;
 mod leaky_relu;
+pub(crate) mod pass_loss;
 pub mod portable;
 #[cfg(test)]
 mod testutil;
