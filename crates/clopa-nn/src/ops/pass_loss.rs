@@ -141,11 +141,12 @@ impl CustomOp1 for Forward {
             .into_par_iter()
             .map(|idx| {
                 let (bi, ki) = (idx / k, idx % k);
-                let (lb, yb) = (&logits[bi * c * n..(bi + 1) * c * n], &labels[bi * n..]);
+                let lb = &logits[bi * c * n..(bi + 1) * c * n];
+                let (lo, hi) = (ki * CHUNK, ((ki + 1) * CHUNK).min(n));
                 let mut acc = [0f64; MAX_SUMS];
                 let mut logp = [0f32; MAX_C];
-                for v in ki * CHUNK..((ki + 1) * CHUNK).min(n) {
-                    let cls = voxel(lb, yb[v], v, n, c, &mut logp);
+                for (v, &y) in (lo..hi).zip(&labels[bi * n + lo..bi * n + hi]) {
+                    let cls = voxel(lb, y, v, n, c, &mut logp);
                     if let Some(cl) = cls {
                         acc[0] += f64::from(-logp[cl]);
                     }
@@ -232,10 +233,11 @@ impl CustomOp1 for Backward {
             let g = grad[bi * row];
             let (a, c0) = coefficients(r, g, c);
             let ce = (-g / n as f64) as f32;
-            let (lb, yb) = (&logits[bi * c * n..(bi + 1) * c * n], &labels[bi * n..]);
+            let lb = &logits[bi * c * n..(bi + 1) * c * n];
+            let (lo, hi) = (ki * CHUNK, ((ki + 1) * CHUNK).min(n));
             let (mut logp, mut dlogp) = ([0f32; MAX_C], [0f32; MAX_C]);
-            for v in ki * CHUNK..((ki + 1) * CHUNK).min(n) {
-                let cls = voxel(lb, yb[v], v, n, c, &mut logp);
+            for (v, &y) in (lo..hi).zip(&labels[bi * n + lo..bi * n + hi]) {
+                let cls = voxel(lb, y, v, n, c, &mut logp);
                 let mut sum = 0f32;
                 for cl in 0..c {
                     let mut d = 0f32;
