@@ -27,6 +27,7 @@ fn main() {
         |r| PathBuf::from(r).join("bin/nvcc"),
     );
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    println!("cargo::rerun-if-changed=src/ops/cuda_reduce.cuh");
     for kernels in ["cuda_norm", "cuda_loss"] {
         let src = format!("src/ops/{kernels}.cu");
         println!("cargo::rerun-if-changed={src}");

@@ -37,7 +37,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use clopa_adapt::{Adam, AdamConfig};
-use clopa_nn::loss::{clopa_pass_loss, clopa_pass_loss_per_sample};
+use clopa_nn::loss::{clopa_pass_loss, clopa_pass_loss_per_sample, composed_pass_loss_per_sample};
 use clopa_nn::ops::ConvPrecision;
 use clopa_nn::{Architecture, ParamGroup, ParamStore, ResidualEncoderUNet, UNetSpec};
 
@@ -240,7 +240,7 @@ fn op_times(dev: &Device, size: usize, reps: usize) {
 
 /// The trainer's loss on the GPU, composed of candle's ops (the default) and fused
 /// (`ops/cuda_loss.cu`, opt-in until this line shows it agrees), each against the CPU's
-/// composition: the per-patch losses and the gradient of their mean with respect to logits
+/// composition (not the CPU's fused op, which shares the fused kernels' formulas): the per-patch losses and the gradient of their mean with respect to logits
 /// (2, 2, SIZE³), and the time of forward + backward, best of REPS. Errors are printed.
 fn loss_check(dev: &Device, size: usize, reps: usize) {
     if dev.is_cpu() {
@@ -250,24 +250,26 @@ fn loss_check(dev: &Device, size: usize, reps: usize) {
     let (lx, ly) = batch(size, 4);
     let lx = &lx[..2 * 2 * n];
     let dims = (2, 2, size, size, size);
-    let run = |d: &Device| -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+    type Loss = fn(&Tensor, &Tensor) -> clopa_nn::Result<Tensor>;
+    let run = |d: &Device, f: Loss| -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
         let l = candle_core::Var::from_tensor(&Tensor::from_slice(lx, dims, d)?)?;
         let y = Tensor::from_slice(&ly, (2, size, size, size), d)?;
-        let per =
-            clopa_pass_loss_per_sample(l.as_tensor(), &y).map_err(candle_core::Error::wrap)?;
+        let per = f(l.as_tensor(), &y).map_err(candle_core::Error::wrap)?;
         let grads = per.mean_all()?.backward()?;
         let g = grads
             .get(l.as_tensor())
             .expect("the logits have a gradient");
         Ok((per.to_dtype(DType::F32)?.to_vec1()?, flat(g)))
     };
-    let (cpu_loss, cpu_grad) = on(&Device::Cpu, true, || run(&Device::Cpu)).unwrap();
+    // (the CPU's composition, not its fused op: the reference both GPU ways are held to)
+    let (cpu_loss, cpu_grad) = run(&Device::Cpu, composed_pass_loss_per_sample).unwrap();
     for fused in [false, true] {
         clopa_nn::loss::set_fused_cuda_loss(fused);
-        let line = run(dev).and_then(|(loss, grad)| {
+        let f: Loss = clopa_pass_loss_per_sample;
+        let line = run(dev, f).and_then(|(loss, grad)| {
             let mut best = f64::INFINITY;
             for i in 0..=reps {
-                let (r, s) = timed(dev, || run(dev));
+                let (r, s) = timed(dev, || run(dev, f));
                 r?;
                 if i > 0 {
                     best = best.min(s);

@@ -3,14 +3,15 @@
 // I_k = sum p_k t_k, P_k = sum p_k, T_k = sum t_k, CE_b = mean -log p_y. Composed of candle's ops
 // the loss and its gradient ran ~60 kernels (f64 copies of every per-voxel term, reductions over
 // the class axis) and took 48 ms for 2 x 2 x 192^3 logits on an H200, against PyTorch's 1.7 ms
-// (BENCHMARKS.md). Compiled to PTX by build.rs with the `cuda` feature; launched by cuda_loss.rs.
+// (BENCHMARKS.md). Compiled to PTX by build.rs with the `cuda` feature; launched by pass_loss.rs,
+// whose CPU side computes the same terms in the same blocks.
 //
 // Layout: logits (B, C, N) f32 contiguous, labels (B, N) f32 (a voxel whose label is not one of
 // 0..C-1 has no class hot, as the composition's one-hot gives it). Per-voxel terms in f32, every
 // sum over voxels in f64, as the composition's; the sums in two fixed-order stages (one partial
 // per block, then one block per patch), so a run repeats to the bit.
 
-// (cuda_loss.rs launches with the same THREADS, CHUNK and MAX_C: keep them equal)
+// (pass_loss.rs launches with the same THREADS, CHUNK and MAX_C: keep them equal)
 #define THREADS 256
 #define PER_THREAD 16
 #define CHUNK (THREADS * PER_THREAD)
@@ -19,20 +20,7 @@
 #define SUMS(C) (1 + 3 * ((C) - 1))
 #define MAX_SUMS SUMS(MAX_C)
 
-// The sum of v over the block, in thread 0 (the others get garbage).
-__device__ __forceinline__ double block_sum(double v, double* shared) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffff, v, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();  // (shared may still be read from an earlier call)
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    v = 0.0;
-    if (warp == 0) {
-        if (lane < THREADS / 32) v = shared[lane];
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffff, v, o);
-    }
-    return v;
-}
+#include "cuda_reduce.cuh"
 
 // log-softmax over the C classes of voxel v of patch b, as candle_nn's log_softmax: (l - max) -
 // log(sum exp(l - max)); returns the label's class (or -1).

@@ -33,6 +33,23 @@ fn sums(c: usize) -> usize {
     1 + 3 * (c - 1)
 }
 
+/// Checks the lengths the kernels index by against `(B, C, N)` (a wrong caller would read out of
+/// bounds): the logits', the labels', and the backward's result's and gradient's.
+fn check_lens(
+    (b, c, n): (usize, usize, usize),
+    logits: usize,
+    labels: usize,
+    res_grad: Option<(usize, usize)>,
+) -> Result<()> {
+    let row = b * (1 + sums(c));
+    if logits == b * c * n && labels == b * n && res_grad.is_none_or(|(r, g)| r == row && g == row)
+    {
+        Ok(())
+    } else {
+        Err(invalid(NAME, "argument sizes do not match (B, C, N)"))
+    }
+}
+
 /// The forward: logits (B, C, N) f32 → (B, 1 + S) f64.
 struct Forward {
     /// (B, N) f32 labels
@@ -133,9 +150,7 @@ impl CustomOp1 for Forward {
         let logits = cpu_slice::<f32>(s, l)?;
         let (ls, ll) = self.labels.storage_and_layout();
         let labels = held_cpu::<f32>(&ls, ll)?;
-        if logits.len() != b * c * n || labels.len() != b * n {
-            return Err(invalid(NAME, "argument sizes do not match (B, C, N)"));
-        }
+        check_lens((b, c, n), logits.len(), labels.len(), None)?;
         let k = n.div_ceil(CHUNK);
         let part: Vec<[f64; MAX_SUMS]> = (0..b * k)
             .into_par_iter()
@@ -216,15 +231,8 @@ impl CustomOp1 for Backward {
         let res = held_cpu::<f64>(&rs, rl)?;
         let (gs, gl) = self.grad.storage_and_layout();
         let grad = held_cpu::<f64>(&gs, gl)?;
-        let row = 1 + sums(c);
-        if logits.len() != b * c * n
-            || labels.len() != b * n
-            || res.len() != b * row
-            || grad.len() != b * row
-        {
-            return Err(invalid(NAME, "argument sizes do not match (B, C, N)"));
-        }
-        let k = n.div_ceil(CHUNK);
+        check_lens((b, c, n), logits.len(), labels.len(), Some((res.len(), grad.len())))?;
+        let (k, row) = (n.div_ceil(CHUNK), 1 + sums(c));
         let mut dl = vec![0f32; b * c * n];
         let out = SyncPtr(dl.as_mut_ptr());
         (0..b * k).into_par_iter().for_each(|idx| {
@@ -313,7 +321,7 @@ mod cuda {
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, Layout, Result, Shape, Storage};
 
-    use super::{Backward, CHUNK, Forward, NAME, invalid, sums};
+    use super::{Backward, CHUNK, Forward, NAME, check_lens, invalid, sums};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cuda_loss.ptx"));
     const MODULE: &str = "clopa_cuda_loss";
@@ -355,9 +363,7 @@ mod cuda {
         let logits = view::<f32>(s, l)?;
         let (ls, ll) = op.labels.storage_and_layout();
         let labels = held_view::<f32>(&ls, ll)?;
-        if logits.len() != b * c * n || labels.len() != b * n {
-            return Err(invalid(NAME, "argument sizes do not match (B, C, N)"));
-        }
+        check_lens((b, c, n), logits.len(), labels.len(), None)?;
         let (k, s_) = (n.div_ceil(CHUNK), sums(c));
         // SAFETY (of both uninitialised allocations): the partial kernel writes every block's
         // sums, the final kernel every patch's row, before anything reads them.
@@ -406,14 +412,7 @@ mod cuda {
         let res = held_view::<f64>(&rs, rl)?;
         let (gs, gl) = op.grad.storage_and_layout();
         let grad = held_view::<f64>(&gs, gl)?;
-        let row = 1 + sums(c);
-        if logits.len() != b * c * n
-            || labels.len() != b * n
-            || res.len() != b * row
-            || grad.len() != b * row
-        {
-            return Err(invalid(NAME, "argument sizes do not match (B, C, N)"));
-        }
+        check_lens((b, c, n), logits.len(), labels.len(), Some((res.len(), grad.len())))?;
         // SAFETY: the kernel writes every element of every patch's logits' gradient.
         let mut dl = unsafe { stream.alloc::<f32>(b * c * n) }.w()?;
         let (n64, c32) = (n as i64, c as i32);
