@@ -40,6 +40,7 @@ bench:
     cargo build --release -p clopa-nn -p clopa-metrics -p clopa-interact -p clopa-simulate --examples
     RAYON_NUM_THREADS=2 ./target/release/examples/bench_ops
     RAYON_NUM_THREADS=2 ./target/release/examples/bench_network
+    RAYON_NUM_THREADS=2 ./target/release/examples/bench_loss
     RAYON_NUM_THREADS=2 ./target/release/examples/bench_prompts
     RAYON_NUM_THREADS=2 ./target/release/examples/bench_session tiny autozoom 5
 

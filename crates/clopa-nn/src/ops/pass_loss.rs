@@ -6,8 +6,9 @@
 //!
 //! Composed of candle's ops ([`crate::loss::composed_pass_loss_per_sample`], the reference the
 //! tests hold this to) the loss and its gradient run ~60 single-threaded kernels with full-size
-//! temporaries: on the CPU 15 ms for 2 × 2 × 32³ logits (~14 % of a tiny-model training step),
-//! on an H200 48 ms for 2 × 2 × 192³, against PyTorch's 1.7 ms (BENCHMARKS.md).
+//! temporaries: on 2 CPU cores 11 ms for 2 × 2 × 32³ logits (fused: 3.3 ms; six passes a step,
+//! ~10 % of a tiny-model training step), on an H200 48 ms for 2 × 2 × 192³, against PyTorch's
+//! 1.7 ms (BENCHMARKS.md).
 //!
 //! The forward is a candle custom op on the logits `(B, C, N)` giving `(B, 1 + S)` f64: each
 //! patch's loss, then its S sums (the CE sum; I, P, T of each foreground class), which the
@@ -231,7 +232,12 @@ impl CustomOp1 for Backward {
         let res = held_cpu::<f64>(&rs, rl)?;
         let (gs, gl) = self.grad.storage_and_layout();
         let grad = held_cpu::<f64>(&gs, gl)?;
-        check_lens((b, c, n), logits.len(), labels.len(), Some((res.len(), grad.len())))?;
+        check_lens(
+            (b, c, n),
+            logits.len(),
+            labels.len(),
+            Some((res.len(), grad.len())),
+        )?;
         let (k, row) = (n.div_ceil(CHUNK), 1 + sums(c));
         let mut dl = vec![0f32; b * c * n];
         let out = SyncPtr(dl.as_mut_ptr());
@@ -412,7 +418,12 @@ mod cuda {
         let res = held_view::<f64>(&rs, rl)?;
         let (gs, gl) = op.grad.storage_and_layout();
         let grad = held_view::<f64>(&gs, gl)?;
-        check_lens((b, c, n), logits.len(), labels.len(), Some((res.len(), grad.len())))?;
+        check_lens(
+            (b, c, n),
+            logits.len(),
+            labels.len(),
+            Some((res.len(), grad.len())),
+        )?;
         // SAFETY: the kernel writes every element of every patch's logits' gradient.
         let mut dl = unsafe { stream.alloc::<f32>(b * c * n) }.w()?;
         let (n64, c32) = (n as i64, c as i32);
