@@ -98,8 +98,8 @@ impl Adam {
     ///
     /// The parameters are updated together in one flat vector while every step has gradients
     /// for the same ones, all of one dtype on one device and at most [`FLAT_MAX`] elements in
-    /// all; otherwise each on its own. Both ways
-    /// run the same elementwise operations in the same order, so they give the same bits.
+    /// all; otherwise each on its own. Both ways run the same elementwise operations in the same
+    /// order, so they give the same bits.
     pub fn step(&mut self, grads: &BTreeMap<String, Tensor>) -> Result<()> {
         let live: Vec<(String, Var, Tensor)> = self
             .vars
@@ -153,6 +153,17 @@ impl Adam {
     /// [`Self::step`] of `vars` (named `names`) together, with their gradients `grads`.
     fn step_flat(&mut self, names: Vec<String>, vars: &[Var], grads: &[Tensor]) -> Result<()> {
         let dtype = vars[0].as_tensor().dtype();
+        // (cut into one vector, a gradient of another shape with as many elements would pass)
+        for (v, g) in vars.iter().zip(grads) {
+            if g.dims() != v.as_tensor().dims() {
+                return Err(candle_core::Error::ShapeMismatchBinaryOp {
+                    lhs: v.as_tensor().shape().clone(),
+                    rhs: g.shape().clone(),
+                    op: "adam",
+                }
+                .into());
+            }
+        }
         let cat = |ts: &mut dyn Iterator<Item = Result<Tensor>>| -> Result<Tensor> {
             let parts = ts.collect::<Result<Vec<_>>>()?;
             Ok(Tensor::cat(&parts, 0)?)
@@ -231,7 +242,7 @@ fn update(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     /// PyTorch 2.x, by hand in f64 for θ = [1, -2, 0.5], g_t = [0.1, 0.2, -0.3] * t,
     /// lr 0.1, wd 0.01, two steps.
@@ -344,6 +355,26 @@ mod tests {
         // "b" skipped step 4: one step fewer in its bias correction than the others
         assert_eq!(together.state["b"].t, 4);
         assert_eq!(together.state["a"].t, 5);
+    }
+
+    #[test]
+    fn a_gradient_of_another_shape_is_refused_both_ways() {
+        let dev = Device::Cpu;
+        for fuse in [true, false] {
+            let vars = three(&dev);
+            let mut adam = Adam::new(vars.clone(), AdamConfig::default());
+            adam.fuse = fuse;
+            let mut grads: BTreeMap<String, Tensor> = vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().ones_like().unwrap()))
+                .collect();
+            // "a" is (2, 3): a (3, 2) gradient has as many elements
+            grads.insert("a".into(), Tensor::ones((3, 2), DType::F32, &dev).unwrap());
+            let e = adam
+                .step(&grads)
+                .expect_err("a (3, 2) gradient for a (2, 3) parameter");
+            assert!(e.to_string().contains("shape mismatch"), "fuse {fuse}: {e}");
+        }
     }
 
     #[test]
