@@ -49,7 +49,8 @@ struct State {
 
 /// The moments of every parameter in one flat tensor each, when every step updates the same
 /// parameters (the trainer's case): the update then runs ~15 elementwise kernels on one long
-/// vector instead of ~15 per parameter. On a GPU group `in`'s 124 small tensors (nnInteractive
+/// vector instead of ~15 per parameter (plus three copies per parameter: into the vectors and
+/// back). On a GPU group `in`'s 124 small tensors (nnInteractive
 /// v1.0) made Adam ~2000 launches, 13–15 ms of a 192³ step against PyTorch's 3–6 ms (its foreach
 /// kernels); flat, 3.0 ms (BENCHMARKS.md).
 ///
@@ -98,8 +99,9 @@ impl Adam {
     ///
     /// The parameters are updated together in one flat vector while every step has gradients
     /// for the same ones, all of one dtype on one device and at most [`FLAT_MAX`] elements in
-    /// all; otherwise each on its own. Both ways run the same elementwise operations in the same
-    /// order, so they give the same bits.
+    /// all; otherwise each on its own (from the first step that skips one of them on, for good).
+    /// Both ways run the same elementwise operations in the same order, so they give the same
+    /// bits.
     pub fn step(&mut self, grads: &BTreeMap<String, Tensor>) -> Result<()> {
         let live: Vec<(String, Var, Tensor)> = self
             .vars
@@ -135,17 +137,13 @@ impl Adam {
         for (name, var, g) in live {
             let theta = var.as_tensor().detach();
             let g = g.to_dtype(theta.dtype())?;
-            let st = match self.state.remove(&name) {
-                Some(s) => s,
-                None => State {
-                    m: g.zeros_like()?,
-                    v: g.zeros_like()?,
-                    t: 0,
-                },
+            let (m, v, t) = match self.state.get(&name) {
+                Some(s) => (s.m.clone(), s.v.clone(), s.t),
+                None => (g.zeros_like()?, g.zeros_like()?, 0),
             };
-            let (theta, m, v) = update(&c, &theta, &g, st.m, st.v, st.t + 1)?;
+            let (theta, m, v) = update(&c, &theta, &g, m, v, t + 1)?;
             var.set(&theta)?;
-            self.state.insert(name, State { m, v, t: st.t + 1 });
+            self.state.insert(name, State { m, v, t: t + 1 });
         }
         Ok(())
     }
@@ -172,8 +170,9 @@ impl Adam {
             .iter()
             .map(|v| Ok(v.as_tensor().detach().flatten_all()?)))?;
         let g = cat(&mut grads.iter().map(|g| Ok(g.to_dtype(dtype)?.flatten_all()?)))?;
-        let (m, v, t) = match self.flat.take() {
-            Some(f) => (f.m, f.v, f.t),
+        // (the moments are replaced only once the update has worked: a failed step leaves them)
+        let (m, v, t) = match &self.flat {
+            Some(f) => (f.m.clone(), f.v.clone(), f.t),
             None => (g.zeros_like()?, g.zeros_like()?, 0),
         };
         let (theta, m, v) = update(&self.cfg, &theta, &g, m, v, t + 1)?;

@@ -5,8 +5,7 @@
 //! `cargo run --release -p clopa-nn --example bench_loss [-- SIZE...]` (default 32 48 64): logits
 //! (2, 2, SIZE³) — a training pass's batch of two-class patches — and labels; prints
 //! `size way seconds`, the best of 10 after a warm-up. Threads: `RAYON_NUM_THREADS`. PyTorch's
-//! counterpart is the `loss_fwd_bwd_s` of `scripts/gpu_check.py` (`GPU_CHECK_DEVICE=cpu` runs it
-//! on the CPU).
+//! counterpart: `scripts/bench_loss.py` (the same logits and labels, 2 threads).
 
 use std::time::Instant;
 

@@ -33,22 +33,24 @@ pub fn device(name: &str) -> Result<Device> {
         reason: format!("cannot open GPU {index}: {e}"),
     })?;
     #[cfg(feature = "cuda")]
-    keep_freed_gpu_memory(&dev).map_err(|reason| NnError::Device {
-        name: name.to_string(),
-        reason,
-    })?;
+    if let Err(reason) = keep_freed_gpu_memory(&dev) {
+        // (a speed setting: the GPU works without it, as before it existed)
+        eprintln!("clopa: GPU {index}: {reason}; freed memory goes back to the driver");
+    }
     Ok(dev)
 }
 
 /// Makes the GPU's memory pool keep what is freed, as PyTorch's caching allocator does.
 ///
-/// candle allocates through cudarc with `cuMemAllocAsync`, from the device's default pool, whose
-/// release threshold is 0: at every stream synchronisation (each copy to the host: every loss
-/// read, every prediction) the pool hands all freed memory back to the driver, and the next
-/// forward maps tens of GiB of pages afresh. With the threshold at its maximum the pool keeps
-/// them and reuses them; nothing else on the GPU is starved, as the memory stays available to
-/// this process's later allocations. `CLOPA_CUDA_POOL=release` keeps the driver's default (to
-/// measure the difference: BENCHMARKS.md).
+/// candle allocates through cudarc with `cuMemAllocAsync`, from the device's current memory pool,
+/// whose release threshold is 0 by default: at every stream synchronisation (each copy to the
+/// host: every loss read, every prediction) the pool hands all freed memory back to the driver,
+/// and the next forward maps tens of GiB of pages afresh (on an H200 that cost 3–16 % of the
+/// time, BENCHMARKS.md). With the threshold at its maximum the pool keeps what this process
+/// freed for its own later allocations; like PyTorch's cache, that memory is then not available
+/// to other processes, nor to cuDNN's or cuBLAS's own `cudaMalloc`s, until the process ends.
+/// `CLOPA_CUDA_POOL=release` keeps the driver's default. Nothing to do where cudarc allocates
+/// without a pool (a driver or device without `cuMemAllocAsync`).
 #[cfg(feature = "cuda")]
 fn keep_freed_gpu_memory(dev: &Device) -> std::result::Result<(), String> {
     use candle_core::cuda_backend::cudarc::driver::sys;
@@ -58,13 +60,16 @@ fn keep_freed_gpu_memory(dev: &Device) -> std::result::Result<(), String> {
     let Device::Cuda(cuda) = dev else {
         return Ok(());
     };
-    let cu_device = cuda.cuda_stream().context().cu_device();
+    let ctx = cuda.cuda_stream().context().clone();
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
     let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
     let mut threshold = u64::MAX;
     // SAFETY: `pool` is written by the first call before the second reads it; the attribute's
     // value is a u64 (cuuint64_t), as the driver API documents for the release threshold.
     let status = unsafe {
-        match sys::cuDeviceGetDefaultMemPool(&mut pool, cu_device) {
+        match sys::cuDeviceGetMemPool(&mut pool, ctx.cu_device()) {
             sys::CUresult::CUDA_SUCCESS => sys::cuMemPoolSetAttribute(
                 pool,
                 sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
@@ -76,7 +81,7 @@ fn keep_freed_gpu_memory(dev: &Device) -> std::result::Result<(), String> {
     match status {
         sys::CUresult::CUDA_SUCCESS => Ok(()),
         e => Err(format!(
-            "cannot set its memory pool's release threshold: {e:?}"
+            "cannot set its memory pool's release threshold ({e:?})"
         )),
     }
 }

@@ -4,7 +4,8 @@
 // the loss and its gradient ran ~60 kernels (f64 copies of every per-voxel term, reductions over
 // the class axis) and took 48 ms for 2 x 2 x 192^3 logits on an H200, against PyTorch's 1.7 ms
 // (BENCHMARKS.md). Compiled to PTX by build.rs with the `cuda` feature; launched by pass_loss.rs,
-// whose CPU side computes the same terms in the same blocks.
+// whose CPU side computes the same terms over the same blocks (not to the bit: expf/logf, fused
+// multiply-adds and the in-block summation order differ).
 //
 // Layout: logits (B, C, N) f32 contiguous, labels (B, N) f32 (a voxel whose label is not one of
 // 0..C-1 has no class hot, as the composition's one-hot gives it). Per-voxel terms in f32, every

@@ -2,11 +2,12 @@
 //! forward in one read of the logits (each voxel's log-softmax, cross-entropy and Dice terms,
 //! summed per patch in f64), the gradient in one more read and one write. On the CPU with rayon;
 //! on CUDA (the `cuda` feature) as the kernels of `cuda_loss.cu`, which compute the same terms
-//! in the same blocks of voxels.
+//! over the same blocks of voxels (not to the same bits: CUDA's `expf`/`logf`, its fused
+//! multiply-adds and its in-block summation order differ from the CPU's).
 //!
 //! Composed of candle's ops ([`crate::loss::composed_pass_loss_per_sample`], the reference the
 //! tests hold this to) the loss and its gradient run ~60 single-threaded kernels with full-size
-//! temporaries: on 2 CPU cores 11 ms for 2 × 2 × 32³ logits (fused: 3.3 ms; six passes a step,
+//! temporaries: on 2 CPU cores 11 ms for 2 × 2 × 32³ logits (fused: 3.7 ms; six passes a step,
 //! ~10 % of a tiny-model training step), on an H200 48 ms for 2 × 2 × 192³, against PyTorch's
 //! 1.7 ms (BENCHMARKS.md).
 //!
@@ -290,18 +291,27 @@ impl CustomOp1 for Backward {
     }
 }
 
-/// The fused loss of `logits` (B, C, D, H, W) with 2 ≤ C ≤ [`MAX_C`] and `target` (B, 1, D, H, W),
-/// shapes already checked: `(B,)` f64, differentiable with respect to the logits. CPU or CUDA.
+/// Whether the fused op takes logits of `dims` (B, C, D, H, W): 2 ≤ C ≤ [`MAX_C`] (the kernels'
+/// per-thread arrays), 1 ≤ B ≤ 65535 (a CUDA grid's second dimension) and some voxels.
+pub(crate) fn fits(dims: &[usize]) -> bool {
+    dims.len() == 5
+        && (2..=MAX_C).contains(&dims[1])
+        && (1..=65535).contains(&dims[0])
+        && dims[2..].iter().all(|&d| d > 0)
+}
+
+/// The fused loss of `logits` (B, C, D, H, W) that [`fits`] and `target` (B, 1, D, H, W), shapes
+/// already checked: `(B,)` f64, differentiable with respect to the logits. CPU or CUDA.
 pub(crate) fn pass_loss_per_sample(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     let dims = logits.dims();
-    let (b, c) = (dims[0], dims[1]);
-    let n: usize = dims[2..].iter().product();
-    if !(2..=MAX_C).contains(&c) || b > 65535 {
+    if !fits(dims) {
         return Err(invalid(
             NAME,
-            format!("takes 2..={MAX_C} classes and at most 65535 patches"),
+            format!("takes 2..={MAX_C} classes, 1..=65535 patches and some voxels, got {dims:?}"),
         ));
     }
+    let (b, c) = (dims[0], dims[1]);
+    let n: usize = dims[2..].iter().product();
     if !target.device().same_device(logits.device()) {
         return Err(invalid(
             NAME,
