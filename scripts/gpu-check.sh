@@ -12,9 +12,9 @@
 #
 # With the device tool:  run(command="bash scripts/gpu-check.sh", carry=["target/cuda-check"])
 # Writes $OUT (default /tmp/gpu-check): gpu.txt, clopa-smoke.jsonl (64³), clopa.jsonl (cuDNN's
-# legacy API, then its graph API with timed plans), torch.jsonl (fp32 with TF32 off, autocast fp16 as
-# nnInteractive, TF32 as PyTorch's default, fp32 with cudnn.benchmark) and the peak of nvidia-smi's
-# memory.used during each (mem.txt), and prints them all.
+# legacy API; with GPU_CHECK_FIND=1 also its graph API and Find), torch.jsonl (fp32 with TF32 off,
+# autocast fp16 as nnInteractive, TF32 as PyTorch's default, fp32 with cudnn.benchmark) and the peak
+# of nvidia-smi's memory.used during each (mem.txt), and prints them all.
 #
 # Both GPU checks in one call of the device tool (~3–5 min on an H200; 7 files back), the tools
 # first:
@@ -31,11 +31,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out
 nproc | sed 's/^/cpu cores: /' | tee -a "$out/gpu.txt"
 
 # clopa first (the unknown side): a smoke test that fails fast, then the check; then PyTorch.
-# The device tool stops a command at 600 s and the timeouts below add up to 740 s (1040 s with
-# GPU_CHECK_FIND=1); on an H200 the whole script took ~175 s (2026-11-28, with the tools check
-# before it ~240 s; a fresh machine adds ~30 s to start), before its last part timed the graph
-# API's plans. Every line is written as it is printed,
-# so a run cut short still leaves what it measured.
+# The device tool stops a command at 600 s and the timeouts below add up to 500 s (1040 s with
+# GPU_CHECK_FIND=1); on an H200 the script took ~150 s without the experiments (2026-11-28; with
+# the tools check before it ~220 s). Starting a fresh machine costs device time too: 30 s to 6 min
+# (the fourteenth session lost its last 366 s to one start). Every line is written as it is
+# printed, so a run cut short still leaves what it measured.
 bin=/tmp/gpu-check-bin/gpu_check
 unpack "$dist/gpu_check.xz" "$bin" || exit 1
 export RUST_BACKTRACE=1
@@ -56,20 +56,18 @@ for mode in $modes; do
   peak "$name" timeout -k 5 60 "$py" -u scripts/gpu_check.py "$size" "$patch,192" "$steps" "$reps" ${mode#*:} |
     tee -a "$out/torch.jsonl"
 done
-# Last: clopa again through cuDNN's graph API (cudnn_graph.rs) with its first few plans per shape
-# timed on first use (CLOPA_CUDNN_API=graph CLOPA_CUDNN_BENCHMARK=1: PyTorch's cudnn.benchmark in that
-# API; not yet run on a GPU: its first steps may take long, plans of runtime-compiled engines build
-# slowly). With GPU_CHECK_FIND=1 also the graph API by its heuristics alone (measured 2026-11-28: the
-# training step 1.77x slower) and the legacy API by its Find (no faster), PyTorch's cudnn.benchmark
-# counterpart being the torch `benchmark` line above. The same lines after a `config` line saying
-# which.
-if [ "$smoke" = ok ]; then
+# With GPU_CHECK_FIND=1, last: clopa again through cuDNN's graph API (cudnn_graph.rs) with its first
+# few plans per shape timed on first use (CLOPA_CUDNN_API=graph CLOPA_CUDNN_BENCHMARK=1: PyTorch's
+# cudnn.benchmark in that API; measured 2026-11-28, fourteenth session: forward 3-9 % faster, the
+# training step 10 % slower, 36 s of timing on the first step), the graph API by its heuristics alone
+# (measured 2026-11-28: the training step 1.77x slower) and the legacy API by its Find (no faster),
+# PyTorch's cudnn.benchmark counterpart being the torch `benchmark` line above. The same lines after
+# a `config` line saying which. (Opt-in: each costs 1-2 min of device time and none has paid off.)
+if [ "$smoke" = ok ] && [ "${GPU_CHECK_FIND:-0}" = 1 ]; then
   CLOPA_CUDNN_API=graph CLOPA_CUDNN_BENCHMARK=1 peak clopa-graph-timed timeout -k 5 240 "$bin" cuda "$size" "$patch" "$steps" "$reps" |
     tee -a "$out/clopa.jsonl"
-  if [ "${GPU_CHECK_FIND:-0}" = 1 ]; then
-    CLOPA_CUDNN_API=graph peak clopa-graph timeout -k 5 150 "$bin" cuda "$size" "$patch" "$steps" "$reps" |
-      tee -a "$out/clopa.jsonl"
-    CLOPA_CUDNN_BENCHMARK=1 peak clopa-find timeout -k 5 150 "$bin" cuda "$size" "$patch" "$steps" "$reps" |
-      tee -a "$out/clopa.jsonl"
-  fi
+  CLOPA_CUDNN_API=graph peak clopa-graph timeout -k 5 150 "$bin" cuda "$size" "$patch" "$steps" "$reps" |
+    tee -a "$out/clopa.jsonl"
+  CLOPA_CUDNN_BENCHMARK=1 peak clopa-find timeout -k 5 150 "$bin" cuda "$size" "$patch" "$steps" "$reps" |
+    tee -a "$out/clopa.jsonl"
 fi
