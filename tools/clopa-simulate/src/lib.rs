@@ -81,15 +81,16 @@ pub enum Outcome {
     Skipped,
 }
 
-/// True when `path` holds a readable table with exactly this provenance and `rows` rows.
 /// Whether a table's recorded provenance is this request's, however its paths were spelled. The
 /// paths are recorded as typed; the checkpoints' and the split's are left out of the comparison
 /// (what they name is compared by content: the checkpoints' sha256, the case ids), the model's
-/// and the manifests' are compared by the files they name (the manifest's labels and tolerance
-/// are in no other setting), so a rerun with `runs/q` spelled `./runs/q` or from another folder
-/// keeps its table.
+/// and the manifests' are compared by the files they name, so a rerun with `runs/q` spelled
+/// `./runs/q` or from another folder keeps its table. What the manifest says (`target`: channel,
+/// labels, component filter, NSD tolerance) is compared as recorded; a table from before it was
+/// recorded (2026-11-28) is compared without it rather than recomputed.
 fn same_request(old: &Provenance, new: &Provenance) -> bool {
-    fn comparable(settings: &serde_json::Value) -> serde_json::Value {
+    let old_has_target = old.settings.get("target").is_some();
+    let comparable = |settings: &serde_json::Value| -> serde_json::Value {
         use serde_json::Value;
         fn resolve(v: &mut Value) {
             match v {
@@ -108,19 +109,23 @@ fn same_request(old: &Provenance, new: &Provenance) -> bool {
                 *v = Value::Null;
             }
         }
+        if !old_has_target && let Some(obj) = s.as_object_mut() {
+            obj.remove("target");
+        }
         for pointer in ["/model", "/manifest", "/profile/model", "/profile/tasks"] {
             if let Some(v) = s.pointer_mut(pointer) {
                 resolve(v);
             }
         }
         s
-    }
+    };
     old.tool == new.tool
         && old.version == new.version
         && old.seed == new.seed
         && comparable(&old.settings) == comparable(&new.settings)
 }
 
+/// True when `path` holds a readable table with exactly this provenance and `rows` rows.
 fn is_complete(path: &Path, prov: &Provenance, rows: usize) -> bool {
     match clopa_table::read_provenance(path) {
         Ok(old) if same_request(&old, prov) => {}
@@ -354,6 +359,14 @@ pub fn run(req: &Request) -> anyhow::Result<Outcome> {
         // the cases' files as they are now (sizes, times): rewritten data is not this table's
         "case_files": dataset.stamp_digest(&ids, &manifest)?,
         "profile": profile.to_json(),
+        // what the manifest says the structure is and how NSD scores it (a manifest edited in
+        // place is another request)
+        "target": {
+            "channel": manifest.channel,
+            "labels": manifest.labels,
+            "largest_component": manifest.largest_component,
+            "nsd_tolerance_mm": manifest.nsd_tolerance_mm,
+        },
     });
     let prov = Provenance::new(
         "clopa-simulate",

@@ -419,8 +419,7 @@ fn a_complete_output_is_skipped_unless_forced_or_the_settings_differ() {
     assert!(is_skipped(&["--edits", "4", "--precision", "fp16"]));
 
     // The same files under other spellings are the same request (clopa-reproduce reruns with
-    // `./runs/q` for `runs/q`); another manifest file, even a copy, is not: a manifest's labels
-    // and tolerance are in no other setting.
+    // `./runs/q` for `runs/q`); another manifest file, even a copy, is not.
     let spelled = |manifest: &Path| {
         let o = Command::cargo_bin("clopa-simulate")
             .unwrap()
@@ -444,6 +443,26 @@ fn a_complete_output_is_skipped_unless_forced_or_the_settings_differ() {
     assert!(spelled(&f.path(".").join("toy.toml")));
     std::fs::copy(f.path("toy.toml"), f.path("toy-copy.toml")).unwrap();
     assert!(!spelled(&f.path("toy-copy.toml")));
+    // the manifest edited in place: its expert Dice is not the table's business, another NSD
+    // tolerance scores other numbers
+    let copy = f.path("toy-copy.toml");
+    let edit = |from: &str, to: &str| {
+        let text = std::fs::read_to_string(&copy).unwrap();
+        assert!(text.contains(from), "{text}");
+        std::fs::write(&copy, text.replace(from, to)).unwrap();
+    };
+    edit("expert_dice = 0.9", "expert_dice = 0.8");
+    assert!(spelled(&copy));
+    edit("nsd_tolerance_mm = 2.0", "nsd_tolerance_mm = 3.0");
+    assert!(!spelled(&copy));
+    assert!(spelled(&copy));
+    // a table from before the manifest's `target` was recorded is kept, not recomputed
+    let mut prov = clopa_table::read_provenance(&out).unwrap();
+    assert_eq!(prov.settings["target"]["nsd_tolerance_mm"], 3.0);
+    prov.settings.as_object_mut().unwrap().remove("target");
+    let rows = clopa_table::read_steps(&out).unwrap();
+    clopa_table::write_steps(&out, &rows, &prov).unwrap();
+    assert!(spelled(&copy));
 
     // a truncated (unreadable) output is recomputed
     std::fs::write(&out, b"PAR1 not really").unwrap();

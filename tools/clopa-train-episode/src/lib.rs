@@ -6,7 +6,8 @@
 //! flags), checks every input (split, model, checkpoint chain, cases) before training, calls
 //! [`clopa_adapt::train_episode`] and writes the log and then the checkpoint atomically (an
 //! existing checkpoint with its log that records the same base model and settings — the cache's
-//! case ids, their files' stamps and the `--init` checkpoints' sha256 included — means the
+//! case ids, their files' stamps, the manifest's channel, labels and component filter and the
+//! `--init` checkpoints' sha256 included — means the
 //! episode is done, and a rerun skips it; other settings are trained again).
 
 use std::collections::BTreeMap;
@@ -110,23 +111,31 @@ pub fn resolve(req: &Request) -> anyhow::Result<(Profile, EpisodeConfig)> {
     Ok((p, cfg))
 }
 
-/// The episodes of training run `run` in a split, ascending.
 /// Whether a checkpoint's recorded `clopa.config` is these settings, the `--init` paths aside:
 /// they are recorded as typed, but the chain is compared by its bytes (`init_sha256`), so a
 /// rerun with the run folder spelled otherwise (`runs/q`, `./runs/q`) keeps the checkpoint.
+/// A checkpoint from before the manifest's `target` was recorded (2026-11-28) is compared
+/// without it, rather than retraining every such episode once.
 fn same_settings(recorded: Option<&String>, settings: &serde_json::Value) -> bool {
-    let without_init = |v: &serde_json::Value| {
+    let Some(old) = recorded.and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+    else {
+        return false;
+    };
+    let old_has_target = old.get("target").is_some();
+    let comparable = |v: &serde_json::Value| {
         let mut v = v.clone();
-        if let Some(init) = v.get_mut("init") {
-            *init = serde_json::Value::Null;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("init".into(), serde_json::Value::Null);
+            if !old_has_target {
+                obj.remove("target");
+            }
         }
         v
     };
-    recorded
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
-        .is_some_and(|old| without_init(&old) == without_init(settings))
+    comparable(&old) == comparable(settings)
 }
 
+/// The episodes of training run `run` in a split, ascending.
 fn run_episodes(rows: &[clopa_table::SplitRow], run: u32) -> Vec<u32> {
     let mut eps: Vec<u32> = rows
         .iter()
@@ -277,6 +286,13 @@ pub fn run(req: &Request) -> anyhow::Result<()> {
         "init_sha256": init_sha256,
         "precision": profile.train_precision,
         "train": cfg,
+        // what the manifest says the structure is (its NSD tolerance and expert Dice only
+        // matter to evaluation): a manifest edited in place is other training data
+        "target": {
+            "channel": manifest.channel,
+            "labels": manifest.labels,
+            "largest_component": manifest.largest_component,
+        },
     });
     if req.output.is_file() && log.is_file() {
         // Done only when both outputs read back whole and record this base and these settings.

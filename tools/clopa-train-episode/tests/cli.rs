@@ -424,6 +424,45 @@ fn a_new_split_or_a_retrained_init_makes_an_episode_stale() {
     assert!(e.contains("other settings") && trained(&e), "{e}");
     let e = run(1, &ck1, &["--lr", "0.0005"]);
     assert!(e.contains("skipping"), "{e}");
+    // the manifest edited in place: another NSD tolerance changes nothing training sees, the
+    // largest-component filter changes the target
+    let manifest = f.path("toy.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("nsd_tolerance_mm = 2.0", "nsd_tolerance_mm = 3.0"),
+    )
+    .unwrap();
+    let e = run(1, &ck1, &["--lr", "0.0005"]);
+    assert!(e.contains("skipping"), "{e}");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("largest_component = false", "largest_component = true"),
+    )
+    .unwrap();
+    let e = run(1, &ck1, &["--lr", "0.0005"]);
+    assert!(e.contains("other settings") && trained(&e), "{e}");
+    let e = run(1, &ck1, &["--lr", "0.0005"]);
+    assert!(e.contains("skipping"), "{e}");
+}
+
+#[test]
+fn a_checkpoint_from_before_the_target_was_recorded_is_not_retrained() {
+    let f = Fixture::new();
+    let ck = f.path("out/ep1.safetensors");
+    let out = f.cmd(1, "in", &ck).output().unwrap();
+    assert!(out.status.success());
+    // the checkpoint as an earlier version wrote it: the same settings without `target`
+    let mut c = clopa_nn::read_episode_checkpoint(&ck).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&c.metadata["clopa.config"]).unwrap();
+    assert!(cfg["target"]["labels"] == serde_json::json!([1]), "{cfg}");
+    cfg.as_object_mut().unwrap().remove("target");
+    c.metadata.insert("clopa.config".into(), cfg.to_string());
+    clopa_nn::write_episode_checkpoint(&ck, &c.tensors, &c.metadata).unwrap();
+    let out = f.cmd(1, "in", &ck).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && e.contains("skipping"), "{e}");
 }
 
 #[test]
