@@ -112,11 +112,11 @@ pub fn dc_and_ce_loss(logits: &Tensor, target: &Tensor) -> Result<LossParts> {
 /// (averaged over foreground classes) and `ce_b` its mean voxel cross-entropy. The trainer
 /// averages this over the still-active patches and divides by the number of passes.
 ///
-/// With 2 to 8 classes (and 1 to 65535 patches) it runs as one fused op (`ops/pass_loss.rs`: the same per-voxel terms in
-/// f32, sums in f64 in fixed blocks, the gradient by formula) on the CPU, and on a GPU where
-/// [`fused_cuda_loss`] says so; otherwise as [`composed_pass_loss_per_sample`], which the fused
-/// op is tested against and which is 3× slower on 2 cores (forward + backward of 2 × 2 × 32³
-/// logits 11 ms against 3.7 ms; `examples/bench_loss`).
+/// With 2 to 8 classes (and 1 to 65535 patches) it runs as one fused op (`ops/pass_loss.rs`: the
+/// same per-voxel terms in f32, sums in f64 in fixed blocks, the gradient by formula) on the CPU,
+/// and on a GPU where [`fused_cuda_loss`] says so; otherwise as [`composed_pass_loss_per_sample`],
+/// which the fused op is tested against and which is 3× slower on 2 cores (forward + backward of
+/// 2 × 2 × 32³ logits 11 ms against 3.7 ms; `examples/bench_loss`).
 pub fn clopa_pass_loss_per_sample(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     let t = checked_target(logits, target)?;
     let fused = crate::ops::pass_loss::fits(logits.dims())

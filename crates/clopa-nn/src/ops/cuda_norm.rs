@@ -52,10 +52,7 @@ struct Launch {
 
 /// A contiguous f32 view of a CUDA storage.
 fn view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| invalid(NAME, "arguments must be contiguous"))?;
-    Ok(s.as_cuda_slice::<f32>()?.slice(a..b))
+    super::cuda_view(NAME, "arguments", s, l)
 }
 
 const NAME: &str = "instance_norm3d (CUDA)";

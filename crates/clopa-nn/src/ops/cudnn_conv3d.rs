@@ -22,7 +22,7 @@ use candle_core::cuda_backend::cudarc::cudnn::{
     ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn, sys,
 };
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr,
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
 use candle_core::{
@@ -33,7 +33,7 @@ use super::conv3d::ConvGeom;
 use super::cudnn_graph as graph;
 // (the three computations, as the graph API numbers their tensors)
 use super::cudnn_graph::Op as Kind;
-use super::{ConvPrecision, grad_if, invalid};
+use super::{ConvPrecision, cuda_view, grad_if, invalid};
 
 thread_local! {
     // cuDNN handles are neither Send nor Sync: one per thread and device, as candle keeps its own.
@@ -302,14 +302,6 @@ pub(super) fn dims(v: [usize; 5]) -> ([i32; 5], [i32; 5]) {
     (d, strides)
 }
 
-/// The contiguous data of a CUDA storage from its layout's offset.
-fn view<'a, T: CudaDType>(name: &str, s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| invalid("conv3d-cudnn", format!("{name} must be contiguous")))?;
-    Ok(s.as_cuda_slice::<T>()?.slice(a..b))
-}
-
 impl CustomOp2 for CudnnConv3d {
     fn name(&self) -> &'static str {
         match self.kind {
@@ -376,8 +368,8 @@ impl CudnnConv3d {
     {
         let g = self.g;
         let dev = s1.device().clone();
-        let a = view::<T>("first argument", s1, l1)?;
-        let b = view::<T>("second argument", s2, l2)?;
+        let a = cuda_view::<T>("conv3d-cudnn", "first argument", s1, l1)?;
+        let b = cuda_view::<T>("conv3d-cudnn", "second argument", s2, l2)?;
         let stream = dev.cuda_stream();
         let shape = match self.kind {
             Kind::Forward => g.out_dims(),

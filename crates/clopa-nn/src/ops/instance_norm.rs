@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use super::isa::{Isa, isa};
 use super::leaky_relu::lrelu;
 use super::portable;
-use super::{Kernel, Op, check_layout, check_vec, dims5, f32_slice, grad_if, invalid, zeroed};
+use super::{Kernel, Op, check_layout, check_vec, cpu_slice, dims5, grad_if, invalid, zeroed};
 
 const NAME: &str = "instance_norm3d";
 
@@ -478,7 +478,7 @@ impl InplaceOp2 for InstanceNormInplace {
         l2: &Layout,
     ) -> Result<()> {
         check_layout(NAME, "residual", l2, &self.op.dims)?;
-        let r = f32_slice(NAME, "residual", s2, l2)?;
+        let r = cpu_slice::<f32>(NAME, "residual", s2, l2)?;
         self.run(s1, l1, Some(r))
     }
 }

@@ -224,27 +224,41 @@ pub(crate) fn check_vec(
     Ok(())
 }
 
-/// The contiguous f32 data of a CPU storage. The public functions make their inputs contiguous,
-/// so a non-contiguous layout here is an internal error, reported rather than mis-read.
-pub(crate) fn f32_slice<'a>(
+/// The contiguous data of a CPU storage, of type `T`. The public functions make their inputs
+/// contiguous, so a non-contiguous layout here is an internal error, reported rather than
+/// mis-read.
+pub(crate) fn cpu_slice<'a, T: candle_core::WithDType>(
     op: &'static str,
     name: &str,
     s: &'a CpuStorage,
     l: &Layout,
-) -> candle_core::Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        other => {
-            return Err(invalid(
-                op,
-                format!("{name} must be f32, got {:?}", other.dtype()),
-            ));
-        }
-    };
+) -> candle_core::Result<&'a [T]> {
+    if s.dtype() != T::DTYPE {
+        return Err(invalid(
+            op,
+            format!("{name} must be {}, got {:?}", T::DTYPE.as_str(), s.dtype()),
+        ));
+    }
+    let data = s.as_slice::<T>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => Err(invalid(op, format!("{name} must be contiguous"))),
     }
+}
+
+/// The contiguous data of a CUDA storage from its layout's offset, of type `T` (what the CUDA
+/// ops launch on); a non-contiguous layout is an internal error, as in [`cpu_slice`].
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_view<'a, T: candle_core::cuda_backend::CudaDType>(
+    op: &'static str,
+    name: &str,
+    s: &'a candle_core::CudaStorage,
+    l: &Layout,
+) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| invalid(op, format!("{name} must be contiguous")))?;
+    Ok(s.as_cuda_slice::<T>()?.slice(a..b))
 }
 
 /// A CPU kernel over `N` contiguous f32 tensors, made a candle `CustomOp{N}` by wrapping it in
@@ -286,7 +300,7 @@ impl<K> Op<K> {
         let name = self.0.name();
         let mut slices = [(&[][..], args[0].1); N];
         for (i, (s, l)) in args.into_iter().enumerate() {
-            slices[i] = (f32_slice(name, K::ARGS[i], s, l)?, l);
+            slices[i] = (cpu_slice::<f32>(name, K::ARGS[i], s, l)?, l);
         }
         let (v, shape) = self.0.cpu(slices)?;
         Ok((CpuStorage::F32(v), shape))

@@ -20,7 +20,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::{SyncPtr, invalid};
+use super::{SyncPtr, cpu_slice, invalid};
 
 const NAME: &str = "clopa_pass_loss";
 /// Voxels per block (as `CHUNK` in cuda_loss.cu: keep them equal).
@@ -71,18 +71,10 @@ struct Backward {
     n: usize,
 }
 
-/// A contiguous CPU slice of `T` from a storage and its layout.
-fn cpu_slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| invalid(NAME, "arguments must be contiguous"))?;
-    Ok(&s.as_slice::<T>()?[a..b])
-}
-
 /// [`cpu_slice`] of a held tensor's storage, which must be on the CPU.
 fn held_cpu<'a, T: candle_core::WithDType>(s: &'a Storage, l: &Layout) -> Result<&'a [T]> {
     match s {
-        Storage::Cpu(s) => cpu_slice(s, l),
+        Storage::Cpu(s) => cpu_slice(NAME, "arguments", s, l),
         _ => Err(invalid(
             NAME,
             "every argument must be on the logits' device",
@@ -149,7 +141,7 @@ impl CustomOp1 for Forward {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, n) = (self.b, self.c, self.n);
-        let logits = cpu_slice::<f32>(s, l)?;
+        let logits = cpu_slice::<f32>(NAME, "the logits", s, l)?;
         let (ls, ll) = self.labels.storage_and_layout();
         let labels = held_cpu::<f32>(&ls, ll)?;
         check_lens((b, c, n), logits.len(), labels.len(), None)?;
@@ -226,7 +218,7 @@ impl CustomOp1 for Backward {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, n) = (self.b, self.c, self.n);
-        let logits = cpu_slice::<f32>(s, l)?;
+        let logits = cpu_slice::<f32>(NAME, "the logits", s, l)?;
         let (ls, ll) = self.labels.storage_and_layout();
         let labels = held_cpu::<f32>(&ls, ll)?;
         let (rs, rl) = self.res.storage_and_layout();
@@ -338,24 +330,17 @@ mod cuda {
     use candle_core::{CudaStorage, Layout, Result, Shape, Storage};
 
     use super::{Backward, CHUNK, Forward, NAME, check_lens, invalid, sums};
+    use crate::ops::cuda_view;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cuda_loss.ptx"));
     const MODULE: &str = "clopa_cuda_loss";
     /// Threads per block (as THREADS in cuda_loss.cu).
     const THREADS: u32 = 256;
 
-    /// A contiguous view of a CUDA storage of `T`.
-    fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
-        let (a, b) = l
-            .contiguous_offsets()
-            .ok_or_else(|| invalid(NAME, "arguments must be contiguous"))?;
-        Ok(s.as_cuda_slice::<T>()?.slice(a..b))
-    }
-
-    /// [`view`] of a held tensor's storage, which must be on the GPU.
+    /// [`cuda_view`] of a held tensor's storage, which must be on the GPU.
     fn held_view<'a, T: CudaDType>(s: &'a Storage, l: &Layout) -> Result<CudaView<'a, T>> {
         match s {
-            Storage::Cuda(s) => view(s, l),
+            Storage::Cuda(s) => cuda_view(NAME, "arguments", s, l),
             _ => Err(invalid(NAME, "every argument must be on the GPU")),
         }
     }
@@ -376,7 +361,7 @@ mod cuda {
         let (b, c, n) = (op.b, op.c, op.n);
         let dev = s.device().clone();
         let stream = dev.cuda_stream();
-        let logits = view::<f32>(s, l)?;
+        let logits = cuda_view::<f32>(NAME, "the logits", s, l)?;
         let (ls, ll) = op.labels.storage_and_layout();
         let labels = held_view::<f32>(&ls, ll)?;
         check_lens((b, c, n), logits.len(), labels.len(), None)?;
@@ -421,7 +406,7 @@ mod cuda {
         let (b, c, n) = (op.b, op.c, op.n);
         let dev = s.device().clone();
         let stream = dev.cuda_stream();
-        let logits = view::<f32>(s, l)?;
+        let logits = cuda_view::<f32>(NAME, "the logits", s, l)?;
         let (ls, ll) = op.labels.storage_and_layout();
         let labels = held_view::<f32>(&ls, ll)?;
         let (rs, rl) = op.res.storage_and_layout();
