@@ -83,14 +83,15 @@ fn timed<R>(dev: &Device, f: impl FnOnce() -> R) -> (R, f64) {
 }
 
 /// max |a − b| / max |b| and mean |a − b| / mean |b|.
-fn rel(a: &[f32], b: &[f32]) -> (f64, f64) {
+fn rel<T: Copy + Into<f64>>(a: &[T], b: &[T]) -> (f64, f64) {
     let (mut dmax, mut bmax, mut dsum, mut bsum) = (0f64, 0f64, 0f64, 0f64);
     for (&x, &y) in a.iter().zip(b) {
-        let d = (x as f64 - y as f64).abs();
+        let (x, y): (f64, f64) = (x.into(), y.into());
+        let d = (x - y).abs();
         dmax = dmax.max(d);
-        bmax = bmax.max((y as f64).abs());
+        bmax = bmax.max(y.abs());
         dsum += d;
-        bsum += (y as f64).abs();
+        bsum += y.abs();
     }
     (
         dmax / bmax.max(f64::MIN_POSITIVE),
@@ -276,17 +277,6 @@ fn loss_check(dev: &Device, size: usize, reps: usize) {
     let cpu = data(&Device::Cpu).unwrap();
     let (cpu_loss, cpu_grad) =
         values(fwd_bwd(&cpu, composed_pass_loss_per_sample).unwrap()).unwrap();
-    let loss_rel = |a: &[f64]| {
-        let d = a
-            .iter()
-            .zip(&cpu_loss)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max);
-        d / cpu_loss
-            .iter()
-            .map(|y| y.abs())
-            .fold(f64::MIN_POSITIVE, f64::max)
-    };
     for fused in [false, true] {
         clopa_nn::loss::set_fused_cuda_loss(fused);
         let f: Loss = clopa_pass_loss_per_sample;
@@ -303,7 +293,7 @@ fn loss_check(dev: &Device, size: usize, reps: usize) {
             Ok(serde_json::json!({
                 "check": "loss", "device": format!("{dev:?}"), "fused": fused, "size": size,
                 "cpu_loss": cpu_loss, "device_loss": loss,
-                "loss_max_abs_diff_rel": loss_rel(&loss),
+                "loss_max_abs_diff_rel": rel(&loss, &cpu_loss).0,
                 "grads_max_abs_diff_rel": rel(&grad, &cpu_grad).0,
                 "grads_mean_abs_diff_rel": rel(&grad, &cpu_grad).1,
                 "device_s": best,
