@@ -13,7 +13,7 @@
 # With the device tool:  run(command="bash scripts/gpu-check.sh", carry=["target/cuda-check"])
 # Writes $OUT (default /tmp/gpu-check): gpu.txt, clopa-smoke.jsonl (64³), clopa.jsonl (cuDNN's
 # legacy API; with GPU_CHECK_FIND=1 also its graph API and Find), torch.jsonl (fp32 with TF32 off,
-# autocast fp16 as nnInteractive, TF32 as PyTorch's default, fp32 with cudnn.benchmark) and the peak
+# autocast fp16 as nnInteractive, autocast bf16, TF32 as PyTorch's default, fp32 with cudnn.benchmark) and the peak
 # of nvidia-smi's memory.used during each (mem.txt), and prints them all.
 #
 # Both GPU checks in one call of the device tool (~3–5 min on an H200; 7 files back), the tools
@@ -31,7 +31,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out
 nproc | sed 's/^/cpu cores: /' | tee -a "$out/gpu.txt"
 
 # clopa first (the unknown side): a smoke test that fails fast, then the check; then PyTorch.
-# The device tool stops a command at 600 s and the timeouts below add up to 500 s (1040 s with
+# The device tool stops a command at 600 s and the timeouts below add up to 560 s (1100 s with
 # GPU_CHECK_FIND=1); on an H200 the script took ~150 s without the experiments (2026-11-28; with
 # the tools check before it ~220 s). Starting a fresh machine costs device time too: 30 s to 6 min
 # (the fourteenth session lost its last 366 s to one start). Every line is written as it is
@@ -48,12 +48,15 @@ else
   echo "gpu-check: the smoke test failed; clopa's check skipped" >&2
   smoke=failed
 fi
-# (one file for the three: the device tool sends back 8 files at most, gpu-tools-check.sh's too)
-# (GPU_CHECK_TORCH=0 leaves PyTorch out: a rerun of clopa's side on the card of an earlier run)
-[ "${GPU_CHECK_TORCH:-1}" = 0 ] && modes="" || modes='fp32: autocast:--autocast tf32:--tf32 benchmark:--benchmark'
+# (one file for all: the device tool sends back 8 files at most, gpu-tools-check.sh's too)
+# (GPU_CHECK_TORCH=0 leaves PyTorch out: a rerun of clopa's side on the card of an earlier run;
+# GPU_CHECK_TORCH_MODES picks modes, e.g. "autocast-bf16:--autocast,--bf16")
+modes=${GPU_CHECK_TORCH_MODES:-'fp32: autocast:--autocast autocast-bf16:--autocast,--bf16 tf32:--tf32 benchmark:--benchmark'}
+[ "${GPU_CHECK_TORCH:-1}" = 0 ] && modes=""
 for mode in $modes; do
   name=torch-${mode%%:*}
-  peak "$name" timeout -k 5 60 "$py" -u scripts/gpu_check.py "$size" "$patch,192" "$steps" "$reps" ${mode#*:} |
+  flags=${mode#*:}
+  peak "$name" timeout -k 5 60 "$py" -u scripts/gpu_check.py "$size" "$patch,192" "$steps" "$reps" ${flags//,/ } |
     tee -a "$out/torch.jsonl"
 done
 # With GPU_CHECK_FIND=1, last: clopa again through cuDNN's graph API (cudnn_graph.rs) with its first

@@ -10,10 +10,11 @@ best of REPS forward timings after one warm-up, the per-op timings at the widest
 at SIZE^3: conv, instance norm + LeakyReLU, conv -> norm -> LeakyReLU forward + backward), the mean
 step time after the first, and torch.cuda.max_memory_allocated for each.
 
-    python scripts/gpu_check.py [SIZE] [PATCH] [STEPS] [REPS] [--tf32] [--autocast] [--benchmark]
+    python scripts/gpu_check.py [SIZE] [PATCH] [STEPS] [REPS] [--tf32] [--autocast [--bf16]] [--benchmark]
 
 --autocast runs both under torch.autocast(fp16), as nnInteractive's GPU inference does (clopa's
-counterpart: gpu_check's fp16 forward). --benchmark sets torch.backends.cudnn.benchmark (clopa's
+counterpart: gpu_check's fp16 forward); with --bf16 under torch.autocast(bf16) (clopa's
+counterpart: the bf16 training step, `clopa-train-episode --precision bf16`). --benchmark sets torch.backends.cudnn.benchmark (clopa's
 counterpart: CLOPA_CUDNN_BENCHMARK=1).
 """
 import json
@@ -31,6 +32,7 @@ def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     tf32 = "--tf32" in sys.argv
     autocast = "--autocast" in sys.argv
+    half = torch.bfloat16 if "--bf16" in sys.argv else torch.float16
     # cuDNN's algorithms by benchmark (nnU-Net's training sets it) instead of its heuristics
     torch.backends.cudnn.benchmark = "--benchmark" in sys.argv
     size, patches, steps, reps = (args + ["192", "128", "3", "3"][len(args):])[:4]
@@ -50,7 +52,7 @@ def main():
     x = torch.rand(1, 8, size, size, size, device=dev) * 2 - 1
     reset()
     best = float("inf")
-    amp = torch.autocast(dev.type, dtype=torch.float16, enabled=autocast)
+    amp = torch.autocast(dev.type, dtype=half, enabled=autocast)
     with torch.no_grad(), amp:
         for i in range(reps + 1):
             sync()
@@ -60,7 +62,8 @@ def main():
             if i > 0:  # the first is the warm-up
                 best = min(best, time.perf_counter() - t)
     print(json.dumps({"check": "torch-forward", "device": gpu, "size": size,
-                      "tf32": tf32, "autocast_fp16": autocast, "cudnn_benchmark": torch.backends.cudnn.benchmark, "device_s": best,
+                      "tf32": tf32, "autocast_fp16": autocast and half == torch.float16,
+                      "autocast_bf16": autocast and half == torch.bfloat16, "cudnn_benchmark": torch.backends.cudnn.benchmark, "device_s": best,
                       "peak_allocated_mib": peak_mib()}))
     del x
 
@@ -112,7 +115,8 @@ def main():
         conv_s = best_of(lambda: F.conv3d(xo, w, padding=1))
         norm_s = best_of(lambda: F.leaky_relu(F.instance_norm(xo, weight=g, bias=b, eps=1e-5), 0.01, inplace=True))
     print(json.dumps({"check": "torch-ops", "device": gpu, "shape": [1, 32, size, size, size],
-                      "tf32": tf32, "autocast_fp16": autocast, "cudnn_benchmark": torch.backends.cudnn.benchmark, "conv3d_s": conv_s,
+                      "tf32": tf32, "autocast_fp16": autocast and half == torch.float16,
+                      "autocast_bf16": autocast and half == torch.bfloat16, "cudnn_benchmark": torch.backends.cudnn.benchmark, "conv3d_s": conv_s,
                       "instance_norm_lrelu_s": norm_s, "conv_norm_lrelu_fwd_bwd_s": best_of(fwd_bwd),
                       "conv_fwd_bwd_s": best_of(lambda: conv_fb(False)),
                       "conv_fwd_bwd_dw_s": best_of(lambda: conv_fb(True)),
@@ -150,7 +154,8 @@ def main():
         rest = times[1:] or times
         print(json.dumps({"check": "torch-train", "device": gpu, "patch": patch,
                           "batch": 2, "group": "in", "steps": steps, "tf32": tf32,
-                          "autocast_fp16": autocast, "cudnn_benchmark": torch.backends.cudnn.benchmark, "loss": losses,
+                          "autocast_fp16": autocast and half == torch.float16,
+                      "autocast_bf16": autocast and half == torch.bfloat16, "cudnn_benchmark": torch.backends.cudnn.benchmark, "loss": losses,
                           "device_s_per_step": sum(rest) / len(rest),
                           "last_step_phases_s": dict(zip(["forward_loss", "backward", "adam"], phases)),
                           "peak_allocated_mib": peak_mib()}))

@@ -14,12 +14,15 @@
 //! * `forward`: logits (1, 2, S, S, S) on the device vs the CPU, max |Δ| / max |cpu| and mean |Δ|
 //!   / mean |cpu|; the best of REPS device timings after one warm-up, and the CPU's time.
 //! * `forward` with `precision` F16 / Bf16: the same with half-precision GPU convolutions (fp32
-//!   accumulation, like PyTorch's autocast), against the fp32 CPU logits, and the fraction of
-//!   voxels whose argmax differs.
+//!   accumulation and half activations between them, like PyTorch's autocast), against the fp32
+//!   CPU logits, and the fraction of voxels whose argmax differs.
 //! * `ops`: the device's time per op at the widest stage (32 channels at FWD_SIZE³): conv (fp32
 //!   and fp16), instance norm + LeakyReLU, and conv → norm → LeakyReLU forward + backward; then
 //!   forward + backward of the conv alone (input gradient; and the kernel's), of the norm +
-//!   LeakyReLU alone, and of the loss (the default way: composed unless `CLOPA_CUDA_LOSS=fused`).
+//!   LeakyReLU alone, and of the loss (the default way: fused unless `CLOPA_CUDA_LOSS=composed`);
+//!   the conv's forward in bf16 and its forward + backward in fp16 and bf16 (the fp32 input's
+//!   cast included, the half result summed in f32); and `x·1 → sum → backward` alone (`scale_sum_backward_s`), what
+//!   ending the `_fwd_bwd` lines in a sum costs.
 //! * `train`: STEPS steps of batch 2 at TRAIN_PATCH³, each forward + (1 − soft Dice + CE) +
 //!   backward + Adam (lr 1e-3, weight decay 1e-5) on the instance-norm affines, from the same
 //!   weights and data on both sides: each step's loss on both, the first step's gradients'
@@ -27,10 +30,13 @@
 //!   whose gradient is rounding noise moves by ±lr either way: compare with `params_moved_rel`),
 //!   and seconds per step after the first.
 //! * `train-device-only` (not with `--no-paper-size`, not on the CPU): two steps at the paper's
-//!   192³, batch 2, on the device alone, fp32 and bf16 convolutions, and fp32 with the fused loss
-//!   (`fused_loss`) — whether they fit its memory, their time by phase and losses.
-//! * `loss` (not on the CPU), last: the trainer's loss on logits (2, 2, FWD_SIZE³), composed and
+//!   192³, batch 2, on the device alone, fp32, bf16 and fp16 convolutions (fused loss), and fp32
+//!   with the composed loss (`fused_loss`: false) — whether they fit its memory, their time by
+//!   phase and losses.
+//! * `loss` (not on the CPU): the trainer's loss on logits (2, 2, FWD_SIZE³), composed and
 //!   fused (`fused`), against the CPU's composition (losses, gradients) and timed.
+//! * `cudnn` (with the `cuda` feature), last: the algorithm cuDNN's legacy API chose for each
+//!   convolution shape run, forward and backward.
 //!
 //! `scripts/gpu_check.py` does the same forward and step in PyTorch; `scripts/gpu-check.sh`
 //! runs both on the device machine.
@@ -184,10 +190,38 @@ fn op_times(dev: &Device, size: usize, reps: usize) {
         best
     };
     let conv = time(&|| ops::conv3d(&x, &w, None, 1, 1).map(drop));
-    // the same with fp16 inputs (cast in and out included), against PyTorch's autocast conv
+    // the same with fp16 inputs (the input's cast included; the result stays fp16), against
+    // PyTorch's autocast conv
     clopa_nn::ops::set_conv_precision(ConvPrecision::F16);
     let conv16 = time(&|| ops::conv3d(&x, &w, None, 1, 1).map(drop));
     clopa_nn::ops::set_conv_precision(ConvPrecision::F32);
+    // forward + backward (input gradient) of the convolution at each precision, and what the
+    // `sum_all().backward()` that ends such a line costs by itself (a gradient of ones, made
+    // and accumulated at full size), to read the convolutions' own time off the others
+    // (a half result is summed in f32, as the network's logits are: summed in fp16 — 226 M
+    // values, past fp16's range — the fp16 line took 0.32 s on an H200 against bf16's 27 ms; not
+    // looked into)
+    let conv_fb_at = |p: ConvPrecision| {
+        clopa_nn::ops::set_conv_precision(p);
+        let s = time(&|| {
+            let xv = candle_core::Var::from_tensor(&x)?;
+            let y = ops::conv3d(xv.as_tensor(), &w, None, 1, 1)?;
+            y.to_dtype(DType::F32)?.sum_all()?.backward().map(drop)
+        });
+        clopa_nn::ops::set_conv_precision(ConvPrecision::F32);
+        s
+    };
+    let (conv_fb16, conv_fb_bf16) = (
+        conv_fb_at(ConvPrecision::F16),
+        conv_fb_at(ConvPrecision::Bf16),
+    );
+    clopa_nn::ops::set_conv_precision(ConvPrecision::Bf16);
+    let conv_bf16 = time(&|| ops::conv3d(&x, &w, None, 1, 1).map(drop));
+    clopa_nn::ops::set_conv_precision(ConvPrecision::F32);
+    let sum_bwd = time(&|| {
+        let xv = candle_core::Var::from_tensor(&x)?;
+        (xv.as_tensor() * 1.0)?.sum_all()?.backward().map(drop)
+    });
     let norm = time(&|| ops::instance_norm3d(&x, &gamma, &beta, 1e-5, Some(0.01)).map(drop));
     let p = ops::ConvNorm {
         weight: &w,
@@ -238,13 +272,15 @@ fn op_times(dev: &Device, size: usize, reps: usize) {
             "conv3d_s": conv, "conv3d_fp16_s": conv16, "instance_norm_lrelu_s": norm,
             "conv_norm_lrelu_fwd_bwd_s": fwd_bwd, "conv_fwd_bwd_s": conv_fb,
             "conv_fwd_bwd_dw_s": conv_fb_dw, "norm_lrelu_fwd_bwd_s": norm_fb,
-            "loss_fwd_bwd_s": loss_fb,
+            "loss_fwd_bwd_s": loss_fb, "conv3d_bf16_s": conv_bf16,
+            "conv_fwd_bwd_fp16_s": conv_fb16, "conv_fwd_bwd_bf16_s": conv_fb_bf16,
+            "scale_sum_backward_s": sum_bwd,
         })
     );
 }
 
-/// The trainer's loss on the GPU, composed of candle's ops (the default) and fused
-/// (`ops/cuda_loss.cu`, opt-in until this line shows it agrees), each against the CPU's
+/// The trainer's loss on the GPU, composed of candle's ops and fused (`ops/cuda_loss.cu`, the
+/// default), each against the CPU's
 /// composition (not the CPU's fused op, which shares the fused kernels' formulas): the
 /// per-patch losses and the gradient of their mean with respect to logits (2, 2, SIZE³), and the
 /// time of forward + backward on the device (no copies), best of REPS. Errors are printed.
@@ -277,6 +313,7 @@ fn loss_check(dev: &Device, size: usize, reps: usize) {
     let cpu = data(&Device::Cpu).unwrap();
     let (cpu_loss, cpu_grad) =
         values(fwd_bwd(&cpu, composed_pass_loss_per_sample).unwrap()).unwrap();
+    let default = clopa_nn::loss::fused_cuda_loss();
     for fused in [false, true] {
         clopa_nn::loss::set_fused_cuda_loss(fused);
         let f: Loss = clopa_pass_loss_per_sample;
@@ -304,7 +341,7 @@ fn loss_check(dev: &Device, size: usize, reps: usize) {
         });
         println!("{line}");
     }
-    clopa_nn::loss::set_fused_cuda_loss(false);
+    clopa_nn::loss::set_fused_cuda_loss(default);
 }
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -443,19 +480,22 @@ fn train_device_only(spec: &UNetSpec, dev: &Device, patch: usize) {
         }
         Ok((times, losses))
     };
-    // fp32, then bf16 convolutions (what clopa-train-episode --precision bf16 runs), then fp32
-    // with the fused loss (ops/cuda_loss.cu, opt-in until checked: `loss` line)
+    // fp32, then bf16 convolutions (what clopa-train-episode --precision bf16 runs) and fp16
+    // (PyTorch's autocast dtype), with the fused loss (the default); then fp32 with the composed
+    // loss, what the fused one saves
     let configs = [
-        (ConvPrecision::F32, false),
-        (ConvPrecision::Bf16, false),
         (ConvPrecision::F32, true),
+        (ConvPrecision::Bf16, true),
+        (ConvPrecision::F16, true),
+        (ConvPrecision::F32, false),
     ];
+    let default = clopa_nn::loss::fused_cuda_loss();
     for (p, fused) in configs {
         clopa_nn::ops::set_conv_precision(p);
         clopa_nn::loss::set_fused_cuda_loss(fused);
         let r = run();
         clopa_nn::ops::set_conv_precision(ConvPrecision::F32);
-        clopa_nn::loss::set_fused_cuda_loss(false);
+        clopa_nn::loss::set_fused_cuda_loss(default);
         let line = match r {
             Ok((t, losses)) => serde_json::json!({
                 "check": "train-device-only", "precision": format!("{p:?}"), "patch": patch,
@@ -501,7 +541,11 @@ fn main() {
     if args.len() <= 5 || args[5] != "--no-paper-size" {
         train_device_only(&spec, &dev, 192);
     }
-    // last: the fused loss kernels have not run on a GPU before, and a fault in them would
-    // leave the CUDA context unusable for whatever came after
     loss_check(&dev, size, reps);
+    if !dev.is_cpu() {
+        println!(
+            "{}",
+            serde_json::json!({"check": "cudnn", "choices": clopa_nn::ops::cudnn_choices()})
+        );
+    }
 }

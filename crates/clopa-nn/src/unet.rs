@@ -380,7 +380,9 @@ impl ResidualEncoderUNet {
             }
             record(format!("dec_stage{i}_out"), &y);
             if ds || i == self.decoder.len() - 1 {
-                outs.push(ops::conv3d(&y, &st.seg.weight, st.seg.bias.as_ref(), 1, 0)?);
+                // (f32 logits also where a GPU's half-precision convolutions kept them half)
+                let logits = ops::conv3d(&y, &st.seg.weight, st.seg.bias.as_ref(), 1, 0)?;
+                outs.push(logits.to_dtype(candle_core::DType::F32)?);
             }
             low = y;
         }
@@ -408,6 +410,26 @@ mod tests {
         arch.arch_kwargs["strides"] = serde_json::json!([1, 1, 2]);
         arch.arch_kwargs["stem_channels"] = serde_json::json!(2);
         UNetSpec::from_architecture(&arch, 2, 3).expect("spec")
+    }
+
+    /// Parameters as a network is initialised (PyTorch's default for its convolutions): every
+    /// kernel uniform in ±1/√fan-in, zero-mean; biases small; norm scales near 1, shifts near 0.
+    fn he_params(spec: &UNetSpec) -> BTreeMap<String, Tensor> {
+        let mut rng = crate::ops::testutil::Lcg(7);
+        spec.parameter_shapes()
+            .into_iter()
+            .map(|(n, s)| {
+                let numel: usize = s.iter().product();
+                let fan_in: usize = s.iter().skip(1).product::<usize>().max(1);
+                let (scale, offset) = match s.len() {
+                    5 => ((1.0 / fan_in as f32).sqrt(), 0.0),
+                    _ if n.ends_with("norm.weight") => (0.1, 1.0),
+                    _ => (0.1, 0.0),
+                };
+                let v: Vec<f32> = (0..numel).map(|_| rng.next() * scale + offset).collect();
+                (n, Tensor::from_vec(v, s, &Device::Cpu).expect("tensor"))
+            })
+            .collect()
     }
 
     fn params(spec: &UNetSpec) -> BTreeMap<String, Tensor> {
@@ -448,6 +470,109 @@ mod tests {
         Ok(())
     }
 
+    /// The network of `spec` on a fixed input of `dims`, its norm affines trainable (group `in`):
+    /// the logits (deep supervision on), then the gradients of the input and of every norm
+    /// affine under a fixed weighting of the logits; through the CPU kernels, or with `portable`
+    /// the compositions a GPU runs, and with `half` the input cast to that type, so that every
+    /// layer runs on half data as on a GPU with half-precision convolutions (which the
+    /// activations' and the logits' types are checked for).
+    fn run_network(
+        spec: &UNetSpec,
+        params: BTreeMap<String, Tensor>,
+        dims: [usize; 5],
+        portable: bool,
+        half: Option<DType>,
+    ) -> Result<[Vec<Vec<f32>>; 2]> {
+        let n: usize = dims.iter().product();
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let mut store = ParamStore::new(params);
+        let norms: Vec<String> = spec
+            .parameter_shapes()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.contains(".norm."))
+            .collect();
+        store.make_trainable(&norms)?;
+        let xv = candle_core::Var::from_tensor(&Tensor::from_slice(&x, &dims[..], &Device::Cpu)?)?;
+        let net = ResidualEncoderUNet::new(spec, &store.var_builder(&Device::Cpu))?;
+        let f = || -> Result<Vec<Tensor>> {
+            let Some(dt) = half else {
+                return net.forward_ds(xv.as_tensor());
+            };
+            if dt == DType::F32 {
+                // (f32 all through, the input rounded to fp16: what that rounding alone moves)
+                let xr = xv.as_tensor().to_dtype(DType::F16)?.to_dtype(DType::F32)?;
+                return net.forward_ds(&xr);
+            }
+            let xh = xv.as_tensor().to_dtype(dt)?;
+            let (_, acts) = net.forward_debug(&xh)?;
+            for (name, a) in &acts {
+                assert_eq!(a.dtype(), dt, "{name}: activations stay {dt:?}");
+            }
+            let outs = net.forward_ds(&xh)?;
+            for o in &outs {
+                assert_eq!(o.dtype(), DType::F32, "logits come out f32");
+            }
+            Ok(outs)
+        };
+        let outs = if portable {
+            ops::portable::on_cpu(f)?
+        } else {
+            f()?
+        };
+        let loss = outs
+            .iter()
+            .try_fold(Tensor::new(0f32, &Device::Cpu)?, |acc, o| {
+                let w = Tensor::arange(0f32, o.elem_count() as f32, &Device::Cpu)?
+                    .affine(0.001, -0.3)?
+                    .sin()?
+                    .reshape(o.dims())?;
+                acc + (o * w)?.sum_all()?
+            })?;
+        let grads = loss.backward()?;
+        let mut g = vec![
+            grads
+                .get(xv.as_tensor())
+                .expect("dx")
+                .flatten_all()?
+                .to_vec1()?,
+        ];
+        for v in store.vars().values() {
+            g.push(grads.get(v.as_tensor()).expect("d norm").to_vec1()?);
+        }
+        let o = outs
+            .iter()
+            .map(|o| o.flatten_all()?.to_vec1())
+            .collect::<candle_core::Result<_>>()?;
+        Ok([o, g])
+    }
+
+    /// Each of `a` finite and within `tol` × the largest |value| of its counterpart in `b`.
+    fn assert_close_each(what: &str, a: &[Vec<f32>], b: &[Vec<f32>], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        for (i, (a, b)) in a.iter().zip(b).enumerate() {
+            assert!(a.iter().all(|v| v.is_finite()), "{what} {i}: not finite");
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(err <= tol * scale, "{what} {i}: {err} vs scale {scale}");
+        }
+    }
+
+    /// ‖a − b‖ / ‖b‖ over all the vectors together.
+    fn relative_l2(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+        let (mut d, mut n) = (0f64, 0f64);
+        for (a, b) in a.iter().zip(b) {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(b) {
+                d += (f64::from(*x) - f64::from(*y)).powi(2);
+                n += f64::from(*y).powi(2);
+            }
+        }
+        (d / n).sqrt()
+    }
+
     /// The whole network through the compositions a GPU runs (`ops::portable`) against the CPU
     /// kernels: logits, deep-supervision outputs, and the gradients of the input and of every
     /// norm affine (group `in`), for the odd architecture and a small v1.0-shaped one. (Its
@@ -461,68 +586,43 @@ mod tests {
             (odd_spec(), [2, 2, 4, 6, 8]),
             (small_v1, [1, 8, 16, 16, 16]),
         ] {
-            let n: usize = dims.iter().product();
-            let x: Vec<f32> = (0..n)
-                .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
-                .collect();
-            let run = |portable: bool| -> Result<[Vec<Vec<f32>>; 2]> {
-                let mut store = ParamStore::new(params(&spec));
-                let norms: Vec<String> = spec
-                    .parameter_shapes()
-                    .into_iter()
-                    .map(|(n, _)| n)
-                    .filter(|n| n.contains(".norm."))
-                    .collect();
-                store.make_trainable(&norms)?;
-                let xv = candle_core::Var::from_tensor(&Tensor::from_slice(
-                    &x,
-                    &dims[..],
-                    &Device::Cpu,
-                )?)?;
-                let net = ResidualEncoderUNet::new(&spec, &store.var_builder(&Device::Cpu))?;
-                let f = || net.forward_ds(xv.as_tensor());
-                let outs = if portable {
-                    ops::portable::on_cpu(f)?
-                } else {
-                    f()?
-                };
-                let loss = outs
-                    .iter()
-                    .try_fold(Tensor::new(0f32, &Device::Cpu)?, |acc, o| {
-                        let w = Tensor::arange(0f32, o.elem_count() as f32, &Device::Cpu)?
-                            .affine(0.001, -0.3)?
-                            .sin()?
-                            .reshape(o.dims())?;
-                        acc + (o * w)?.sum_all()?
-                    })?;
-                let grads = loss.backward()?;
-                let mut g = vec![
-                    grads
-                        .get(xv.as_tensor())
-                        .expect("dx")
-                        .flatten_all()?
-                        .to_vec1()?,
-                ];
-                for v in store.vars().values() {
-                    g.push(grads.get(v.as_tensor()).expect("d norm").to_vec1()?);
-                }
-                let o = outs
-                    .iter()
-                    .map(|o| o.flatten_all()?.to_vec1())
-                    .collect::<candle_core::Result<_>>()?;
-                Ok([o, g])
-            };
-            let (fast, port) = (run(false)?, run(true)?);
-            let close = |what: &str, a: &[Vec<f32>], b: &[Vec<f32>]| {
-                assert_eq!(a.len(), b.len());
-                for (i, (a, b)) in a.iter().zip(b).enumerate() {
-                    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-                    assert!(err <= 1e-4 * scale, "{what} {i}: {err} vs scale {scale}");
-                }
-            };
-            close("output", &port[0], &fast[0]);
-            close("gradient", &port[1], &fast[1]);
+            let fast = run_network(&spec, params(&spec), dims, false, None)?;
+            let port = run_network(&spec, params(&spec), dims, true, None)?;
+            assert_close_each("output", &port[0], &fast[0], 1e-4);
+            assert_close_each("gradient", &port[1], &fast[1], 1e-4);
+        }
+        Ok(())
+    }
+
+    /// The network on half data (fp16 through every layer, as a GPU's fp16 convolutions hand it
+    /// on; here through the compositions, cuDNN and the fused norm kernels aside) against the
+    /// f32 CPU kernels: the activations stay half, the logits come out f32 and match to 1 %.
+    /// The gradients cannot be held to a fixed tolerance: at LeakyReLU's kink and through norms
+    /// over few voxels this network's gradients move by up to 13 % (relative L2, some affine)
+    /// when only its f32 input is rounded to fp16, so the half run's gradients (all together)
+    /// are held to within 2× of what that rounding alone moves them — a lost or misrouted
+    /// gradient would be off by its whole size. (bf16: candle has no bf16 matmul on the CPU.)
+    #[test]
+    fn half_precision_network_is_the_f32_one_rounded() -> Result<()> {
+        let small_v1 =
+            UNetSpec::from_architecture(&Architecture::resenc(&[4, 6, 8, 8], &[1, 2, 2, 1]), 8, 2)?;
+        let dims = [1, 8, 32, 32, 32];
+        let run =
+            |portable, half| run_network(&small_v1, he_params(&small_v1), dims, portable, half);
+        let fast = run(false, None)?;
+        let half = run(true, Some(DType::F16))?;
+        assert_close_each("f16 output", &half[0], &fast[0], 1e-2);
+        assert_close_each("f16 gradient", &half[1], &fast[1], f32::INFINITY);
+        let rounded = run(false, Some(DType::F32))?;
+        // the input's gradient, then the norm affines' together
+        for (what, r) in [("input", 0..1), ("norm affines", 1..fast[1].len())] {
+            let e = |g: &[Vec<f32>]| relative_l2(&g[r.clone()], &fast[1][r.clone()]);
+            let (e_half, e_rounded) = (e(&half[1]), e(&rounded[1]));
+            eprintln!("{what}: half {e_half} rounded {e_rounded}");
+            assert!(
+                e_half <= 2.0 * e_rounded,
+                "{what} gradients off by {e_half} (relative L2), the input's rounding alone {e_rounded}"
+            );
         }
         Ok(())
     }

@@ -96,15 +96,11 @@ impl Kernel<3> for AddLeakyReluBwd {
     }
 }
 
-/// `leaky_relu(a + b, negative_slope)` for two f32 tensors of the same shape (no broadcasting).
+/// `leaky_relu(a + b, negative_slope)` for two f32 tensors of the same shape (no broadcasting;
+/// on a GPU also f16/bf16).
 pub fn add_leaky_relu(a: &Tensor, b: &Tensor, negative_slope: f64) -> Result<Tensor> {
     for (name, t) in [("a", a), ("b", b)] {
-        if t.dtype() != candle_core::DType::F32 {
-            return Err(invalid(
-                NAME,
-                format!("{name} must be f32, got {:?}", t.dtype()),
-            ));
-        }
+        super::check_data(NAME, name, t)?;
     }
     if a.dims() != b.dims() {
         return Err(invalid(

@@ -104,7 +104,8 @@ impl Kernel<1> for SliceChannels {
     }
 }
 
-/// `cat([a, b], dim 1)` of `a` (B, Ca, D, H, W) and `b` (B, Cb, D, H, W), f32, differentiable:
+/// `cat([a, b], dim 1)` of `a` (B, Ca, D, H, W) and `b` (B, Cb, D, H, W), f32 (on a GPU also
+/// f16/bf16), differentiable:
 /// the same result as `Tensor::cat(&[a, b], 1)`, copied in parallel.
 pub fn cat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let da = dims5(NAME, "a", a)?;

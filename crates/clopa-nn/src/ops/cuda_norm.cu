@@ -14,7 +14,21 @@
 #define PER_THREAD 16
 #define CHUNK (THREADS * PER_THREAD)
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include "cuda_reduce.cuh"
+
+// The data types' conversions to and from the f32 the kernels compute in (round to nearest).
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
 
 // The sums of plane blockIdx.x's K partials (x and y apart), in thread 0: the second stage of
 // every plane sum. One block per plane.
@@ -34,18 +48,20 @@ __device__ __forceinline__ double2 plane_total(const double2* part, int K) {
 
 // LeakyReLU's derivative read off the activation's output y (y > 0 iff its input > 0 for a slope
 // >= 0; at 0 it is the slope, as PyTorch's). Without an activation, 1.
-__device__ __forceinline__ float act_grad(const float* y, long long i, float dy, int has_slope,
+template <typename T>
+__device__ __forceinline__ float act_grad(const T* y, long long i, float dy, int has_slope,
                                           float slope) {
-    return (has_slope && !(y[i] > 0.0f)) ? dy * slope : dy;
+    return (has_slope && !(to_f(y[i]) > 0.0f)) ? dy * slope : dy;
 }
 
 // part[p * K + k] = (sum, sum of squares) of block (k, p)'s elements of x.
-extern "C" __global__ void clopa_norm_stats_partial(const float* x, double2* part, long long n) {
+template <typename T>
+__device__ void norm_stats_partial(const T* x, double2* part, long long n) {
     __shared__ double s1[THREADS / 32], s2[THREADS / 32];
     long long p = blockIdx.y, k = blockIdx.x, base = p * n;
     double a = 0.0, b = 0.0;
     for (long long j = k * CHUNK + threadIdx.x; j < min((k + 1) * CHUNK, n); j += THREADS) {
-        double v = x[base + j];
+        double v = to_f(x[base + j]);
         a += v;
         b += v * v;
     }
@@ -55,7 +71,7 @@ extern "C" __global__ void clopa_norm_stats_partial(const float* x, double2* par
 }
 
 // stats[p] = (mean, 1 / sqrt(biased variance + eps)) from plane p's K partials. One block per
-// plane.
+// plane. (The same for every data type: it reads only the partials.)
 extern "C" __global__ void clopa_norm_stats_final(const double2* part, float2* stats, int K,
                                                   long long n, double eps) {
     double2 t = plane_total(part, K);
@@ -67,36 +83,35 @@ extern "C" __global__ void clopa_norm_stats_final(const double2* part, float2* s
 }
 
 // y = act(((x - mean) * rstd) * gamma[c] + beta[c] (+ r)), c = p % C.
-extern "C" __global__ void clopa_norm_apply(const float* x, const float2* stats,
-                                            const float* gamma, const float* beta, const float* r,
-                                            float* y, long long n, int C, int has_slope,
-                                            float slope) {
+template <typename T>
+__device__ void norm_apply(const T* x, const float2* stats, const float* gamma, const float* beta,
+                           const T* r, T* y, long long n, int C, int has_slope, float slope) {
     long long p = blockIdx.y, k = blockIdx.x, base = p * n;
     float2 st = stats[p];
     float g = gamma[p % C], b = beta[p % C];
     for (long long j = k * CHUNK + threadIdx.x; j < min((k + 1) * CHUNK, n); j += THREADS) {
         long long i = base + j;
-        float v = ((x[i] - st.x) * st.y) * g + b;
-        if (r) v += r[i];
+        float v = ((to_f(x[i]) - st.x) * st.y) * g + b;
+        if (r) v += to_f(r[i]);
         if (has_slope && !(v > 0.0f)) v *= slope;
-        y[i] = v;
+        y[i] = from_f<T>(v);
     }
 }
 
 // part[p * K + k] = (sum of g, sum of g * xhat) of block (k, p), g = act'(y) * dy,
 // xhat = (x - mean) * rstd.
-extern "C" __global__ void clopa_norm_bwd_partial(const float* x, const float* y, const float* dy,
-                                                  const float2* stats, double2* part, long long n,
-                                                  int has_slope, float slope) {
+template <typename T>
+__device__ void norm_bwd_partial(const T* x, const T* y, const T* dy, const float2* stats,
+                                 double2* part, long long n, int has_slope, float slope) {
     __shared__ double s1[THREADS / 32], s2[THREADS / 32];
     long long p = blockIdx.y, k = blockIdx.x, base = p * n;
     float2 st = stats[p];
     double a = 0.0, b = 0.0;
     for (long long j = k * CHUNK + threadIdx.x; j < min((k + 1) * CHUNK, n); j += THREADS) {
         long long i = base + j;
-        float g = act_grad(y, i, dy[i], has_slope, slope);
+        float g = act_grad(y, i, to_f(dy[i]), has_slope, slope);
         a += g;
-        b += (double)g * (double)((x[i] - st.x) * st.y);
+        b += (double)g * (double)((to_f(x[i]) - st.x) * st.y);
     }
     a = block_sum(a, s1);
     b = block_sum(b, s2);
@@ -110,26 +125,57 @@ extern "C" __global__ void clopa_norm_bwd_final(const double2* part, float2* sum
 }
 
 // dx = gamma[c] * rstd * (g - mean(g) - xhat * mean(g * xhat)).
-extern "C" __global__ void clopa_norm_bwd_dx(const float* x, const float* y, const float* dy,
-                                             const float2* stats, const float2* sums,
-                                             const float* gamma, float* dx, long long n, int C,
-                                             int has_slope, float slope) {
+template <typename T>
+__device__ void norm_bwd_dx(const T* x, const T* y, const T* dy, const float2* stats,
+                            const float2* sums, const float* gamma, T* dx, long long n, int C,
+                            int has_slope, float slope) {
     long long p = blockIdx.y, k = blockIdx.x, base = p * n;
     float2 st = stats[p], su = sums[p];
     float inv_n = (float)(1.0 / (double)n);
     float mg = su.x * inv_n, mgx = su.y * inv_n, scale = gamma[p % C] * st.y;
     for (long long j = k * CHUNK + threadIdx.x; j < min((k + 1) * CHUNK, n); j += THREADS) {
         long long i = base + j;
-        float g = act_grad(y, i, dy[i], has_slope, slope);
-        dx[i] = scale * (g - mg - ((x[i] - st.x) * st.y) * mgx);
+        float g = act_grad(y, i, to_f(dy[i]), has_slope, slope);
+        dx[i] = from_f<T>(scale * (g - mg - ((to_f(x[i]) - st.x) * st.y) * mgx));
     }
 }
 
 // g = act'(y) * dy over len elements (the residual's gradient).
-extern "C" __global__ void clopa_leaky_grad(const float* y, const float* dy, float* g,
-                                            long long len, float slope) {
+template <typename T>
+__device__ void leaky_grad(const T* y, const T* dy, T* g, long long len, float slope) {
     for (long long i = (long long)blockIdx.x * THREADS + threadIdx.x; i < len;
          i += (long long)gridDim.x * THREADS) {
-        g[i] = y[i] > 0.0f ? dy[i] : dy[i] * slope;
+        float d = to_f(dy[i]);
+        g[i] = from_f<T>(to_f(y[i]) > 0.0f ? d : d * slope);
     }
 }
+
+// The kernels cuda_norm.rs launches, for data of type T, named NAME_SUFFIX.
+#define INSTANTIATE(T, SUFFIX)                                                                     \
+    extern "C" __global__ void clopa_norm_stats_partial_##SUFFIX(const T* x, double2* part,        \
+                                                                 long long n) {                    \
+        norm_stats_partial(x, part, n);                                                            \
+    }                                                                                              \
+    extern "C" __global__ void clopa_norm_apply_##SUFFIX(                                          \
+        const T* x, const float2* stats, const float* gamma, const float* beta, const T* r, T* y,  \
+        long long n, int C, int has_slope, float slope) {                                          \
+        norm_apply(x, stats, gamma, beta, r, y, n, C, has_slope, slope);                           \
+    }                                                                                              \
+    extern "C" __global__ void clopa_norm_bwd_partial_##SUFFIX(                                    \
+        const T* x, const T* y, const T* dy, const float2* stats, double2* part, long long n,       \
+        int has_slope, float slope) {                                                              \
+        norm_bwd_partial(x, y, dy, stats, part, n, has_slope, slope);                              \
+    }                                                                                              \
+    extern "C" __global__ void clopa_norm_bwd_dx_##SUFFIX(                                         \
+        const T* x, const T* y, const T* dy, const float2* stats, const float2* sums,              \
+        const float* gamma, T* dx, long long n, int C, int has_slope, float slope) {               \
+        norm_bwd_dx(x, y, dy, stats, sums, gamma, dx, n, C, has_slope, slope);                     \
+    }                                                                                              \
+    extern "C" __global__ void clopa_leaky_grad_##SUFFIX(const T* y, const T* dy, T* g,            \
+                                                         long long len, float slope) {             \
+        leaky_grad(y, dy, g, len, slope);                                                          \
+    }
+
+INSTANTIATE(float, f32)
+INSTANTIATE(__half, f16)
+INSTANTIATE(__nv_bfloat16, bf16)

@@ -7,16 +7,21 @@
 //!
 //! Each launch is a candle custom op without a backward (the caller grafts the result into the
 //! graph): applied to its first tensor, with the others held by the op and read-locked while it
-//! runs. Every tensor is f32 and contiguous (the caller makes it so). Built only with the `cuda`
+//! runs. Every tensor is contiguous (the caller makes it so); the data — `x`, the residual, `y`,
+//! `dy` — is f32, f16 or bf16 alike (the kernels compute in f32), the statistics, sums, γ and β
+//! are f32. Built only with the `cuda`
 //! feature; no CI machine has a GPU, so `examples/gpu_check` tests these on a lent GPU against the
 //! CPU kernels (forward logits and training gradients of the whole network).
 
 use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::CudaDType;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaView, LaunchArgs, LaunchConfig, PushKernelArg,
+    CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
 };
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor,
+};
 
 use super::invalid;
 
@@ -50,17 +55,17 @@ struct Launch {
     held: Vec<Tensor>,
 }
 
-/// A contiguous f32 view of a CUDA storage.
-fn view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
+/// A contiguous view of type `T` of a CUDA storage.
+fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
     super::cuda_view(NAME, "arguments", s, l)
 }
 
 const NAME: &str = "instance_norm3d (CUDA)";
 
 /// Pushes `v`, or a null pointer where it is absent (the kernels' optional arguments).
-fn arg_or_null<'a, 'b: 'a, 'c: 'b>(
+fn arg_or_null<'a, 'b: 'a, 'c: 'b, T>(
     bld: &mut LaunchArgs<'a>,
-    v: Option<&'b CudaView<'c, f32>>,
+    v: Option<&'b CudaView<'c, T>>,
     null: &'b usize,
 ) {
     match v {
@@ -87,28 +92,49 @@ impl CustomOp1 for Launch {
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        match s.dtype() {
+            DType::F32 => self.launch::<f32>(s, l, "f32"),
+            DType::F16 => self.launch::<half::f16>(s, l, "f16"),
+            DType::BF16 => self.launch::<half::bf16>(s, l, "bf16"),
+            dt => Err(invalid(
+                NAME,
+                format!("data must be f32, f16 or bf16, got {dt:?}"),
+            )),
+        }
+    }
+}
+
+impl Launch {
+    /// The launch on data of type `T`, whose kernels are named with `suffix`.
+    fn launch<T: CudaDType + DeviceRepr>(
+        &self,
+        s: &CudaStorage,
+        l: &Layout,
+        suffix: &str,
+    ) -> Result<(CudaStorage, Shape)> {
         let dev = s.device().clone();
         let stream = dev.cuda_stream();
         let func = |name: &str| dev.get_or_load_custom_func(name, MODULE, PTX);
-        let first = view(s, l)?;
+        let typed = |name: &str| func(&format!("{name}_{suffix}"));
+        let first = view::<T>(s, l)?;
         let guards: Vec<_> = self.held.iter().map(Tensor::storage_and_layout).collect();
-        let held = guards
+        let storages = guards
             .iter()
             .map(|(s, l)| match &**s {
-                Storage::Cuda(s) => view(s, l),
+                Storage::Cuda(s) => Ok((s, *l)),
                 _ => Err(invalid(NAME, "every argument must be on the GPU")),
             })
             .collect::<Result<Vec<_>>>()?;
+        // held tensor i as data (T) or as f32 (statistics, sums, γ, β), of `len` elements: a
+        // wrong caller would have the kernels read out of bounds
         let (p, n) = (self.p, self.n);
-        // the lengths the kernels index by: a wrong caller would read out of bounds
-        let lens: &[usize] = match self.kind {
-            Kind::Stats { .. } => &[],
-            Kind::Apply { .. } => &[2 * p, self.c, self.c, p * n],
-            Kind::BwdSums { .. } => &[p * n, 2 * p, p * n],
-            Kind::BwdDx { .. } => &[p * n, 2 * p, 2 * p, self.c, p * n],
-            Kind::LeakyGrad { .. } => &[p * n],
+        let data = |i: usize, len: usize| -> Result<CudaView<'_, T>> {
+            sized(view::<T>(storages[i].0, storages[i].1)?, len)
         };
-        if first.len() != p * n || held.iter().zip(lens).any(|(h, &len)| h.len() != len) {
+        let params = |i: usize, len: usize| -> Result<CudaView<'_, f32>> {
+            sized(view::<f32>(storages[i].0, storages[i].1)?, len)
+        };
+        if first.len() != p * n {
             return Err(invalid(NAME, "argument sizes do not match the planes"));
         }
         let k = n.div_ceil(CHUNK);
@@ -118,11 +144,11 @@ impl CustomOp1 for Launch {
         // SAFETY (of every uninitialised allocation below): the kernels write each element of
         // their output (every plane, every chunk; the final kernels every plane) before anything
         // reads it.
-        let (out, shape) = match self.kind {
+        let out = match self.kind {
             Kind::Stats { eps } => {
                 let mut part = unsafe { stream.alloc::<f64>(2 * p * k) }.w()?;
                 let mut stats = unsafe { stream.alloc::<f32>(2 * p) }.w()?;
-                let f = func("clopa_norm_stats_partial")?;
+                let f = typed("clopa_norm_stats_partial")?;
                 let mut bld = f.builder();
                 bld.arg(&first).arg(&mut part).arg(&n64);
                 unsafe { bld.launch(grid(k, p)) }.w()?;
@@ -131,28 +157,34 @@ impl CustomOp1 for Launch {
                 let mut bld = f.builder();
                 bld.arg(&part).arg(&mut stats).arg(&k32).arg(&n64).arg(&eps);
                 unsafe { bld.launch(grid(p, 1)) }.w()?;
-                (stats, Shape::from((p, 2)))
+                let stats = CudaStorage::wrap_cuda_slice(stats, dev);
+                return Ok((stats, Shape::from((p, 2))));
             }
             Kind::Apply { slope, residual } => {
-                let mut y = unsafe { stream.alloc::<f32>(p * n) }.w()?;
+                let (stats, gamma, beta) =
+                    (params(0, 2 * p)?, params(1, self.c)?, params(2, self.c)?);
+                let r = residual.then(|| data(3, p * n)).transpose()?;
+                let mut y = unsafe { stream.alloc::<T>(p * n) }.w()?;
                 let (has, s) = slope_args(slope);
-                let f = func("clopa_norm_apply")?;
+                let f = typed("clopa_norm_apply")?;
                 let mut bld = f.builder();
-                bld.arg(&first).arg(&held[0]).arg(&held[1]).arg(&held[2]);
-                arg_or_null(&mut bld, residual.then(|| &held[3]), &null);
+                bld.arg(&first).arg(&stats).arg(&gamma).arg(&beta);
+                arg_or_null(&mut bld, r.as_ref(), &null);
                 bld.arg(&mut y).arg(&n64).arg(&c32).arg(&has).arg(&s);
                 unsafe { bld.launch(grid(k, p)) }.w()?;
-                (y, l.shape().clone())
+                y
             }
             Kind::BwdSums { slope } => {
+                let (dy, stats) = (data(0, p * n)?, params(1, 2 * p)?);
+                let y = slope.map(|_| data(2, p * n)).transpose()?;
                 let mut part = unsafe { stream.alloc::<f64>(2 * p * k) }.w()?;
                 let mut sums = unsafe { stream.alloc::<f32>(2 * p) }.w()?;
                 let (has, s) = slope_args(slope);
-                let f = func("clopa_norm_bwd_partial")?;
+                let f = typed("clopa_norm_bwd_partial")?;
                 let mut bld = f.builder();
                 bld.arg(&first);
-                arg_or_null(&mut bld, slope.map(|_| &held[2]), &null);
-                bld.arg(&held[0]).arg(&held[1]).arg(&mut part).arg(&n64);
+                arg_or_null(&mut bld, y.as_ref(), &null);
+                bld.arg(&dy).arg(&stats).arg(&mut part).arg(&n64);
                 bld.arg(&has).arg(&s);
                 unsafe { bld.launch(grid(k, p)) }.w()?;
                 let f = func("clopa_norm_bwd_final")?;
@@ -160,37 +192,47 @@ impl CustomOp1 for Launch {
                 let mut bld = f.builder();
                 bld.arg(&part).arg(&mut sums).arg(&k32);
                 unsafe { bld.launch(grid(p, 1)) }.w()?;
-                (sums, Shape::from((p, 2)))
+                let sums = CudaStorage::wrap_cuda_slice(sums, dev);
+                return Ok((sums, Shape::from((p, 2))));
             }
             Kind::BwdDx { slope } => {
-                let mut dx = unsafe { stream.alloc::<f32>(p * n) }.w()?;
+                let (dy, stats, sums) = (data(0, p * n)?, params(1, 2 * p)?, params(2, 2 * p)?);
+                let gamma = params(3, self.c)?;
+                let y = slope.map(|_| data(4, p * n)).transpose()?;
+                let mut dx = unsafe { stream.alloc::<T>(p * n) }.w()?;
                 let (has, s) = slope_args(slope);
-                let f = func("clopa_norm_bwd_dx")?;
+                let f = typed("clopa_norm_bwd_dx")?;
                 let mut bld = f.builder();
                 bld.arg(&first);
-                arg_or_null(&mut bld, slope.map(|_| &held[4]), &null);
-                bld.arg(&held[0]).arg(&held[1]).arg(&held[2]).arg(&held[3]);
+                arg_or_null(&mut bld, y.as_ref(), &null);
+                bld.arg(&dy).arg(&stats).arg(&sums).arg(&gamma);
                 bld.arg(&mut dx).arg(&n64).arg(&c32).arg(&has).arg(&s);
                 unsafe { bld.launch(grid(k, p)) }.w()?;
-                (dx, l.shape().clone())
+                dx
             }
             Kind::LeakyGrad { slope } => {
                 let len = first.len();
-                let mut g = unsafe { stream.alloc::<f32>(len) }.w()?;
+                let dy = data(0, len)?;
+                let mut g = unsafe { stream.alloc::<T>(len) }.w()?;
                 let blocks = len.div_ceil(THREADS as usize * 8).clamp(1, 65535 * 16);
-                let f = func("clopa_leaky_grad")?;
+                let f = typed("clopa_leaky_grad")?;
                 let len64 = len as i64;
                 let mut bld = f.builder();
-                bld.arg(&first)
-                    .arg(&held[0])
-                    .arg(&mut g)
-                    .arg(&len64)
-                    .arg(&slope);
+                bld.arg(&first).arg(&dy).arg(&mut g).arg(&len64).arg(&slope);
                 unsafe { bld.launch(grid(blocks, 1)) }.w()?;
-                (g, l.shape().clone())
+                g
             }
         };
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), shape))
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), l.shape().clone()))
+    }
+}
+
+/// `v` if it has `len` elements.
+fn sized<T>(v: CudaView<'_, T>, len: usize) -> Result<CudaView<'_, T>> {
+    if v.len() == len {
+        Ok(v)
+    } else {
+        Err(invalid(NAME, "argument sizes do not match the planes"))
     }
 }
 

@@ -65,6 +65,32 @@ fn choice<A: Copy + 'static>(
     Ok(c)
 }
 
+/// What cuDNN's legacy API chose on this thread so far, one line per (direction, geometry, data
+/// type), sorted: `"bwd_data b2 32->32 k3 s1 192x192x192 BF16: CUDNN_CONVOLUTION_BWD_DATA_ALGO_1
+/// (0 B)"`. For `examples/gpu_check`, to tell a slow kernel from a slow algorithm choice.
+pub fn choices() -> Vec<String> {
+    fn lines<A: std::fmt::Debug>(
+        dir: &str,
+        cache: &'static std::thread::LocalKey<Choices<A>>,
+        out: &mut Vec<String>,
+    ) {
+        cache.with(|c| {
+            for ((g, dt), (a, bytes)) in c.borrow().iter() {
+                out.push(format!(
+                    "{dir} b{} {}->{} k{} s{} {}x{}x{} {dt:?}: {a:?} ({bytes} B)",
+                    g.b, g.cin, g.cout, g.k, g.s, g.d, g.h, g.w
+                ));
+            }
+        });
+    }
+    let mut out = Vec::new();
+    lines("fwd", &FWD, &mut out);
+    lines("bwd_data", &BWD_DATA, &mut out);
+    lines("bwd_filter", &BWD_FILTER, &mut out);
+    out.sort();
+    out
+}
+
 fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
     HANDLES.with(|h| {
         if let Some(c) = h.borrow().get(&dev.id()) {
@@ -512,27 +538,28 @@ impl CudnnConv3d {
     }
 }
 
-/// [`super::conv3d`] of CUDA tensors, arguments already checked, at the [`super::conv_precision`]
-/// (the casts are differentiable, so training sees fp32 gradients); the bias is an fp32 add.
+/// [`super::conv3d`] of CUDA tensors, arguments already checked, at the [`super::conv_precision`].
+///
+/// In half precision, as under PyTorch's autocast: the input and kernel are cast to it (a no-op
+/// for an input that a half-precision layer made), cuDNN accumulates in fp32 on tensor cores, and
+/// the result stays half (bias added in half), so the activations between convolutions are half —
+/// half the memory traffic and no cast back and forth around every convolution (the norms read
+/// and write half, computing in f32; `portable::norm_act`). The network casts its logits to f32
+/// (`unet.rs`). The casts are graph nodes: the weights' gradients come back in f32.
 pub(crate) fn conv3d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) -> Result<Tensor> {
     let op = CudnnConv3d {
         g,
         kind: Kind::Forward,
     };
-    let y = match super::conv_precision() {
-        ConvPrecision::F32 => x.contiguous()?.apply_op2(&w.contiguous()?, op)?,
-        p => {
-            let dt = if p == ConvPrecision::F16 {
-                DType::F16
-            } else {
-                DType::BF16
-            };
-            let (xh, wh) = (x.to_dtype(dt)?.contiguous()?, w.to_dtype(dt)?.contiguous()?);
-            xh.apply_op2(&wh, op)?.to_dtype(DType::F32)?
-        }
+    let dt = match super::conv_precision() {
+        ConvPrecision::F32 => DType::F32,
+        ConvPrecision::F16 => DType::F16,
+        ConvPrecision::Bf16 => DType::BF16,
     };
+    let (x, w) = (x.to_dtype(dt)?.contiguous()?, w.to_dtype(dt)?.contiguous()?);
+    let y = x.apply_op2(&w, op)?;
     match b {
-        Some(b) => y.broadcast_add(&b.reshape((1, g.cout, 1, 1, 1))?),
+        Some(b) => y.broadcast_add(&b.to_dtype(dt)?.reshape((1, g.cout, 1, 1, 1))?),
         None => Ok(y),
     }
 }

@@ -354,12 +354,7 @@ pub(crate) fn norm_act_portable(
         check_vec(NAME, "bias", b, op.dims[1])?;
     }
     if let Some(r) = residual {
-        if r.dtype() != candle_core::DType::F32 {
-            return Err(invalid(
-                NAME,
-                format!("residual must be f32, got {:?}", r.dtype()),
-            ));
-        }
+        super::check_data(NAME, "residual", r)?;
         if r.dims() != y.dims() {
             return Err(invalid(
                 NAME,

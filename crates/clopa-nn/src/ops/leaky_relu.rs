@@ -83,12 +83,11 @@ impl Kernel<2> for LeakyReluBwd {
     }
 }
 
-/// `max(x, 0) + negative_slope · min(x, 0)` element-wise (any shape, f32), like PyTorch's
+/// `max(x, 0) + negative_slope · min(x, 0)` element-wise (any shape, f32; on a GPU also
+/// f16/bf16), like PyTorch's
 /// `F.leaky_relu`; the gradient at 0 is `negative_slope`, as in PyTorch.
 pub fn leaky_relu(x: &Tensor, negative_slope: f64) -> Result<Tensor> {
-    if x.dtype() != candle_core::DType::F32 {
-        return Err(invalid(NAME, format!("x must be f32, got {:?}", x.dtype())));
-    }
+    super::check_data(NAME, "x", x)?;
     if portable::off_cpu(x) {
         return portable::leaky_relu(x, negative_slope);
     }

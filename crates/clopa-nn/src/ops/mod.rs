@@ -6,8 +6,10 @@
 //! kernel, and whose `bwd` is built from further (no-backward) custom ops, so that a `cuda_fwd`
 //! can be added to each of them later without touching the autograd wiring.
 //!
-//! All tensors are f32 with shape `(B, C, D, H, W)`; every function returns
-//! `candle_core::Result<Tensor>` and is differentiable through `Var`/`backward()`.
+//! All tensors are f32 with shape `(B, C, D, H, W)` — on a GPU the data may also be f16/bf16,
+//! which its half-precision convolutions ([`ConvPrecision`]) hand on as PyTorch's autocast does;
+//! every function returns `candle_core::Result<Tensor>` and is differentiable through
+//! `Var`/`backward()`.
 //!
 //! * [`conv3d`]: cubic kernel, stride, zero padding, optional bias. Stride-1 3×3×3 forward and
 //!   kernel gradient run a direct AVX-512 or AVX2 microkernel where the CPU has one
@@ -113,7 +115,7 @@ mod leaky_relu;
 pub(crate) mod pass_loss;
 pub mod portable;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use add_leaky_relu::add_leaky_relu;
 pub use avg_pool3d::avg_pool3d;
@@ -125,11 +127,22 @@ pub use instance_norm::instance_norm3d;
 pub use isa::{Isa, cap_isa, isa, set_max_isa};
 pub use leaky_relu::leaky_relu;
 
+/// cuDNN's algorithm choices so far on this thread (see `cudnn_conv3d::choices`); empty without
+/// the `cuda` feature.
+pub fn cudnn_choices() -> Vec<String> {
+    #[cfg(feature = "cuda")]
+    return cudnn_conv3d::choices();
+    #[cfg(not(feature = "cuda"))]
+    Vec::new()
+}
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
 /// The arithmetic of 3D convolutions on a GPU: fp32, or PyTorch-autocast-like fp16/bf16 inputs
-/// with fp32 accumulation (tensor cores) and an fp32 result. The CPU always computes in fp32.
+/// with fp32 accumulation (tensor cores) and a result in the same half type, which the norms and
+/// the rest take as it is (computing in f32) until the network casts its logits to f32. The CPU
+/// always computes in fp32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvPrecision {
     #[default]
@@ -185,14 +198,26 @@ pub(crate) fn invalid(op: &'static str, what: impl Into<String>) -> candle_core:
 /// scheduling, small enough to balance two to a few dozen threads on a 64^3 volume.
 pub(crate) const ELEMWISE_CHUNK: usize = 1 << 15;
 
-/// Checks that `t` is an f32 tensor of rank 5 and returns its dims.
-pub(crate) fn dims5(op: &'static str, name: &str, t: &Tensor) -> candle_core::Result<[usize; 5]> {
-    if t.dtype() != DType::F32 {
-        return Err(invalid(
+/// Checks that `t` is data the ops take: f32, or f16/bf16 where it takes the compositions
+/// (on a GPU, whose half-precision convolutions hand on half data; `portable::half_ok`).
+pub(crate) fn check_data(op: &'static str, name: &str, t: &Tensor) -> candle_core::Result<()> {
+    match t.dtype() {
+        DType::F32 => Ok(()),
+        DType::F16 | DType::BF16 if portable::half_ok(t) => Ok(()),
+        dt if portable::half_ok(t) => Err(invalid(
             op,
-            format!("{name} must be f32, got {:?}", t.dtype()),
-        ));
+            format!("{name} must be f32, f16 or bf16, got {dt:?}"),
+        )),
+        dt => Err(invalid(
+            op,
+            format!("{name} must be f32 on the CPU, got {dt:?}"),
+        )),
     }
+}
+
+/// Checks that `t` is data of rank 5 ([`check_data`]) and returns its dims.
+pub(crate) fn dims5(op: &'static str, name: &str, t: &Tensor) -> candle_core::Result<[usize; 5]> {
+    check_data(op, name, t)?;
     match t.dims() {
         &[b, c, d, h, w] => Ok([b, c, d, h, w]),
         other => Err(invalid(

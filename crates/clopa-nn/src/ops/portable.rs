@@ -44,6 +44,22 @@ pub fn conv3d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    // half-precision input: as autocast and cuDNN compute it — the kernel and bias rounded to
+    // the input's type, products summed in f32, the result rounded back (the CPU's candle
+    // matmul would sum in half, and has no bf16 one)
+    if x.dtype() != DType::F32 {
+        let dt = x.dtype();
+        let up = |t: &Tensor| t.to_dtype(dt)?.to_dtype(DType::F32);
+        let b = b.map(up).transpose()?;
+        return conv3d(
+            &x.to_dtype(DType::F32)?,
+            &up(w)?,
+            b.as_ref(),
+            stride,
+            padding,
+        )?
+        .to_dtype(dt);
+    }
     let (bn, cin, _, _, _) = x.dims5()?;
     let (cout, _, k, _, _) = w.dims5()?;
     let y = if k == 1 && padding == 0 {
@@ -111,6 +127,33 @@ fn every_nth(t: &Tensor, dim: usize, s: usize) -> Result<Tensor> {
 /// See [`crate::ops::conv_transpose3d`]; arguments already checked. One graph node: the
 /// backward is the two matmuls of the same unshuffled layout.
 pub fn conv_transpose3d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, s: usize) -> Result<Tensor> {
+    // half-precision input (a GPU's fp16/bf16 layers): the kernel and bias rounded to its type
+    // and the products summed in f32, as autocast's — on a GPU by cuBLAS's half matmul (which
+    // sums in f32), on the CPU as [`conv3d`]'s (candle's CPU matmul would sum in half, and has no
+    // bf16 one); the casts are graph nodes
+    if x.dtype() != DType::F32 {
+        let dt = x.dtype();
+        if !x.device().is_cpu() {
+            if w.dtype() == dt && b.is_none_or(|b| b.dtype() == dt) {
+                return conv_transpose3d_same_type(x, w, b, s);
+            }
+            let b = b.map(|b| b.to_dtype(dt)).transpose()?;
+            return conv_transpose3d_same_type(x, &w.to_dtype(dt)?, b.as_ref(), s);
+        }
+        let up = |t: &Tensor| t.to_dtype(dt)?.to_dtype(DType::F32);
+        let b = b.map(up).transpose()?;
+        return conv_transpose3d(&x.to_dtype(DType::F32)?, &up(w)?, b.as_ref(), s)?.to_dtype(dt);
+    }
+    conv_transpose3d_same_type(x, w, b, s)
+}
+
+/// [`conv_transpose3d`] of arguments of one type.
+fn conv_transpose3d_same_type(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    s: usize,
+) -> Result<Tensor> {
     let y = transpose_fwd(&x.detach(), &w.detach(), b.map(Tensor::detach).as_ref(), s)?;
     match b {
         None => graft(NAME_TRANSPOSE, [x, w], y, move |[x, w], [nx, nw], _, dy| {
@@ -189,7 +232,12 @@ fn transpose_grads(
         _ => None,
     };
     let db = if nb {
-        Some(dy.sum((0, 2, 3, 4))?)
+        // (summed in f32: dy may be half)
+        Some(
+            dy.to_dtype(DType::F32)?
+                .sum((0, 2, 3, 4))?
+                .to_dtype(dy.dtype())?,
+        )
     } else {
         None
     };
@@ -260,6 +308,29 @@ pub fn norm_act(
     negative_slope: Option<f64>,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
+    // Half-precision data (a GPU's fp16/bf16 convolutions keep their results half, as under
+    // PyTorch's autocast): the fused kernels read and write it as it is, computing in f32; the
+    // composition computes in f32 between two casts. A residual of another type is cast to x's
+    // (the casts are graph nodes: the gradients go back in each one's own type).
+    if let Some(r) = residual.filter(|r| r.dtype() != x.dtype()) {
+        let r = r.to_dtype(x.dtype())?;
+        return norm_act(x, bias, gamma, beta, eps, negative_slope, Some(&r));
+    }
+    if x.dtype() != DType::F32 && !fused(x) {
+        let y = norm_act(
+            &x.to_dtype(DType::F32)?,
+            bias,
+            gamma,
+            beta,
+            eps,
+            negative_slope,
+            residual
+                .map(|r| r.to_dtype(DType::F32))
+                .transpose()?
+                .as_ref(),
+        )?;
+        return y.to_dtype(x.dtype());
+    }
     let dims = x.dims().to_vec();
     let (bn, c) = (dims[0], dims[1]);
     let flat = (bn, c, x.elem_count() / (bn * c).max(1));
@@ -347,15 +418,15 @@ fn plane_sums(t: &Tensor) -> Result<Tensor> {
     t.reshape((b, c, k, n / k))?.sum(3)?.sum_keepdim(2)
 }
 
-/// Whether [`norm_act`] runs the fused CUDA kernels (f32 CUDA tensors, with the `cuda` feature)
-/// rather than the composition of candle ops.
+/// Whether [`norm_act`] runs the fused CUDA kernels (f32, f16 or bf16 CUDA tensors, with the
+/// `cuda` feature) rather than the composition of candle ops.
 fn fused(x: &Tensor) -> bool {
     // (the kernels put the B·C planes on a grid dimension of at most 65535 blocks, and launch no
     // empty grid)
     let planes = x.dims().iter().take(2).product::<usize>();
     cfg!(feature = "cuda")
         && x.device().is_cuda()
-        && x.dtype() == DType::F32
+        && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
         && x.elem_count() > 0
         && planes <= 65535
 }
@@ -457,7 +528,10 @@ impl NormGrads {
             ];
             if self.has_bias {
                 parts.push(match (&dx, self.trains[2]) {
-                    (Some(dx), true) => plane_sums(dx)?.sum(0)?.reshape(c)?,
+                    // (in f32: dx may be half)
+                    (Some(dx), true) => {
+                        plane_sums(&dx.to_dtype(DType::F32)?)?.sum(0)?.reshape(c)?
+                    }
                     _ => zeros()?,
                 });
             }
@@ -607,6 +681,10 @@ fn leaky_grad(x: &Tensor, dy: &Tensor, negative_slope: f64) -> Result<Tensor> {
 
 /// See [`crate::ops::add_leaky_relu`]. One graph node over `a` and `b`.
 pub fn add_leaky_relu(a: &Tensor, b: &Tensor, negative_slope: f64) -> Result<Tensor> {
+    // (one of them half, the other not: b in a's type, a graph node)
+    if b.dtype() != a.dtype() {
+        return add_leaky_relu(a, &b.to_dtype(a.dtype())?, negative_slope);
+    }
     let y = leaky(&(a.detach() + b.detach())?, negative_slope)?;
     graft(
         "add_leaky_relu (portable)",
@@ -624,6 +702,10 @@ pub fn add_leaky_relu(a: &Tensor, b: &Tensor, negative_slope: f64) -> Result<Ten
 
 /// See [`crate::ops::cat_channels`] (candle's `cat` keeps nothing but its inputs).
 pub fn cat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    // (one of them half, the other not: b in a's type, a graph node)
+    if b.dtype() != a.dtype() {
+        return Tensor::cat(&[a, &b.to_dtype(a.dtype())?], 1);
+    }
     Tensor::cat(&[a, b], 1)
 }
 
@@ -916,6 +998,12 @@ pub(crate) fn off_cpu(t: &Tensor) -> bool {
     !t.device().is_cpu() || MODE.get() != Mode::Kernels
 }
 
+/// Whether `t` may be half-precision data: it takes the compositions in every op (which work
+/// in any float type), not a CPU kernel (f32 only) — on a GPU, or under [`on_cpu`].
+pub(crate) fn half_ok(t: &Tensor) -> bool {
+    !t.device().is_cpu() || MODE.get() == Mode::All
+}
+
 /// [`off_cpu`] for 3D convolutions (CUDA tensors went to cuDNN before this is asked).
 pub(crate) fn conv_off_cpu(t: &Tensor) -> bool {
     !t.device().is_cpu() || MODE.get() == Mode::All
@@ -1023,6 +1111,52 @@ mod tests {
         assert_close(&format!("{what} forward"), &port.0, &f64v(&fast.0), tol);
         for (i, (p, q)) in port.1.iter().zip(&fast.1).enumerate() {
             assert_close(&format!("{what} trained gradient {i}"), p, &f64v(q), tol);
+        }
+    }
+
+    /// Half-precision data (what a GPU's fp16/bf16 convolutions hand on) keeps its type through
+    /// the norm (with a residual of its own type or f32's) and the transposed convolution (an
+    /// f32 kernel and bias), and the values and every gradient are the f32 computation's to
+    /// half-precision rounding. On the CPU the norm runs its composition in f32 between casts;
+    /// a GPU's fused kernels read and write the half data (`examples/gpu_check` compares those).
+    #[test]
+    fn half_precision_data_keeps_its_type() {
+        use candle_core::DType;
+        for (dt, tol) in [(DType::BF16, 2e-2), (DType::F16, 3e-3)] {
+            let cast = |t: &Tensor, half: bool| if half { t.to_dtype(dt) } else { Ok(t.clone()) };
+            let typed = |y: Tensor, half: bool| {
+                assert_eq!(y.dtype(), if half { dt } else { DType::F32 }, "{dt:?}");
+                y.to_dtype(DType::F32)
+            };
+            let (xd, cd): (&[usize], &[usize]) = (&[2, 3, 5, 4, 7], &[3]);
+            for residual_half in [true, false] {
+                compare(
+                    &format!("norm_act {dt:?}, residual half {residual_half}"),
+                    &[xd, cd, cd, xd],
+                    91,
+                    tol,
+                    |t, half| {
+                        let r = cast(&t[3], half && residual_half)?;
+                        let x = cast(&t[0], half)?;
+                        typed(
+                            super::norm_act(&x, None, &t[1], &t[2], 1e-5, Some(0.01), Some(&r))?,
+                            half,
+                        )
+                    },
+                );
+            }
+            let (xd, wd, bd): (&[usize], &[usize], &[usize]) =
+                (&[2, 3, 2, 3, 4], &[3, 5, 2, 2, 2], &[5]);
+            compare(
+                &format!("conv_transpose3d {dt:?}"),
+                &[xd, wd, bd],
+                92,
+                tol,
+                |t, half| {
+                    let x = cast(&t[0], half)?;
+                    typed(super::conv_transpose3d(&x, &t[1], Some(&t[2]), 2)?, half)
+                },
+            );
         }
     }
 
