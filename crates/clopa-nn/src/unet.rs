@@ -470,17 +470,29 @@ mod tests {
         Ok(())
     }
 
+    /// Which ops [`run_network`] runs.
+    #[derive(Clone, Copy, Debug)]
+    enum Path {
+        /// the CPU kernels
+        Kernels,
+        /// the compositions a GPU runs (`ops::portable::on_cpu`)
+        Portable,
+        /// the compositions with the convolutions single ops, as cuDNN's on a GPU
+        /// (`on_cpu_like_cuda`): conv → norm one graph node (`portable::conv_norm_act`)
+        LikeCuda,
+    }
+
     /// The network of `spec` on a fixed input of `dims`, its norm affines trainable (group `in`):
     /// the logits (deep supervision on), then the gradients of the input and of every norm
-    /// affine under a fixed weighting of the logits; through the CPU kernels, or with `portable`
-    /// the compositions a GPU runs, and with `half` the input cast to that type, so that every
-    /// layer runs on half data as on a GPU with half-precision convolutions (which the
-    /// activations' and the logits' types are checked for).
+    /// affine under a fixed weighting of the logits; through the ops `path` says, and with
+    /// `half` the input cast to that type, so that every layer runs on half data as on a GPU
+    /// with half-precision convolutions (which the activations' and the logits' types are
+    /// checked for).
     fn run_network(
         spec: &UNetSpec,
         params: BTreeMap<String, Tensor>,
         dims: [usize; 5],
-        portable: bool,
+        path: Path,
         half: Option<DType>,
     ) -> Result<[Vec<Vec<f32>>; 2]> {
         let n: usize = dims.iter().product();
@@ -517,10 +529,10 @@ mod tests {
             }
             Ok(outs)
         };
-        let outs = if portable {
-            ops::portable::on_cpu(f)?
-        } else {
-            f()?
+        let outs = match path {
+            Path::Kernels => f()?,
+            Path::Portable => ops::portable::on_cpu(f)?,
+            Path::LikeCuda => ops::portable::on_cpu_like_cuda(f)?,
         };
         let loss = outs
             .iter()
@@ -573,9 +585,10 @@ mod tests {
         (d / n).sqrt()
     }
 
-    /// The whole network through the compositions a GPU runs (`ops::portable`) against the CPU
-    /// kernels: logits, deep-supervision outputs, and the gradients of the input and of every
-    /// norm affine (group `in`), for the odd architecture and a small v1.0-shaped one. (Its
+    /// The whole network through the compositions a GPU runs (`ops::portable`), with the
+    /// convolutions composed and as single ops (each then one graph node with its norm), against
+    /// the CPU kernels: logits, deep-supervision outputs, and the gradients of the input and of
+    /// every norm affine (group `in`), for the odd architecture and a small v1.0-shaped one. (Its
     /// deepest stage keeps 2³ voxels: an instance norm over 2 voxels amplifies f32 rounding in
     /// the backward ~100-fold, whichever implementation rounds.)
     #[test]
@@ -586,10 +599,12 @@ mod tests {
             (odd_spec(), [2, 2, 4, 6, 8]),
             (small_v1, [1, 8, 16, 16, 16]),
         ] {
-            let fast = run_network(&spec, params(&spec), dims, false, None)?;
-            let port = run_network(&spec, params(&spec), dims, true, None)?;
-            assert_close_each("output", &port[0], &fast[0], 1e-4);
-            assert_close_each("gradient", &port[1], &fast[1], 1e-4);
+            let fast = run_network(&spec, params(&spec), dims, Path::Kernels, None)?;
+            for path in [Path::Portable, Path::LikeCuda] {
+                let port = run_network(&spec, params(&spec), dims, path, None)?;
+                assert_close_each(&format!("{path:?} output"), &port[0], &fast[0], 1e-4);
+                assert_close_each(&format!("{path:?} gradient"), &port[1], &fast[1], 1e-4);
+            }
         }
         Ok(())
     }
@@ -607,13 +622,12 @@ mod tests {
         let small_v1 =
             UNetSpec::from_architecture(&Architecture::resenc(&[4, 6, 8, 8], &[1, 2, 2, 1]), 8, 2)?;
         let dims = [1, 8, 32, 32, 32];
-        let run =
-            |portable, half| run_network(&small_v1, he_params(&small_v1), dims, portable, half);
-        let fast = run(false, None)?;
-        let half = run(true, Some(DType::F16))?;
+        let run = |path, half| run_network(&small_v1, he_params(&small_v1), dims, path, half);
+        let fast = run(Path::Kernels, None)?;
+        let half = run(Path::Portable, Some(DType::F16))?;
         assert_close_each("f16 output", &half[0], &fast[0], 1e-2);
         assert_close_each("f16 gradient", &half[1], &fast[1], f32::INFINITY);
-        let rounded = run(false, Some(DType::F32))?;
+        let rounded = run(Path::Kernels, Some(DType::F32))?;
         // the input's gradient, then the norm affines' together
         for (what, r) in [("input", 0..1), ("norm affines", 1..fast[1].len())] {
             let e = |g: &[Vec<f32>]| relative_l2(&g[r.clone()], &fast[1][r.clone()]);

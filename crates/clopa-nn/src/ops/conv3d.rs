@@ -757,6 +757,30 @@ pub fn conv3d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    let g = geometry(x, w, b, stride, padding)?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return super::cudnn_conv3d::conv3d(x, w, b, g);
+    }
+    if portable::conv_off_cpu(x) {
+        return portable::conv3d(x, w, b, stride, padding);
+    }
+    let op = Op(Conv3dOp { g });
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
+    }
+}
+
+/// The checks of [`conv3d`]'s arguments, and their geometry.
+fn geometry(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<ConvGeom> {
     let [bn, cin, d, h, wd] = dims5(NAME, "x", x)?;
     let [cout, wcin, k, k2, k3] = dims5(NAME, "w", w)?;
     if wcin != cin {
@@ -784,21 +808,41 @@ pub fn conv3d(
         )
     })?;
     if let Some(b) = b {
-        check_vec(NAME, "bias", b, cout)?;
+        check_vec(NAME, "bias", b, g.cout)?;
     }
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return super::cudnn_conv3d::conv3d(x, w, b, g);
+    Ok(g)
+}
+
+/// For a caller that makes [`conv3d`] (no bias) part of a graph node of its own
+/// (`portable::conv_norm_act`): its input gradient, dy (the result's shape and type) → dx (x's
+/// shape; the result's type), where the convolution is a single op — cuDNN's on a GPU, the CPU
+/// kernel where [`portable::conv_off_cpu`] keeps it — after the checks of [`conv3d`]; `None` where
+/// it is a composition of candle's ops, whose gradient only autograd has.
+pub(crate) fn input_grad(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Option<impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static + use<>>> {
+    let g = geometry(x, w, None, stride, padding)?;
+    let cudnn = cfg!(feature = "cuda") && x.device().is_cuda();
+    if !cudnn && portable::conv_off_cpu(x) {
+        return Ok(None);
     }
-    if portable::conv_off_cpu(x) {
-        return portable::conv3d(x, w, b, stride, padding);
-    }
-    let op = Op(Conv3dOp { g });
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    match b {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
-        None => x.apply_op2(&w, op),
-    }
+    let w = w.detach();
+    Ok(Some(move |dy: &Tensor| -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if dy.device().is_cuda() {
+            return super::cudnn_conv3d::input_grad(dy, &w, g);
+        }
+        dy.contiguous()?.apply_op2_no_bwd(
+            &w.contiguous()?,
+            &Op(ConvDxOp {
+                g,
+                name: "conv3d-dx",
+            }),
+        )
+    }))
 }
 
 #[cfg(test)]

@@ -252,8 +252,19 @@ fn run(
     first: &Tensor,
     kind: Kind,
     held: &[&Tensor],
-    (p, c, n): (usize, usize, usize),
+    planes: (usize, usize, usize),
 ) -> Result<Tensor> {
+    let (first, launch) = prepare(first, kind, held, planes)?;
+    first.apply_op1_no_bwd(&launch)
+}
+
+/// The launch of `kind` on `first` (detached, contiguous) holding `held`.
+fn prepare(
+    first: &Tensor,
+    kind: Kind,
+    held: &[&Tensor],
+    (p, c, n): (usize, usize, usize),
+) -> Result<(Tensor, Launch)> {
     // (the kernels would take another GPU's pointers as this one's)
     if held.iter().any(|t| !t.device().same_device(first.device())) {
         return Err(invalid(NAME, "every argument must be on the same GPU"));
@@ -262,13 +273,14 @@ fn run(
         .iter()
         .map(|t| t.detach().contiguous())
         .collect::<Result<Vec<_>>>()?;
-    first.detach().contiguous()?.apply_op1_no_bwd(&Launch {
+    let launch = Launch {
         kind,
         p,
         c,
         n,
         held,
-    })
+    };
+    Ok((first.detach().contiguous()?, launch))
 }
 
 /// (mean, 1 / sqrt(biased variance + eps)) of each (sample, channel) plane of `x` (B, C, N), as
@@ -278,22 +290,31 @@ pub(crate) fn stats(x: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// `act((x − mean)·rstd·γ + β [+ residual])` for `x` (B, C, N), `stats` from [`stats`], γ, β
-/// (C,), the residual shaped like `x`; `act` the LeakyReLU with `slope`, or none.
-pub(crate) fn apply(
+/// (C,), the residual shaped like `x`; `act` the LeakyReLU with `slope`, or none: as a launch to
+/// run later, into a fresh storage it returns (shaped like `x`), so that a grafted op's forward
+/// writes its own output with it (`portable::Pending`) instead of copying a computed one.
+pub(crate) fn apply_launch(
     x: &Tensor,
     stats: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     residual: Option<&Tensor>,
     slope: Option<f64>,
-) -> Result<Tensor> {
+) -> Result<impl FnOnce() -> Result<(CudaStorage, Shape)> + Send + use<>> {
     let kind = Kind::Apply {
         slope: slope.map(|s| s as f32),
         residual: residual.is_some(),
     };
     let mut held = vec![stats, gamma, beta];
     held.extend(residual);
-    run(x, kind, &held, planes(x)?)
+    let (x, launch) = prepare(x, kind, &held, planes(x)?)?;
+    Ok(move || {
+        let (s, l) = x.storage_and_layout();
+        match &*s {
+            Storage::Cuda(s) => launch.cuda_fwd(s, l),
+            _ => Err(invalid(NAME, "every argument must be on the GPU")),
+        }
+    })
 }
 
 /// (Σg, Σg·x̂) of each plane, (B·C, 2), where g = act'(y)·dy and x̂ = (x − mean)·rstd; `y` is

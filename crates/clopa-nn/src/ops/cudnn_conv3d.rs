@@ -538,6 +538,17 @@ impl CudnnConv3d {
     }
 }
 
+/// The input gradient of [`conv3d`] without a bias: cuDNN's backward-data of `dy` (the forward's
+/// result, in its type) with the kernel cast to that type, as the forward's backward runs it.
+pub(crate) fn input_grad(dy: &Tensor, w: &Tensor, g: ConvGeom) -> Result<Tensor> {
+    let w = w.to_dtype(dy.dtype())?.contiguous()?;
+    let op = CudnnConv3d {
+        g,
+        kind: Kind::BackwardData,
+    };
+    dy.contiguous()?.apply_op2_no_bwd(&w, &op)
+}
+
 /// [`super::conv3d`] of CUDA tensors, arguments already checked, at the [`super::conv_precision`].
 ///
 /// In half precision, as under PyTorch's autocast: the input and kernel are cast to it (a no-op

@@ -337,10 +337,10 @@ pub fn instance_norm3d(
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, Op(op))
 }
 
-/// The tail of [`super::conv_norm_act`] on a device, or through the compositions: the checks of
-/// [`instance_norm3d`], the conv `bias` (C,) that the norm takes over and the `residual` shaped
-/// like `y`, then [`portable::norm_act`].
-pub(crate) fn norm_act_portable(
+/// The checks of the tail of [`super::conv_norm_act`] on a device, or through the compositions
+/// ([`portable::norm_act`]): those of [`instance_norm3d`], the conv `bias` (C,) that the norm
+/// takes over and the `residual` shaped like `y`.
+pub(crate) fn check_norm_act(
     y: &Tensor,
     bias: Option<&Tensor>,
     gamma: &Tensor,
@@ -348,7 +348,7 @@ pub(crate) fn norm_act_portable(
     eps: f64,
     negative_slope: Option<f64>,
     residual: Option<&Tensor>,
-) -> Result<Tensor> {
+) -> Result<()> {
     let op = InstanceNorm::new(y, gamma, beta, eps, negative_slope)?;
     if let Some(b) = bias {
         check_vec(NAME, "bias", b, op.dims[1])?;
@@ -362,7 +362,7 @@ pub(crate) fn norm_act_portable(
             ));
         }
     }
-    portable::norm_act(y, bias, gamma, beta, eps, negative_slope, residual)
+    Ok(())
 }
 
 impl InstanceNorm {

@@ -331,6 +331,55 @@ pub fn norm_act(
         )?;
         return y.to_dtype(x.dtype());
     }
+    let (y, ctx) = norm_forward(x, bias, gamma, beta, eps, negative_slope, residual)?;
+    let params = packed_params(gamma, beta, bias)?;
+    match residual {
+        None => graft(
+            NAME_NORM,
+            [x, &params],
+            y,
+            move |[x, _], [nx, np], res, dy| {
+                let (dx, dp, _) = ctx.grads(x, res, dy, [nx, np, false])?;
+                Ok([dx, dp])
+            },
+        ),
+        Some(r) => graft(
+            NAME_NORM,
+            [x, &params, r],
+            y,
+            move |[x, _, _], need, res, dy| {
+                let (dx, dp, dr) = ctx.grads(x, res, dy, need)?;
+                Ok([dx, dp, dr])
+            },
+        ),
+    }
+}
+
+/// γ, β (and the conv bias) as one argument: candle's custom ops take at most three.
+fn packed_params(gamma: &Tensor, beta: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let mut params = vec![gamma, beta];
+    params.extend(bias);
+    Tensor::cat(&params, 0)
+}
+
+/// Whether [`norm_forward`] takes `x` and `residual` as they are: f32 data, or half data the
+/// fused kernels read, and a residual of the same type ([`norm_act`] casts otherwise).
+fn norm_takes(x: &Tensor, residual: Option<&Tensor>) -> bool {
+    (x.dtype() == DType::F32 || fused(x)) && residual.is_none_or(|r| r.dtype() == x.dtype())
+}
+
+/// The forward of [`norm_act`] on detached data (no graph; on CUDA the result a launch still to
+/// run) and what its backward needs; `x` and `residual` as [`norm_takes`] says. The trained
+/// flags are read off `gamma`, `beta` and `bias`.
+fn norm_forward(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    negative_slope: Option<f64>,
+    residual: Option<&Tensor>,
+) -> Result<(Pending, NormGrads)> {
     let dims = x.dims().to_vec();
     let (bn, c) = (dims[0], dims[1]);
     let flat = (bn, c, x.elem_count() / (bn * c).max(1));
@@ -358,7 +407,7 @@ pub fn norm_act(
             Some(s) => leaky(&y, s)?,
             None => y,
         };
-        (y, Stats::Composed { mean, rstd })
+        (Pending::Computed(y), Stats::Composed { mean, rstd })
     };
     let y = y.reshape(dims.clone())?;
     let ctx = NormGrads {
@@ -374,33 +423,78 @@ pub fn norm_act(
         ],
         has_bias: bias.is_some(),
     };
-    // gamma, beta (and bias) as one argument: candle's custom ops take at most three
-    let mut params = vec![gamma, beta];
-    params.extend(bias);
-    let params = Tensor::cat(&params, 0)?;
-    match residual {
-        None => graft(
-            NAME_NORM,
-            [x, &params],
-            y,
-            move |[x, _], [nx, np], res, dy| {
-                let (dx, dp, _) = ctx.grads(x, res, dy, [nx, np, false])?;
-                Ok([dx, dp])
-            },
-        ),
-        Some(r) => graft(
-            NAME_NORM,
-            [x, &params, r],
-            y,
-            move |[x, _, _], need, res, dy| {
-                let (dx, dp, dr) = ctx.grads(x, res, dy, need)?;
-                Ok([dx, dp, dr])
-            },
-        ),
-    }
+    Ok((y, ctx))
 }
 
 const NAME_NORM: &str = "instance_norm3d (portable)";
+
+/// [`crate::ops::conv_norm_act`] with the convolution a single op (cuDNN's, or the CPU kernel
+/// under [`on_cpu_like_cuda`]) and its weight frozen: convolution and norm as **one** graph node
+/// over `x`, the norm's parameters and the residual; arguments already checked
+/// (`instance_norm::check_norm_act`). `conv` is the convolution of detached arguments, `conv_dx`
+/// its input gradient (dy → dx).
+///
+/// Two nodes would cost the backward a full-size pass more per layer: candle's autograd sums
+/// every gradient it hands an argument into a fresh zero tensor (zeros + add), and the
+/// convolution's output is one more argument than the node needs. The node keeps what the two
+/// kept: `x` (an argument) and the convolution's output (the norm's input, held here). `None`
+/// where the norm would not take the convolution's output as it is ([`norm_takes`]): the caller
+/// composes the two ops instead.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_norm_act(
+    x: &Tensor,
+    conv: impl FnOnce(&Tensor) -> Result<Tensor>,
+    conv_dx: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+    bias: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    negative_slope: Option<f64>,
+    residual: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let yc = conv(&x.detach())?;
+    if !norm_takes(&yc, residual) {
+        return Ok(None);
+    }
+    let (y, ctx) = norm_forward(&yc, bias, gamma, beta, eps, negative_slope, residual)?;
+    let params = packed_params(gamma, beta, bias)?;
+    let x_dtype = x.dtype();
+    // dx from the norm's input gradient, in x's type (a half convolution of an f32 input — the
+    // network's first — gives a half one)
+    let grads = move |nx: bool, np: bool, nr: bool, res: &Tensor, dy: &Tensor| -> Result<Grads3> {
+        let (dyc, dp, dr) = ctx.grads(&yc, res, dy, [nx, np, nr])?;
+        let dx = match dyc {
+            Some(d) if nx => Some(conv_dx(&d)?.to_dtype(x_dtype)?),
+            _ => None,
+        };
+        Ok((dx, dp, dr))
+    };
+    Ok(Some(match residual {
+        None => graft(
+            NAME_CONV_NORM,
+            [x, &params],
+            y,
+            move |_, [nx, np], res, dy| {
+                let (dx, dp, _) = grads(nx, np, false, res, dy)?;
+                Ok([dx, dp])
+            },
+        )?,
+        Some(r) => graft(
+            NAME_CONV_NORM,
+            [x, &params, r],
+            y,
+            move |_, [nx, np, nr], res, dy| {
+                let (dx, dp, dr) = grads(nx, np, nr, res, dy)?;
+                Ok([dx, dp, dr])
+            },
+        )?,
+    }))
+}
+
+const NAME_CONV_NORM: &str = "conv3d + instance_norm3d (portable)";
+
+/// dx, the packed parameters' gradient and the residual's, each where asked for.
+type Grads3 = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
 
 /// The sums over the last dim of a (B, C, N) tensor, as (B, C, 1): in two stages, (B, C, K, N/K)
 /// then K, when N splits. candle's CUDA reduction runs one thread block per output value, so B·C
@@ -440,10 +534,10 @@ fn fused_norm_act(
     eps: f64,
     negative_slope: Option<f64>,
     residual: Option<&Tensor>,
-) -> Result<(Tensor, Stats)> {
+) -> Result<(Pending, Stats)> {
     use super::cuda_norm;
     let stats = cuda_norm::stats(x, eps)?;
-    let y = cuda_norm::apply(
+    let y = cuda_norm::apply_launch(
         x,
         &stats,
         &gamma.detach(),
@@ -451,7 +545,7 @@ fn fused_norm_act(
         residual,
         negative_slope,
     )?;
-    Ok((y, Stats::Fused(stats)))
+    Ok((Pending::Launch(Box::new(y)), Stats::Fused(stats)))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -462,7 +556,7 @@ fn fused_norm_act(
     _: f64,
     _: Option<f64>,
     _: Option<&Tensor>,
-) -> Result<(Tensor, Stats)> {
+) -> Result<(Pending, Stats)> {
     Err(super::invalid(NAME_NORM, "built without the cuda feature"))
 }
 
@@ -726,14 +820,59 @@ type GradFn<const N: usize> =
 /// with no argument tracked (inference) the result is returned as is.
 struct Graft<const N: usize> {
     name: &'static str,
-    y: Mutex<Option<Tensor>>,
+    y: Mutex<Option<Pending>>,
     grads: Box<GradFn<N>>,
+}
+
+/// A grafted op's result: computed (the op's forward copies it into its output), or on CUDA a
+/// launch that writes the op's output itself, which saves the copy — a full-size read and write
+/// per norm in a training forward.
+pub(crate) enum Pending {
+    Computed(Tensor),
+    #[cfg(feature = "cuda")]
+    Launch(Box<dyn FnOnce() -> Result<(CudaStorage, Shape)> + Send>),
+}
+
+impl Pending {
+    /// The result as a tensor of no graph (when there is nothing to graft it onto).
+    fn tensor(self) -> Result<Tensor> {
+        match self {
+            Pending::Computed(y) => Ok(y),
+            #[cfg(feature = "cuda")]
+            Pending::Launch(f) => {
+                let (s, shape) = f()?;
+                Ok(Tensor::from_storage(
+                    Storage::Cuda(s),
+                    shape,
+                    candle_core::op::BackpropOp::none(),
+                    false,
+                ))
+            }
+        }
+    }
+
+    /// The same result shaped `dims` (as many elements).
+    fn reshape(self, dims: Vec<usize>) -> Result<Pending> {
+        match self {
+            Pending::Computed(y) => Ok(Pending::Computed(y.reshape(dims)?)),
+            #[cfg(feature = "cuda")]
+            Pending::Launch(f) => Ok(Pending::Launch(Box::new(move || {
+                f().map(|(s, _)| (s, Shape::from(dims)))
+            }))),
+        }
+    }
+}
+
+impl From<Tensor> for Pending {
+    fn from(y: Tensor) -> Pending {
+        Pending::Computed(y)
+    }
 }
 
 fn graft<const N: usize>(
     name: &'static str,
     args: [&Tensor; N],
-    y: Tensor,
+    y: impl Into<Pending>,
     grads: impl Fn([&Tensor; N], [bool; N], &Tensor, &Tensor) -> Result<[Option<Tensor>; N]>
     + Send
     + Sync
@@ -742,8 +881,9 @@ fn graft<const N: usize>(
 where
     Graft<N>: Apply<N>,
 {
+    let y = y.into();
     if !args.iter().any(|a| a.track_op()) {
-        return Ok(y);
+        return y.tensor();
     }
     Graft {
         name,
@@ -754,18 +894,46 @@ where
 }
 
 impl<const N: usize> Graft<N> {
-    /// The precomputed result, copied into a fresh storage of the arguments' backend.
+    /// The result, once.
+    fn take(&self) -> Result<Pending> {
+        self.y
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| super::invalid(self.name, "the grafted result was asked for twice"))
+    }
+
+    /// The result on CUDA: launched into the op's output, or copied there.
+    fn cuda_out(&self) -> Result<(CudaStorage, Shape)> {
+        match self.take()? {
+            Pending::Computed(y) => self.copy(&y, cuda),
+            #[cfg(feature = "cuda")]
+            Pending::Launch(f) => f(),
+        }
+    }
+
+    /// The computed result, copied into a fresh storage of the arguments' backend.
     fn copy_out<S>(&self, pick: impl FnOnce(&Storage) -> Option<&S>) -> Result<(S, Shape)>
     where
         S: BackendStorage,
         S::Device: BackendDevice<Storage = S>,
     {
-        let y = self
-            .y
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .ok_or_else(|| super::invalid(self.name, "the grafted result was asked for twice"))?;
+        match self.take()? {
+            Pending::Computed(y) => self.copy(&y, pick),
+            #[cfg(feature = "cuda")]
+            Pending::Launch(_) => Err(super::invalid(
+                self.name,
+                "a CUDA result for arguments on another device",
+            )),
+        }
+    }
+
+    /// `y` copied into a fresh storage of its backend, which `pick` must accept.
+    fn copy<S>(&self, y: &Tensor, pick: impl FnOnce(&Storage) -> Option<&S>) -> Result<(S, Shape)>
+    where
+        S: BackendStorage,
+        S::Device: BackendDevice<Storage = S>,
+    {
         let (storage, layout) = y.storage_and_layout();
         let s = pick(&storage).ok_or_else(|| {
             super::invalid(
@@ -847,7 +1015,7 @@ impl CustomOp1 for Graft<1> {
         self.copy_out(cpu)
     }
     fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.copy_out(cuda)
+        self.cuda_out()
     }
     fn metal_fwd(&self, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
         self.copy_out(metal)
@@ -878,7 +1046,7 @@ impl CustomOp2 for Graft<2> {
         _: &CudaStorage,
         _: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        self.copy_out(cuda)
+        self.cuda_out()
     }
     fn metal_fwd(
         &self,
@@ -925,7 +1093,7 @@ impl CustomOp3 for Graft<3> {
         _: &CudaStorage,
         _: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        self.copy_out(cuda)
+        self.cuda_out()
     }
     fn metal_fwd(
         &self,
