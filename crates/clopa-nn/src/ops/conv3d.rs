@@ -17,7 +17,7 @@
 //! the direct microkernels of `conv3d_direct.rs` instead; the gemm paths here stay for every
 //! other geometry and CPU (dW: every other CPU), and are tested on their own.
 
-use candle_core::{Layout, Result, Shape, Tensor};
+use candle_core::{DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -813,24 +813,37 @@ fn geometry(
     Ok(g)
 }
 
+/// The type and shape of a convolution's result.
+pub(crate) type ConvOut = (DType, [usize; 5]);
+
+/// A convolution's input gradient, dy → dx.
+pub(crate) type InputGrad = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+
 /// For a caller that makes [`conv3d`] (no bias) part of a graph node of its own
-/// (`portable::conv_norm_act`): its input gradient, dy (the result's shape and type) → dx (x's
-/// shape; the result's type), where the convolution is a single op — cuDNN's on a GPU, the CPU
-/// kernel where [`portable::conv_off_cpu`] keeps it — after the checks of [`conv3d`]; `None` where
-/// it is a composition of candle's ops, whose gradient only autograd has.
+/// (`portable::conv_norm_act`): its result's type and shape, and its input gradient, dy (the
+/// result's shape and type) → dx (x's shape; the result's type), where the convolution is a
+/// single op — cuDNN's on a GPU, the CPU kernel where [`portable::conv_off_cpu`] keeps it — after
+/// the checks of [`conv3d`]; `None` where it is a composition of candle's ops, whose gradient
+/// only autograd has.
 pub(crate) fn input_grad(
     x: &Tensor,
     w: &Tensor,
     stride: usize,
     padding: usize,
-) -> Result<Option<impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static + use<>>> {
+) -> Result<Option<(ConvOut, InputGrad)>> {
     let g = geometry(x, w, None, stride, padding)?;
     let cudnn = cfg!(feature = "cuda") && x.device().is_cuda();
     if !cudnn && portable::conv_off_cpu(x) {
         return Ok(None);
     }
+    // (cuDNN's result is in the convolutions' precision; the CPU kernel's f32)
+    let dtype = if cudnn {
+        super::conv_precision().dtype()
+    } else {
+        DType::F32
+    };
     let w = w.detach();
-    Ok(Some(move |dy: &Tensor| -> Result<Tensor> {
+    let dx = move |dy: &Tensor| -> Result<Tensor> {
         #[cfg(feature = "cuda")]
         if dy.device().is_cuda() {
             return super::cudnn_conv3d::input_grad(dy, &w, g);
@@ -842,7 +855,8 @@ pub(crate) fn input_grad(
                 name: "conv3d-dx",
             }),
         )
-    }))
+    };
+    Ok(Some(((dtype, g.out_dims()), Box::new(dx))))
 }
 
 #[cfg(test)]

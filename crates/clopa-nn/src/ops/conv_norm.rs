@@ -44,7 +44,7 @@ pub fn conv_norm_act(
         // With a frozen kernel and a convolution that is one op (cuDNN's), the convolution and
         // the norm are one graph node (see `portable::conv_norm_act`: a gradient pass less)
         if !p.weight.track_op()
-            && let Some(dx) = super::conv3d::input_grad(x, p.weight, p.stride, p.padding)?
+            && let Some((out, dx)) = super::conv3d::input_grad(x, p.weight, p.stride, p.padding)?
         {
             let w = p.weight.detach();
             let conv = |xd: &Tensor| conv3d(xd, &w, None, p.stride, p.padding);
@@ -54,6 +54,7 @@ pub fn conv_norm_act(
             if let Some(y) = super::portable::conv_norm_act(
                 x,
                 |xd| conv(xd).and_then(|y| check(&y).map(|()| y)),
+                out,
                 dx,
                 p.bias,
                 p.gamma,

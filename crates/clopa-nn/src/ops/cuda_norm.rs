@@ -7,7 +7,8 @@
 //!
 //! Each launch is a candle custom op without a backward (the caller grafts the result into the
 //! graph): applied to its first tensor, with the others held by the op and read-locked while it
-//! runs. Every tensor is contiguous (the caller makes it so); the data — `x`, the residual, `y`,
+//! runs — or, for the normalisation itself, a closure run inside the grafted op's own forward
+//! ([`apply_launch`]), which writes that op's output. Every tensor is contiguous (the caller makes it so); the data — `x`, the residual, `y`,
 //! `dy` — is f32, f16 or bf16 alike (the kernels compute in f32), the statistics, sums, γ and β
 //! are f32. Built only with the `cuda`
 //! feature; no CI machine has a GPU, so `examples/gpu_check` tests these on a lent GPU against the

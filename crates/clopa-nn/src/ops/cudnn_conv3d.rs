@@ -5,8 +5,9 @@
 //! In fp32 with `CUDNN_FMA_MATH`: no TF32 tensor cores, so results agree with the CPU to fp32
 //! rounding (PyTorch allows TF32 for convolutions by default; `scripts/gpu_check.py` turns it off
 //! to compare like with like). With [`super::ConvPrecision::F16`] or `Bf16` (PyTorch's autocast,
-//! which nnInteractive's inference uses) the inputs are cast down, cuDNN runs on tensor cores
-//! accumulating in fp32, and the result is cast back to fp32 for the norms that follow.
+//! which nnInteractive's inference uses) the inputs are cast down (the previous layer's result
+//! already is), cuDNN runs on tensor cores accumulating in fp32, and the result stays in the half
+//! type for the norms that follow, which compute in fp32 (`cuda_norm.cu`).
 //!
 //! Built only with the `cuda` feature; no CI machine has a GPU, so this file is exercised by
 //! `examples/gpu_check` on a lent GPU (see BENCHMARKS.md), against the CPU kernels.
@@ -33,7 +34,7 @@ use super::conv3d::ConvGeom;
 use super::cudnn_graph as graph;
 // (the three computations, as the graph API numbers their tensors)
 use super::cudnn_graph::Op as Kind;
-use super::{ConvPrecision, cuda_view, grad_if, invalid};
+use super::{cuda_view, grad_if, invalid};
 
 thread_local! {
     // cuDNN handles are neither Send nor Sync: one per thread and device, as candle keeps its own.
@@ -553,7 +554,7 @@ pub(crate) fn input_grad(dy: &Tensor, w: &Tensor, g: ConvGeom) -> Result<Tensor>
 ///
 /// In half precision, as under PyTorch's autocast: the input and kernel are cast to it (a no-op
 /// for an input that a half-precision layer made), cuDNN accumulates in fp32 on tensor cores, and
-/// the result stays half (bias added in half), so the activations between convolutions are half —
+/// the result stays half (bias added in half, its gradient summed in f32), so the activations between convolutions are half —
 /// half the memory traffic and no cast back and forth around every convolution (the norms read
 /// and write half, computing in f32; `portable::norm_act`). The network casts its logits to f32
 /// (`unet.rs`). The casts are graph nodes: the weights' gradients come back in f32.
@@ -562,15 +563,13 @@ pub(crate) fn conv3d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: ConvGeom) ->
         g,
         kind: Kind::Forward,
     };
-    let dt = match super::conv_precision() {
-        ConvPrecision::F32 => DType::F32,
-        ConvPrecision::F16 => DType::F16,
-        ConvPrecision::Bf16 => DType::BF16,
-    };
+    let dt = super::conv_precision().dtype();
     let (x, w) = (x.to_dtype(dt)?.contiguous()?, w.to_dtype(dt)?.contiguous()?);
     let y = x.apply_op2(&w, op)?;
     match b {
-        Some(b) => y.broadcast_add(&b.to_dtype(dt)?.reshape((1, g.cout, 1, 1, 1))?),
+        Some(b) if dt == DType::F32 => y.broadcast_add(&b.reshape((1, g.cout, 1, 1, 1))?),
+        // (in half: its gradient summed in f32)
+        Some(b) => super::portable::bias_add(&y, b),
         None => Ok(y),
     }
 }

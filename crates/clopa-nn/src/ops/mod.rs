@@ -151,6 +151,17 @@ pub enum ConvPrecision {
     Bf16,
 }
 
+impl ConvPrecision {
+    /// The data type of the convolutions' inputs and results at this precision.
+    pub fn dtype(self) -> DType {
+        match self {
+            ConvPrecision::F32 => DType::F32,
+            ConvPrecision::F16 => DType::F16,
+            ConvPrecision::Bf16 => DType::BF16,
+        }
+    }
+}
+
 impl std::str::FromStr for ConvPrecision {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {

@@ -20,7 +20,9 @@
 //!
 //! All but the convolution are *grafted* (see `Graft` below): computed from detached arguments and
 //! put into candle's graph as one custom op with a hand-written backward, so the graph keeps the
-//! arguments and the result, not every temporary of the composition. That is what makes a
+//! arguments and the result, not every temporary of the composition (where the convolution is a
+//! single op with a frozen kernel, as cuDNN's, it is grafted together with its norm:
+//! [`conv_norm_act`]). That is what makes a
 //! training step fit a GPU: `examples/graph_memory` of clopa-adapt measured a 64³ step of
 //! nnInteractive v1.0 (batch 2, group `in`, convolutions as single nodes as cuDNN's are) at a
 //! 4105 MiB graph and a 4963 MiB peak composed op by op, 1203 MiB and 1670 MiB grafted (PyTorch's
@@ -362,10 +364,17 @@ fn packed_params(gamma: &Tensor, beta: &Tensor, bias: Option<&Tensor>) -> Result
     Tensor::cat(&params, 0)
 }
 
-/// Whether [`norm_forward`] takes `x` and `residual` as they are: f32 data, or half data the
-/// fused kernels read, and a residual of the same type ([`norm_act`] casts otherwise).
-fn norm_takes(x: &Tensor, residual: Option<&Tensor>) -> bool {
-    (x.dtype() == DType::F32 || fused(x)) && residual.is_none_or(|r| r.dtype() == x.dtype())
+/// Whether [`norm_forward`] takes an `x` of this device, type and shape and `residual` as they
+/// are: f32 data, or half data the fused kernels read, and a residual of the same type
+/// ([`norm_act`] casts otherwise).
+fn norm_takes(
+    device: &candle_core::Device,
+    dtype: DType,
+    dims: &[usize],
+    residual: Option<&Tensor>,
+) -> bool {
+    (dtype == DType::F32 || fused_for(device, dtype, dims))
+        && residual.is_none_or(|r| r.dtype() == dtype)
 }
 
 /// The forward of [`norm_act`] on detached data (no graph; on CUDA the result a launch still to
@@ -431,19 +440,20 @@ const NAME_NORM: &str = "instance_norm3d (portable)";
 /// [`crate::ops::conv_norm_act`] with the convolution a single op (cuDNN's, or the CPU kernel
 /// under [`on_cpu_like_cuda`]) and its weight frozen: convolution and norm as **one** graph node
 /// over `x`, the norm's parameters and the residual; arguments already checked
-/// (`instance_norm::check_norm_act`). `conv` is the convolution of detached arguments, `conv_dx`
-/// its input gradient (dy → dx).
+/// (`instance_norm::check_norm_act`). `conv` is the convolution of detached arguments, `out` the
+/// type and shape of its result, `conv_dx` its input gradient (dy → dx).
 ///
 /// Two nodes would cost the backward a full-size pass more per layer: candle's autograd sums
 /// every gradient it hands an argument into a fresh zero tensor (zeros + add), and the
 /// convolution's output is one more argument than the node needs. The node keeps what the two
-/// kept: `x` (an argument) and the convolution's output (the norm's input, held here). `None`
-/// where the norm would not take the convolution's output as it is ([`norm_takes`]): the caller
-/// composes the two ops instead.
+/// kept: `x` (an argument) and the convolution's output (the norm's input, held here). `None`,
+/// before anything is computed, where the norm would not take the convolution's output as it is
+/// ([`norm_takes`]): the caller composes the two ops instead.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_norm_act(
     x: &Tensor,
     conv: impl FnOnce(&Tensor) -> Result<Tensor>,
+    out: (DType, [usize; 5]),
     conv_dx: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
     bias: Option<&Tensor>,
     gamma: &Tensor,
@@ -452,9 +462,21 @@ pub(crate) fn conv_norm_act(
     negative_slope: Option<f64>,
     residual: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
-    let yc = conv(&x.detach())?;
-    if !norm_takes(&yc, residual) {
+    if !norm_takes(x.device(), out.0, &out.1, residual) {
         return Ok(None);
+    }
+    let yc = conv(&x.detach())?;
+    if (yc.dtype(), yc.dims()) != (out.0, &out.1[..]) {
+        return Err(super::invalid(
+            NAME_CONV_NORM,
+            format!(
+                "the convolution gave {:?} {:?}, not the {:?} {:?} announced",
+                yc.dtype(),
+                yc.dims(),
+                out.0,
+                out.1
+            ),
+        ));
     }
     let (y, ctx) = norm_forward(&yc, bias, gamma, beta, eps, negative_slope, residual)?;
     let params = packed_params(gamma, beta, bias)?;
@@ -515,13 +537,18 @@ fn plane_sums(t: &Tensor) -> Result<Tensor> {
 /// Whether [`norm_act`] runs the fused CUDA kernels (f32, f16 or bf16 CUDA tensors, with the
 /// `cuda` feature) rather than the composition of candle ops.
 fn fused(x: &Tensor) -> bool {
+    fused_for(x.device(), x.dtype(), x.dims())
+}
+
+/// [`fused`] of a tensor of this device, type and shape.
+fn fused_for(device: &candle_core::Device, dtype: DType, dims: &[usize]) -> bool {
     // (the kernels put the B·C planes on a grid dimension of at most 65535 blocks, and launch no
     // empty grid)
-    let planes = x.dims().iter().take(2).product::<usize>();
+    let planes = dims.iter().take(2).product::<usize>();
     cfg!(feature = "cuda")
-        && x.device().is_cuda()
-        && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
-        && x.elem_count() > 0
+        && device.is_cuda()
+        && matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+        && dims.iter().product::<usize>() > 0
         && planes <= 65535
 }
 
@@ -794,6 +821,35 @@ pub fn add_leaky_relu(a: &Tensor, b: &Tensor, negative_slope: f64) -> Result<Ten
     )
 }
 
+/// `y + b` per channel, `b` (C,) added to `y` (B, C, D, H, W) in y's type (a half-precision
+/// convolution's bias, as autocast adds it), one graph node whose backward sums the bias's
+/// gradient in f32: candle's own backward would sum it in y's type, and its fp16 sum accumulates
+/// in fp16 (the 2 × 192³ voxels of a segmentation head's channel).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let c = b.dim(0)?;
+    let bh = b.detach().to_dtype(y.dtype())?.reshape((1, c, 1, 1, 1))?;
+    let out = y.detach().broadcast_add(&bh)?;
+    let b_dtype = b.dtype();
+    graft(
+        "bias add (portable)",
+        [y, b],
+        out,
+        move |_, [ny, nb], _, dy| {
+            let db = if nb {
+                Some(
+                    dy.to_dtype(DType::F32)?
+                        .sum((0, 2, 3, 4))?
+                        .to_dtype(b_dtype)?,
+                )
+            } else {
+                None
+            };
+            Ok([ny.then(|| dy.clone()), db])
+        },
+    )
+}
+
 /// See [`crate::ops::cat_channels`] (candle's `cat` keeps nothing but its inputs).
 pub fn cat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     // (one of them half, the other not: b in a's type, a graph node)
@@ -816,8 +872,9 @@ type GradFn<const N: usize> =
 /// norm composed of eight element-wise ops keeps eight full-size tensors, which is what made a
 /// 192³ training step need ~130 GB on a GPU. Grafted, the composition's temporaries die with the
 /// forward and the graph keeps what PyTorch's autograd keeps: the arguments and the result.
-/// The custom op's forward copies the precomputed result into the output (one device copy);
-/// with no argument tracked (inference) the result is returned as is.
+/// The custom op's forward copies the precomputed result into the output (one device copy), or
+/// on CUDA runs the launch that writes it ([`Pending`]); with no argument tracked (inference)
+/// the result is returned as is.
 struct Graft<const N: usize> {
     name: &'static str,
     y: Mutex<Option<Pending>>,
@@ -829,6 +886,10 @@ struct Graft<const N: usize> {
 /// per norm in a training forward.
 pub(crate) enum Pending {
     Computed(Tensor),
+    /// (It runs inside the op's forward, while candle holds read locks on the op's arguments,
+    /// and read-locks its own tensors — the norm's input and residual, which may be those
+    /// arguments: shared reads, which nothing writing an activation during a forward could
+    /// block.)
     #[cfg(feature = "cuda")]
     Launch(Box<dyn FnOnce() -> Result<(CudaStorage, Shape)> + Send>),
 }
@@ -1283,9 +1344,9 @@ mod tests {
     }
 
     /// Half-precision data (what a GPU's fp16/bf16 convolutions hand on) keeps its type through
-    /// the norm (with a residual of its own type or f32's) and the transposed convolution (an
-    /// f32 kernel and bias), and the values and every gradient are the f32 computation's to
-    /// half-precision rounding. On the CPU the norm runs its composition in f32 between casts;
+    /// the norm (with a residual of its own type or f32's), an f32 bias added to it and the
+    /// transposed convolution (an f32 kernel and bias), and the values and every gradient are the
+    /// f32 computation's to half-precision rounding. On the CPU the norm runs its composition in f32 between casts;
     /// a GPU's fused kernels read and write the half data (`examples/gpu_check` compares those).
     #[test]
     fn half_precision_data_keeps_its_type() {
@@ -1313,6 +1374,19 @@ mod tests {
                     },
                 );
             }
+            compare(
+                &format!("bias_add {dt:?}"),
+                &[xd, cd],
+                93,
+                tol,
+                |t, half| {
+                    if half {
+                        typed(super::bias_add(&cast(&t[0], true)?, &t[1])?, true)
+                    } else {
+                        t[0].broadcast_add(&t[1].reshape((1, 3, 1, 1, 1))?)
+                    }
+                },
+            );
             let (xd, wd, bd): (&[usize], &[usize], &[usize]) =
                 (&[2, 3, 2, 3, 4], &[3, 5, 2, 2, 2], &[5]);
             compare(
@@ -1548,6 +1622,88 @@ mod tests {
 
     /// The U-Net's block tail on a device (conv without bias, then one node for bias, norm,
     /// residual and LeakyReLU) against the CPU path, every argument trained.
+    /// With the kernel frozen and the convolution a single op (`on_cpu_like_cuda`, as cuDNN's
+    /// on a GPU), convolution and norm are one graph node (`conv_norm_act` here): its values and
+    /// the gradients of the input, γ, β and the residual are the kernels', and a trained conv
+    /// bias gets its gradient (zero up to rounding, as the kernels'), with or without residual
+    /// and activation, stride 1 and 2.
+    #[test]
+    fn conv_norm_act_as_one_node_matches_the_kernels() {
+        use super::super::{ConvNorm, conv_norm_act};
+        for (stride, yd) in [(1usize, [2usize, 4, 5, 4, 6]), (2, [2, 4, 3, 2, 3])] {
+            let (xd, wd, cd): (&[usize], &[usize], &[usize]) =
+                (&[2, 3, 5, 4, 6], &[4, 3, 3, 3, 3], &[4]);
+            for residual in [false, true] {
+                for slope in [None, Some(0.01)] {
+                    let what = format!("stride {stride} residual {residual} {slope:?}");
+                    // x, gamma, beta, bias, residual (trained); w (frozen)
+                    let dims: [&[usize]; 6] = [xd, cd, cd, cd, &yd, wd];
+                    let data = random(&dims, 71);
+                    let mut results = Vec::new();
+                    for like_cuda in [false, true] {
+                        let vars: Vec<Var> = data[..5]
+                            .iter()
+                            .zip(&dims)
+                            .map(|(v, d)| var(v, d).0)
+                            .collect();
+                        let t: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+                        let w = tensor(&data[5], wd);
+                        let p = ConvNorm {
+                            weight: &w,
+                            bias: Some(&t[3]),
+                            stride,
+                            padding: 1,
+                            gamma: &t[1],
+                            beta: &t[2],
+                            eps: 1e-5,
+                        };
+                        let r = residual.then(|| &t[4]);
+                        let f = || conv_norm_act(&t[0], &p, slope, r);
+                        let y = if like_cuda {
+                            super::on_cpu_like_cuda(f)
+                        } else {
+                            f()
+                        };
+                        let y = y.expect("forward");
+                        let g = loss_grads(&y, &Lcg(73).vec(y.elem_count()));
+                        let grads: Vec<Vec<f32>> = vars
+                            .iter()
+                            .map(|v| g.get(v.as_tensor()).map(to_vec).unwrap_or_default())
+                            .collect();
+                        results.push((to_vec(&y), grads));
+                    }
+                    let (fast, node) = (&results[0], &results[1]);
+                    assert_close(&format!("{what} forward"), &node.0, &f64v(&fast.0), 1e-5);
+                    for i in [0, 1, 2] {
+                        assert_close(
+                            &format!("{what} gradient {i}"),
+                            &node.1[i],
+                            &f64v(&fast.1[i]),
+                            1e-5,
+                        );
+                    }
+                    if residual {
+                        assert_close(
+                            &format!("{what} residual"),
+                            &node.1[4],
+                            &f64v(&fast.1[4]),
+                            1e-5,
+                        );
+                    }
+                    // the bias: present, and rounding noise against β's gradient (Σ of the
+                    // same terms before they cancel)
+                    let scale = fast.1[2].iter().fold(0f32, |m, v| m.max(v.abs()));
+                    assert_eq!(node.1[3].len(), 4, "{what}: the bias got a gradient");
+                    let m = node.1[3].iter().fold(0f32, |m, v| m.max(v.abs()));
+                    assert!(
+                        m <= 1e-4 * scale.max(1.0),
+                        "{what}: bias gradient {m} vs {scale}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn conv_norm_act_matches_the_kernels() {
         use super::super::{ConvNorm, conv_norm_act};
