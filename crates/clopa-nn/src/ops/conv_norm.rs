@@ -46,14 +46,14 @@ pub fn conv_norm_act(
         if !p.weight.track_op()
             && let Some((out, dx)) = super::conv3d::input_grad(x, p.weight, p.stride, p.padding)?
         {
-            let w = p.weight.detach();
-            let conv = |xd: &Tensor| conv3d(xd, &w, None, p.stride, p.padding);
-            let check = |y: &Tensor| {
-                check_norm_act(y, p.bias, p.gamma, p.beta, p.eps, negative_slope, residual)
+            let conv = |xd: &Tensor| {
+                let y = conv3d(xd, &p.weight.detach(), None, p.stride, p.padding)?;
+                check_norm_act(&y, p.bias, p.gamma, p.beta, p.eps, negative_slope, residual)?;
+                Ok(y)
             };
             if let Some(y) = super::portable::conv_norm_act(
                 x,
-                |xd| conv(xd).and_then(|y| check(&y).map(|()| y)),
+                conv,
                 out,
                 dx,
                 p.bias,
