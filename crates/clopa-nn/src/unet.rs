@@ -487,7 +487,7 @@ mod tests {
     /// affine under a fixed weighting of the logits; through the ops `path` says, and with
     /// `half` the input cast to that type, so that every layer runs on half data as on a GPU
     /// with half-precision convolutions (which the activations' and the logits' types are
-    /// checked for).
+    /// checked for) — or, with `half` f32, the input only rounded to fp16 and all else f32.
     fn run_network(
         spec: &UNetSpec,
         params: BTreeMap<String, Tensor>,
