@@ -31,6 +31,16 @@ pub struct ConvNorm<'a> {
     pub eps: f64,
 }
 
+impl ConvNorm<'_> {
+    /// The checks of the norm's arguments for the convolution's result `y` (its bias, γ, β, eps,
+    /// the slope, the residual): what both device paths of [`conv_norm_act`] check.
+    fn check_tail(&self, y: &Tensor, slope: Option<f64>, residual: Option<&Tensor>) -> Result<()> {
+        check_norm_act(
+            y, self.bias, self.gamma, self.beta, self.eps, slope, residual,
+        )
+    }
+}
+
 /// `LeakyReLU(instance_norm3d(conv3d(x)) + residual)` for `x` (B, Cin, D, H, W): without a
 /// `residual` nothing is added, without a `negative_slope` there is no activation. The same
 /// values and gradients as the composed ops.
@@ -48,7 +58,7 @@ pub fn conv_norm_act(
         {
             let conv = |xd: &Tensor| {
                 let y = conv3d(xd, &p.weight.detach(), None, p.stride, p.padding)?;
-                check_norm_act(&y, p.bias, p.gamma, p.beta, p.eps, negative_slope, residual)?;
+                p.check_tail(&y, negative_slope, residual)?;
                 Ok(y)
             };
             if let Some(y) = super::portable::conv_norm_act(
@@ -70,7 +80,7 @@ pub fn conv_norm_act(
         // the conv bias: it cancels in the norm, and added to the conv output it would be one
         // more full-size tensor in the graph.
         let y = conv3d(x, p.weight, None, p.stride, p.padding)?;
-        check_norm_act(&y, p.bias, p.gamma, p.beta, p.eps, negative_slope, residual)?;
+        p.check_tail(&y, negative_slope, residual)?;
         return super::portable::norm_act(
             &y,
             p.bias,
